@@ -1,0 +1,990 @@
+"""Perceiver and Perceiver IO: attention primitives, encoder, decoders.
+
+Jaegle et al., "Perceiver: General Perception with Iterative Attention" (ICML
+2021) and "Perceiver IO: A General Architecture for Structured Inputs &
+Outputs" (arXiv 2107.14795). Names, signatures and parameter layouts follow
+DeepMind's reference (`perceiver.perceiver`), so its checkpoints load here.
+
+Unlike the reference, inference needs no random key: dropout with rate 0 (or
+`is_training=False`) draws none, so `apply(params, state, None, ...)` works.
+When a key is given, keys are drawn in the reference's order.
+"""
+
+import abc
+import math
+from typing import Mapping, Optional, Sequence
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver import _validation
+from perceiver import io_processors
+from perceiver import position_encoding
+
+# ---------------------------------------------------------------------------
+# Primitives
+# ---------------------------------------------------------------------------
+
+
+def _dropout(x: jnp.ndarray, rate: float) -> jnp.ndarray:
+    """`hk.dropout` that needs a key only when it drops something."""
+    # Draw the key whenever one exists so later draws match the reference.
+    key = hk.maybe_next_rng_key()
+    if rate == 0:
+        return x
+    if key is None:
+        raise ValueError(
+            f"dropout with rate {rate} needs a random key: pass an rng to apply(), "
+            "or use is_training=False."
+        )
+    return hk.dropout(key, rate, x)
+
+
+def _check_attend_args(q, k, v, attention_mask):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        _validation.check_rank(name, x, (4,), "[batch, indices, num_heads, head_dim]")
+    if q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(
+            f"q and k must agree in batch, num_heads and head_dim; got {q.shape} and {k.shape}."
+        )
+    if k.shape[:3] != v.shape[:3]:
+        raise ValueError(
+            f"k and v must agree in batch, kv_indices and num_heads; got {k.shape} and {v.shape}."
+        )
+    if attention_mask is not None:
+        want = (q.shape[0], q.shape[1], k.shape[1])
+        got = tuple(np.shape(attention_mask))
+        if len(got) != 3 or got[1:] != want[1:] or got[0] not in (1, want[0]):
+            raise ValueError(
+                f"attention_mask must have shape [batch, q_indices, kv_indices] = {want}; got {got}."
+            )
+
+
+def attend(
+    q: jnp.ndarray,
+    k: jnp.ndarray,
+    v: jnp.ndarray,
+    dropout_prob: float = 0.0,
+    attention_mask: Optional[jnp.ndarray] = None,
+) -> jnp.ndarray:
+    """Multi-head scaled dot-product attention.
+
+    Args:
+      q: queries `[B, T, H, Dqk]`.
+      k: keys `[B, S, H, Dqk]`.
+      v: values `[B, S, H, Dv]`.
+      dropout_prob: dropout rate on the attention weights (needs a key if > 0).
+      attention_mask: `[B, T, S]`, nonzero where query t may attend to key s.
+        Queries that may attend to nothing output exactly zero.
+
+    Returns:
+      `[B, T, H * Dv]`.
+
+    Raises:
+      ValueError: if shapes disagree.
+    """
+    _check_attend_args(q, k, v, attention_mask)
+    batch, q_len, num_heads, qk_dim = q.shape
+    logits = jnp.einsum("bthd,bThd->bhtT", q, k) * (1.0 / math.sqrt(qk_dim))
+    if attention_mask is not None:
+        # A large finite value rather than -inf keeps rows with no valid key
+        # finite (those rows are zeroed below).
+        large = jnp.array(1e4 if logits.dtype == jnp.float16 else 1e30, dtype=logits.dtype)
+        logits = jnp.where(attention_mask[:, None, :, :], logits, -large)
+    weights = jax.nn.softmax(logits)
+    if dropout_prob > 0:
+        key = hk.maybe_next_rng_key()
+        if key is None:
+            raise ValueError(
+                f"attention dropout_prob {dropout_prob} needs a random key: pass an rng "
+                "to apply(), or use is_training=False."
+            )
+        weights = hk.dropout(key, dropout_prob, weights)
+    out = jnp.einsum("bhtT,bThd->bthd", weights, v).reshape(batch, q_len, -1)
+    if attention_mask is not None:
+        no_valid_key = jnp.all(attention_mask == 0, axis=2, keepdims=True)  # [B, T, 1]
+        out = jnp.where(no_valid_key, jnp.zeros_like(out), out)
+    return out
+
+
+def conv_1d(
+    output_channels: int, init_scale: float = 1.0, with_bias: bool = True, name: Optional[str] = None
+) -> hk.Linear:
+    """A position-wise linear layer (a 1D convolution of width 1)."""
+    return hk.Linear(
+        output_size=output_channels,
+        with_bias=with_bias,
+        w_init=hk.initializers.VarianceScaling(init_scale),
+        name=name,
+    )
+
+
+def layer_norm(x: jnp.ndarray, name: Optional[str] = None) -> jnp.ndarray:
+    """Layer norm over the last axis, with learned scale and offset."""
+    return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)(x)
+
+
+def make_cross_attention_mask(query_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> jnp.ndarray:
+    """Outer product of `query_mask` `[B, T]` and `kv_mask` `[B, S]`: `[B, T, S]`.
+
+    Raises:
+      ValueError: if the masks are not rank 2 with the same batch size.
+    """
+    _validation.check_rank("query_mask", query_mask, (2,), "[batch, query_len]")
+    _validation.check_rank("kv_mask", kv_mask, (2,), "[batch, key_len]")
+    if query_mask.shape[0] != kv_mask.shape[0]:
+        raise ValueError(
+            f"query_mask and kv_mask must have the same batch size; got shapes "
+            f"{tuple(query_mask.shape)} and {tuple(kv_mask.shape)}."
+        )
+    return jax.vmap(jnp.outer)(query_mask, kv_mask)
+
+
+# ---------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------
+
+
+class Attention(hk.Module):
+    """Multi-headed {cross, self}-attention with input and output projections."""
+
+    def __init__(
+        self,
+        num_heads: int = 8,
+        init_scale: float = 1.0,
+        with_final_bias: bool = True,
+        final_init_scale_multiplier: float = 1.0,
+        dropout_prob: float = 0.0,
+        qk_channels: Optional[int] = None,
+        v_channels: Optional[int] = None,
+        output_channels: Optional[int] = None,
+        name: Optional[str] = None,
+    ):
+        """Configures the attention.
+
+        Args:
+          num_heads: number of heads.
+          init_scale: variance scale of the q, k and v projections.
+          with_final_bias: whether the output projection has a bias.
+          final_init_scale_multiplier: output projection's scale / init_scale.
+          dropout_prob: dropout on the attention weights.
+          qk_channels: query/key channels (default: the query input's).
+          v_channels: value channels (default: qk_channels).
+          output_channels: output channels (default: v_channels).
+          name: module name.
+        """
+        super().__init__(name=name)
+        self._num_heads = num_heads
+        self._init_scale = init_scale
+        self._with_final_bias = with_final_bias
+        self._final_init_scale = final_init_scale_multiplier * init_scale
+        self._dropout_prob = dropout_prob
+        self._qk_channels = qk_channels
+        self._v_channels = v_channels
+        self._output_channels = output_channels
+
+    def __call__(
+        self,
+        inputs_q: jnp.ndarray,
+        inputs_kv: jnp.ndarray,
+        attention_mask: Optional[jnp.ndarray] = None,
+    ) -> jnp.ndarray:
+        """Attends from `inputs_q` `[B, T, Cq]` to `inputs_kv` `[B, S, Ckv]`.
+
+        Returns:
+          `[B, T, output_channels]`.
+
+        Raises:
+          ValueError: if qk_channels or v_channels is not divisible by num_heads,
+            or the inputs are not rank 3 with one batch size.
+        """
+        _validation.check_rank("inputs_q", inputs_q, (3,), "[B, T, C]")
+        _validation.check_rank("inputs_kv", inputs_kv, (3,), "[B, S, C]")
+        if inputs_q.shape[0] != inputs_kv.shape[0]:
+            raise ValueError(
+                f"inputs_q and inputs_kv must have the same batch size; got shapes "
+                f"{tuple(inputs_q.shape)} and {tuple(inputs_kv.shape)}."
+            )
+        # Unset sizes default to the query input's channels, as in the reference.
+        qk_channels = inputs_q.shape[-1] if self._qk_channels is None else self._qk_channels
+        v_channels = qk_channels if self._v_channels is None else self._v_channels
+        output_channels = v_channels if self._output_channels is None else self._output_channels
+        for arg, channels in (("qk_channels", qk_channels), ("v_channels", v_channels)):
+            if channels % self._num_heads:
+                raise ValueError(
+                    f"{arg} ({channels}) must be divisible by num_heads ({self._num_heads})."
+                )
+
+        q = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_q)
+        k = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_kv)
+        v = conv_1d(v_channels, init_scale=self._init_scale)(inputs_kv)
+
+        def split_heads(x):
+            return x.reshape(x.shape[0], x.shape[1], self._num_heads, -1)
+
+        result = attend(
+            split_heads(q),
+            split_heads(k),
+            split_heads(v),
+            dropout_prob=self._dropout_prob,
+            attention_mask=attention_mask,
+        )
+        return conv_1d(
+            output_channels, with_bias=self._with_final_bias, init_scale=self._final_init_scale
+        )(result)
+
+
+class MLP(hk.Module):
+    """Transformer feed-forward block: Linear, GELU, Linear, dropout."""
+
+    def __init__(
+        self,
+        widening_factor: int = 4,
+        dropout_prob: float = 0.0,
+        init_scale: float = 1.0,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self._widening_factor = widening_factor
+        self._dropout_prob = dropout_prob
+        self._init_scale = init_scale
+
+    def __call__(self, x: jnp.ndarray, *, is_training: bool) -> jnp.ndarray:
+        """`[B, T, C]` -> `[B, T, C]`."""
+        channels = x.shape[-1]
+        x = conv_1d(self._widening_factor * channels, init_scale=self._init_scale)(x)
+        x = jax.nn.gelu(x, approximate=True)
+        x = conv_1d(channels, init_scale=self._init_scale)(x)
+        return _dropout(x, self._dropout_prob if is_training else 0.0)
+
+
+class SelfAttention(hk.Module):
+    """Pre-norm self-attention block followed by an MLP, both residual."""
+
+    def __init__(
+        self,
+        widening_factor: int = 4,
+        dropout_prob: float = 0.0,
+        dropout_attn_prob: float = 0.0,
+        num_heads: int = 8,
+        att_init_scale: float = 1.0,
+        dense_init_scale: float = 1.0,
+        qk_channels: Optional[int] = None,
+        v_channels: Optional[int] = None,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self._widening_factor = widening_factor
+        self._dropout_prob = dropout_prob
+        self._dropout_attn_prob = dropout_attn_prob
+        self._num_heads = num_heads
+        self._att_init_scale = att_init_scale
+        self._dense_init_scale = dense_init_scale
+        self._qk_channels = qk_channels
+        self._v_channels = v_channels
+
+    def __call__(
+        self,
+        inputs: jnp.ndarray,
+        *,
+        attention_mask: Optional[jnp.ndarray] = None,
+        is_training: bool,
+    ) -> jnp.ndarray:
+        """`[B, N, C]` -> `[B, N, C]`."""
+        dropout_prob = self._dropout_prob if is_training else 0.0
+        dropout_attn_prob = self._dropout_attn_prob if is_training else 0.0
+        normed = layer_norm(inputs)
+        attention = Attention(
+            num_heads=self._num_heads,
+            init_scale=self._att_init_scale,
+            qk_channels=self._qk_channels,
+            v_channels=self._v_channels,
+            dropout_prob=dropout_attn_prob,
+        )(normed, normed, attention_mask=attention_mask)
+        x = inputs + _dropout(attention, dropout_prob)
+        mlp = MLP(
+            widening_factor=self._widening_factor,
+            dropout_prob=dropout_prob,
+            init_scale=self._dense_init_scale,
+        )
+        return x + mlp(layer_norm(x), is_training=is_training)
+
+
+class CrossAttention(hk.Module):
+    """Pre-norm cross-attention block followed by an MLP.
+
+    The query residual is optional: omit it when queries and outputs mean
+    different things (e.g. positions in, pixels out).
+    """
+
+    def __init__(
+        self,
+        widening_factor: int = 1,
+        dropout_prob: float = 0.0,
+        dropout_attn_prob: float = 0.0,
+        num_heads: int = 8,
+        att_init_scale: float = 1.0,
+        dense_init_scale: float = 1.0,
+        shape_for_attn: str = "kv",
+        use_query_residual: bool = True,
+        qk_channels: Optional[int] = None,
+        v_channels: Optional[int] = None,
+        name: Optional[str] = None,
+    ):
+        """Configures the block.
+
+        Raises:
+          ValueError: if `shape_for_attn` is not 'q' or 'kv'.
+        """
+        super().__init__(name=name)
+        _validation.check_choice("shape_for_attn", shape_for_attn, ("q", "kv"))
+        self._widening_factor = widening_factor
+        self._dropout_prob = dropout_prob
+        self._dropout_attn_prob = dropout_attn_prob
+        self._num_heads = num_heads
+        self._att_init_scale = att_init_scale
+        self._dense_init_scale = dense_init_scale
+        self._shape_for_attn = shape_for_attn
+        self._use_query_residual = use_query_residual
+        self._qk_channels = qk_channels
+        self._v_channels = v_channels
+
+    def __call__(
+        self,
+        inputs_q: jnp.ndarray,
+        inputs_kv: jnp.ndarray,
+        *,
+        attention_mask: Optional[jnp.ndarray] = None,
+        is_training: bool,
+    ) -> jnp.ndarray:
+        """Queries `[B, T, Cq]` attend to `[B, S, Ckv]`; returns `[B, T, Cq]`."""
+        dropout_prob = self._dropout_prob if is_training else 0.0
+        dropout_attn_prob = self._dropout_attn_prob if is_training else 0.0
+        output_channels = inputs_q.shape[-1]
+        if self._qk_channels is not None:
+            qk_channels = self._qk_channels
+        elif self._shape_for_attn == "q":
+            qk_channels = inputs_q.shape[-1]
+        else:
+            qk_channels = inputs_kv.shape[-1]
+
+        attention_module = Attention(
+            num_heads=self._num_heads,
+            init_scale=self._att_init_scale,
+            dropout_prob=dropout_attn_prob,
+            qk_channels=qk_channels,
+            v_channels=self._v_channels,
+            output_channels=output_channels,
+        )
+        attention = attention_module(
+            layer_norm(inputs_q), layer_norm(inputs_kv), attention_mask=attention_mask
+        )
+        attention = _dropout(attention, dropout_prob)
+        x = inputs_q + attention if self._use_query_residual else attention
+        mlp = MLP(
+            widening_factor=self._widening_factor,
+            dropout_prob=dropout_prob,
+            init_scale=self._dense_init_scale,
+        )
+        return x + mlp(layer_norm(x), is_training=is_training)
+
+
+# ---------------------------------------------------------------------------
+# Perceiver
+# ---------------------------------------------------------------------------
+
+
+class Perceiver(hk.Module):
+    """The Perceiver: preprocess, encode into latents, decode, postprocess."""
+
+    def __init__(
+        self,
+        encoder: "PerceiverEncoder",
+        decoder: "AbstractPerceiverDecoder",
+        input_preprocessor=None,
+        output_postprocessor=None,
+        name: str = "perceiver",
+    ):
+        super().__init__(name=name)
+        self._input_preprocessor = input_preprocessor
+        self._output_postprocessor = output_postprocessor
+        self._decoder = decoder
+        self._encoder = encoder
+
+    def __call__(
+        self,
+        inputs,
+        *,
+        is_training: bool,
+        subsampled_output_points=None,
+        pos: Optional[jnp.ndarray] = None,
+        input_mask: Optional[jnp.ndarray] = None,
+        query_mask: Optional[jnp.ndarray] = None,
+    ):
+        """Runs the model.
+
+        Args:
+          inputs: raw inputs for the preprocessor, or `[B, N, C]` without one.
+          is_training: enables dropout (and BatchNorm statistics updates).
+          subsampled_output_points: indices of the outputs to decode (a dict
+            by modality for multimodal decoders).
+          pos: optional positions for the preprocessor's encoding.
+          input_mask: `[B, N]`, nonzero for inputs the encoder may attend to.
+          query_mask: `[B, M]`, nonzero for decoder queries to compute.
+
+        Returns:
+          The decoder's (postprocessed) outputs.
+        """
+        if self._input_preprocessor:
+            inputs, modality_sizes, inputs_without_pos = self._input_preprocessor(
+                inputs,
+                pos=pos,
+                is_training=is_training,
+                network_input_is_1d=self._encoder._input_is_1d,
+            )
+        else:
+            modality_sizes = None
+            inputs_without_pos = None
+
+        encoder_query = self._encoder.latents(inputs)
+        decoder_query = self._decoder.decoder_query(
+            inputs, modality_sizes, inputs_without_pos, subsampled_points=subsampled_output_points
+        )
+        z = self._encoder(inputs, encoder_query, is_training=is_training, input_mask=input_mask)
+        _, output_modality_sizes = self._decoder.output_shape(inputs)
+        output_modality_sizes = output_modality_sizes or modality_sizes
+
+        outputs = self._decoder(decoder_query, z, is_training=is_training, query_mask=query_mask)
+        if self._output_postprocessor:
+            outputs = self._output_postprocessor(
+                outputs, is_training=is_training, modality_sizes=output_modality_sizes
+            )
+        return outputs
+
+
+class PerceiverEncoder(hk.Module):
+    """Cross-attends a learned latent array to the inputs, then self-attends.
+
+    The latents pass `num_blocks` times through one block of
+    `num_self_attends_per_block` self-attention layers; blocks share weights.
+    """
+
+    def __init__(
+        self,
+        num_self_attends_per_block: int = 6,
+        num_blocks: int = 8,
+        z_index_dim: int = 512,
+        num_z_channels: int = 1024,
+        qk_channels: Optional[int] = None,
+        v_channels: Optional[int] = None,
+        num_cross_attend_heads: int = 1,
+        num_self_attend_heads: int = 8,
+        cross_attend_widening_factor: int = 1,
+        self_attend_widening_factor: int = 1,
+        dropout_prob: float = 0.0,
+        z_pos_enc_init_scale: float = 0.02,
+        cross_attention_shape_for_attn: str = "kv",
+        use_query_residual: bool = True,
+        name: str = "perceiver_encoder",
+    ):
+        """Builds the encoder.
+
+        Raises:
+          ValueError: if num_z_channels is not divisible by the head counts.
+        """
+        super().__init__(name=name)
+        for arg, heads in (
+            ("num_self_attend_heads", num_self_attend_heads),
+            ("num_cross_attend_heads", num_cross_attend_heads),
+        ):
+            if num_z_channels % heads:
+                raise ValueError(
+                    f"num_z_channels ({num_z_channels}) must be divisible by {arg} ({heads})."
+                )
+        self._input_is_1d = True
+        self._num_blocks = num_blocks
+        self._z_index_dim = z_index_dim
+
+        self.z_pos_enc = position_encoding.TrainablePositionEncoding(
+            index_dim=z_index_dim, num_channels=num_z_channels, init_scale=z_pos_enc_init_scale
+        )
+        self.cross_attend = CrossAttention(
+            dropout_prob=dropout_prob,
+            num_heads=num_cross_attend_heads,
+            widening_factor=cross_attend_widening_factor,
+            shape_for_attn=cross_attention_shape_for_attn,
+            qk_channels=qk_channels,
+            v_channels=v_channels,
+            use_query_residual=use_query_residual,
+        )
+        self.self_attends = [
+            SelfAttention(
+                num_heads=num_self_attend_heads,
+                dropout_prob=dropout_prob,
+                qk_channels=qk_channels,
+                v_channels=v_channels,
+                widening_factor=self_attend_widening_factor,
+            )
+            for _ in range(num_self_attends_per_block)
+        ]
+
+    def latents(self, inputs: jnp.ndarray) -> jnp.ndarray:
+        """The initial latent array `[B, z_index_dim, num_z_channels]`."""
+        return self.z_pos_enc(batch_size=inputs.shape[0])
+
+    def __call__(
+        self,
+        inputs: jnp.ndarray,
+        z: jnp.ndarray,
+        *,
+        is_training: bool,
+        input_mask: Optional[jnp.ndarray] = None,
+    ) -> jnp.ndarray:
+        """Encodes `inputs` `[B, N, C]` into latents `[B, z_index_dim, num_z_channels]`.
+
+        Raises:
+          ValueError: if `input_mask` is not `[B, N]`.
+        """
+        _validation.check_rank("inputs", inputs, (3,), "[B, N, C] (after preprocessing)")
+        attention_mask = None
+        if input_mask is not None:
+            _validation.check_mask_shape("input_mask", input_mask, inputs.shape[:2])
+            attention_mask = make_cross_attention_mask(
+                query_mask=jnp.ones(z.shape[:2], dtype=jnp.int32), kv_mask=input_mask
+            )
+        z = self.cross_attend(z, inputs, is_training=is_training, attention_mask=attention_mask)
+        for _ in range(self._num_blocks):
+            for self_attend in self.self_attends:
+                z = self_attend(z, is_training=is_training)
+        return z
+
+
+class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
+    """Interface of Perceiver decoders: queries, output shape, decoding."""
+
+    @abc.abstractmethod
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def output_shape(self, inputs):
+        raise NotImplementedError
+
+    @abc.abstractmethod
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        raise NotImplementedError
+
+
+class ProjectionDecoder(AbstractPerceiverDecoder):
+    """Baseline decoder without cross-attention: mean of latents, then a linear layer."""
+
+    def __init__(
+        self, num_classes: int, final_avg_before_project: bool = False, name: str = "projection_decoder"
+    ):
+        super().__init__(name=name)
+        self._final_avg_before_project = final_avg_before_project
+        self._num_classes = num_classes
+        self.final_layer = hk.Linear(num_classes, w_init=jnp.zeros, name="logits")
+
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        return None
+
+    def output_shape(self, inputs):
+        return (inputs.shape[0], self._num_classes), None
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Latents `[B, N, C]` -> logits `[B, num_classes]`."""
+        return self.final_layer(jnp.mean(z, axis=1, dtype=z.dtype))
+
+
+def _check_subsampled_points(points, output_index_dims) -> None:
+    """Raises ValueError for non-1D or (when concrete) out-of-grid indices."""
+    if np.ndim(points) != 1:
+        raise ValueError(
+            f"subsampled_points must be a 1D array of flat output indices; got shape "
+            f"{tuple(np.shape(points))}."
+        )
+    values = _validation.concrete_or_none(points)
+    if values is None or values.size == 0:
+        return  # Traced indices cannot be checked before they run.
+    size = int(np.prod(output_index_dims))
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"subsampled_points must be integers; got dtype {values.dtype}.")
+    if values.min() < 0 or values.max() >= size:
+        raise ValueError(
+            f"subsampled_points must lie in [0, {size}) for the output grid "
+            f"{tuple(output_index_dims)}; got values in [{values.min()}, {values.max()}]."
+        )
+
+
+class BasicDecoder(AbstractPerceiverDecoder):
+    """Cross-attention decoder: queries built from position encodings attend to latents."""
+
+    def __init__(
+        self,
+        output_num_channels: int,
+        position_encoding_type: str = "trainable",
+        output_index_dims: Optional[Sequence[int]] = None,
+        subsampled_index_dims=None,
+        num_z_channels: int = 1024,
+        qk_channels: Optional[int] = None,
+        v_channels: Optional[int] = None,
+        use_query_residual: bool = False,
+        output_w_init=None,
+        concat_preprocessed_input: bool = False,
+        num_heads: int = 1,
+        name: str = "basic_decoder",
+        final_project: bool = True,
+        **position_encoding_kwargs,
+    ):
+        """Builds the decoder.
+
+        Args:
+          output_num_channels: channels of the final projection.
+          position_encoding_type: 'trainable', 'fourier', or 'none' (queries
+            then come from elsewhere, e.g. a MultimodalDecoder).
+          output_index_dims: the output grid, e.g. `(T, H, W)`.
+          subsampled_index_dims: number of outputs when subsampling.
+          num_z_channels: channels of the latents (documentation only).
+          qk_channels, v_channels: attention sizes.
+          use_query_residual: add the query to the attention output.
+          output_w_init: initialiser of the final projection.
+          concat_preprocessed_input: prepend the preprocessed inputs to queries.
+          num_heads: attention heads.
+          name: module name.
+          final_project: apply the final projection.
+          **position_encoding_kwargs: `trainable_position_encoding_kwargs`,
+            `fourier_position_encoding_kwargs`, `project_pos_dim`.
+
+        Raises:
+          ValueError: for an unknown `position_encoding_type`.
+        """
+        super().__init__(name=name)
+        _validation.check_choice(
+            "position_encoding_type",
+            position_encoding_type,
+            position_encoding.POSITION_ENCODING_TYPES + ("none",),
+        )
+        self._position_encoding_type = position_encoding_type
+        self.output_pos_enc = None
+        if position_encoding_type != "none":
+            self.output_pos_enc = position_encoding.build_position_encoding(
+                position_encoding_type, index_dims=output_index_dims, **position_encoding_kwargs
+            )
+        self._output_index_dim = output_index_dims
+        if subsampled_index_dims is None:
+            subsampled_index_dims = output_index_dims
+        self._subsampled_index_dims = subsampled_index_dims
+        self._output_num_channels = output_num_channels
+        self._output_w_init = output_w_init
+        self._use_query_residual = use_query_residual
+        self._qk_channels = qk_channels
+        self._v_channels = v_channels
+        self._final_project = final_project
+        self._num_heads = num_heads
+        self._concat_preprocessed_input = concat_preprocessed_input
+
+    def output_shape(self, inputs):
+        return (inputs.shape[0], self._subsampled_index_dims, self._output_num_channels), None
+
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        """Position-encoded queries `[B, M, C]` for all outputs or the subsampled ones.
+
+        Raises:
+          ValueError: with position_encoding_type 'none', for subsampled points
+            outside the output grid, or when concat_preprocessed_input lacks
+            `inputs_without_pos`.
+        """
+        if self._position_encoding_type == "none":
+            raise ValueError(
+                "decoder_query needs position encodings, but position_encoding_type='none': "
+                "build the queries yourself (or wrap this decoder in a MultimodalDecoder)."
+            )
+        batch = inputs.shape[0]
+        if subsampled_points is None:
+            pos_emb = self.output_pos_enc(batch_size=batch)
+        else:
+            if self._output_index_dim is None:
+                raise ValueError("subsampled_points needs output_index_dims; got None.")
+            _check_subsampled_points(subsampled_points, self._output_index_dim)
+            dims = tuple(self._output_index_dim)
+            coords = jnp.stack(jnp.unravel_index(subsampled_points, dims), axis=1)  # [M, D]
+            # The reference maps index i to -1 + 2 i / n (not to linspace's grid).
+            pos = -1 + 2 * coords / jnp.array(dims)[None, :]
+            pos = jnp.broadcast_to(pos[None], (batch,) + pos.shape)
+            pos_emb = self.output_pos_enc(batch_size=batch, pos=pos)
+            if self._position_encoding_type == "trainable" and not isinstance(
+                self.output_pos_enc, position_encoding.PositionEncodingProjector
+            ):
+                # A learned table ignores coordinates: take the subsampled rows.
+                pos_emb = jnp.take(pos_emb, jnp.asarray(subsampled_points), axis=1)
+            pos_emb = pos_emb.reshape(pos_emb.shape[0], -1, pos_emb.shape[-1])
+        if self._concat_preprocessed_input:
+            if inputs_without_pos is None:
+                raise ValueError(
+                    "concat_preprocessed_input=True needs inputs_without_pos; got None."
+                )
+            pos_emb = jnp.concatenate([inputs_without_pos, pos_emb], axis=-1)
+        return pos_emb
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Queries `[B, M, Cq]` attend to latents `[B, N, Cz]`; returns `[B, M, C]`.
+
+        Raises:
+          ValueError: if `query_mask` is not `[B, M]`.
+        """
+        _validation.check_rank("query", query, (3,), "[B, M, C]")
+        attention_mask = None
+        if query_mask is not None:
+            _validation.check_mask_shape("query_mask", query_mask, query.shape[:2])
+            attention_mask = make_cross_attention_mask(
+                query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=jnp.int32)
+            )
+        cross_attention = CrossAttention(
+            dropout_prob=0.0,
+            num_heads=self._num_heads,
+            widening_factor=1,
+            shape_for_attn="kv",
+            qk_channels=self._qk_channels,
+            v_channels=self._v_channels,
+            use_query_residual=self._use_query_residual,
+        )
+        output = cross_attention(query, z, is_training=is_training, attention_mask=attention_mask)
+        if self._final_project:
+            output = hk.Linear(self._output_num_channels, w_init=self._output_w_init, name="output")(
+                output
+            )
+        return output
+
+
+class ClassificationDecoder(AbstractPerceiverDecoder):
+    """A BasicDecoder with one query whose output is the class logits."""
+
+    def __init__(self, num_classes: int, name: str = "classification_decoder", **decoder_kwargs):
+        super().__init__(name=name)
+        self._num_classes = num_classes
+        self.decoder = BasicDecoder(
+            output_index_dims=(1,), output_num_channels=num_classes, **decoder_kwargs
+        )
+
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        return self.decoder.decoder_query(
+            inputs, modality_sizes, inputs_without_pos, subsampled_points=subsampled_points
+        )
+
+    def output_shape(self, inputs):
+        return (inputs.shape[0], self._num_classes), None
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Returns logits `[B, num_classes]`."""
+        return self.decoder(query, z, is_training=is_training)[:, 0, :]
+
+
+class MultimodalDecoder(AbstractPerceiverDecoder):
+    """Decodes several modalities with one shared cross-attention.
+
+    Each modality's decoder only builds queries; the queries are padded with
+    learned channels (`{modality}_padding`) to a common width, concatenated in
+    sorted modality order, and decoded together.
+    """
+
+    def __init__(
+        self,
+        modalities: Mapping[str, AbstractPerceiverDecoder],
+        num_outputs,
+        output_num_channels: int,
+        min_padding_size: int = 2,
+        subsampled_index_dims: Optional[Mapping[str, int]] = None,
+        name: str = "multimodal_decoder",
+        **decoder_kwargs,
+    ):
+        super().__init__(name=name)
+        self._modalities = modalities
+        self._subsampled_index_dims = subsampled_index_dims
+        self._min_padding_size = min_padding_size
+        self._output_num_channels = output_num_channels
+        self._num_outputs = num_outputs
+        self._decoder = BasicDecoder(
+            output_index_dims=(num_outputs,),
+            output_num_channels=output_num_channels,
+            position_encoding_type="none",
+            **decoder_kwargs,
+        )
+
+    def decoder_query(
+        self, inputs, modality_sizes, inputs_without_pos=None, subsampled_points=None
+    ):
+        """Queries of all modalities, padded and concatenated: `[B, sum M_m, C]`.
+
+        Raises:
+          ValueError: if `modality_sizes` or `subsampled_points` name other
+            modalities than the configured ones.
+        """
+        if modality_sizes is None:
+            raise ValueError(
+                "MultimodalDecoder needs modality_sizes (from a MultimodalPreprocessor); got None."
+            )
+        if set(modality_sizes) != set(self._modalities):
+            raise ValueError(
+                f"modality_sizes has modalities {sorted(modality_sizes)}, but the decoder "
+                f"is configured for {sorted(self._modalities)}."
+            )
+        subsampled_points = subsampled_points or {}
+        unknown = sorted(set(subsampled_points) - set(self._modalities))
+        if unknown:
+            raise ValueError(
+                f"subsampled_points has unknown modalities {unknown}; expected a subset "
+                f"of {sorted(self._modalities)}."
+            )
+        per_modality = io_processors.restructure(modality_sizes, inputs)
+        queries = {}
+        for modality, decoder in self._modalities.items():
+            without_pos = None
+            if inputs_without_pos is not None:
+                without_pos = inputs_without_pos.get(modality)
+            queries[modality] = decoder.decoder_query(
+                inputs=per_modality[modality],
+                modality_sizes=None,
+                inputs_without_pos=without_pos,
+                subsampled_points=subsampled_points.get(modality),
+            )
+
+        channels = max(q.shape[2] for q in queries.values()) + self._min_padding_size
+
+        def pad(modality, x):
+            x = x.reshape(x.shape[0], int(np.prod(x.shape[1:-1])), x.shape[-1])
+            padding = position_encoding.TrainablePositionEncoding(
+                1, num_channels=channels - x.shape[2], init_scale=0.02, name=f"{modality}_padding"
+            )(x.shape[0])
+            padding = jnp.broadcast_to(padding, x.shape[:2] + (channels - x.shape[2],))
+            return jnp.concatenate([x, padding], axis=2)
+
+        return jnp.concatenate([pad(m, queries[m]) for m in sorted(self._modalities)], axis=1)
+
+    def output_shape(self, inputs):
+        if self._subsampled_index_dims is not None:
+            num_outputs = sum(self._subsampled_index_dims.values())
+        else:
+            num_outputs = self._num_outputs
+        return (
+            (inputs.shape[0], num_outputs, self._output_num_channels),
+            self._subsampled_index_dims,
+        )
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Returns `[B, sum M_m, output_num_channels]`."""
+        return self._decoder(query, z, is_training=is_training)
+
+
+class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):
+    """A BasicDecoder over a `(T, H, W)` grid whose outputs are reshaped to video."""
+
+    def __init__(
+        self,
+        output_shape: Sequence[int],
+        position_encoding_type: str,
+        name: str = "basic_video_autoencoding_decoder",
+        **decoder_kwargs,
+    ):
+        """Builds the decoder.
+
+        Args:
+          output_shape: `[B, T, H, W]`.
+          position_encoding_type: 'trainable' or 'fourier'.
+          name: module name.
+          **decoder_kwargs: BasicDecoder arguments; must include output_num_channels.
+
+        Raises:
+          ValueError: if output_shape is not of length 4.
+        """
+        super().__init__(name=name)
+        if len(output_shape) != 4:
+            raise ValueError(
+                f"output_shape must be [B, T, H, W] (length 4); got {list(output_shape)}."
+            )
+        if "output_num_channels" not in decoder_kwargs:
+            raise ValueError("BasicVideoAutoencodingDecoder needs output_num_channels.")
+        self._output_shape = list(output_shape)
+        self._output_num_channels = decoder_kwargs["output_num_channels"]
+        self.decoder = BasicDecoder(
+            output_index_dims=tuple(self._output_shape[1:4]),
+            position_encoding_type=position_encoding_type,
+            **decoder_kwargs,
+        )
+
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        return self.decoder.decoder_query(
+            inputs,
+            modality_sizes=modality_sizes,
+            inputs_without_pos=inputs_without_pos,
+            subsampled_points=subsampled_points,
+        )
+
+    def output_shape(self, inputs):
+        return [inputs.shape[0]] + self._output_shape[1:] + [self._output_num_channels], None
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Returns video `[B, T, H, W, C]` (all queries must be decoded)."""
+        output = self.decoder(query, z, is_training=is_training)
+        return output.reshape(self._output_shape + [output.shape[-1]])
+
+
+class FlowDecoder(AbstractPerceiverDecoder):
+    """Decodes one flow vector per input pixel, using the inputs as queries."""
+
+    def __init__(
+        self,
+        output_image_shape: Sequence[int],
+        output_num_channels: int = 2,
+        rescale_factor: float = 100.0,
+        name: str = "flow_decoder",
+        **decoder_kwargs,
+    ):
+        super().__init__(name=name)
+        self._output_image_shape = tuple(output_image_shape)
+        self._output_num_channels = output_num_channels
+        self._rescale_factor = rescale_factor
+        self.decoder = BasicDecoder(output_num_channels=output_num_channels, **decoder_kwargs)
+
+    def output_shape(self, inputs):
+        # Channels need not be (u, v): a postprocessor may consume more.
+        return (inputs.shape[0],) + self._output_image_shape + (self._output_num_channels,), None
+
+    def decoder_query(
+        self, inputs, modality_sizes=None, inputs_without_pos=None, subsampled_points=None
+    ):
+        """The preprocessed inputs (frames merged in time) are the queries.
+
+        Raises:
+          ValueError: if subsampled_points is given (not supported).
+        """
+        if subsampled_points is not None:
+            raise ValueError("FlowDecoder does not support subsampled_points; got some.")
+        return inputs
+
+    def __call__(self, query, z, *, is_training, query_mask=None):
+        """Returns flow `[B, H, W, C]` divided by rescale_factor.
+
+        Raises:
+          ValueError: if the number of queries is not H * W of output_image_shape.
+        """
+        num_pixels = int(np.prod(self._output_image_shape))
+        if query.shape[1] != num_pixels:
+            raise ValueError(
+                f"FlowDecoder built for images of {self._output_image_shape} ({num_pixels} "
+                f"pixels) got {query.shape[1]} queries: the input frames must have that size."
+            )
+        preds = self.decoder(query, z, is_training=is_training) / self._rescale_factor
+        return preds.reshape((preds.shape[0],) + self._output_image_shape + (preds.shape[-1],))

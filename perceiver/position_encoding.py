@@ -1,0 +1,232 @@
+"""Position encodings: trainable, Fourier, and a learned projection of either.
+
+Names, signatures and parameter layouts follow DeepMind's reference
+(`perceiver.position_encoding`), so checkpoints written by it load here.
+"""
+
+import abc
+from typing import Optional, Sequence, Tuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver import _validation
+
+POSITION_ENCODING_TYPES = ("trainable", "fourier")
+
+
+def generate_fourier_features(
+    pos: jnp.ndarray,
+    num_bands: int,
+    max_resolution: Sequence[int] = (224, 224),
+    concat_pos: bool = True,
+    sine_only: bool = False,
+) -> jnp.ndarray:
+    """Fourier features of positions, with bands spaced linearly up to Nyquist.
+
+    Jaegle et al. 2021 (Perceiver), section 3.2: band k of dimension i has
+    frequency f_k in linspace(1, max_resolution[i] / 2, num_bands).
+
+    Args:
+      pos: positions `[N, D]`, usually in [-1, 1].
+      num_bands: number of frequency bands K per dimension.
+      max_resolution: `D` resolutions; each sets its dimension's top frequency.
+      concat_pos: prepend the raw positions to the features.
+      sine_only: use sin only, instead of sin then cos.
+
+    Returns:
+      `[N, C]` with C = D * K * (1 if sine_only else 2) + (D if concat_pos else
+      0), ordered [pos_1..pos_D, sin(pi f_1 pos_1)..sin(pi f_K pos_1), ...,
+      sin(.. pos_D), then the cos block in the same order].
+
+    Raises:
+      ValueError: if `pos` is not `[N, D]` with D == len(max_resolution).
+    """
+    _validation.check_rank("pos", pos, (2,), "[N, D]")
+    if pos.shape[-1] != len(max_resolution):
+        raise ValueError(
+            f"pos has {pos.shape[-1]} dimensions but max_resolution has "
+            f"{len(max_resolution)} entries ({tuple(max_resolution)})."
+        )
+    freqs = jnp.stack(
+        [jnp.linspace(1.0, res / 2, num=num_bands, endpoint=True) for res in max_resolution]
+    )  # [D, K]
+    scaled = (pos[:, :, None] * freqs[None]).reshape(pos.shape[0], -1)  # [N, D*K]
+    angles = jnp.pi * scaled
+    parts = [jnp.sin(angles)] if sine_only else [jnp.sin(angles), jnp.cos(angles)]
+    if concat_pos:
+        parts.insert(0, pos)
+    return jnp.concatenate(parts, axis=-1)
+
+
+def build_linear_positions(
+    index_dims: Sequence[int], output_range: Tuple[float, float] = (-1.0, 1.0)
+) -> jnp.ndarray:
+    """A grid of coordinates spanning `output_range` along every index dimension.
+
+    Args:
+      index_dims: the grid's shape `(d_1, ..., d_N)`.
+      output_range: first and last coordinate along each dimension.
+
+    Returns:
+      float32 `[d_1, ..., d_N, N]`; entry `[i_1, ..., i_N, j]` is the i_j-th of
+      d_j evenly spaced points from output_range[0] to output_range[1].
+    """
+    axes = [
+        jnp.linspace(output_range[0], output_range[1], num=int(n), endpoint=True, dtype=jnp.float32)
+        for n in index_dims
+    ]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+class AbstractPositionEncoding(hk.Module, metaclass=abc.ABCMeta):
+    """A module mapping a batch size (and optional positions) to encodings."""
+
+    @abc.abstractmethod
+    def __call__(self, batch_size: Optional[int], pos: Optional[jnp.ndarray]) -> jnp.ndarray:
+        raise NotImplementedError
+
+
+class TrainablePositionEncoding(AbstractPositionEncoding):
+    """A learned `[index_dim, num_channels]` table (`pos_embs`)."""
+
+    def __init__(
+        self,
+        index_dim: int,
+        num_channels: int = 128,
+        init_scale: float = 0.02,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self._index_dim = index_dim
+        self._num_channels = num_channels
+        self._init_scale = init_scale
+
+    def __call__(self, batch_size: Optional[int], pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """Returns `[batch_size, index_dim, C]`, or `[index_dim, C]` if batch_size is None."""
+        del pos  # A learned table ignores coordinates.
+        table = hk.get_parameter(
+            "pos_embs",
+            [self._index_dim, self._num_channels],
+            init=hk.initializers.TruncatedNormal(stddev=self._init_scale),
+        )
+        if batch_size is None:
+            return table
+        return jnp.broadcast_to(table[None], (batch_size,) + table.shape)
+
+
+def _check_or_build_spatial_positions(
+    pos: Optional[jnp.ndarray], index_dims: Sequence[int], batch_size: int
+) -> jnp.ndarray:
+    """The given positions, or a flattened [-1, 1] grid `[B, prod(index_dims), D]`."""
+    if pos is None:
+        grid = build_linear_positions(index_dims)
+        grid = grid.reshape(-1, grid.shape[-1])
+        return jnp.broadcast_to(grid[None], (batch_size,) + grid.shape)
+    if np.shape(pos)[-1] != len(index_dims):
+        raise ValueError(
+            f"pos must have {len(index_dims)} coordinates per point (one per index "
+            f"dimension of {tuple(index_dims)}); got shape {tuple(np.shape(pos))}."
+        )
+    return pos
+
+
+class FourierPositionEncoding(AbstractPositionEncoding):
+    """Fixed sinusoidal features of grid positions (no parameters)."""
+
+    def __init__(
+        self,
+        index_dims: Sequence[int],
+        num_bands: int,
+        concat_pos: bool = True,
+        max_resolution: Optional[Sequence[int]] = None,
+        sine_only: bool = False,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self._num_bands = num_bands
+        self._concat_pos = concat_pos
+        self._sine_only = sine_only
+        self._index_dims = index_dims
+        # Without an explicit resolution the grid itself sets the top frequency.
+        self._max_resolution = max_resolution or index_dims
+
+    def __call__(self, batch_size: int, pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        """Returns `[B, N, C]` features of `pos` `[B, N, D]` (default: the grid)."""
+        pos = _check_or_build_spatial_positions(pos, self._index_dims, batch_size)
+        if len(self._max_resolution) != pos.shape[-1]:
+            raise ValueError(
+                f"max_resolution {tuple(self._max_resolution)} must have one entry per "
+                f"index dimension ({pos.shape[-1]})."
+            )
+
+        def features(p):
+            return generate_fourier_features(
+                p,
+                num_bands=self._num_bands,
+                max_resolution=self._max_resolution,
+                concat_pos=self._concat_pos,
+                sine_only=self._sine_only,
+            )
+
+        return jax.vmap(features)(pos)
+
+
+class PositionEncodingProjector(AbstractPositionEncoding):
+    """Projects another position encoding to `output_size` channels."""
+
+    def __init__(
+        self,
+        output_size: int,
+        base_position_encoding: AbstractPositionEncoding,
+        name: Optional[str] = None,
+    ):
+        super().__init__(name=name)
+        self._output_size = output_size
+        self._base_position_encoding = base_position_encoding
+
+    def __call__(self, batch_size: Optional[int], pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
+        base = self._base_position_encoding(batch_size, pos)
+        return hk.Linear(output_size=self._output_size)(base)
+
+
+def build_position_encoding(
+    position_encoding_type: str,
+    index_dims: Sequence[int],
+    project_pos_dim: int = -1,
+    trainable_position_encoding_kwargs: Optional[dict] = None,
+    fourier_position_encoding_kwargs: Optional[dict] = None,
+    name: Optional[str] = None,
+) -> AbstractPositionEncoding:
+    """Builds a 'trainable' or 'fourier' encoding, projected if project_pos_dim > 0.
+
+    Raises:
+      ValueError: for an unknown `position_encoding_type`, or when the kwargs
+        for the chosen type are missing.
+    """
+    _validation.check_choice("position_encoding_type", position_encoding_type, POSITION_ENCODING_TYPES)
+    if position_encoding_type == "trainable":
+        if trainable_position_encoding_kwargs is None:
+            raise ValueError(
+                "position_encoding_type='trainable' needs trainable_position_encoding_kwargs "
+                "(e.g. dict(num_channels=...)); got None."
+            )
+        encoding = TrainablePositionEncoding(
+            index_dim=int(np.prod(index_dims)), name=name, **trainable_position_encoding_kwargs
+        )
+    else:
+        if fourier_position_encoding_kwargs is None:
+            raise ValueError(
+                "position_encoding_type='fourier' needs fourier_position_encoding_kwargs "
+                "(e.g. dict(num_bands=...)); got None."
+            )
+        encoding = FourierPositionEncoding(
+            index_dims=index_dims, name=name, **fourier_position_encoding_kwargs
+        )
+    if project_pos_dim > 0:
+        encoding = PositionEncodingProjector(
+            output_size=project_pos_dim, base_position_encoding=encoding
+        )
+    return encoding
