@@ -1,0 +1,586 @@
+"""The six published Perceiver IO models, one factory each.
+
+Each factory assembles the model the way DeepMind's notebooks do and returns
+an `hk.TransformedWithState`; defaults are the published sizes, so the
+parameter trees equal the published checkpoints'. Keyword arguments shrink
+the model (for tests, or new models of the same shape).
+
+    model, params, state = pretrained('imagenet_fourier')
+    logits, _ = model.apply(params, state, None, images)  # [B, 1000]
+"""
+
+import dataclasses
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver import _validation
+from perceiver import bytes_tokenizer
+from perceiver import checkpoint
+from perceiver import io_processors
+from perceiver import perceiver
+from perceiver import position_encoding
+
+IMAGENET_VARIANTS = ("learned_position_encoding", "fourier_position_encoding", "conv_preprocessing")
+
+# Factor by which the reference notebook scales the flow network's output.
+FLOW_OUTPUT_SCALE = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    """A model and inputs of the right shapes, to trace its parameter tree."""
+
+    model: hk.TransformedWithState
+    example_inputs: Tuple
+
+
+# ---------------------------------------------------------------------------
+# Masked language model on UTF-8 bytes
+# ---------------------------------------------------------------------------
+
+
+def _masked_language_model(
+    *,
+    max_seq_len: int = 2048,
+    d_model: int = 768,
+    num_latents: int = 256,
+    num_latent_channels: int = 1280,
+    num_self_attends: int = 26,
+    num_heads: int = 8,
+    qk_channels: int = 256,
+) -> _Built:
+    tokenizer = bytes_tokenizer.BytesTokenizer()
+    encoder_kwargs = dict(
+        num_self_attends_per_block=num_self_attends,
+        num_blocks=1,
+        z_index_dim=num_latents,
+        num_z_channels=num_latent_channels,
+        num_self_attend_heads=num_heads,
+        num_cross_attend_heads=num_heads,
+        qk_channels=qk_channels,
+        v_channels=num_latent_channels,
+        use_query_residual=True,
+        cross_attend_widening_factor=1,
+        self_attend_widening_factor=1,
+    )
+    decoder_kwargs = dict(
+        output_num_channels=num_latent_channels,
+        position_encoding_type="trainable",
+        output_index_dims=max_seq_len,
+        num_z_channels=num_latent_channels,
+        qk_channels=qk_channels,
+        v_channels=d_model,
+        num_heads=num_heads,
+        final_project=False,
+        use_query_residual=False,
+        trainable_position_encoding_kwargs=dict(num_channels=d_model),
+    )
+
+    def forward(inputs, input_mask, is_training=False):
+        _validation.check_rank("inputs", inputs, (2,), "[B, T] byte tokens")
+        length = inputs.shape[1]
+        if length > max_seq_len:
+            raise ValueError(
+                f"inputs has {length} tokens; this model reads at most max_seq_len="
+                f"{max_seq_len}."
+            )
+        _validation.check_mask_shape("input_mask", input_mask, inputs.shape)
+        embed = hk.Embed(vocab_size=tokenizer.vocab_size, embed_dim=d_model)
+        x = embed(inputs)
+        pos = position_encoding.TrainablePositionEncoding(
+            index_dim=max_seq_len, num_channels=d_model
+        )(x.shape[0])
+        model = perceiver.Perceiver(
+            encoder=perceiver.PerceiverEncoder(**encoder_kwargs),
+            decoder=perceiver.BasicDecoder(**decoder_kwargs),
+        )
+        # Shorter inputs use the first rows of the position tables; this equals
+        # padding them to max_seq_len with the padding masked out.
+        subsample = None if length == max_seq_len else np.arange(length)
+        out = model(
+            x + pos[:, :length],
+            is_training=is_training,
+            input_mask=input_mask,
+            query_mask=input_mask,
+            subsampled_output_points=subsample,
+        )
+        return io_processors.EmbeddingDecoder(embedding_matrix=embed.embeddings)(out)
+
+    tokens = np.zeros((1, max_seq_len), np.int32)
+    return _Built(hk.transform_with_state(forward), (tokens, np.ones_like(tokens)))
+
+
+def masked_language_model(**sizes) -> hk.TransformedWithState:
+    """Perceiver IO masked language model on UTF-8 bytes (paper section 4.1).
+
+    `apply(params, state, rng, inputs, input_mask, is_training=False)`:
+    tokens `[B, T]` int (see `BytesTokenizer`; T <= max_seq_len) and mask
+    `[B, T]` (1 for real tokens, 0 for padding) -> logits `[B, T, 262]`.
+
+    Args:
+      **sizes: max_seq_len=2048, d_model=768, num_latents=256,
+        num_latent_channels=1280, num_self_attends=26, num_heads=8,
+        qk_channels=256.
+    """
+    return _masked_language_model(**sizes).model
+
+
+# ---------------------------------------------------------------------------
+# ImageNet classification
+# ---------------------------------------------------------------------------
+
+
+def _imagenet_classifier(
+    variant: str,
+    *,
+    num_classes: int = 1000,
+    image_size: int = 224,
+    num_latents: int = 512,
+    num_latent_channels: int = 1024,
+    num_blocks: int = 8,
+    num_self_attends_per_block: int = 6,
+    num_self_attend_heads: int = 8,
+    num_bands: int = 64,
+    learned_pos_channels: int = 256,
+) -> _Built:
+    _validation.check_choice("variant", variant, IMAGENET_VARIANTS)
+    encoder_kwargs = dict(
+        cross_attend_widening_factor=1,
+        cross_attention_shape_for_attn="kv",
+        dropout_prob=0,
+        num_blocks=num_blocks,
+        num_cross_attend_heads=1,
+        num_self_attend_heads=num_self_attend_heads,
+        num_self_attends_per_block=num_self_attends_per_block,
+        num_z_channels=num_latent_channels,
+        self_attend_widening_factor=1,
+        use_query_residual=True,
+        z_index_dim=num_latents,
+        z_pos_enc_init_scale=0.02,
+    )
+    decoder_kwargs = dict(
+        num_z_channels=num_latent_channels,
+        position_encoding_type="trainable",
+        trainable_position_encoding_kwargs=dict(init_scale=0.02, num_channels=num_latent_channels),
+        use_query_residual=variant != "learned_position_encoding",
+    )
+
+    def fourier(resolution):
+        return dict(
+            concat_pos=True,
+            max_resolution=(resolution, resolution),
+            num_bands=num_bands,
+            sine_only=False,
+        )
+
+    if variant == "learned_position_encoding":
+        prep_kwargs = dict(
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(
+                init_scale=0.02, num_channels=learned_pos_channels
+            ),
+            prep_type="conv1x1",
+            project_pos_dim=learned_pos_channels,
+            num_channels=learned_pos_channels,
+            spatial_downsample=1,
+            concat_or_add_pos="concat",
+        )
+    elif variant == "fourier_position_encoding":
+        prep_kwargs = dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=fourier(image_size),
+            prep_type="pixels",
+            spatial_downsample=1,
+        )
+    else:
+        prep_kwargs = dict(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=fourier(image_size // 4),
+            prep_type="conv",
+        )
+
+    def forward(images, is_training=False):
+        _validation.check_rank("images", images, (4,), "[B, H, W, 3]")
+        if tuple(images.shape[1:3]) != (image_size, image_size):
+            raise ValueError(
+                f"images must be [B, {image_size}, {image_size}, 3]; got shape "
+                f"{tuple(images.shape)} (resize and centre-crop first)."
+            )
+        model = perceiver.Perceiver(
+            encoder=perceiver.PerceiverEncoder(**encoder_kwargs),
+            decoder=perceiver.ClassificationDecoder(num_classes, **decoder_kwargs),
+            input_preprocessor=io_processors.ImagePreprocessor(**prep_kwargs),
+        )
+        return model(images, is_training=is_training)
+
+    images = np.zeros((1, image_size, image_size, 3), np.float32)
+    return _Built(hk.transform_with_state(forward), (images,))
+
+
+def imagenet_classifier(variant: str, **sizes) -> hk.TransformedWithState:
+    """Perceiver IO ImageNet classifier (paper section 4.5).
+
+    `apply(params, state, rng, images, is_training=False)`: normalised images
+    `[B, 224, 224, 3]` (per-channel mean/std of ImageNet) -> logits `[B, 1000]`.
+
+    Args:
+      variant: 'learned_position_encoding' (1x1 conv, learned positions),
+        'fourier_position_encoding' (raw pixels, Fourier features) or
+        'conv_preprocessing' (conv + max-pool stem, Fourier features).
+      **sizes: num_classes=1000, image_size=224, num_latents=512,
+        num_latent_channels=1024, num_blocks=8, num_self_attends_per_block=6,
+        num_self_attend_heads=8, num_bands=64, learned_pos_channels=256.
+
+    Raises:
+      ValueError: for an unknown variant.
+    """
+    return _imagenet_classifier(variant, **sizes).model
+
+
+# ---------------------------------------------------------------------------
+# Optical flow
+# ---------------------------------------------------------------------------
+
+
+def _optical_flow(
+    *,
+    image_shape: Sequence[int] = (368, 496),
+    num_latents: int = 2048,
+    num_latent_channels: int = 512,
+    num_self_attends: int = 24,
+    num_self_attend_heads: int = 16,
+    num_bands: int = 64,
+) -> _Built:
+    image_shape = tuple(image_shape)
+
+    def fourier():
+        return dict(
+            num_bands=num_bands, max_resolution=image_shape, sine_only=False, concat_pos=True
+        )
+
+    def forward(images, is_training=False):
+        _validation.check_rank("images", images, (5,), "[B, 2, H, W, 3]")
+        if images.shape[1] != 2 or tuple(images.shape[2:4]) != image_shape:
+            raise ValueError(
+                f"images must be two frames [B, 2, {image_shape[0]}, {image_shape[1]}, C]; "
+                f"got shape {tuple(images.shape)}."
+            )
+        preprocessor = io_processors.ImagePreprocessor(
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=fourier(),
+            n_extra_pos_mlp=0,
+            prep_type="patches",
+            spatial_downsample=1,
+            conv_after_patching=True,
+            temporal_downsample=2,
+        )
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=num_self_attends,
+            num_blocks=1,
+            z_index_dim=num_latents,
+            num_cross_attend_heads=1,
+            num_z_channels=num_latent_channels,
+            num_self_attend_heads=num_self_attend_heads,
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+            dropout_prob=0.0,
+            z_pos_enc_init_scale=0.02,
+            cross_attention_shape_for_attn="kv",
+            name="perceiver_encoder",
+        )
+        decoder = perceiver.FlowDecoder(
+            image_shape,
+            rescale_factor=100.0,
+            use_query_residual=False,
+            output_num_channels=2,
+            output_w_init=jnp.zeros,
+            position_encoding_type="fourier",
+            fourier_position_encoding_kwargs=fourier(),
+        )
+        model = perceiver.Perceiver(
+            input_preprocessor=preprocessor, encoder=encoder, decoder=decoder
+        )
+        flow = model(io_processors.patches_for_flow(images), is_training=is_training)
+        return flow * FLOW_OUTPUT_SCALE
+
+    frames = np.zeros((1, 2) + image_shape + (3,), np.float32)
+    return _Built(hk.transform_with_state(forward), (frames,))
+
+
+def optical_flow(**sizes) -> hk.TransformedWithState:
+    """Perceiver IO optical flow (paper section 4.2).
+
+    `apply(params, state, rng, images, is_training=False)`: two frames
+    `[B, 2, 368, 496, 3]` scaled to [-1, 1] -> flow `[B, 368, 496, 2]` in
+    pixels (x then y displacement from frame 1 to frame 2).
+
+    Args:
+      **sizes: image_shape=(368, 496), num_latents=2048,
+        num_latent_channels=512, num_self_attends=24,
+        num_self_attend_heads=16, num_bands=64.
+    """
+    return _optical_flow(**sizes).model
+
+
+# ---------------------------------------------------------------------------
+# Multimodal video + audio + label autoencoding
+# ---------------------------------------------------------------------------
+
+
+def _video_autoencoder(
+    *,
+    num_frames: int = 16,
+    image_size: int = 224,
+    audio_samples_per_frame: int = 1920,
+    samples_per_patch: int = 16,
+    num_latents: int = 784,
+    num_latent_channels: int = 512,
+    num_self_attends: int = 8,
+    num_heads: int = 8,
+    decoder_channels: int = 512,
+    num_classes: int = 700,
+    image_bands: int = 32,
+    audio_bands: int = 192,
+    label_query_channels: int = 1024,
+) -> _Built:
+    num_samples = num_frames * audio_samples_per_frame
+    patch_grid = (num_frames, image_size // 4, image_size // 4)
+    num_pixels = num_frames * image_size * image_size
+    num_audio_patches = num_samples // samples_per_patch
+
+    def fourier(bands, resolution):
+        return dict(num_bands=bands, max_resolution=resolution, sine_only=False, concat_pos=True)
+
+    def forward(images, audio, subsampling=None, is_training=False):
+        _validation.check_rank("images", images, (5,), "[B, T, H, W, 3]")
+        want = (num_frames, image_size, image_size)
+        if tuple(images.shape[1:4]) != want:
+            raise ValueError(
+                f"images must be [B, {num_frames}, {image_size}, {image_size}, 3]; got "
+                f"shape {tuple(images.shape)}."
+            )
+        _validation.check_rank("audio", audio, (3,), "[B, samples, 1]")
+        if audio.shape[1] != num_samples or audio.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"audio must be [{images.shape[0]}, {num_samples}, 1]; got shape "
+                f"{tuple(audio.shape)}."
+            )
+        if subsampling is None:
+            # Decoding every output needs explicit sizes to split the outputs.
+            subsampling = {"image": np.arange(num_pixels), "audio": np.arange(num_audio_patches)}
+        subsampling = dict(subsampling)
+        subsampling.setdefault("label", None)
+        preprocessor = io_processors.MultimodalPreprocessor(
+            min_padding_size=4,
+            modalities={
+                "audio": io_processors.AudioPreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    samples_per_patch=samples_per_patch,
+                ),
+                "image": io_processors.ImagePreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    spatial_downsample=4,
+                    temporal_downsample=1,
+                ),
+                "label": io_processors.OneHotPreprocessor(),
+            },
+            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+        )
+        postprocessor = io_processors.MultimodalPostprocessor(
+            modalities={
+                "audio": io_processors.AudioPostprocessor(samples_per_patch=samples_per_patch),
+                "image": io_processors.ProjectionPostprocessor(num_outputs=3),
+                "label": io_processors.ClassificationPostprocessor(num_classes=num_classes),
+            }
+        )
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=num_self_attends,
+            num_blocks=1,
+            z_index_dim=num_latents,
+            num_z_channels=num_latent_channels,
+            num_cross_attend_heads=1,
+            num_self_attend_heads=num_heads,
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+            dropout_prob=0.0,
+            z_pos_enc_init_scale=0.02,
+            cross_attention_shape_for_attn="kv",
+            name="encoder",
+        )
+        sizes = {
+            "audio": np.shape(subsampling["audio"])[0],
+            "image": np.shape(subsampling["image"])[0],
+            "label": 1,
+        }
+        decoder = perceiver.MultimodalDecoder(
+            concat_preprocessed_input=False,
+            subsampled_index_dims=sizes,
+            modalities={
+                "audio": perceiver.BasicDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["audio"],
+                    output_index_dims=(num_audio_patches,),
+                    num_z_channels=1024,
+                    output_num_channels=decoder_channels,
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
+                ),
+                "image": perceiver.BasicVideoAutoencodingDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["image"],
+                    output_shape=list(images.shape[:4]),
+                    num_z_channels=1024,
+                    output_num_channels=decoder_channels,
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
+                ),
+                "label": perceiver.ClassificationDecoder(
+                    concat_preprocessed_input=False,
+                    num_classes=num_classes,
+                    num_z_channels=1024,
+                    use_query_residual=False,
+                    position_encoding_type="trainable",
+                    trainable_position_encoding_kwargs=dict(
+                        num_channels=label_query_channels, init_scale=0.02
+                    ),
+                ),
+            },
+            num_outputs=None,
+            output_num_channels=decoder_channels,
+            use_query_residual=False,
+        )
+        model = perceiver.Perceiver(
+            input_preprocessor=preprocessor,
+            encoder=encoder,
+            decoder=decoder,
+            output_postprocessor=postprocessor,
+        )
+        # The label is always masked (probability 1), so its value is unused.
+        labels = jnp.zeros((images.shape[0], num_classes), images.dtype)
+        return model(
+            {"image": images, "audio": audio, "label": labels},
+            is_training=is_training,
+            subsampled_output_points=subsampling,
+        )
+
+    images = np.zeros((1, num_frames, image_size, image_size, 3), np.float32)
+    audio = np.zeros((1, num_samples, 1), np.float32)
+    subsampling = {"image": np.arange(4), "audio": np.arange(4)}
+    return _Built(hk.transform_with_state(forward), (images, audio, subsampling))
+
+
+def video_autoencoder(**sizes) -> hk.TransformedWithState:
+    """Perceiver IO multimodal autoencoder for Kinetics-700 (paper section 4.3).
+
+    `apply(params, state, rng, images, audio, subsampling=None,
+    is_training=False)`: video `[B, 16, 224, 224, 3]` in [0, 1], audio
+    `[B, 30720, 1]` in [-1, 1], and `subsampling` `{'image': idx, 'audio':
+    idx}` (flat indices of the outputs to decode; None decodes all) ->
+    `{'image': [B, n_image, 3], 'audio': [B, n_audio * 16], 'label': [B, 700]}`.
+
+    Args:
+      **sizes: num_frames=16, image_size=224, audio_samples_per_frame=1920,
+        samples_per_patch=16, num_latents=784, num_latent_channels=512,
+        num_self_attends=8, num_heads=8, decoder_channels=512,
+        num_classes=700, image_bands=32, audio_bands=192,
+        label_query_channels=1024.
+    """
+    return _video_autoencoder(**sizes).model
+
+
+# ---------------------------------------------------------------------------
+# Published checkpoints
+# ---------------------------------------------------------------------------
+
+_BUILDERS: Dict[str, Callable[..., _Built]] = {
+    "masked_language_model": _masked_language_model,
+    "imagenet_classifier": _imagenet_classifier,
+    "optical_flow": _optical_flow,
+    "video_autoencoder": _video_autoencoder,
+}
+
+
+def parameter_shapes(factory: str, **kwargs) -> Tuple[Mapping, Mapping]:
+    """`(params, state)` of a factory's model as `jax.ShapeDtypeStruct`s (no compute).
+
+    Args:
+      factory: a factory name ('masked_language_model', 'imagenet_classifier',
+        'optical_flow', 'video_autoencoder').
+      **kwargs: the factory's arguments.
+    """
+    _validation.check_choice("factory", factory, tuple(_BUILDERS))
+    built = _BUILDERS[factory](**kwargs)
+    return jax.eval_shape(
+        lambda: built.model.init(jax.random.PRNGKey(0), *built.example_inputs, is_training=True)
+    )
+
+
+def pretrained(
+    name: str, *, cache_dir: Optional[str] = None, progress: bool = True
+) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
+    """One of DeepMind's published models, ready to apply.
+
+    Downloads the checkpoint on first use (see `perceiver.hub.fetch`), reads it
+    safely, and checks it against the model.
+
+    Args:
+      name: a name in `perceiver.hub.CHECKPOINTS`: 'mlm', 'imagenet_learned',
+        'imagenet_fourier', 'imagenet_conv', 'flow' or 'video_autoencoding'.
+        (For a file of your own, use `load_for`.)
+      cache_dir: where checkpoints are kept (default `$PERCEIVER_CACHE` or
+        ~/.cache/perceiver).
+      progress: show a download progress bar.
+
+    Returns:
+      `(model, params, state)`.
+
+    Raises:
+      ValueError: for an unknown name.
+      perceiver.checkpoint.CheckpointError: if the file does not fit the model,
+        with every difference listed.
+    """
+    from perceiver import hub  # Imported late: hub is only needed here.
+
+    entry = hub.get(name)
+    path = hub.fetch(name, cache_dir=cache_dir, progress=progress)
+    return load_for(entry.factory, path, **dict(entry.factory_kwargs))
+
+
+def load_for(
+    factory: str, path, **kwargs
+) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
+    """Builds a factory's model and loads a checkpoint file for it, checked.
+
+    Raises:
+      perceiver.checkpoint.CheckpointError: listing every missing, unexpected
+        and mis-shaped parameter when the file does not fit.
+    """
+    _validation.check_choice("factory", factory, tuple(_BUILDERS))
+    params, state = checkpoint.load(path)
+    want_params, want_state = parameter_shapes(factory, **kwargs)
+    differences = checkpoint.tree_differences(want_params, params) + [
+        "state: " + line for line in checkpoint.tree_differences(want_state, state)
+    ]
+    if differences:
+        raise checkpoint.CheckpointError(
+            f"{path} does not fit {factory}({_format_kwargs(kwargs)}) "
+            f"({len(differences)} differences):\n  " + "\n  ".join(differences)
+        )
+    model = _BUILDERS[factory](**kwargs).model
+    return model, params, state
+
+
+def _format_kwargs(kwargs) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

@@ -1,0 +1,40 @@
+"""Packaging for perceiver: Perceiver and Perceiver IO in JAX/Haiku."""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def _version() -> str:
+    text = (HERE / "perceiver" / "__init__.py").read_text()
+    return re.search(r'^__version__ = "([^"]+)"', text, re.M).group(1)
+
+
+def _requirements() -> list:
+    lines = (HERE / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+EXTRAS = {
+    "test": ["pytest>=7", "pytest-timeout>=2"],
+}
+
+setup(
+    name="perceiver",
+    version=_version(),
+    description="Perceiver and Perceiver IO in JAX/Haiku, faithful to DeepMind's reference",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["perceiver", "perceiver.*"]),
+    python_requires=">=3.10",
+    install_requires=_requirements(),
+    extras_require=EXTRAS,
+    license="Apache-2.0",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
