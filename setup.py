@@ -32,6 +32,7 @@ setup(
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["perceiver = perceiver.cli:main"]},
     license="Apache-2.0",
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -715,7 +715,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
             if self._output_index_dim is None:
                 raise ValueError("subsampled_points needs output_index_dims; got None.")
             _check_subsampled_points(subsampled_points, self._output_index_dim)
-            dims = tuple(self._output_index_dim)
+            dims = tuple(int(d) for d in np.atleast_1d(self._output_index_dim))
             coords = jnp.stack(jnp.unravel_index(subsampled_points, dims), axis=1)  # [M, D]
             # The reference maps index i to -1 + 2 i / n (not to linspace's grid).
             pos = -1 + 2 * coords / jnp.array(dims)[None, :]
