@@ -11,10 +11,15 @@ every other one before anything from the file runs.
 import io
 import os
 import pickle
-import tempfile
+import secrets
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+
+try:  # Ships with jax; lets bfloat16 checkpoints written by `save` load again.
+    import ml_dtypes
+except ImportError:  # pragma: no cover
+    ml_dtypes = None
 
 Tree = Dict[str, Dict[str, np.ndarray]]
 
@@ -23,13 +28,40 @@ class CheckpointError(ValueError):
     """A checkpoint file could not be read, or does not fit a model."""
 
 
+class _Global:
+    """An allowed global as one unpickling sees it.
+
+    The unpickler's BUILD opcode sets attributes on whatever object it is
+    given; handing out this per-load wrapper instead of the shared object
+    keeps a file from altering our functions for later loads.
+    """
+
+    __slots__ = ("name", "target")
+
+    def __init__(self, name: str, target: Any):
+        self.name = name
+        self.target = target
+
+    def __call__(self, *args, **kwargs):
+        if any(self.target is cls for cls in _ARGUMENT_ONLY):
+            raise CheckpointError(f"checkpoint calls {self.name}, which may only be an argument.")
+        return self.target(*args, **kwargs)
+
+    def __setstate__(self, state):
+        raise CheckpointError(f"checkpoint tries to modify {self.name}.")
+
+
+def _unwrap(x: Any) -> Any:
+    return x.target if isinstance(x, _Global) else x
+
+
 def _flat_mapping(*args, **kwargs) -> dict:
     """Stands in for Haiku's removed `FlatMapping`: a plain dict."""
     return dict(*args, **kwargs)
 
 
-def _safe_dtype(*args, **kwargs) -> np.dtype:
-    dtype = np.dtype(*args, **kwargs)
+def _safe_dtype(obj, *args, **kwargs) -> np.dtype:
+    dtype = np.dtype(_unwrap(obj), *args, **kwargs)
     if dtype.hasobject:
         raise CheckpointError(
             f"checkpoint holds an array of dtype {dtype}: object arrays are refused "
@@ -39,9 +71,13 @@ def _safe_dtype(*args, **kwargs) -> np.dtype:
 
 
 def _reconstruct(cls, shape, dtype):
-    if cls is not np.ndarray:
+    if _unwrap(cls) is not np.ndarray:
         raise CheckpointError(f"checkpoint asks to build a {cls!r}; only numpy.ndarray is allowed.")
-    return np.ndarray.__new__(np.ndarray, shape, dtype)
+    # numpy always follows this with __setstate__, which sets the real shape
+    # and data; starting empty never hands out uninitialised memory and
+    # ignores a huge `shape` meant to exhaust memory.
+    del shape
+    return np.empty((0,), _safe_dtype(dtype))
 
 
 def _frombuffer(buffer, dtype, shape, order):
@@ -51,6 +87,16 @@ def _frombuffer(buffer, dtype, shape, order):
 def _scalar(dtype, data=None):
     dtype = _safe_dtype(dtype)
     return np.frombuffer(data, dtype=dtype, count=1)[0] if data is not None else dtype.type()
+
+
+def _latin1_encode(text, encoding="utf-8"):
+    # Pickle protocols 0-2 write bytes as codecs.encode(text, 'latin1'); any
+    # other codec (zlib, base64 ...) has no business in a checkpoint.
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise CheckpointError(
+            "checkpoint calls _codecs.encode with something other than (str, 'latin1')."
+        )
+    return text.encode("latin1")
 
 
 # (module, name) -> (object, why the published files need it).
@@ -85,7 +131,24 @@ ALLOWED_GLOBALS[("collections", "OrderedDict")] = (
     dict,
     "some Haiku versions pickled parameter trees as OrderedDicts; rebuilt as dict",
 )
+ALLOWED_GLOBALS[("_codecs", "encode")] = (
+    _latin1_encode,
+    "pickle protocols 0-2 store bytes (array data) as encode(text, 'latin1'); only that",
+)
+if ml_dtypes is not None:
+    ALLOWED_GLOBALS[("ml_dtypes", "bfloat16")] = (
+        ml_dtypes.bfloat16,
+        "the argument of dtype() for bfloat16 arrays, as `save` writes them from jax",
+    )
 del _module
+
+# Classes a file may name only as an argument (to _reconstruct or dtype), never call.
+_ARGUMENT_ONLY = (np.ndarray,) + ((ml_dtypes.bfloat16,) if ml_dtypes is not None else ())
+
+
+def _is_parameter_dtype(dtype: np.dtype) -> bool:
+    """Numbers and booleans, the only element types a parameter tree holds."""
+    return dtype.kind in "biufc" or (ml_dtypes is not None and dtype == ml_dtypes.bfloat16)
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -96,7 +159,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 f"checkpoint refers to {module}.{name}, which is not allowed in a checkpoint; "
                 "nothing from the file was run."
             )
-        return allowed[0]
+        return _Global(f"{module}.{name}", allowed[0])
 
 
 def _to_tree(obj: Any, what: str) -> Tree:
@@ -109,7 +172,21 @@ def _to_tree(obj: Any, what: str) -> Tree:
             raise CheckpointError(
                 f"{what}[{module!r}] must be a dict of arrays; got {type(params).__name__}."
             )
-        tree[str(module)] = {str(name): np.asarray(value) for name, value in params.items()}
+        tree[str(module)] = {}
+        for name, value in params.items():
+            try:
+                array = np.asarray(value)
+            except Exception as e:  # e.g. ragged nested lists
+                raise CheckpointError(
+                    f"{what}[{module!r}][{name!r}] is not an array: {type(e).__name__}: {e}"
+                ) from None
+            # Also catches dtypes whose pickled state claims to hold objects.
+            if array.dtype.hasobject or not _is_parameter_dtype(array.dtype):
+                raise CheckpointError(
+                    f"{what}[{module!r}][{name!r}] has dtype {array.dtype}; "
+                    "only numeric and boolean arrays are allowed."
+                )
+            tree[str(module)][str(name)] = array
     return tree
 
 
@@ -158,13 +235,16 @@ def load(path: "os.PathLike[str] | str") -> Tuple[Tree, Tree]:
     return loads(data, source=path)
 
 
+def _payload(params: Mapping, state: Optional[Mapping]) -> Any:
+    params = _to_tree(params, "params")
+    if state:
+        return {"params": params, "state": _to_tree(state, "state")}
+    return params
+
+
 def dumps(params: Mapping, state: Optional[Mapping] = None) -> bytes:
     """The bytes `save` writes."""
-    params = _to_tree(params, "params")
-    payload: Any = params
-    if state:
-        payload = {"params": params, "state": _to_tree(state, "state")}
-    return pickle.dumps(payload, protocol=4)
+    return pickle.dumps(_payload(params, state), protocol=4)
 
 
 def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mapping] = None) -> None:
@@ -174,15 +254,22 @@ def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mappin
     arrays become numpy arrays so that a plain `pickle.load` reads the file.
     The bytes go to a temporary file in the same directory that is renamed
     over `path` only once complete, so a crash never leaves a partial file.
+
+    Raises:
+      CheckpointError: if a value is not a numeric or boolean array.
+      OSError: if the file cannot be written; `path` is then left as it was.
     """
     path = os.fspath(path)
-    data = dumps(params, state)
+    payload = _payload(params, state)  # Fails before any file is touched.
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
+    # open(..., "xb") rather than mkstemp: the file gets the usual permissions
+    # (umask), not mkstemp's owner-only 0600, and a name clash fails loudly.
+    tmp = os.path.join(directory, f"{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with open(tmp, "xb") as f:
+            # Streamed, so a large checkpoint is not held twice in memory.
+            pickle.dump(payload, f, protocol=4)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -195,7 +282,7 @@ def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mappin
 def tree_differences(expected: Mapping, found: Mapping) -> list:
     """Every difference between two `{module: {name: array-like}}` trees.
 
-    Shapes are compared, and dtypes where `expected` has them.
+    Shapes are compared, and dtypes where both sides have them.
 
     Returns:
       sorted lines: "missing PATH (expected SHAPE)", "unexpected PATH (found
@@ -214,7 +301,11 @@ def tree_differences(expected: Mapping, found: Mapping) -> list:
             lines.append(f"unexpected {key} (found {_describe(got[key])})")
         else:
             w, g = want[key], got[key]
-            same_dtype = not hasattr(w, "dtype") or np.dtype(w.dtype) == np.dtype(g.dtype)
+            same_dtype = (
+                not hasattr(w, "dtype")
+                or not hasattr(g, "dtype")
+                or np.dtype(w.dtype) == np.dtype(g.dtype)
+            )
             if tuple(np.shape(w)) != tuple(np.shape(g)) or not same_dtype:
                 lines.append(f"mismatched {key}: expected {_describe(w)}, found {_describe(g)}")
     return lines

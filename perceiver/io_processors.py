@@ -98,8 +98,10 @@ def reverse_space_to_depth(
 
 
 def _check_window_arg(name: str, value: Sequence[int]) -> None:
-    if len(value) != 4 or value[0] != 1 or value[3] != 1:
-        raise ValueError(f"{name} must be [1, rows, cols, 1]; got {list(value)}.")
+    value = list(value)
+    well_formed = len(value) == 4 and value[0] == 1 and value[3] == 1
+    if not well_formed or not all(isinstance(v, (int, np.integer)) and v >= 1 for v in value):
+        raise ValueError(f"{name} must be [1, rows, cols, 1] of positive ints; got {value}.")
 
 
 def extract_patches(
