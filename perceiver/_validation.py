@@ -48,7 +48,9 @@ def check_positive_int(name: str, value: Any) -> None:
 
 
 def check_probability(name: str, value: Any, upper_inclusive: bool = True) -> None:
-    """Raises `ValueError` unless `value` is a probability in [0, 1]."""
+    """Raises `TypeError`/`ValueError` unless `value` is a probability in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number in [0, 1]; got {type(value).__name__} {value!r}.")
     top_ok = value <= 1 if upper_inclusive else value < 1
     if not (0 <= value and top_ok):
         bound = "1]" if upper_inclusive else "1)"

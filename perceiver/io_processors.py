@@ -37,13 +37,22 @@ _FRAMES_LAYOUT = "[B, H, W, C] images or [B, T, H, W, C] video"
 # ---------------------------------------------------------------------------
 
 
-def _check_blocks(frames, temporal_block_size, spatial_block_size, name="frames"):
+def _check_blocks(
+    frames,
+    temporal_block_size,
+    spatial_block_size,
+    name="frames",
+    factor_names=("temporal_block_size", "spatial_block_size"),
+):
     _validation.check_rank(name, frames, (4, 5), _FRAMES_LAYOUT)
+    temporal_name, spatial_name = factor_names
+    _validation.check_positive_int(temporal_name, temporal_block_size)
+    _validation.check_positive_int(spatial_name, spatial_block_size)
     shape = frames.shape
     if frames.ndim == 5:
-        _validation.check_divisible(f"{name} time size", shape[1], temporal_block_size, "temporal_block_size")
-    _validation.check_divisible(f"{name} height", shape[-3], spatial_block_size, "spatial_block_size")
-    _validation.check_divisible(f"{name} width", shape[-2], spatial_block_size, "spatial_block_size")
+        _validation.check_divisible(f"{name} time size", shape[1], temporal_block_size, temporal_name)
+    _validation.check_divisible(f"{name} height", shape[-3], spatial_block_size, spatial_name)
+    _validation.check_divisible(f"{name} width", shape[-2], spatial_block_size, spatial_name)
 
 
 def space_to_depth(
@@ -87,6 +96,8 @@ def reverse_space_to_depth(
       ValueError: for another rank, or channels not divisible by the block volume.
     """
     _validation.check_rank("frames", frames, (4, 5), _FRAMES_LAYOUT)
+    _validation.check_positive_int("temporal_block_size", temporal_block_size)
+    _validation.check_positive_int("spatial_block_size", spatial_block_size)
     s, t = spatial_block_size, temporal_block_size
     block = s * s * (t if frames.ndim == 5 else 1)
     _validation.check_divisible("frames channels", frames.shape[-1], block, "the block volume")
@@ -425,7 +436,13 @@ class ImagePreprocessor(hk.Module):
     def _check_inputs(self, inputs):
         _validation.check_rank("inputs", inputs, (4, 5), _FRAMES_LAYOUT)
         if self._prep_type == "patches":
-            _check_blocks(inputs, self._temporal_downsample, self._spatial_downsample, "inputs")
+            _check_blocks(
+                inputs,
+                self._temporal_downsample,
+                self._spatial_downsample,
+                "inputs",
+                ("temporal_downsample", "spatial_downsample"),
+            )
 
     def __call__(
         self,

@@ -721,10 +721,9 @@ class BasicDecoder(AbstractPerceiverDecoder):
             pos = -1 + 2 * coords / jnp.array(dims)[None, :]
             pos = jnp.broadcast_to(pos[None], (batch,) + pos.shape)
             pos_emb = self.output_pos_enc(batch_size=batch, pos=pos)
-            if self._position_encoding_type == "trainable" and not isinstance(
-                self.output_pos_enc, position_encoding.PositionEncodingProjector
-            ):
-                # A learned table ignores coordinates: take the subsampled rows.
+            if self._position_encoding_type == "trainable":
+                # A learned table ignores coordinates: take the subsampled rows
+                # (after any projection, which acts per position).
                 pos_emb = jnp.take(pos_emb, jnp.asarray(subsampled_points), axis=1)
             pos_emb = pos_emb.reshape(pos_emb.shape[0], -1, pos_emb.shape[-1])
         if self._concat_preprocessed_input:

@@ -151,7 +151,9 @@ class FourierPositionEncoding(AbstractPositionEncoding):
         self._sine_only = sine_only
         self._index_dims = index_dims
         # Without an explicit resolution the grid itself sets the top frequency.
-        self._max_resolution = max_resolution or index_dims
+        if max_resolution is None or len(max_resolution) == 0:
+            max_resolution = index_dims
+        self._max_resolution = max_resolution if max_resolution is None else tuple(max_resolution)
 
     def __call__(self, batch_size: int, pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         """Returns `[B, N, C]` features of `pos` `[B, N, D]` (default: the grid)."""
