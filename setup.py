@@ -18,9 +18,17 @@ def _requirements() -> list:
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
+# Optional features, each on the ecosystem's standard tool for the job.
 EXTRAS = {
-    "test": ["pytest>=7", "pytest-timeout>=2"],
+    # Images (PNG/JPEG/GIF), video and audio (MP4 through FFmpeg), progress bars.
+    "media": ["pillow>=10", "av>=12", "tqdm>=4.60"],
+    # Running the notebooks in colabs/.
+    "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.7"],
+    # Training: data loading and sharded, resumable checkpoints.
+    "train": ["grain>=0.2", "orbax-checkpoint>=0.6", "tqdm>=4.60"],
 }
+EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2"]
 
 setup(
     name="perceiver",
@@ -29,6 +37,7 @@ setup(
     long_description=(HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["perceiver", "perceiver.*"]),
+    package_data={"perceiver": ["data/*"]},
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require=EXTRAS,
