@@ -1,0 +1,459 @@
+"""Reading and writing images, video and audio as numpy arrays.
+
+Images (PNG, JPEG, GIF, ...) go through Pillow, MP4 video and its audio
+through PyAV (FFmpeg), WAV through the standard library's `wave`. Pillow and
+PyAV are optional: install them with `pip install 'perceiver[media]'`.
+
+Conventions: images and frames are uint8 RGB, `[H, W, 3]` and `[T, H, W, 3]`;
+audio is float32 `[samples, channels]` in [-1, 1].
+
+Raises, for every reader: `FileNotFoundError` naming the path when there is no
+such file, and `ValueError` naming the path when the file cannot be decoded.
+"""
+
+import fractions
+import os
+import pathlib
+import wave
+from typing import Optional, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_INSTALL_HINT = "install the media extra: pip install 'perceiver[media]'"
+_GIF_SUFFIXES = (".gif",)
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ImportError(f"reading and writing images needs Pillow; {_INSTALL_HINT}") from e
+    return Image
+
+
+def _pyav():
+    try:
+        import av
+    except ImportError as e:
+        raise ImportError(f"reading and writing video needs PyAV (av); {_INSTALL_HINT}") from e
+    return av
+
+
+def _existing_file(path: PathLike) -> pathlib.Path:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    return path
+
+
+def _to_uint8(
+    name: str, array, ndim: int, channel_counts: Tuple[int, ...], layout: str
+) -> np.ndarray:
+    """`array` as uint8, checking its rank, channels and value range."""
+    array = np.asarray(array)
+    if array.ndim != ndim or array.shape[-1] not in channel_counts:
+        raise ValueError(f"{name} must be {layout}; got shape {array.shape}.")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool or not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(
+            f"{name} must be uint8, or float in [0, 1]; got dtype {array.dtype}."
+        )
+    if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0 and array.max() <= 1):
+        raise ValueError(
+            f"{name} is float, so its values must be in [0, 1]; got values in "
+            f"[{np.nanmin(array)}, {np.nanmax(array)}]."
+        )
+    return np.round(array * 255.0).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+
+
+def _pil_to_rgb(image) -> np.ndarray:
+    """A Pillow image as uint8 RGB; alpha is dropped, grey is repeated."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        # 16-bit and 32-bit grey: Pillow's own conversion to 8 bits clips.
+        grey = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode != "F" else max(float(grey.max()), 1.0)
+        grey = np.clip(np.round(grey / peak * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_image(path: PathLike) -> np.ndarray:
+    """Reads an image file (the first frame of an animation) as RGB.
+
+    Args:
+      path: a PNG, JPEG, GIF, BMP, TIFF, WebP... file.
+
+    Returns:
+      uint8 `[H, W, 3]`; an alpha channel is dropped and grey is repeated
+      into three channels.
+
+    Raises:
+      FileNotFoundError: if there is no file at `path`.
+      ValueError: if the file is not an image Pillow can decode.
+      ImportError: without Pillow.
+    """
+    path = _existing_file(path)
+    Image = _pillow()
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _pil_to_rgb(image)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        # Pillow raises UnidentifiedImageError (an OSError) for unknown
+        # formats, and OSError/SyntaxError/ValueError for truncated data.
+        raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+def write_image(path: PathLike, image) -> None:
+    """Writes an RGB or grey image; the format follows the file's extension.
+
+    Args:
+      path: where to write, e.g. 'out.png' or 'out.jpg' (JPEG at quality 95).
+      image: `[H, W, 3]` or `[H, W]`, uint8 or float in [0, 1].
+
+    Raises:
+      ValueError: for a bad shape, values out of range, or an extension
+        Pillow cannot write.
+      TypeError: for a dtype other than uint8 or float.
+      ImportError: without Pillow.
+    """
+    array = np.asarray(image)
+    if array.ndim == 2:
+        array = array[..., None]
+    array = _to_uint8("image", array, 3, (1, 3), "[H, W, 3] or [H, W]")
+    Image = _pillow()
+    path = pathlib.Path(path)
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    try:
+        pil.save(path, **options)
+    except (KeyError, ValueError) as e:
+        # Pillow raises KeyError/ValueError for an extension it cannot write.
+        raise ValueError(f"cannot write an image to {path}: {e!r}") from e
+
+
+# ---------------------------------------------------------------------------
+# Video
+# ---------------------------------------------------------------------------
+
+
+def _read_gif(path: pathlib.Path, max_frames: Optional[int]):
+    Image = _pillow()
+    frames = []
+    durations = []
+    try:
+        with Image.open(path) as image:
+            for index in range(getattr(image, "n_frames", 1)):
+                image.seek(index)
+                image.load()
+                frames.append(_pil_to_rgb(image))
+                # Browsers show frames without a duration for 100 ms.
+                durations.append(image.info.get("duration") or 100)
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ValueError(f"cannot read {path} as a GIF: {e}") from e
+    # GIF writers (Pillow among them) store a run of identical frames once,
+    # with the run's total duration: repeat such frames to restore a constant
+    # frame rate, that of the shortest frame. (All frames are decoded to know
+    # it; GIFs are small.)
+    base = min(durations)
+    repeats = [max(1, int(round(d / base))) for d in durations]
+    frames = np.repeat(np.stack(frames), repeats, axis=0)[:max_frames]
+    return frames, 1000.0 / base, None, None
+
+
+def read_video(
+    path: PathLike, max_frames: Optional[int] = None
+) -> Tuple[np.ndarray, float, Optional[np.ndarray], Optional[int]]:
+    """Reads the frames of a video (MP4, WebM, AVI, GIF...) and its audio.
+
+    Args:
+      path: a video file. GIFs are read with Pillow, at a constant frame
+        rate (that of their shortest frame; longer frames are repeated);
+        everything else with PyAV.
+      max_frames: read at most this many frames (audio is cut to the same
+        duration); None reads all.
+
+    Returns:
+      `(frames, fps, audio, sample_rate)`: frames uint8 `[T, H, W, 3]`, the
+      frame rate, audio float32 `[samples, channels]` in [-1, 1] (None when
+      the file has no audio track) and its sample rate (or None).
+
+    Raises:
+      FileNotFoundError: if there is no file at `path`.
+      ValueError: if the file cannot be decoded or has no video frames.
+      ImportError: without PyAV (or Pillow, for GIFs).
+    """
+    path = _existing_file(path)
+    if max_frames is not None:
+        if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)):
+            raise TypeError(f"max_frames must be an int or None; got {max_frames!r}.")
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1; got {max_frames}.")
+    if path.suffix.lower() in _GIF_SUFFIXES:
+        return _read_gif(path, max_frames)
+    av = _pyav()
+    try:
+        frames, fps = _decode_video(av, path, max_frames)
+        duration = len(frames) / fps if max_frames and fps > 0 else None
+        audio, rate = _decode_audio(av, path, duration)
+    except av.FFmpegError as e:
+        raise ValueError(f"cannot read {path} as a video: {e}") from e
+    return frames, fps, audio, rate
+
+
+def _decode_video(av, path: pathlib.Path, max_frames: Optional[int]):
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path} has no video stream.")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames = []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not frames:
+        raise ValueError(f"{path} has a video stream without decodable frames.")
+    return np.stack(frames), float(rate) if rate else 0.0
+
+
+def _decode_audio(av, path: pathlib.Path, duration: Optional[float]):
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            return None, None
+        stream = container.streams.audio[0]
+        rate = stream.rate or stream.codec_context.sample_rate
+        limit = None if duration is None else int(round(duration * rate))
+        if stream.duration is not None and stream.time_base is not None:
+            # The encoder pads the last frame with silence; the stream's
+            # duration says where the real samples end.
+            stored = int(round(stream.duration * stream.time_base * rate))
+            limit = stored if limit is None else min(limit, stored)
+        # Planar float: each decoded frame is [channels, samples].
+        resampler = av.AudioResampler(format="fltp", layout=stream.layout, rate=rate)
+        chunks = []
+        total = 0
+        for frame in container.decode(stream):
+            for out in resampler.resample(frame):
+                chunk = out.to_ndarray()
+                chunks.append(chunk)
+                total += chunk.shape[1]
+            if duration is not None and total >= limit:
+                break
+        else:
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+    if not chunks:
+        return None, None
+    audio = np.concatenate(chunks, axis=1).T.astype(np.float32)
+    if limit is not None:
+        audio = audio[:limit]
+    return np.clip(audio, -1.0, 1.0), int(rate)
+
+
+def _check_fps(fps) -> float:
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)):
+        raise TypeError(f"fps must be a number; got {fps!r}.")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0; got {fps}.")
+    return float(fps)
+
+
+def write_video(
+    path: PathLike,
+    frames,
+    fps: float,
+    audio=None,
+    sample_rate: Optional[int] = None,
+) -> None:
+    """Writes frames, and optionally audio, as MP4 (H.264 + AAC) or GIF.
+
+    Args:
+      path: the output file; '.gif' writes an animated GIF with Pillow (no
+        audio), any other extension (normally '.mp4') a video with PyAV.
+      frames: `[T, H, W, 3]`, uint8 or float in [0, 1]. H.264 needs even H
+        and W.
+      fps: frames per second (for a GIF, rounded to a frame time in whole
+        hundredths of a second, at least 0.02 s).
+      audio: float `[samples, channels]` or `[samples]` in [-1, 1]; None for
+        no sound track.
+      sample_rate: the audio's sample rate; required with `audio`.
+
+    Raises:
+      ValueError: for bad shapes or values, odd frame sizes for H.264, audio
+        for a GIF, or when the encoder fails.
+      TypeError: for bad dtypes.
+      ImportError: without PyAV (or Pillow, for GIFs).
+    """
+    path = pathlib.Path(path)
+    frames = _to_uint8("frames", frames, 4, (3,), "[T, H, W, 3]")
+    if frames.shape[0] == 0:
+        raise ValueError("frames must hold at least one frame; got 0.")
+    fps = _check_fps(fps)
+    if audio is not None:
+        audio = _check_audio(audio)
+        _check_rate(sample_rate)
+    if path.suffix.lower() in _GIF_SUFFIXES:
+        if audio is not None:
+            raise ValueError(f"a GIF cannot hold audio; write {path.with_suffix('.mp4')} instead.")
+        _write_gif(path, frames, fps)
+        return
+    height, width = frames.shape[1:3]
+    if height % 2 or width % 2:
+        raise ValueError(
+            f"H.264 video needs an even frame height and width; got {height}x{width} "
+            f"(crop or pad the frames, or write a .gif)."
+        )
+    if audio is not None and audio.shape[1] > 2:
+        raise ValueError(f"audio must have 1 or 2 channels for AAC; got {audio.shape[1]}.")
+    av = _pyav()
+    try:
+        _encode_mp4(av, path, frames, fps, audio, sample_rate)
+    except av.FFmpegError as e:
+        path.unlink(missing_ok=True)  # Leave no half-written video behind.
+        raise ValueError(f"cannot write video to {path}: {e}") from e
+
+
+def _write_gif(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
+    Image = _pillow()
+    images = [Image.fromarray(frame) for frame in frames]
+    # GIF stores frame durations in hundredths of a second, and browsers
+    # show frames shorter than 0.02 s for 0.1 s.
+    duration = max(20, int(round(100.0 / fps)) * 10)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=duration, loop=0, optimize=False
+    )
+
+
+def _encode_mp4(av, path, frames, fps, audio, sample_rate) -> None:
+    rate = fractions.Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        video = container.add_stream("h264", rate=rate)
+        video.width = frames.shape[2]
+        video.height = frames.shape[1]
+        video.pix_fmt = "yuv420p"
+        if video.codec_context.name == "libx264":
+            video.options = {"crf": "17"}  # Near-transparent quality.
+        sound = None
+        if audio is not None:
+            layout = "mono" if audio.shape[1] == 1 else "stereo"
+            sound = container.add_stream("aac", rate=int(sample_rate), layout=layout)
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(array, format="rgb24")
+            frame.pts = index
+            frame.time_base = 1 / rate
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        if sound is not None:
+            # Planar float, [channels, samples]; the encoder cuts its own frames.
+            planar = np.ascontiguousarray(audio.T.astype(np.float32))
+            frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=sound.layout.name)
+            frame.sample_rate = int(sample_rate)
+            frame.pts = 0
+            frame.time_base = fractions.Fraction(1, int(sample_rate))
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+
+
+# ---------------------------------------------------------------------------
+# Audio
+# ---------------------------------------------------------------------------
+
+
+def _check_rate(sample_rate) -> None:
+    if (
+        isinstance(sample_rate, bool)
+        or not isinstance(sample_rate, (int, np.integer))
+        or sample_rate < 1
+    ):
+        raise ValueError(f"sample_rate must be a positive int; got {sample_rate!r}.")
+
+
+def _check_audio(audio) -> np.ndarray:
+    """`audio` as float32 `[samples, channels]`, checked to be in [-1, 1]."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        audio = audio[:, None]
+    if audio.ndim != 2 or audio.shape[1] < 1:
+        raise ValueError(
+            f"audio must be [samples, channels] or [samples]; got shape {audio.shape}."
+        )
+    if audio.dtype == np.int16:
+        return audio.astype(np.float32) / 32768.0
+    if audio.dtype == bool or not np.issubdtype(audio.dtype, np.floating):
+        raise TypeError(f"audio must be float in [-1, 1] or int16; got dtype {audio.dtype}.")
+    if audio.size and not (np.all(np.isfinite(audio)) and np.abs(audio).max() <= 1):
+        raise ValueError(
+            f"audio is float, so its values must be in [-1, 1]; got values in "
+            f"[{np.nanmin(audio)}, {np.nanmax(audio)}]."
+        )
+    return audio.astype(np.float32)
+
+
+def read_wav(path: PathLike) -> Tuple[np.ndarray, int]:
+    """Reads an integer PCM WAV file (8, 16, 24 or 32 bits).
+
+    Returns:
+      `(audio, sample_rate)`: audio float32 `[samples, channels]` in [-1, 1)
+      (an n-bit sample k is k / 2^(n-1)).
+
+    Raises:
+      FileNotFoundError: if there is no file at `path`.
+      ValueError: if the file is not an integer PCM WAV file.
+    """
+    path = _existing_file(path)
+    try:
+        with wave.open(str(path), "rb") as reader:
+            channels = reader.getnchannels()
+            width = reader.getsampwidth()
+            rate = reader.getframerate()
+            data = reader.readframes(reader.getnframes())
+    except (wave.Error, EOFError, ValueError) as e:
+        raise ValueError(f"cannot read {path} as a PCM WAV file: {e}") from e
+    usable = len(data) // (width * channels) * width * channels
+    raw = np.frombuffer(data[:usable], np.uint8)
+    if width == 1:  # 8-bit WAV is unsigned.
+        samples = (raw.astype(np.float32) - 128.0) / 128.0
+    elif width in (2, 4):
+        ints = raw.view(np.dtype(f"<i{width}"))
+        samples = ints.astype(np.float64) / float(2 ** (8 * width - 1))
+    elif width == 3:
+        triples = raw.reshape(-1, 3).astype(np.int32)
+        ints = triples[:, 0] | (triples[:, 1] << 8) | (triples[:, 2] << 16)
+        ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
+        samples = ints / float(1 << 23)
+    else:
+        raise ValueError(f"cannot read {path}: {8 * width}-bit samples are not supported.")
+    return samples.astype(np.float32).reshape(-1, channels), rate
+
+
+def write_wav(path: PathLike, audio, sample_rate: int) -> None:
+    """Writes 16-bit PCM WAV.
+
+    Args:
+      path: the output file.
+      audio: float `[samples, channels]` or `[samples]` in [-1, 1] (a value
+        x becomes round(x * 32768), 1.0 saturating at 32767), or int16.
+      sample_rate: samples per second.
+
+    Raises:
+      ValueError: for a bad shape, values out of [-1, 1] or a bad rate.
+      TypeError: for a dtype other than float or int16.
+    """
+    _check_rate(sample_rate)
+    audio = _check_audio(audio)
+    ints = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as writer:
+        writer.setnchannels(audio.shape[1])
+        writer.setsampwidth(2)
+        writer.setframerate(int(sample_rate))
+        writer.writeframes(ints.tobytes())

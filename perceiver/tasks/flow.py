@@ -1,0 +1,492 @@
+"""Optical flow between two images of any size, and tools to look at flow.
+
+The Perceiver IO flow model sees frames of one fixed size (368 x 496 for the
+published checkpoint). `OpticalFlow` covers a larger image with overlapping
+tiles of that size, runs the model on batches of tiles, and blends the tiles'
+flows with weights that fall off towards each tile's border, as DeepMind's
+notebook does; an image smaller than a tile is padded.
+
+    estimator = OpticalFlow.from_pretrained('flow')
+    flow = estimator(frame1, frame2)             # [H, W, 2] pixels (dx, dy)
+    media.write_image('flow.png', flow_to_color(flow))
+    write_flo('flow.flo', flow)
+
+Also here: the Middlebury colour coding of flow (`flow_to_color`), the
+Middlebury `.flo` file format (`read_flo`, `write_flo`) and the end-point
+error (`end_point_error`).
+"""
+
+import inspect
+import itertools
+import os
+import pathlib
+from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+# tiles [N, 2, h, w, 3] float32 in [-1, 1] -> flow [N, h, w, 2] in pixels.
+TileFunction = Callable[[np.ndarray], np.ndarray]
+
+FLO_MAGIC = 202021.25  # Middlebury's check value; its float32 bytes read "PIEH".
+_FLO_HEADER = np.dtype([("magic", "<f4"), ("width", "<i4"), ("height", "<i4")])
+# A sanity bound on .flo sizes, so that a corrupt header fails cleanly.
+_FLO_MAX_SIDE = 1 << 16
+
+
+def _tile_shape_of(sizes: Mapping) -> Tuple[int, ...]:
+    """The frame size of `perceiver.models.optical_flow(**sizes)`."""
+    from perceiver import models
+
+    default = inspect.signature(models._optical_flow).parameters["image_shape"].default
+    return tuple(sizes.get("image_shape", default))
+
+
+class OpticalFlow:
+    """Estimates optical flow between two RGB images of any size.
+
+    Each distinct tile is computed once, `batch_size` tiles per call of one
+    jit-compiled function (the last batch padded), so XLA compiles once per
+    number of tiles per call: `min(batch_size, tiles in the image)`.
+
+    Attributes:
+      tile_shape: `(h, w)`, the size of the frames the model sees.
+      min_overlap: the least number of pixels by which neighbouring tiles
+        overlap.
+      batch_size: the most tiles per model call.
+      params, state: the model's parameters and state (None for
+        `from_function`).
+      sizes: the `perceiver.models.optical_flow` keywords of the model.
+    """
+
+    def __init__(
+        self,
+        params: Mapping,
+        state: Optional[Mapping] = None,
+        *,
+        min_overlap: int = 20,
+        batch_size: int = 1,
+        **sizes,
+    ):
+        """Wraps a flow model's parameters.
+
+        Args:
+          params: parameters of `perceiver.models.optical_flow(**sizes)`.
+          state: its state (the flow model has none; None means `{}`).
+          min_overlap: the least overlap of neighbouring tiles, in pixels;
+            must be smaller than both sides of a tile.
+          batch_size: the most tiles per model call. One tile of the
+            published model is already a large computation (its decoder
+            attends from 182,528 queries), and memory grows with each tile
+            in a call.
+          **sizes: the keyword arguments of `perceiver.models.optical_flow`
+            (image_shape, num_latents, ...); default: the published model.
+
+        Raises:
+          perceiver.checkpoint.CheckpointError: if `params` do not fit the
+            model, listing every difference.
+          TypeError: for an unknown size keyword.
+          ValueError: for a bad min_overlap or batch_size.
+        """
+        from perceiver import checkpoint, models
+
+        self._setup(_tile_shape_of(sizes), min_overlap, batch_size)
+        state = {} if state is None else state
+        want_params, want_state = models.parameter_shapes("optical_flow", **sizes)
+        checkpoint.check_tree(want_params, params, "params")
+        checkpoint.check_tree(want_state, state, "state")
+        self._init_model(models.optical_flow(**sizes), params, state, sizes)
+
+    def _init_model(self, model, params, state, sizes) -> None:
+        import jax
+
+        self.params = jax.device_put(params)
+        self.state = jax.device_put(state)
+        self.sizes = dict(sizes)
+
+        def apply(params, state, tiles):
+            flow, _ = model.apply(params, state, None, tiles)
+            return flow
+
+        # One compiled function for every call; XLA compiles it once per
+        # batch shape, which is fixed for a given number of tiles.
+        jitted = jax.jit(apply)
+        self._tile_fn = lambda tiles: jitted(self.params, self.state, tiles)
+
+    def _setup(self, tile_shape, min_overlap, batch_size) -> None:
+        from perceiver import _validation
+
+        if len(tile_shape) != 2:
+            raise ValueError(f"tile_shape must be (height, width); got {tile_shape!r}.")
+        for side in tile_shape:
+            _validation.check_positive_int("tile_shape", side)
+        _validation.check_positive_int("batch_size", batch_size)
+        if isinstance(min_overlap, bool) or not isinstance(min_overlap, (int, np.integer)):
+            raise TypeError(f"min_overlap must be an int; got {type(min_overlap).__name__}.")
+        if not 0 <= min_overlap < min(tile_shape):
+            raise ValueError(
+                f"min_overlap must be in [0, {min(tile_shape)}) for tiles of shape "
+                f"{tuple(tile_shape)}; got {min_overlap}."
+            )
+        self.tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
+        self.min_overlap = int(min_overlap)
+        self.batch_size = int(batch_size)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: PathLike = "flow",
+        *,
+        cache_dir: Optional[PathLike] = None,
+        progress: bool = True,
+        min_overlap: int = 20,
+        batch_size: int = 1,
+        **sizes,
+    ) -> "OpticalFlow":
+        """The published flow model, or a checkpoint file of a flow model.
+
+        Args:
+          name_or_path: a checkpoint name in `perceiver.hub.CHECKPOINTS` of an
+            optical-flow model ('flow', downloaded on first use), or the path
+            of a checkpoint file.
+          cache_dir: where downloaded checkpoints are kept.
+          progress: show a download progress bar.
+          min_overlap, batch_size: as for the constructor.
+          **sizes: the model's `perceiver.models.optical_flow` keywords (for a
+            file of a model with other sizes).
+
+        Raises:
+          ValueError: for a registry name of another kind of model, or a name
+            that is neither known nor a file.
+          FileNotFoundError: for a path to no file.
+          perceiver.checkpoint.CheckpointError: if the file does not fit.
+          perceiver.hub.FetchError: if the download fails.
+        """
+        from perceiver import hub, models
+
+        if isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS:
+            entry = hub.get(name_or_path)
+            if entry.factory != "optical_flow":
+                flow_names = [n for n, e in hub.CHECKPOINTS.items() if e.factory == "optical_flow"]
+                raise ValueError(
+                    f"name_or_path {name_or_path!r} is a {entry.factory} checkpoint, not an "
+                    f"optical-flow one; use one of: {', '.join(flow_names)}."
+                )
+            sizes = {**dict(entry.factory_kwargs), **sizes}
+        estimator = cls.__new__(cls)
+        estimator._setup(_tile_shape_of(sizes), min_overlap, batch_size)
+        path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
+        model, params, state = models.load_for("optical_flow", path, **sizes)
+        estimator._init_model(model, params, state, sizes)
+        return estimator
+
+    @classmethod
+    def from_function(
+        cls,
+        tile_fn: TileFunction,
+        tile_shape: Sequence[int],
+        *,
+        min_overlap: int = 20,
+        batch_size: int = 1,
+    ) -> "OpticalFlow":
+        """An estimator whose model is any function of a batch of tiles.
+
+        Args:
+          tile_fn: maps tiles `[N, 2, h, w, 3]` float32 (both frames, scaled
+            to [-1, 1]) to flow `[N, h, w, 2]`. N is always the same for one
+            image; the last batch is padded with zero tiles.
+          tile_shape: `(h, w)`.
+          min_overlap, batch_size: as for the constructor.
+        """
+        if not callable(tile_fn):
+            raise TypeError(f"tile_fn must be callable; got {type(tile_fn).__name__}.")
+        estimator = cls.__new__(cls)
+        estimator.params = estimator.state = None
+        estimator.sizes = {}
+        estimator._tile_fn = tile_fn
+        estimator._setup(tuple(tile_shape), min_overlap, batch_size)
+        return estimator
+
+    def tile_origins(self, height: int, width: int) -> List[Tuple[int, int]]:
+        """The distinct top-left corners `(y, x)` of the tiles for an image.
+
+        An image smaller than a tile is first padded to the tile's size, so
+        the corners refer to the padded image.
+        """
+        ys = _starts(max(height, self.tile_shape[0]), self.tile_shape[0], self.min_overlap)
+        xs = _starts(max(width, self.tile_shape[1]), self.tile_shape[1], self.min_overlap)
+        return list(itertools.product(ys, xs))
+
+    def __call__(self, image1, image2) -> np.ndarray:
+        """The optical flow from `image1` to `image2`.
+
+        Args:
+          image1, image2: RGB `[H, W, 3]`, uint8 or float in [0, 255], of the
+            same shape.
+
+        Returns:
+          float32 `[H, W, 2]`: for each pixel of `image1`, its displacement
+          (dx, dy) in pixels to `image2`.
+
+        Raises:
+          ValueError: for images of bad or different shapes, or non-finite
+            values.
+          TypeError: for a non-numeric dtype.
+        """
+        first = _normalised("image1", image1)
+        second = _normalised("image2", image2)
+        if first.shape != second.shape:
+            raise ValueError(
+                f"image1 and image2 must have the same shape; got {first.shape} and "
+                f"{second.shape}."
+            )
+        height, width = first.shape[:2]
+        tile_h, tile_w = self.tile_shape
+        frames = np.stack([first, second])  # [2, H, W, 3]
+        pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
+        if pad_h or pad_w:
+            # Repeating the border keeps the padding free of new edges, which
+            # the model would otherwise take for moving structure.
+            frames = np.pad(frames, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)], mode="edge")
+        origins = self.tile_origins(height, width)
+        weights = _tile_weights(self.tile_shape)
+        total = np.zeros(frames.shape[1:3] + (2,), np.float64)
+        weight_sum = np.zeros(frames.shape[1:3], np.float64)
+        batch = min(self.batch_size, len(origins))
+        for start in range(0, len(origins), batch):
+            chunk = origins[start : start + batch]
+            tiles = np.zeros((batch, 2, tile_h, tile_w, 3), np.float32)
+            for i, (y, x) in enumerate(chunk):
+                tiles[i] = frames[:, y : y + tile_h, x : x + tile_w]
+            flows = np.asarray(self._tile_fn(tiles))
+            if flows.shape != (batch, tile_h, tile_w, 2):
+                raise ValueError(
+                    f"the flow model returned shape {flows.shape} for tiles of shape "
+                    f"{tiles.shape}; expected {(batch, tile_h, tile_w, 2)}."
+                )
+            for (y, x), flow in zip(chunk, flows):
+                total[y : y + tile_h, x : x + tile_w] += flow * weights[..., None]
+                weight_sum[y : y + tile_h, x : x + tile_w] += weights
+        flow = total / weight_sum[..., None]
+        return flow[:height, :width].astype(np.float32)
+
+
+def _starts(size: int, tile: int, min_overlap: int) -> List[int]:
+    """Tile starts along one axis: every `tile - min_overlap` pixels, the last
+    flush with the end, each start once."""
+    last = size - tile
+    starts = list(range(0, last, tile - min_overlap))
+    return starts + [last]
+
+
+def _tile_weights(tile_shape: Tuple[int, int]) -> np.ndarray:
+    """`[h, w]` blending weights: 1 + the distance to the tile's nearest edge."""
+    h, w = tile_shape
+    along_y = np.minimum(np.arange(h) + 1, h - np.arange(h))
+    along_x = np.minimum(np.arange(w) + 1, w - np.arange(w))
+    return np.minimum(along_y[:, None], along_x[None, :]).astype(np.float64)
+
+
+def _normalised(name: str, image) -> np.ndarray:
+    """An RGB image `[H, W, 3]` in [0, 255] as float32 in [-1, 1]."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name} must be an RGB image [H, W, 3]; got shape {image.shape}.")
+    if image.dtype == bool or not (
+        np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
+    ):
+        raise TypeError(f"{name} must be uint8 or float in [0, 255]; got dtype {image.dtype}.")
+    if min(image.shape[:2]) < 1:
+        raise ValueError(f"{name} must not be empty; got shape {image.shape}.")
+    image = image.astype(np.float32)
+    if not np.all(np.isfinite(image)):
+        raise ValueError(f"{name} has non-finite values.")
+    # The scaling of DeepMind's notebook: [0, 255] -> [-1, 1].
+    return image / 255.0 * 2.0 - 1.0
+
+
+# ---------------------------------------------------------------------------
+# Visualisation: the Middlebury colour wheel (Baker et al., IJCV 2011)
+# ---------------------------------------------------------------------------
+
+# The wheel's segments, in order: (length, channel at 255, channel that ramps,
+# whether it ramps up). From a primary colour a second channel rises to the
+# next secondary colour; from a secondary one a channel falls to the next
+# primary. R, G, B are channels 0, 1, 2.
+_WHEEL_SEGMENTS = (
+    (15, 0, 1, True),  # red -> yellow
+    (6, 1, 0, False),  # yellow -> green
+    (4, 1, 2, True),  # green -> cyan
+    (11, 2, 1, False),  # cyan -> blue
+    (13, 2, 0, True),  # blue -> magenta
+    (6, 0, 2, False),  # magenta -> red
+)
+
+
+def color_wheel() -> np.ndarray:
+    """The 55 colours of the Middlebury flow colour wheel, float `[55, 3]` in [0, 255]."""
+    rows = []
+    for length, full, ramped, rising in _WHEEL_SEGMENTS:
+        ramp = np.floor(255.0 * np.arange(length) / length)
+        segment = np.zeros((length, 3))
+        segment[:, full] = 255.0
+        segment[:, ramped] = ramp if rising else 255.0 - ramp
+        rows.append(segment)
+    return np.concatenate(rows)
+
+
+def flow_to_color(flow, max_flow: Optional[float] = None) -> np.ndarray:
+    """Colours a flow field with the Middlebury colour wheel.
+
+    Hue gives the direction (+x red, +y yellow-orange, -x cyan, -y blue-violet),
+    saturation the length: zero flow is white, flow of length `max_flow` has
+    the wheel's full colour, longer flow is that colour darkened to 75%.
+    Non-finite vectors (unknown flow) are black.
+
+    Args:
+      flow: `[..., 2]`, (dx, dy) in pixels.
+      max_flow: the length drawn at full saturation; None: the largest
+        length in `flow`.
+
+    Returns:
+      uint8 `[..., 3]` RGB.
+
+    Raises:
+      ValueError: for a last axis other than 2, or a max_flow <= 0.
+    """
+    flow = np.asarray(flow, dtype=np.float64)
+    if flow.ndim < 1 or flow.shape[-1] != 2:
+        raise ValueError(f"flow must be [..., 2]; got shape {flow.shape}.")
+    if max_flow is not None and not (np.isfinite(max_flow) and max_flow > 0):
+        raise ValueError(f"max_flow must be a positive number or None; got {max_flow!r}.")
+    known = np.all(np.isfinite(flow), axis=-1)
+    # Adding 0.0 turns -0.0 into +0.0, so that a vector along +x always takes
+    # the wheel's first colour whatever the sign of its zero y.
+    u = np.where(known, flow[..., 0], 0.0) + 0.0
+    v = np.where(known, flow[..., 1], 0.0) + 0.0
+    radius = np.hypot(u, v)
+    if max_flow is None:
+        max_flow = float(radius.max()) if radius.size else 0.0
+    scale = max(max_flow, np.finfo(np.float64).eps)
+    u, v, radius = u / scale, v / scale, radius / scale
+
+    wheel = color_wheel() / 255.0
+    count = len(wheel)
+    angle = np.arctan2(-v, -u) / np.pi  # in [-1, 1]
+    position = (angle + 1.0) / 2.0 * (count - 1)
+    lower = np.floor(position).astype(int)
+    upper = (lower + 1) % count
+    frac = (position - lower)[..., None]
+    color = (1.0 - frac) * wheel[lower] + frac * wheel[upper]
+    inside = (radius <= 1.0)[..., None]
+    color = np.where(inside, 1.0 - radius[..., None] * (1.0 - color), color * 0.75)
+    color = np.where(known[..., None], color, 0.0)
+    return np.floor(255.0 * color).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Middlebury .flo files
+# ---------------------------------------------------------------------------
+
+
+def write_flo(path: PathLike, flow) -> None:
+    """Writes a flow field as a Middlebury `.flo` file.
+
+    The format: the float32 202021.25, int32 width, int32 height, then
+    float32 (dx, dy) pairs row by row, all little-endian.
+
+    Args:
+      path: the output file.
+      flow: `[H, W, 2]`.
+
+    Raises:
+      ValueError: for a shape other than `[H, W, 2]`.
+    """
+    flow = np.asarray(flow)
+    if flow.ndim != 3 or flow.shape[-1] != 2 or min(flow.shape[:2]) < 1:
+        raise ValueError(f"flow must be [H, W, 2] with H, W >= 1; got shape {flow.shape}.")
+    header = np.array([(FLO_MAGIC, flow.shape[1], flow.shape[0])], _FLO_HEADER)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.ascontiguousarray(flow, dtype="<f4").tobytes())
+
+
+def read_flo(path: PathLike) -> np.ndarray:
+    """Reads a Middlebury `.flo` file.
+
+    Returns:
+      float32 `[H, W, 2]`.
+
+    Raises:
+      FileNotFoundError: if there is no file at `path`.
+      ValueError: if the file is not a well-formed `.flo` file (wrong magic
+        number, bad sizes, or too little or too much data).
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    data = path.read_bytes()
+    if len(data) < _FLO_HEADER.itemsize:
+        raise ValueError(
+            f"{path} is not a .flo file: {len(data)} bytes, fewer than its "
+            f"{_FLO_HEADER.itemsize}-byte header."
+        )
+    header = np.frombuffer(data[: _FLO_HEADER.itemsize], _FLO_HEADER)[0]
+    if header["magic"] != np.float32(FLO_MAGIC):
+        raise ValueError(
+            f"{path} is not a .flo file: it starts with {data[:4]!r}, not the magic "
+            f"number {FLO_MAGIC} (b'PIEH')."
+        )
+    width, height = int(header["width"]), int(header["height"])
+    if not (1 <= width <= _FLO_MAX_SIDE and 1 <= height <= _FLO_MAX_SIDE):
+        raise ValueError(
+            f"{path} has a bad .flo header: width {width} and height {height} must be "
+            f"in [1, {_FLO_MAX_SIDE}]."
+        )
+    expected = height * width * 2 * 4
+    body = data[_FLO_HEADER.itemsize :]
+    if len(body) != expected:
+        raise ValueError(
+            f"{path} holds {len(body)} bytes of flow; a {width} x {height} flow needs "
+            f"{expected}."
+        )
+    return np.frombuffer(body, "<f4").reshape(height, width, 2).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation
+# ---------------------------------------------------------------------------
+
+
+def end_point_error(pred, target, valid=None) -> float:
+    """The mean end-point error: the average Euclidean distance between flows.
+
+    Args:
+      pred, target: flows `[..., 2]` of the same shape.
+      valid: optional mask `[...]` (bool, or 0/1); only its true pixels count.
+
+    Returns:
+      the mean of `|pred - target|` over the (valid) pixels, in pixels.
+
+    Raises:
+      ValueError: for mismatched shapes, or a mask that selects nothing.
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if pred.shape != target.shape or pred.ndim < 1 or pred.shape[-1] != 2:
+        raise ValueError(
+            f"pred and target must be flows [..., 2] of the same shape; got {pred.shape} "
+            f"and {target.shape}."
+        )
+    errors = np.linalg.norm(pred - target, axis=-1)
+    if valid is None:
+        if errors.size == 0:
+            raise ValueError("pred and target hold no flow vectors.")
+        return float(errors.mean())
+    valid = np.asarray(valid)
+    if valid.shape != errors.shape:
+        raise ValueError(f"valid must have shape {errors.shape}; got {valid.shape}.")
+    valid = valid.astype(bool)
+    if not valid.any():
+        raise ValueError("valid selects no pixels.")
+    return float(errors[valid].mean())

@@ -1,0 +1,269 @@
+"""Round trips through perceiver.media on small generated images, video and audio."""
+
+import struct
+import sys
+import wave
+
+import numpy as np
+import pytest
+
+from perceiver import media
+
+pytest.importorskip("PIL")
+
+
+def _smooth_image(height=24, width=32, shift=0):
+    """An RGB image of gentle gradients, which lossy codecs keep well."""
+    y, x = np.mgrid[:height, :width]
+    return np.stack(
+        [(x * 6 + shift * 8) % 256, (y * 9 + 20) % 256, np.full_like(x, 90 + shift * 12)], -1
+    ).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+
+
+def test_png_round_trip_is_exact(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (9, 11, 3), dtype=np.uint8)
+    media.write_image(tmp_path / "a.png", image)
+    back = media.read_image(tmp_path / "a.png")
+    assert back.dtype == np.uint8 and back.shape == (9, 11, 3)
+    np.testing.assert_array_equal(back, image)
+
+
+def test_float_image_is_scaled_from_unit_range(tmp_path):
+    image = np.random.default_rng(1).random((5, 6, 3))
+    media.write_image(tmp_path / "f.png", image)
+    np.testing.assert_array_equal(
+        media.read_image(tmp_path / "f.png"), np.round(image * 255).astype(np.uint8)
+    )
+
+
+def test_grey_image_is_read_as_three_equal_channels(tmp_path):
+    grey = np.arange(20, dtype=np.uint8).reshape(4, 5) * 12
+    media.write_image(tmp_path / "g.png", grey)
+    back = media.read_image(tmp_path / "g.png")
+    assert back.shape == (4, 5, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(back[..., channel], grey)
+
+
+def test_alpha_is_dropped_and_16_bit_grey_is_scaled(tmp_path):
+    from PIL import Image
+
+    rgba = np.random.default_rng(2).integers(0, 256, (6, 7, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(media.read_image(tmp_path / "rgba.png"), rgba[..., :3])
+
+    deep = (np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000).astype(np.uint16)
+    Image.fromarray(deep).save(tmp_path / "deep.png")
+    back = media.read_image(tmp_path / "deep.png")
+    want = np.round(deep / 65535.0 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(back, np.repeat(want[..., None], 3, -1))
+
+
+def test_jpeg_round_trip_is_close(tmp_path):
+    image = _smooth_image()
+    media.write_image(tmp_path / "a.jpg", image)
+    back = media.read_image(tmp_path / "a.jpg")
+    assert back.shape == image.shape
+    assert np.abs(back.astype(int) - image).mean() < 3
+
+
+def test_write_image_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"image must be \[H, W, 3\]"):
+        media.write_image(tmp_path / "x.png", np.zeros((4, 5, 2), np.uint8))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        media.write_image(tmp_path / "x.png", np.full((4, 5, 3), 2.0))
+    with pytest.raises(TypeError, match="dtype bool"):
+        media.write_image(tmp_path / "x.png", np.zeros((4, 5, 3), bool))
+    with pytest.raises(ValueError, match="x.nosuchformat"):
+        media.write_image(tmp_path / "x.nosuchformat", np.zeros((4, 5, 3), np.uint8))
+
+
+# ---------------------------------------------------------------------------
+# Video
+# ---------------------------------------------------------------------------
+
+
+def test_gif_frames_round_trip(tmp_path):
+    # Few colours, so that the GIF palette holds every one exactly.
+    palette = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 255], [250, 250, 250]], np.uint8)
+    index = np.random.default_rng(3).integers(0, 4, (5, 10, 12))
+    frames = palette[index]
+    media.write_video(tmp_path / "a.gif", frames, fps=20)
+    back, fps, audio, rate = media.read_video(tmp_path / "a.gif")
+    np.testing.assert_array_equal(back, frames)
+    assert fps == pytest.approx(20)
+    assert audio is None and rate is None
+    first_two, _, _, _ = media.read_video(tmp_path / "a.gif", max_frames=2)
+    np.testing.assert_array_equal(first_two, frames[:2])
+    np.testing.assert_array_equal(media.read_image(tmp_path / "a.gif"), frames[0])
+
+
+def test_gif_keeps_repeated_frames(tmp_path):
+    # GIF writers store a run of equal frames once; reading restores the run.
+    frames = np.zeros((4, 6, 6, 3), np.uint8)
+    frames[3] = 255
+    media.write_video(tmp_path / "r.gif", frames, fps=10)
+    back, fps, _, _ = media.read_video(tmp_path / "r.gif")
+    np.testing.assert_array_equal(back, frames)
+    assert fps == pytest.approx(10)
+    back, fps, _, _ = media.read_video(tmp_path / "r.gif", max_frames=2)
+    np.testing.assert_array_equal(back, frames[:2])
+    assert fps == pytest.approx(10)
+
+
+def test_gif_refuses_audio(tmp_path):
+    with pytest.raises(ValueError, match="GIF cannot hold audio"):
+        media.write_video(tmp_path / "a.gif", np.zeros((2, 4, 4, 3), np.uint8), 10,
+                          np.zeros((100, 1)), 8000)
+
+
+def test_mp4_round_trip_frames_and_audio(tmp_path):
+    pytest.importorskip("av")
+    frames = np.stack([_smooth_image(shift=t) for t in range(8)])
+    rate = 16000
+    seconds = len(frames) / 10
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    audio = np.stack([tone, -0.5 * tone], -1).astype(np.float32)
+    media.write_video(tmp_path / "a.mp4", frames, 10, audio, rate)
+
+    back, fps, sound, sound_rate = media.read_video(tmp_path / "a.mp4")
+    assert back.dtype == np.uint8 and back.shape == frames.shape
+    assert np.abs(back.astype(int) - frames).mean() < 4  # H.264 is lossy.
+    assert fps == pytest.approx(10)
+    assert sound_rate == rate
+    assert sound.dtype == np.float32 and sound.shape[1] == 2
+    assert abs(len(sound) - len(audio)) <= 1024  # AAC codes whole 1024-sample frames.
+    n = min(len(sound), len(audio))
+    assert np.abs(sound[:n] - audio[:n]).mean() < 0.02  # AAC is lossy.
+
+    first, fps, sound, _ = media.read_video(tmp_path / "a.mp4", max_frames=3)
+    assert first.shape == (3,) + frames.shape[1:]
+    assert len(sound) == pytest.approx(0.3 * rate, abs=1)
+
+
+def test_mp4_without_audio_and_from_float_frames(tmp_path):
+    pytest.importorskip("av")
+    frames = np.stack([_smooth_image(16, 16, shift=t) for t in range(3)]) / 255.0
+    media.write_video(tmp_path / "b.mp4", frames, 24)
+    back, fps, sound, rate = media.read_video(tmp_path / "b.mp4")
+    assert back.shape == (3, 16, 16, 3) and sound is None and rate is None
+    assert fps == pytest.approx(24)
+
+
+def test_write_video_rejects_bad_input(tmp_path):
+    pytest.importorskip("av")
+    with pytest.raises(ValueError, match="even frame height and width"):
+        media.write_video(tmp_path / "odd.mp4", np.zeros((2, 5, 6, 3), np.uint8), 10)
+    with pytest.raises(ValueError, match=r"frames must be \[T, H, W, 3\]"):
+        media.write_video(tmp_path / "x.mp4", np.zeros((5, 6, 3), np.uint8), 10)
+    with pytest.raises(ValueError, match="fps must be > 0"):
+        media.write_video(tmp_path / "x.mp4", np.zeros((2, 4, 4, 3), np.uint8), 0)
+    with pytest.raises(ValueError, match="sample_rate"):
+        media.write_video(tmp_path / "x.mp4", np.zeros((2, 4, 4, 3), np.uint8), 10,
+                          np.zeros((100, 1)))
+
+
+# ---------------------------------------------------------------------------
+# WAV
+# ---------------------------------------------------------------------------
+
+
+def test_wav_round_trip_is_exact_at_16_bits(tmp_path):
+    ints = np.random.default_rng(4).integers(-32768, 32768, (50, 2))
+    audio = ints / 32768.0
+    media.write_wav(tmp_path / "a.wav", audio, 22050)
+    back, rate = media.read_wav(tmp_path / "a.wav")
+    assert rate == 22050 and back.dtype == np.float32
+    np.testing.assert_array_equal(back, audio.astype(np.float32))
+    # The samples on disk are the little-endian int16s, interleaved.
+    with wave.open(str(tmp_path / "a.wav")) as reader:
+        raw = np.frombuffer(reader.readframes(50), "<i2").reshape(50, 2)
+    np.testing.assert_array_equal(raw, ints)
+
+
+def test_wav_mono_int16_and_quantisation(tmp_path):
+    media.write_wav(tmp_path / "m.wav", np.array([0, 1, -1, 32767, -32768], np.int16), 8000)
+    back, _ = media.read_wav(tmp_path / "m.wav")
+    np.testing.assert_array_equal(back[:, 0], np.array([0, 1, -1, 32767, -32768]) / 32768.0)
+    # Floats round to the nearest step; +1.0 saturates.
+    media.write_wav(tmp_path / "q.wav", np.array([0.3, 1.0, -1.0]), 8000)
+    back, _ = media.read_wav(tmp_path / "q.wav")
+    np.testing.assert_array_equal(back[:, 0], np.array([9830, 32767, -32768]) / 32768.0)
+
+
+@pytest.mark.parametrize("width", [1, 3])
+def test_wav_reads_8_and_24_bit(tmp_path, width):
+    if width == 1:
+        raw = bytes([0, 128, 255])
+        want = (np.array([0, 128, 255]) - 128) / 128.0
+    else:
+        values = [-(1 << 23), 0, (1 << 23) - 1]
+        raw = b"".join(struct.pack("<i", v)[:3] for v in values)
+        want = np.array(values) / float(1 << 23)
+    with wave.open(str(tmp_path / "w.wav"), "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(width)
+        writer.setframerate(1000)
+        writer.writeframes(raw)
+    back, rate = media.read_wav(tmp_path / "w.wav")
+    assert rate == 1000
+    np.testing.assert_allclose(back[:, 0], want, rtol=0, atol=1e-7)
+
+
+def test_write_wav_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        media.write_wav(tmp_path / "x.wav", np.array([0.0, 1.5]), 8000)
+    with pytest.raises(ValueError, match="sample_rate"):
+        media.write_wav(tmp_path / "x.wav", np.zeros(4), 0)
+    with pytest.raises(TypeError, match="int32"):
+        media.write_wav(tmp_path / "x.wav", np.zeros(4, np.int32), 8000)
+
+
+# ---------------------------------------------------------------------------
+# Missing and corrupt files
+# ---------------------------------------------------------------------------
+
+READERS = [
+    ("x.png", media.read_image),
+    ("x.mp4", media.read_video),
+    ("x.gif", media.read_video),
+    ("x.wav", media.read_wav),
+]
+
+
+@pytest.mark.parametrize("name, reader", READERS)
+def test_missing_file_names_the_path(tmp_path, name, reader):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / name)):
+        reader(tmp_path / name)
+
+
+@pytest.mark.parametrize("name, reader", READERS)
+def test_corrupt_file_is_one_value_error_naming_the_path(tmp_path, name, reader):
+    if name.endswith(".mp4"):
+        pytest.importorskip("av")
+    path = tmp_path / name
+    path.write_bytes(b"this is not a media file\x00\x01" * 8)
+    with pytest.raises(ValueError, match=str(path)):
+        reader(path)
+
+
+def test_truncated_png_is_a_value_error(tmp_path):
+    image = np.random.default_rng(5).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    media.write_image(tmp_path / "t.png", image)
+    data = (tmp_path / "t.png").read_bytes()
+    (tmp_path / "t.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="t.png"):
+        media.read_image(tmp_path / "t.png")
+
+
+def test_missing_pillow_asks_for_the_media_extra(tmp_path, monkeypatch):
+    media.write_image(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
+    monkeypatch.setitem(sys.modules, "PIL", None)  # Makes `import PIL` fail.
+    with pytest.raises(ImportError, match=r"perceiver\[media\]"):
+        media.read_image(tmp_path / "a.png")
