@@ -1,21 +1,29 @@
-"""The `perceiver` command: fetch and check the published checkpoints.
+"""The `perceiver` command: run the published models' tasks on your files.
 
-    perceiver list                 # the published checkpoints
-    perceiver fetch flow           # download into the cache
-    perceiver check flow           # download, verify, run on a known motion
+    perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--checkpoint NAME_OR_PATH]
+    perceiver list | fetch NAME | check NAME
 
-Bad input ends with one line on stderr and exit status 2, never a traceback.
+Bad input (a missing or unreadable file, frames of different sizes, an
+unknown checkpoint) ends with one line on stderr and exit status 2, never a
+traceback.
 """
 
 import argparse
+import json
+import os
 import sys
-from typing import Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 
 class UserError(Exception):
     """An error to report in one line."""
+
+
+# ---------------------------------------------------------------------------
+# Checkpoint housekeeping
+# ---------------------------------------------------------------------------
 
 
 def _smooth_texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -46,24 +54,124 @@ def _check_flow(model, params, state, image_shape, shift=(3, -2)) -> str:
     )
 
 
-def _run_check(name: str, cache_dir: Optional[str]) -> str:
+def _cmd_list(args) -> str:
+    from perceiver import hub
+
+    return "\n".join(f"{e.name:20s} {e.url}" for e in hub.CHECKPOINTS.values())
+
+
+def _cmd_fetch(args) -> str:
+    from perceiver import hub
+
+    return str(hub.fetch(args.name, cache_dir=args.cache_dir))
+
+
+def _cmd_check(args) -> str:
     import jax
 
     from perceiver import hub, models
 
-    entry = hub.get(name)
-    model, params, state = models.pretrained(name, cache_dir=cache_dir)
+    entry = hub.get(args.name)
+    model, params, state = models.pretrained(args.name, cache_dir=args.cache_dir)
     count = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
-    lines = [f"{name}: {hub.fetch(name, cache_dir=cache_dir)} matches the model ({count:,} parameters)"]
+    path = hub.fetch(args.name, cache_dir=args.cache_dir, progress=False)
+    lines = [f"{args.name}: {path} matches the model ({count:,} parameters)"]
     if entry.factory == "optical_flow":
         image_shape = dict(entry.factory_kwargs).get("image_shape", (368, 496))
         lines.append(_check_flow(model, params, state, image_shape))
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------
+
+
+def _read_image(path: str) -> np.ndarray:
+    from perceiver import media
+
+    try:
+        return media.read_image(path)
+    except FileNotFoundError:
+        raise UserError(f"no such image: {path}") from None
+
+
+def _checkpoint_source(value: Optional[str], default: str) -> str:
+    """A registry name, or an existing file's path."""
+    from perceiver import hub
+
+    value = value or default
+    if value in hub.CHECKPOINTS or os.path.exists(value):
+        return value
+    known = ", ".join(hub.CHECKPOINTS)
+    raise UserError(f"unknown checkpoint {value!r}: give a file path or one of {known}")
+
+
+def _sidecar(source: str) -> dict:
+    """Options stored beside a checkpoint file as `NAME.json` ({} if none).
+
+    A checkpoint of a non-published size needs its model's size keywords,
+    e.g. `{"sizes": {"image_shape": [64, 96], ...}, "task": {"min_overlap": 8}}`.
+    """
+    path = os.path.splitext(source)[0] + ".json"
+    if not os.path.isfile(source) or not os.path.isfile(path):
+        return {}
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} (the options of {source}) is unreadable: {e}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{path} must hold a JSON object; got {type(config).__name__}")
+    return config
+
+
+def _sizes(config: dict) -> dict:
+    sizes = dict(config.get("sizes", {}))
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
+
+
+def _cmd_flow(args) -> str:
+    from perceiver import media
+    from perceiver.tasks import flow as flow_lib
+
+    first, second = _read_image(args.frame1), _read_image(args.frame2)
+    if first.shape != second.shape:
+        raise UserError(
+            f"the frames differ in size: {args.frame1} is {first.shape[1]}x{first.shape[0]}, "
+            f"{args.frame2} is {second.shape[1]}x{second.shape[0]} (width x height)"
+        )
+    source = _checkpoint_source(args.checkpoint, "flow")
+    config = _sidecar(source)
+    estimator = flow_lib.OpticalFlow.from_pretrained(
+        source, cache_dir=args.cache_dir, **config.get("task", {}), **_sizes(config)
+    )
+    flow = estimator(first, second, progress=True)
+    media.write_image(args.output, flow_lib.flow_to_color(flow))
+    written = [args.output]
+    if args.flo:
+        flow_lib.write_flo(args.flo, flow)
+        written.append(args.flo)
+    magnitude = np.linalg.norm(flow, axis=-1)
+    return (
+        f"flow {flow.shape[1]}x{flow.shape[0]}: mean |flow| {magnitude.mean():.2f} px, "
+        f"max {magnitude.max():.2f} px; wrote {', '.join(written)}"
+    )
+
+
+# ---------------------------------------------------------------------------
+# Parser
+# ---------------------------------------------------------------------------
+
+
+def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", help="default: $PERCEIVER_CACHE or ~/.cache/perceiver")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceiver", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
+
     commands.add_parser("list", help="list the published checkpoints")
     for command, text in (
         ("fetch", "download a published checkpoint into the cache"),
@@ -71,25 +179,42 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = commands.add_parser(command, help=text)
         sub.add_argument("name", help="checkpoint name (see `perceiver list`)")
-        sub.add_argument("--cache-dir", help="default: $PERCEIVER_CACHE or ~/.cache/perceiver")
+        _add_cache_dir(sub)
+
+    sub = commands.add_parser("flow", help="optical flow between two images")
+    sub.add_argument("frame1", help="first image (PNG, JPEG, ...)")
+    sub.add_argument("frame2", help="second image, same size")
+    sub.add_argument("-o", "--output", required=True, help="flow as a colour image (PNG)")
+    sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file")
+    sub.add_argument("--checkpoint", help="checkpoint name or path (default: flow)")
+    _add_cache_dir(sub)
     return parser
+
+
+COMMANDS: Dict[str, Callable] = {
+    "list": _cmd_list,
+    "fetch": _cmd_fetch,
+    "check": _cmd_check,
+    "flow": _cmd_flow,
+}
+
+
+def _one_line(error: BaseException) -> str:
+    return " | ".join(line.strip() for line in str(error).strip().splitlines() if line.strip())
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from perceiver import checkpoint, hub
 
+    expected = (UserError, ValueError, TypeError, hub.FetchError, checkpoint.CheckpointError, OSError)
     try:
-        if args.command == "list":
-            for entry in hub.CHECKPOINTS.values():
-                print(f"{entry.name:20s} {entry.url}")
-        elif args.command == "fetch":
-            print(hub.fetch(args.name, cache_dir=args.cache_dir))
-        else:
-            print(_run_check(args.name, args.cache_dir))
-    except (UserError, ValueError, hub.FetchError, checkpoint.CheckpointError, OSError) as e:
-        message = str(e).strip().replace("\n", " | ") if not isinstance(e, checkpoint.CheckpointError) else str(e)
-        print(f"perceiver: error: {message}", file=sys.stderr)
+        print(COMMANDS[args.command](args))
+    except expected as e:
+        print(f"perceiver: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"perceiver: error: {_one_line(e)}", file=sys.stderr)
         return 2
     return 0
 

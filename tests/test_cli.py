@@ -79,3 +79,78 @@ def test_check_flow_full_size_random_weights(cache, capsys):
     out = capsys.readouterr().out
     assert "41,057,134 parameters" in out
     assert "median predicted flow" in out
+
+
+# ---------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------
+
+FLOW_SIZES = ref.SMALL_FACTORIES["flow"][1]
+
+
+@pytest.fixture
+def small_flow(tmp_path):
+    """The small reference flow checkpoint with its sizes in a sidecar file."""
+    import json
+
+    path = tmp_path / "small_flow.pystate"
+    shutil.copy(ref.checkpoint_path("flow"), path)
+    sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in FLOW_SIZES.items()}
+    (tmp_path / "small_flow.json").write_text(
+        json.dumps({"sizes": sizes, "task": {"min_overlap": 4}})
+    )
+    return path
+
+
+def _frames(tmp_path, shape=(20, 30, 3), second_shape=None):
+    from perceiver import media
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    b = rng.integers(0, 256, second_shape or shape, dtype=np.uint8)
+    media.write_image(tmp_path / "a.png", a)
+    media.write_image(tmp_path / "b.png", b)
+    return str(tmp_path / "a.png"), str(tmp_path / "b.png")
+
+
+def test_flow_writes_png_and_flo(small_flow, tmp_path, cache, capsys):
+    from perceiver import media
+    from perceiver.tasks import flow as flow_lib
+
+    a, b = _frames(tmp_path)
+    out, flo = tmp_path / "flow.png", tmp_path / "flow.flo"
+    code = cli.main(["flow", a, b, "-o", str(out), "--flo", str(flo), "--checkpoint", str(small_flow)])
+    assert code == 0, capsys.readouterr().err
+    image = media.read_image(out)
+    field = flow_lib.read_flo(flo)
+    assert image.shape == (20, 30, 3) and field.shape == (20, 30, 2)
+    estimator = flow_lib.OpticalFlow.from_pretrained(str(small_flow), min_overlap=4, **FLOW_SIZES)
+    np.testing.assert_allclose(
+        field, estimator(media.read_image(a), media.read_image(b)), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(image, flow_lib.flow_to_color(field))
+
+
+@pytest.mark.parametrize(
+    "problem, expected",
+    [
+        ("missing", "no such image"),
+        ("sizes", "the frames differ in size"),
+        ("unreadable", "a.png"),
+        ("checkpoint", "unknown checkpoint 'nope'"),
+    ],
+)
+def test_flow_bad_input_is_one_line(small_flow, tmp_path, cache, capsys, problem, expected):
+    a, b = _frames(tmp_path, second_shape=(21, 30, 3) if problem == "sizes" else None)
+    checkpoint_arg = str(small_flow)
+    if problem == "missing":
+        a = str(tmp_path / "missing.png")
+    elif problem == "unreadable":
+        (tmp_path / "a.png").write_bytes(b"not an image")
+    elif problem == "checkpoint":
+        checkpoint_arg = "nope"
+    code = cli.main(["flow", a, b, "-o", str(tmp_path / "o.png"), "--checkpoint", checkpoint_arg])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("perceiver: error: ") and expected in err
+    assert err.count("\n") == 1 and "Traceback" not in err

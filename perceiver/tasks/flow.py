@@ -24,6 +24,8 @@ from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from perceiver import _progress
+
 PathLike = Union[str, "os.PathLike[str]"]
 # tiles [N, 2, h, w, 3] float32 in [-1, 1] -> flow [N, h, w, 2] in pixels.
 TileFunction = Callable[[np.ndarray], np.ndarray]
@@ -217,12 +219,13 @@ class OpticalFlow:
         xs = _starts(max(width, self.tile_shape[1]), self.tile_shape[1], self.min_overlap)
         return list(itertools.product(ys, xs))
 
-    def __call__(self, image1, image2) -> np.ndarray:
+    def __call__(self, image1, image2, *, progress: bool = False) -> np.ndarray:
         """The optical flow from `image1` to `image2`.
 
         Args:
           image1, image2: RGB `[H, W, 3]`, uint8 or float in [0, 255], of the
             same shape.
+          progress: show a progress bar over batches of tiles (needs tqdm).
 
         Returns:
           float32 `[H, W, 2]`: for each pixel of `image1`, its displacement
@@ -253,7 +256,8 @@ class OpticalFlow:
         total = np.zeros(frames.shape[1:3] + (2,), np.float64)
         weight_sum = np.zeros(frames.shape[1:3], np.float64)
         batch = min(self.batch_size, len(origins))
-        for start in range(0, len(origins), batch):
+        starts = range(0, len(origins), batch)
+        for start in _progress.track(starts, len(starts), "flow tiles", progress):
             chunk = origins[start : start + batch]
             tiles = np.zeros((batch, 2, tile_h, tile_w, 3), np.float32)
             for i, (y, x) in enumerate(chunk):
