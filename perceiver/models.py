@@ -10,7 +10,8 @@ the model (for tests, or new models of the same shape).
 """
 
 import dataclasses
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
+import inspect
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -584,3 +585,283 @@ def load_for(
 
 def _format_kwargs(kwargs) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+# ---------------------------------------------------------------------------
+# The video autoencoder split into an encoder and a decoder
+# ---------------------------------------------------------------------------
+
+
+class VideoAutoencoderParts(NamedTuple):
+    """The two apply functions of `video_autoencoder_parts` (see there)."""
+
+    encode: Callable
+    decode: Callable
+
+
+def factory_sizes(factory: str, **kwargs) -> Dict[str, Any]:
+    """A factory's arguments with its defaults filled in.
+
+    `factory_sizes('video_autoencoder', num_frames=4)` gives every size of
+    that model, e.g. its image_size (224) and num_classes (700).
+
+    Args:
+      factory: a factory name ('masked_language_model', 'imagenet_classifier',
+        'optical_flow', 'video_autoencoder').
+      **kwargs: some of the factory's arguments.
+
+    Raises:
+      ValueError: for an unknown factory.
+      TypeError: for an argument the factory does not take, or a missing one
+        (imagenet_classifier's variant).
+    """
+    _validation.check_choice("factory", factory, tuple(_BUILDERS))
+    signature = inspect.signature(_BUILDERS[factory])
+    try:
+        bound = signature.bind(**kwargs)
+    except TypeError as e:
+        raise TypeError(
+            f"{factory}: {e}; it takes {', '.join(signature.parameters)}."
+        ) from None
+    bound.apply_defaults()
+    return dict(bound.arguments)
+
+
+def video_autoencoder_parts(**sizes) -> hk.MultiTransformedWithState:
+    """`video_autoencoder` as an encoder and a decoder, to encode once and decode often.
+
+    The modules, their names and their parameters are those of
+    `video_autoencoder(**sizes)` (same tree, same values from the same
+    `init` key), so the published checkpoint applies to both parts; encoding
+    then decoding equals `video_autoencoder`'s apply.
+
+    `init(rng, images, audio, subsampling=None, is_training=False)` as
+    `video_autoencoder`. `apply` is a `VideoAutoencoderParts`:
+
+    - `apply.encode(params, state, rng, images, audio, is_training=False)`:
+      video `[B, 16, 224, 224, 3]` in [0, 1] and audio `[B, 30720, 1]` in
+      [-1, 1] -> latents `[B, 784, 512]`.
+    - `apply.decode(params, state, rng, latents, subsampling=None,
+      is_training=False)`: latents `[B, 784, 512]` and `{'image': idx,
+      'audio': idx}` (flat indices into the `[16, 224, 224]` pixels and the
+      1920 audio patches; a missing or None entry decodes all) ->
+      `{'image': [B, n_image, 3], 'audio': [B, n_audio * 16], 'label':
+      [B, 700]}`. Index arrays may be traced, so one compiled decode serves
+      every chunk of the same size.
+
+    Args:
+      **sizes: as `video_autoencoder`.
+
+    Raises:
+      TypeError: for an unknown size keyword.
+    """
+    config = factory_sizes("video_autoencoder", **sizes)
+    num_frames = config["num_frames"]
+    image_size = config["image_size"]
+    samples_per_patch = config["samples_per_patch"]
+    num_classes = config["num_classes"]
+    decoder_channels = config["decoder_channels"]
+    audio_bands = config["audio_bands"]
+    image_bands = config["image_bands"]
+    num_samples = num_frames * config["audio_samples_per_frame"]
+    patch_grid = (num_frames, image_size // 4, image_size // 4)
+    num_pixels = num_frames * image_size * image_size
+    num_audio_patches = num_samples // samples_per_patch
+    # Preprocessed input positions per modality (the MultimodalPreprocessor's
+    # modality_sizes), fixed by the sizes.
+    input_sizes = {
+        "audio": num_audio_patches,
+        "image": int(np.prod(patch_grid)),
+        "label": 1,
+    }
+
+    def fourier(bands, resolution):
+        return dict(num_bands=bands, max_resolution=resolution, sine_only=False, concat_pos=True)
+
+    def check_inputs(images, audio):
+        _validation.check_rank("images", images, (5,), "[B, T, H, W, 3]")
+        want = (num_frames, image_size, image_size)
+        if tuple(images.shape[1:4]) != want:
+            raise ValueError(
+                f"images must be [B, {num_frames}, {image_size}, {image_size}, 3]; got "
+                f"shape {tuple(images.shape)}."
+            )
+        _validation.check_rank("audio", audio, (3,), "[B, samples, 1]")
+        if audio.shape[1] != num_samples or audio.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"audio must be [{images.shape[0]}, {num_samples}, 1]; got shape "
+                f"{tuple(audio.shape)}."
+            )
+
+    def points(subsampling):
+        subsampling = dict(subsampling or {})
+        unknown = sorted(set(subsampling) - {"image", "audio", "label"})
+        if unknown:
+            raise ValueError(
+                f"subsampling may only have the keys 'image', 'audio' and 'label'; got "
+                f"{sorted(subsampling)}."
+            )
+        if subsampling.get("label") is not None:
+            raise ValueError("subsampling['label'] must be None: the label is one query.")
+        image = subsampling.get("image")
+        audio = subsampling.get("audio")
+        for name, idx in (("image", image), ("audio", audio)):
+            if idx is not None:
+                _validation.check_rank(f"subsampling[{name!r}]", idx, (1,), "flat indices")
+        return {
+            "image": np.arange(num_pixels) if image is None else image,
+            "audio": np.arange(num_audio_patches) if audio is None else audio,
+            "label": None,
+        }
+
+    def build():
+        # Construction order and arguments are video_autoencoder's forward's,
+        # which fixes every module's name.
+        preprocessor = io_processors.MultimodalPreprocessor(
+            min_padding_size=4,
+            modalities={
+                "audio": io_processors.AudioPreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    samples_per_patch=samples_per_patch,
+                ),
+                "image": io_processors.ImagePreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    spatial_downsample=4,
+                    temporal_downsample=1,
+                ),
+                "label": io_processors.OneHotPreprocessor(),
+            },
+            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+        )
+        postprocessor = io_processors.MultimodalPostprocessor(
+            modalities={
+                "audio": io_processors.AudioPostprocessor(samples_per_patch=samples_per_patch),
+                "image": io_processors.ProjectionPostprocessor(num_outputs=3),
+                "label": io_processors.ClassificationPostprocessor(num_classes=num_classes),
+            }
+        )
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=config["num_self_attends"],
+            num_blocks=1,
+            z_index_dim=config["num_latents"],
+            num_z_channels=config["num_latent_channels"],
+            num_cross_attend_heads=1,
+            num_self_attend_heads=config["num_heads"],
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+            dropout_prob=0.0,
+            z_pos_enc_init_scale=0.02,
+            cross_attention_shape_for_attn="kv",
+            name="encoder",
+        )
+        return preprocessor, postprocessor, encoder
+
+    def build_decoder(batch, subsampling):
+        # Built per call: its sizes depend on how many points are decoded.
+        # No other top-level module shares these names, so building them
+        # after the others leaves their names as video_autoencoder's.
+        return perceiver.MultimodalDecoder(
+            concat_preprocessed_input=False,
+            subsampled_index_dims={
+                "audio": np.shape(subsampling["audio"])[0],
+                "image": np.shape(subsampling["image"])[0],
+                "label": 1,
+            },
+            modalities={
+                "audio": perceiver.BasicDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["audio"],
+                    output_index_dims=(num_audio_patches,),
+                    num_z_channels=1024,
+                    output_num_channels=decoder_channels,
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
+                ),
+                "image": perceiver.BasicVideoAutoencodingDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["image"],
+                    output_shape=[batch, num_frames, image_size, image_size],
+                    num_z_channels=1024,
+                    output_num_channels=decoder_channels,
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
+                ),
+                "label": perceiver.ClassificationDecoder(
+                    concat_preprocessed_input=False,
+                    num_classes=num_classes,
+                    num_z_channels=1024,
+                    use_query_residual=False,
+                    position_encoding_type="trainable",
+                    trainable_position_encoding_kwargs=dict(
+                        num_channels=config["label_query_channels"], init_scale=0.02
+                    ),
+                ),
+            },
+            num_outputs=None,
+            output_num_channels=decoder_channels,
+            use_query_residual=False,
+        )
+
+    def f():
+        preprocessor, postprocessor, encoder = build()
+
+        def preprocess(images, audio, is_training):
+            check_inputs(images, audio)
+            # The label is always masked (probability 1), so its value is unused.
+            labels = jnp.zeros((images.shape[0], num_classes), images.dtype)
+            inputs, _, _ = preprocessor(
+                {"image": images, "audio": audio, "label": labels},
+                is_training=is_training,
+                network_input_is_1d=True,
+            )
+            return inputs
+
+        def postprocess(outputs, subsampling, is_training):
+            sizes = {
+                "audio": np.shape(subsampling["audio"])[0],
+                "image": np.shape(subsampling["image"])[0],
+                "label": 1,
+            }
+            return postprocessor(outputs, is_training=is_training, modality_sizes=sizes)
+
+        def init(images, audio, subsampling=None, is_training=False):
+            # Parameters are created in video_autoencoder's order (Perceiver's
+            # __call__: preprocess, latents, queries, encode, decode,
+            # postprocess), so one init key gives the same values.
+            subsampling = points(subsampling)
+            inputs = preprocess(images, audio, is_training)
+            latents = encoder.latents(inputs)
+            decoder = build_decoder(images.shape[0], subsampling)
+            query = decoder.decoder_query(inputs, input_sizes, subsampled_points=subsampling)
+            z = encoder(inputs, latents, is_training=is_training)
+            outputs = decoder(query, z, is_training=is_training)
+            return postprocess(outputs, subsampling, is_training)
+
+        def encode(images, audio, is_training=False):
+            inputs = preprocess(images, audio, is_training)
+            return encoder(inputs, encoder.latents(inputs), is_training=is_training)
+
+        def decode(latents, subsampling=None, is_training=False):
+            _validation.check_rank("latents", latents, (3,), "[B, num_latents, channels]")
+            subsampling = points(subsampling)
+            batch = latents.shape[0]
+            decoder = build_decoder(batch, subsampling)
+            # The queries depend on the inputs only through their batch size
+            # (concat_preprocessed_input=False): a zero-width stand-in with
+            # the inputs' positions saves keeping the preprocessed inputs.
+            stand_in = jnp.zeros((batch, sum(input_sizes.values()), 0), latents.dtype)
+            query = decoder.decoder_query(stand_in, input_sizes, subsampled_points=subsampling)
+            outputs = decoder(query, latents, is_training=is_training)
+            return postprocess(outputs, subsampling, is_training)
+
+        return init, VideoAutoencoderParts(encode=encode, decode=decode)
+
+    return hk.multi_transform_with_state(f)
