@@ -1,6 +1,9 @@
 """The `perceiver` command: run the published models' tasks on your files.
 
     perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--checkpoint NAME_OR_PATH]
+    perceiver autoencode VIDEO -o OUT.mp4 [--audio-out OUT.wav] [--labels-out L.json]
+    perceiver fill-mask "The capital of France is _____." [--json OUT.json]
+    perceiver classify IMAGE... [--top-k 5] [--json OUT.json]
     perceiver list | fetch NAME | check NAME
 
 Bad input (a missing or unreadable file, frames of different sizes, an
@@ -159,6 +162,121 @@ def _cmd_flow(args) -> str:
     )
 
 
+def _task_options(source: str) -> dict:
+    """Keyword arguments for a task's from_pretrained, from the sidecar file."""
+    config = _sidecar(source)
+    return {**config.get("task", {}), **_sizes(config)}
+
+
+def _cmd_autoencode(args) -> str:
+    from perceiver import media
+    from perceiver.tasks import video as video_lib
+
+    if not os.path.exists(args.video):
+        raise UserError(f"no such video: {args.video}")
+    frames, fps, audio, rate = media.read_video(args.video, max_frames=args.max_frames)
+    source = _checkpoint_source(args.checkpoint, "video_autoencoding")
+    options = _task_options(source)
+    if args.chunk_size:
+        options["chunk_size"] = args.chunk_size
+    model = video_lib.VideoAutoencoder.from_pretrained(source, cache_dir=args.cache_dir, **options)
+    frames = video_lib.center_crop_and_resize(frames, model.image_size)
+    if audio is not None:
+        audio = video_lib.prepare_audio(audio, rate, fps, model.audio_samples_per_frame)
+        # Containers often hold a little more audio than video; keep what the frames span.
+        audio = audio[: len(frames) * model.audio_samples_per_frame]
+    result = model(frames, audio, top_k=args.top_k, progress=True)
+    video = np.clip(result.video, 0.0, 1.0)
+    out_rate = int(round(fps * model.audio_samples_per_frame))
+    with_audio = audio is not None and not args.output.lower().endswith(".gif")
+    media.write_video(
+        args.output,
+        video,
+        fps,
+        audio=result.audio[:, None] if with_audio else None,
+        sample_rate=out_rate if with_audio else None,
+    )
+    written = [args.output]
+    if args.audio_out:
+        media.write_wav(args.audio_out, np.clip(result.audio, -1.0, 1.0), out_rate)
+        written.append(args.audio_out)
+    lines = [f"{len(frames)} frames in {len(result.labels)} clip(s)"]
+    lines.append(f"image PSNR {video_lib.psnr(video, frames.astype(np.float32) / 255.0):.2f} dB")
+    if audio is not None:
+        lines.append(f"audio PSNR {video_lib.psnr(result.audio, audio.reshape(-1), max_value=2.0):.2f} dB")
+    for start, labels in zip(result.clip_starts, result.labels):
+        top = ", ".join(f"{name} ({p:.2f})" for name, p in labels)
+        lines.append(f"clip at frame {start}: {top}")
+    if args.labels_out:
+        _write_json(args.labels_out, [
+            {"start_frame": int(start), "labels": [[n, float(p)] for n, p in labels]}
+            for start, labels in zip(result.clip_starts, result.labels)
+        ])
+        written.append(args.labels_out)
+    lines.append(f"wrote {', '.join(written)}")
+    return "\n".join(lines)
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+
+
+def _cmd_fill_mask(args) -> str:
+    from perceiver.tasks import text as text_lib
+
+    spans = [text_lib.spans_from_placeholder(t, args.placeholder) for t in args.texts]
+    empty = [t for t, s in zip(args.texts, spans) if not s]
+    if empty:
+        raise UserError(f"no {args.placeholder!r} placeholder to fill in {empty[0]!r}")
+    source = _checkpoint_source(args.checkpoint, "mlm")
+    model = text_lib.MaskedLanguageModel.from_pretrained(
+        source, cache_dir=args.cache_dir, **_task_options(source)
+    )
+    results = model.fill(list(args.texts), spans)
+    if args.json:
+        _write_json(args.json, [
+            {
+                "input": r.input,
+                "text": r.text,
+                "spans": [
+                    {
+                        "start": s.start,
+                        "end": s.end,
+                        "text": s.text,
+                        "bytes": list(s.predicted),
+                        "probabilities": [float(p) for p in s.probabilities],
+                    }
+                    for s in r.spans
+                ],
+            }
+            for r in results
+        ])
+    return "\n".join(r.text for r in results)
+
+
+def _cmd_classify(args) -> str:
+    from perceiver.tasks import imagenet as imagenet_lib
+
+    images = [_read_image(path) for path in args.images]
+    source = _checkpoint_source(args.checkpoint, "imagenet_conv")
+    model = imagenet_lib.ImageClassifier.from_pretrained(
+        source, cache_dir=args.cache_dir, **_task_options(source)
+    )
+    results = model.classify(images, top_k=args.top_k)
+    if args.json:
+        _write_json(args.json, [
+            {"image": path, "labels": [[name, float(p)] for name, p in labels]}
+            for path, labels in zip(args.images, results)
+        ])
+    lines = []
+    for path, labels in zip(args.images, results):
+        lines.append(path)
+        lines.extend(f"  {p:6.3f}  {name}" for name, p in labels)
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------
@@ -188,6 +306,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file")
     sub.add_argument("--checkpoint", help="checkpoint name or path (default: flow)")
     _add_cache_dir(sub)
+
+    sub = commands.add_parser("autoencode", help="reconstruct a video and its audio, and name its action")
+    sub.add_argument("video", help="input video (MP4, GIF, ...)")
+    sub.add_argument("-o", "--output", required=True, help="reconstructed video (MP4 with audio, or GIF)")
+    sub.add_argument("--audio-out", help="also write the reconstructed audio as WAV")
+    sub.add_argument("--labels-out", help="write the top Kinetics-700 labels per clip as JSON")
+    sub.add_argument("--top-k", type=int, default=5, help="labels per clip (default 5)")
+    sub.add_argument("--max-frames", type=int, help="read at most this many frames")
+    sub.add_argument("--chunk-size", type=int, help="outputs decoded per call (bounds memory)")
+    sub.add_argument("--checkpoint", help="checkpoint name or path (default: video_autoencoding)")
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser("fill-mask", help="fill the placeholder runs in text, byte by byte")
+    sub.add_argument("texts", nargs="+", help="text with runs of the placeholder to fill")
+    sub.add_argument("--placeholder", default="_", help="the character marking bytes to fill (default _)")
+    sub.add_argument("--json", help="write completions and per-byte probabilities as JSON")
+    sub.add_argument("--checkpoint", help="checkpoint name or path (default: mlm)")
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser("classify", help="ImageNet classes of images")
+    sub.add_argument("images", nargs="+", help="images (PNG, JPEG, ...)")
+    sub.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
+    sub.add_argument("--json", help="write the labels and probabilities as JSON")
+    sub.add_argument(
+        "--checkpoint",
+        help="imagenet_conv (default), imagenet_fourier, imagenet_learned, or a path",
+    )
+    _add_cache_dir(sub)
     return parser
 
 
@@ -196,6 +342,9 @@ COMMANDS: Dict[str, Callable] = {
     "fetch": _cmd_fetch,
     "check": _cmd_check,
     "flow": _cmd_flow,
+    "autoencode": _cmd_autoencode,
+    "fill-mask": _cmd_fill_mask,
+    "classify": _cmd_classify,
 }
 
 

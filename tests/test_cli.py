@@ -154,3 +154,111 @@ def test_flow_bad_input_is_one_line(small_flow, tmp_path, cache, capsys, problem
     assert code == 2
     assert err.startswith("perceiver: error: ") and expected in err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def _with_sidecar(tmp_path, model, sizes=None, task=None):
+    import json
+
+    path = tmp_path / f"small_{model}.pystate"
+    shutil.copy(ref.checkpoint_path(model), path)
+    sizes = dict(ref.SMALL_FACTORIES[model][1]) if sizes is None else sizes
+    sizes = {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}
+    (tmp_path / f"small_{model}.json").write_text(json.dumps({"sizes": sizes, "task": task or {}}))
+    return str(path)
+
+
+def test_autoencode_writes_video_audio_and_labels(tmp_path, cache, capsys):
+    import json
+
+    from perceiver import media
+
+    checkpoint_arg = _with_sidecar(tmp_path, "video_autoencoding")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    t = np.arange(8000) / 8000.0
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t))[:, None].astype(np.float32)
+    media.write_video(tmp_path / "in.mp4", frames, 25, audio=audio, sample_rate=8000)
+    out, wav, labels = tmp_path / "out.gif", tmp_path / "out.wav", tmp_path / "labels.json"
+    code = cli.main([
+        "autoencode", str(tmp_path / "in.mp4"), "-o", str(out), "--audio-out", str(wav),
+        "--labels-out", str(labels), "--top-k", "3", "--checkpoint", checkpoint_arg,
+    ])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "6 frames in 2 clip(s)" in captured.out
+    assert "image PSNR" in captured.out and "audio PSNR" in captured.out
+    video, _, _, _ = media.read_video(out)
+    assert video.shape == (6, 16, 16, 3)
+    sound, rate = media.read_wav(wav)
+    assert rate == 25 * 64 and sound.shape[1] == 1
+    clips = json.loads(labels.read_text())
+    assert [c["start_frame"] for c in clips] == [0, 4]
+    assert all(len(c["labels"]) == 3 for c in clips)
+
+
+def test_autoencode_missing_video(tmp_path, cache, capsys):
+    assert cli.main(["autoencode", str(tmp_path / "none.mp4"), "-o", str(tmp_path / "o.gif")]) == 2
+    assert "no such video" in capsys.readouterr().err
+
+
+def test_fill_mask(tmp_path, cache, capsys):
+    import json
+
+    checkpoint_arg = _with_sidecar(tmp_path, "mlm")
+    out = tmp_path / "fill.json"
+    code = cli.main(["fill-mask", "abc___def", "__x", "--json", str(out), "--checkpoint", checkpoint_arg])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("abc") and lines[0].endswith("def")
+    results = json.loads(out.read_text())
+    assert [len(r["spans"]) for r in results] == [1, 1]
+    assert len(results[0]["spans"][0]["probabilities"]) == len(results[0]["spans"][0]["bytes"]) == 3
+
+
+def test_fill_mask_needs_a_placeholder(tmp_path, cache, capsys):
+    assert cli.main(["fill-mask", "nothing to fill"]) == 2
+    assert "placeholder" in capsys.readouterr().err
+
+
+def test_fill_mask_too_long(tmp_path, cache, capsys):
+    checkpoint_arg = _with_sidecar(tmp_path, "mlm")
+    assert cli.main(["fill-mask", "_" * 49, "--checkpoint", checkpoint_arg]) == 2
+    assert "max_seq_len=48" in capsys.readouterr().err
+
+
+def test_classify(tmp_path, cache, capsys):
+    import json
+
+    from perceiver import media
+
+    checkpoint_arg = _with_sidecar(
+        tmp_path, "imagenet_fourier", task={"variant": "fourier_position_encoding"}
+    )
+    sizes = dict(ref.SMALL_FACTORIES["imagenet_fourier"][1])
+    del sizes["variant"]
+    (tmp_path / "small_imagenet_fourier.json").write_text(json.dumps({
+        "sizes": sizes, "task": {"variant": "fourier_position_encoding"}}))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, shape in enumerate([(20, 30, 3), (40, 24, 3)]):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        media.write_image(paths[-1], rng.integers(0, 256, shape, dtype=np.uint8))
+    out = tmp_path / "classes.json"
+    code = cli.main(["classify", *paths, "--top-k", "3", "--json", str(out), "--checkpoint", checkpoint_arg])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = json.loads(out.read_text())
+    assert [r["image"] for r in results] == paths
+    for r in results:
+        probs = [p for _, p in r["labels"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+
+
+def test_classify_unreadable_image(tmp_path, cache, capsys):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\x00" * 10)
+    assert cli.main(["classify", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jpg" in err and err.count("\n") == 1
