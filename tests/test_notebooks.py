@@ -77,3 +77,90 @@ def test_optical_flow_notebook(offline):
     from perceiver.tasks import flow as flow_lib
 
     assert flow_lib.read_flo(workdir / "flow.flo").shape == (20, 30, 2)
+
+
+def _small_sizes(model):
+    sizes = dict(ref.SMALL_FACTORIES[model][1])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}
+
+
+def test_video_autoencoding_notebook(offline):
+    workdir, cache, env = offline
+    sizes = _small_sizes("video_autoencoding")
+    _random_checkpoint(cache, "video_autoencoding", "video_autoencoder", sizes)
+    rng = np.random.default_rng(2)
+    frames = rng.integers(0, 256, (6, 20, 24, 3), dtype=np.uint8)
+    t = np.arange(8000) / 8000.0
+    audio = (0.5 * np.sin(2 * np.pi * 440 * t))[:, None].astype(np.float32)
+    media.write_video(workdir / "clip.mp4", frames, 25, audio=audio, sample_rate=8000)
+    nb = run_notebook(
+        COLABS / "video_autoencoding.ipynb",
+        workdir,
+        dict(MODEL_SIZES=sizes, CHUNK_SIZE=100, VIDEO=str(workdir / "clip.mp4"), MAX_FRAMES=6),
+        env,
+    )
+    text = _texts(nb)
+    assert "input: (6, 16, 16, 3) frames, (384,) audio samples" in text
+    assert "image PSNR" in text and "audio PSNR" in text
+    assert "clip at frame 4:" in text
+    assert len(_images(nb)) == 2
+    assert (workdir / "reconstruction.gif").exists() and (workdir / "reconstruction.wav").exists()
+
+
+def test_video_autoencoding_notebook_without_a_file(offline):
+    workdir, cache, env = offline
+    sizes = _small_sizes("video_autoencoding")
+    _random_checkpoint(cache, "video_autoencoding", "video_autoencoder", sizes)
+    nb = run_notebook(
+        COLABS / "video_autoencoding.ipynb",
+        workdir,
+        dict(MODEL_SIZES=sizes, VIDEO=str(workdir / "absent.mp4"), MAX_FRAMES=4),
+        env,
+    )
+    assert "input: (4, 16, 16, 3) frames, (256,) audio samples" in _texts(nb)
+
+
+def test_masked_language_modelling_notebook(offline):
+    workdir, cache, env = offline
+    _random_checkpoint(cache, "mlm", "masked_language_model", _small_sizes("mlm"))
+    nb = run_notebook(
+        COLABS / "masked_language_modelling.ipynb",
+        workdir,
+        dict(MODEL_SIZES=_small_sizes("mlm"), TEXTS=["ab___cd", "____ at the start"]),
+        env,
+    )
+    text = _texts(nb)
+    assert text.count("completed:") == 2
+    assert "input:     ab___cd" in text
+    assert "bytes 2-5:" in text and "bytes 0-4:" in text
+
+
+@pytest.mark.parametrize("model", ["imagenet_conv", "imagenet_learned"])
+def test_imagenet_classification_notebook(offline, model):
+    workdir, cache, env = offline
+    sizes = _small_sizes(model)
+    variant = sizes.pop("variant")
+    _random_checkpoint(cache, model, "imagenet_classifier", dict(sizes, variant=variant))
+    rng = np.random.default_rng(3)
+    media.write_image(workdir / "photo.jpg", rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+    nb = run_notebook(
+        COLABS / "imagenet_classification.ipynb",
+        workdir,
+        dict(CHECKPOINT=model, MODEL_SIZES=sizes, IMAGE=str(workdir / "photo.jpg"), TOP_K=3),
+        env,
+    )
+    text = _texts(nb)
+    assert "Top 3 labels:" in text
+    assert len(text.split("Top 3 labels:")[1].strip().splitlines()) == 3
+    assert len(_images(nb)) == 1
+
+
+def test_notebooks_have_no_model_code():
+    """Notebooks call the library; they build no Haiku modules themselves."""
+    import nbformat
+
+    for path in sorted(COLABS.glob("*.ipynb")):
+        nb = nbformat.read(str(path), as_version=4)
+        code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+        for forbidden in ("hk.", "haiku", "perceiver.perceiver", "io_processors", "pickle"):
+            assert forbidden not in code, (path.name, forbidden)
