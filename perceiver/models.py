@@ -332,6 +332,170 @@ def optical_flow(**sizes) -> hk.TransformedWithState:
 # ---------------------------------------------------------------------------
 
 
+class _VideoSpec:
+    """Builds the video autoencoder's modules, shared by the factory and its parts.
+
+    Construction order and arguments are those of DeepMind's notebook, which
+    fixes every module's name.
+    """
+
+    def __init__(self, config: Mapping[str, Any]):
+        self.config = dict(config)
+        c = self.config
+        self.num_samples = c["num_frames"] * c["audio_samples_per_frame"]
+        self.patch_grid = (c["num_frames"], c["image_size"] // 4, c["image_size"] // 4)
+        self.num_pixels = c["num_frames"] * c["image_size"] ** 2
+        self.num_audio_patches = self.num_samples // c["samples_per_patch"]
+        # Preprocessed input positions per modality (the MultimodalPreprocessor's
+        # modality_sizes), fixed by the sizes.
+        self.input_sizes = {
+            "audio": self.num_audio_patches,
+            "image": int(np.prod(self.patch_grid)),
+            "label": 1,
+        }
+
+    @staticmethod
+    def _fourier(bands, resolution):
+        return dict(num_bands=bands, max_resolution=resolution, sine_only=False, concat_pos=True)
+
+    def check_inputs(self, images, audio) -> None:
+        c = self.config
+        _validation.check_rank("images", images, (5,), "[B, T, H, W, 3]")
+        want = (c["num_frames"], c["image_size"], c["image_size"])
+        if tuple(images.shape[1:4]) != want:
+            raise ValueError(
+                f"images must be [B, {want[0]}, {want[1]}, {want[2]}, 3]; got shape "
+                f"{tuple(images.shape)}."
+            )
+        _validation.check_rank("audio", audio, (3,), "[B, samples, 1]")
+        if audio.shape[1] != self.num_samples or audio.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"audio must be [{images.shape[0]}, {self.num_samples}, 1]; got shape "
+                f"{tuple(audio.shape)}."
+            )
+
+    def inputs(self, images, audio) -> Dict[str, jnp.ndarray]:
+        # The label is always masked (probability 1), so its value is unused.
+        labels = jnp.zeros((images.shape[0], self.config["num_classes"]), images.dtype)
+        return {"image": images, "audio": audio, "label": labels}
+
+    def points(self, subsampling) -> Dict[str, Any]:
+        """Subsampling indices per modality; a missing or None entry means all."""
+        subsampling = dict(subsampling or {})
+        unknown = sorted(set(subsampling) - {"image", "audio", "label"})
+        if unknown:
+            raise ValueError(
+                f"subsampling may only have the keys 'image', 'audio' and 'label'; got "
+                f"{sorted(subsampling)}."
+            )
+        if subsampling.get("label") is not None:
+            raise ValueError("subsampling['label'] must be None: the label is one query.")
+        image, audio = subsampling.get("image"), subsampling.get("audio")
+        for name, idx in (("image", image), ("audio", audio)):
+            if idx is not None:
+                _validation.check_rank(f"subsampling[{name!r}]", idx, (1,), "flat indices")
+        return {
+            "image": np.arange(self.num_pixels) if image is None else image,
+            "audio": np.arange(self.num_audio_patches) if audio is None else audio,
+            "label": None,
+        }
+
+    def build(self):
+        """`(preprocessor, postprocessor, encoder)`."""
+        c, fourier = self.config, self._fourier
+        preprocessor = io_processors.MultimodalPreprocessor(
+            min_padding_size=4,
+            modalities={
+                "audio": io_processors.AudioPreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(c["audio_bands"], (self.num_samples,)),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    samples_per_patch=c["samples_per_patch"],
+                ),
+                "image": io_processors.ImagePreprocessor(
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(c["image_bands"], self.patch_grid),
+                    n_extra_pos_mlp=0,
+                    prep_type="patches",
+                    spatial_downsample=4,
+                    temporal_downsample=1,
+                ),
+                "label": io_processors.OneHotPreprocessor(),
+            },
+            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
+        )
+        postprocessor = io_processors.MultimodalPostprocessor(
+            modalities={
+                "audio": io_processors.AudioPostprocessor(samples_per_patch=c["samples_per_patch"]),
+                "image": io_processors.ProjectionPostprocessor(num_outputs=3),
+                "label": io_processors.ClassificationPostprocessor(num_classes=c["num_classes"]),
+            }
+        )
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=c["num_self_attends"],
+            num_blocks=1,
+            z_index_dim=c["num_latents"],
+            num_z_channels=c["num_latent_channels"],
+            num_cross_attend_heads=1,
+            num_self_attend_heads=c["num_heads"],
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+            dropout_prob=0.0,
+            z_pos_enc_init_scale=0.02,
+            cross_attention_shape_for_attn="kv",
+            name="encoder",
+        )
+        return preprocessor, postprocessor, encoder
+
+    def build_decoder(self, batch: int, subsampling) -> perceiver.MultimodalDecoder:
+        """The decoder for `subsampling` (its sizes depend on how many points)."""
+        c, fourier = self.config, self._fourier
+        return perceiver.MultimodalDecoder(
+            concat_preprocessed_input=False,
+            subsampled_index_dims={
+                "audio": np.shape(subsampling["audio"])[0],
+                "image": np.shape(subsampling["image"])[0],
+                "label": 1,
+            },
+            modalities={
+                "audio": perceiver.BasicDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["audio"],
+                    output_index_dims=(self.num_audio_patches,),
+                    num_z_channels=1024,
+                    output_num_channels=c["decoder_channels"],
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(c["audio_bands"], (self.num_samples,)),
+                ),
+                "image": perceiver.BasicVideoAutoencodingDecoder(
+                    concat_preprocessed_input=False,
+                    subsampled_index_dims=subsampling["image"],
+                    output_shape=[batch, c["num_frames"], c["image_size"], c["image_size"]],
+                    num_z_channels=1024,
+                    output_num_channels=c["decoder_channels"],
+                    use_query_residual=False,
+                    position_encoding_type="fourier",
+                    fourier_position_encoding_kwargs=fourier(c["image_bands"], self.patch_grid),
+                ),
+                "label": perceiver.ClassificationDecoder(
+                    concat_preprocessed_input=False,
+                    num_classes=c["num_classes"],
+                    num_z_channels=1024,
+                    use_query_residual=False,
+                    position_encoding_type="trainable",
+                    trainable_position_encoding_kwargs=dict(
+                        num_channels=c["label_query_channels"], init_scale=0.02
+                    ),
+                ),
+            },
+            num_outputs=None,
+            output_num_channels=c["decoder_channels"],
+            use_query_residual=False,
+        )
+
+
 def _video_autoencoder(
     *,
     num_frames: int = 16,
@@ -348,136 +512,25 @@ def _video_autoencoder(
     audio_bands: int = 192,
     label_query_channels: int = 1024,
 ) -> _Built:
-    num_samples = num_frames * audio_samples_per_frame
-    patch_grid = (num_frames, image_size // 4, image_size // 4)
-    num_pixels = num_frames * image_size * image_size
-    num_audio_patches = num_samples // samples_per_patch
-
-    def fourier(bands, resolution):
-        return dict(num_bands=bands, max_resolution=resolution, sine_only=False, concat_pos=True)
+    spec = _VideoSpec(dict(locals()))
 
     def forward(images, audio, subsampling=None, is_training=False):
-        _validation.check_rank("images", images, (5,), "[B, T, H, W, 3]")
-        want = (num_frames, image_size, image_size)
-        if tuple(images.shape[1:4]) != want:
-            raise ValueError(
-                f"images must be [B, {num_frames}, {image_size}, {image_size}, 3]; got "
-                f"shape {tuple(images.shape)}."
-            )
-        _validation.check_rank("audio", audio, (3,), "[B, samples, 1]")
-        if audio.shape[1] != num_samples or audio.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"audio must be [{images.shape[0]}, {num_samples}, 1]; got shape "
-                f"{tuple(audio.shape)}."
-            )
-        if subsampling is None:
-            # Decoding every output needs explicit sizes to split the outputs.
-            subsampling = {"image": np.arange(num_pixels), "audio": np.arange(num_audio_patches)}
-        subsampling = dict(subsampling)
-        subsampling.setdefault("label", None)
-        preprocessor = io_processors.MultimodalPreprocessor(
-            min_padding_size=4,
-            modalities={
-                "audio": io_processors.AudioPreprocessor(
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
-                    n_extra_pos_mlp=0,
-                    prep_type="patches",
-                    samples_per_patch=samples_per_patch,
-                ),
-                "image": io_processors.ImagePreprocessor(
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
-                    n_extra_pos_mlp=0,
-                    prep_type="patches",
-                    spatial_downsample=4,
-                    temporal_downsample=1,
-                ),
-                "label": io_processors.OneHotPreprocessor(),
-            },
-            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
-        )
-        postprocessor = io_processors.MultimodalPostprocessor(
-            modalities={
-                "audio": io_processors.AudioPostprocessor(samples_per_patch=samples_per_patch),
-                "image": io_processors.ProjectionPostprocessor(num_outputs=3),
-                "label": io_processors.ClassificationPostprocessor(num_classes=num_classes),
-            }
-        )
-        encoder = perceiver.PerceiverEncoder(
-            num_self_attends_per_block=num_self_attends,
-            num_blocks=1,
-            z_index_dim=num_latents,
-            num_z_channels=num_latent_channels,
-            num_cross_attend_heads=1,
-            num_self_attend_heads=num_heads,
-            cross_attend_widening_factor=1,
-            self_attend_widening_factor=1,
-            dropout_prob=0.0,
-            z_pos_enc_init_scale=0.02,
-            cross_attention_shape_for_attn="kv",
-            name="encoder",
-        )
-        sizes = {
-            "audio": np.shape(subsampling["audio"])[0],
-            "image": np.shape(subsampling["image"])[0],
-            "label": 1,
-        }
-        decoder = perceiver.MultimodalDecoder(
-            concat_preprocessed_input=False,
-            subsampled_index_dims=sizes,
-            modalities={
-                "audio": perceiver.BasicDecoder(
-                    concat_preprocessed_input=False,
-                    subsampled_index_dims=subsampling["audio"],
-                    output_index_dims=(num_audio_patches,),
-                    num_z_channels=1024,
-                    output_num_channels=decoder_channels,
-                    use_query_residual=False,
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
-                ),
-                "image": perceiver.BasicVideoAutoencodingDecoder(
-                    concat_preprocessed_input=False,
-                    subsampled_index_dims=subsampling["image"],
-                    output_shape=list(images.shape[:4]),
-                    num_z_channels=1024,
-                    output_num_channels=decoder_channels,
-                    use_query_residual=False,
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
-                ),
-                "label": perceiver.ClassificationDecoder(
-                    concat_preprocessed_input=False,
-                    num_classes=num_classes,
-                    num_z_channels=1024,
-                    use_query_residual=False,
-                    position_encoding_type="trainable",
-                    trainable_position_encoding_kwargs=dict(
-                        num_channels=label_query_channels, init_scale=0.02
-                    ),
-                ),
-            },
-            num_outputs=None,
-            output_num_channels=decoder_channels,
-            use_query_residual=False,
-        )
+        spec.check_inputs(images, audio)
+        subsampling = spec.points(subsampling)
+        preprocessor, postprocessor, encoder = spec.build()
+        decoder = spec.build_decoder(images.shape[0], subsampling)
         model = perceiver.Perceiver(
             input_preprocessor=preprocessor,
             encoder=encoder,
             decoder=decoder,
             output_postprocessor=postprocessor,
         )
-        # The label is always masked (probability 1), so its value is unused.
-        labels = jnp.zeros((images.shape[0], num_classes), images.dtype)
         return model(
-            {"image": images, "audio": audio, "label": labels},
-            is_training=is_training,
-            subsampled_output_points=subsampling,
+            spec.inputs(images, audio), is_training=is_training, subsampled_output_points=subsampling
         )
 
     images = np.zeros((1, num_frames, image_size, image_size, 3), np.float32)
-    audio = np.zeros((1, num_samples, 1), np.float32)
+    audio = np.zeros((1, spec.num_samples, 1), np.float32)
     subsampling = {"image": np.arange(4), "audio": np.arange(4)}
     return _Built(hk.transform_with_state(forward), (images, audio, subsampling))
 
@@ -655,172 +708,17 @@ def video_autoencoder_parts(**sizes) -> hk.MultiTransformedWithState:
     Raises:
       TypeError: for an unknown size keyword.
     """
-    config = factory_sizes("video_autoencoder", **sizes)
-    num_frames = config["num_frames"]
-    image_size = config["image_size"]
-    samples_per_patch = config["samples_per_patch"]
-    num_classes = config["num_classes"]
-    decoder_channels = config["decoder_channels"]
-    audio_bands = config["audio_bands"]
-    image_bands = config["image_bands"]
-    num_samples = num_frames * config["audio_samples_per_frame"]
-    patch_grid = (num_frames, image_size // 4, image_size // 4)
-    num_pixels = num_frames * image_size * image_size
-    num_audio_patches = num_samples // samples_per_patch
-    # Preprocessed input positions per modality (the MultimodalPreprocessor's
-    # modality_sizes), fixed by the sizes.
-    input_sizes = {
-        "audio": num_audio_patches,
-        "image": int(np.prod(patch_grid)),
-        "label": 1,
-    }
-
-    def fourier(bands, resolution):
-        return dict(num_bands=bands, max_resolution=resolution, sine_only=False, concat_pos=True)
-
-    def check_inputs(images, audio):
-        _validation.check_rank("images", images, (5,), "[B, T, H, W, 3]")
-        want = (num_frames, image_size, image_size)
-        if tuple(images.shape[1:4]) != want:
-            raise ValueError(
-                f"images must be [B, {num_frames}, {image_size}, {image_size}, 3]; got "
-                f"shape {tuple(images.shape)}."
-            )
-        _validation.check_rank("audio", audio, (3,), "[B, samples, 1]")
-        if audio.shape[1] != num_samples or audio.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"audio must be [{images.shape[0]}, {num_samples}, 1]; got shape "
-                f"{tuple(audio.shape)}."
-            )
-
-    def points(subsampling):
-        subsampling = dict(subsampling or {})
-        unknown = sorted(set(subsampling) - {"image", "audio", "label"})
-        if unknown:
-            raise ValueError(
-                f"subsampling may only have the keys 'image', 'audio' and 'label'; got "
-                f"{sorted(subsampling)}."
-            )
-        if subsampling.get("label") is not None:
-            raise ValueError("subsampling['label'] must be None: the label is one query.")
-        image = subsampling.get("image")
-        audio = subsampling.get("audio")
-        for name, idx in (("image", image), ("audio", audio)):
-            if idx is not None:
-                _validation.check_rank(f"subsampling[{name!r}]", idx, (1,), "flat indices")
-        return {
-            "image": np.arange(num_pixels) if image is None else image,
-            "audio": np.arange(num_audio_patches) if audio is None else audio,
-            "label": None,
-        }
-
-    def build():
-        # Construction order and arguments are video_autoencoder's forward's,
-        # which fixes every module's name.
-        preprocessor = io_processors.MultimodalPreprocessor(
-            min_padding_size=4,
-            modalities={
-                "audio": io_processors.AudioPreprocessor(
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
-                    n_extra_pos_mlp=0,
-                    prep_type="patches",
-                    samples_per_patch=samples_per_patch,
-                ),
-                "image": io_processors.ImagePreprocessor(
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
-                    n_extra_pos_mlp=0,
-                    prep_type="patches",
-                    spatial_downsample=4,
-                    temporal_downsample=1,
-                ),
-                "label": io_processors.OneHotPreprocessor(),
-            },
-            mask_probs={"image": 0.0, "audio": 0.0, "label": 1.0},
-        )
-        postprocessor = io_processors.MultimodalPostprocessor(
-            modalities={
-                "audio": io_processors.AudioPostprocessor(samples_per_patch=samples_per_patch),
-                "image": io_processors.ProjectionPostprocessor(num_outputs=3),
-                "label": io_processors.ClassificationPostprocessor(num_classes=num_classes),
-            }
-        )
-        encoder = perceiver.PerceiverEncoder(
-            num_self_attends_per_block=config["num_self_attends"],
-            num_blocks=1,
-            z_index_dim=config["num_latents"],
-            num_z_channels=config["num_latent_channels"],
-            num_cross_attend_heads=1,
-            num_self_attend_heads=config["num_heads"],
-            cross_attend_widening_factor=1,
-            self_attend_widening_factor=1,
-            dropout_prob=0.0,
-            z_pos_enc_init_scale=0.02,
-            cross_attention_shape_for_attn="kv",
-            name="encoder",
-        )
-        return preprocessor, postprocessor, encoder
-
-    def build_decoder(batch, subsampling):
-        # Built per call: its sizes depend on how many points are decoded.
-        # No other top-level module shares these names, so building them
-        # after the others leaves their names as video_autoencoder's.
-        return perceiver.MultimodalDecoder(
-            concat_preprocessed_input=False,
-            subsampled_index_dims={
-                "audio": np.shape(subsampling["audio"])[0],
-                "image": np.shape(subsampling["image"])[0],
-                "label": 1,
-            },
-            modalities={
-                "audio": perceiver.BasicDecoder(
-                    concat_preprocessed_input=False,
-                    subsampled_index_dims=subsampling["audio"],
-                    output_index_dims=(num_audio_patches,),
-                    num_z_channels=1024,
-                    output_num_channels=decoder_channels,
-                    use_query_residual=False,
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(audio_bands, (num_samples,)),
-                ),
-                "image": perceiver.BasicVideoAutoencodingDecoder(
-                    concat_preprocessed_input=False,
-                    subsampled_index_dims=subsampling["image"],
-                    output_shape=[batch, num_frames, image_size, image_size],
-                    num_z_channels=1024,
-                    output_num_channels=decoder_channels,
-                    use_query_residual=False,
-                    position_encoding_type="fourier",
-                    fourier_position_encoding_kwargs=fourier(image_bands, patch_grid),
-                ),
-                "label": perceiver.ClassificationDecoder(
-                    concat_preprocessed_input=False,
-                    num_classes=num_classes,
-                    num_z_channels=1024,
-                    use_query_residual=False,
-                    position_encoding_type="trainable",
-                    trainable_position_encoding_kwargs=dict(
-                        num_channels=config["label_query_channels"], init_scale=0.02
-                    ),
-                ),
-            },
-            num_outputs=None,
-            output_num_channels=decoder_channels,
-            use_query_residual=False,
-        )
+    spec = _VideoSpec(factory_sizes("video_autoencoder", **sizes))
+    input_sizes = spec.input_sizes
+    points, build, build_decoder = spec.points, spec.build, spec.build_decoder
 
     def f():
         preprocessor, postprocessor, encoder = build()
 
         def preprocess(images, audio, is_training):
-            check_inputs(images, audio)
-            # The label is always masked (probability 1), so its value is unused.
-            labels = jnp.zeros((images.shape[0], num_classes), images.dtype)
+            spec.check_inputs(images, audio)
             inputs, _, _ = preprocessor(
-                {"image": images, "audio": audio, "label": labels},
-                is_training=is_training,
-                network_input_is_1d=True,
+                spec.inputs(images, audio), is_training=is_training, network_input_is_1d=True
             )
             return inputs
 
