@@ -1,9 +1,11 @@
 """The `perceiver` command: run the published models' tasks on your files.
 
+    perceiver demo [-o DIR]        # flow of a synthetic pair with known motion, offline
     perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--checkpoint NAME_OR_PATH]
     perceiver autoencode VIDEO -o OUT.mp4 [--audio-out OUT.wav] [--labels-out L.json]
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
     perceiver classify IMAGE... [--top-k 5] [--json OUT.json]
+    perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
     perceiver list | fetch NAME | check NAME
 
 Bad input (a missing or unreadable file, frames of different sizes, an
@@ -14,6 +16,7 @@ traceback.
 import argparse
 import json
 import os
+import pathlib
 import sys
 from typing import Callable, Dict, Optional, Sequence
 
@@ -134,6 +137,73 @@ def _sizes(config: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
 
 
+def _bundled_flow_model() -> str:
+    """The small flow model shipped in perceiver/data (see its .json)."""
+    from importlib import resources
+
+    return str(resources.files("perceiver").joinpath("data", "flow_small.pystate"))
+
+
+def _default_flow_source(cache_dir: Optional[str]) -> str:
+    """The published flow model if it is in the cache, else the shipped small one."""
+    from perceiver import hub
+
+    published = (pathlib.Path(cache_dir) if cache_dir else hub.cache_dir()) / hub.get("flow").filename
+    if published.is_file():
+        return "flow"
+    print(
+        "perceiver: using the small flow model shipped with the package (32x32 tiles, trained "
+        "on synthetic motion); `perceiver fetch flow` gets DeepMind's published model.",
+        file=sys.stderr,
+    )
+    return _bundled_flow_model()
+
+
+def _flow_estimator(checkpoint: Optional[str], cache_dir: Optional[str]):
+    from perceiver.tasks import flow as flow_lib
+
+    if checkpoint is None:
+        source = _default_flow_source(cache_dir)
+    else:
+        source = _checkpoint_source(checkpoint, "flow")
+    return flow_lib.OpticalFlow.from_pretrained(source, cache_dir=cache_dir, **_task_options(source))
+
+
+def _cmd_demo(args) -> str:
+    """Flow of a synthetic pair whose true flow is known, with its error."""
+    from perceiver import media
+    from perceiver.tasks import flow as flow_lib
+    from perceiver.train import synthetic_flow
+
+    scene = _sidecar(_bundled_flow_model()).get("scene", {})
+    spec = synthetic_flow.FlowSceneSpec(image_shape=(96, 128), **scene)
+    pair = synthetic_flow.make_pair(spec, seed=args.seed, index=0)
+    frames = np.round((pair["frames"] + 1) * 127.5).clip(0, 255).astype(np.uint8)
+    estimator = _flow_estimator(args.checkpoint, args.cache_dir)
+    flow = estimator(frames[0], frames[1], progress=True)
+    truth, valid = pair["flow"], pair["valid"]
+    os.makedirs(args.outdir, exist_ok=True)
+    names = {
+        "frame1.png": frames[0],
+        "frame2.png": frames[1],
+        "flow.png": flow_lib.flow_to_color(flow),
+        "true_flow.png": flow_lib.flow_to_color(truth),
+    }
+    max_flow = float(np.linalg.norm(truth, axis=-1).max())
+    names["flow.png"] = flow_lib.flow_to_color(flow, max_flow=max_flow)
+    names["true_flow.png"] = flow_lib.flow_to_color(truth, max_flow=max_flow)
+    for name, image in names.items():
+        media.write_image(os.path.join(args.outdir, name), image)
+    flow_lib.write_flo(os.path.join(args.outdir, "flow.flo"), flow)
+    error = flow_lib.end_point_error(flow, truth, valid)
+    baseline = flow_lib.end_point_error(np.zeros_like(truth), truth, valid)
+    return (
+        f"synthetic pair 128x96 with known motion (seed {args.seed}): end-point error "
+        f"{error:.2f} px, against {baseline:.2f} px for zero flow\n"
+        f"wrote {', '.join(names)} and flow.flo to {args.outdir}"
+    )
+
+
 def _cmd_flow(args) -> str:
     from perceiver import media
     from perceiver.tasks import flow as flow_lib
@@ -144,11 +214,7 @@ def _cmd_flow(args) -> str:
             f"the frames differ in size: {args.frame1} is {first.shape[1]}x{first.shape[0]}, "
             f"{args.frame2} is {second.shape[1]}x{second.shape[0]} (width x height)"
         )
-    source = _checkpoint_source(args.checkpoint, "flow")
-    config = _sidecar(source)
-    estimator = flow_lib.OpticalFlow.from_pretrained(
-        source, cache_dir=args.cache_dir, **config.get("task", {}), **_sizes(config)
-    )
+    estimator = _flow_estimator(args.checkpoint, args.cache_dir)
     flow = estimator(first, second, progress=True)
     media.write_image(args.output, flow_lib.flow_to_color(flow))
     written = [args.output]
@@ -304,7 +370,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("frame2", help="second image, same size")
     sub.add_argument("-o", "--output", required=True, help="flow as a colour image (PNG)")
     sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file")
-    sub.add_argument("--checkpoint", help="checkpoint name or path (default: flow)")
+    sub.add_argument(
+        "--checkpoint",
+        help="checkpoint name or path (default: flow if downloaded, else the shipped small model)",
+    )
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser("demo", help="flow of a synthetic pair with known motion, and its error")
+    sub.add_argument("-o", "--outdir", default="perceiver_demo", help="folder for the images (default perceiver_demo)")
+    sub.add_argument("--seed", type=int, default=0, help="which synthetic pair (default 0)")
+    sub.add_argument(
+        "--checkpoint",
+        help="checkpoint name or path (default: flow if downloaded, else the shipped small model)",
+    )
     _add_cache_dir(sub)
 
     sub = commands.add_parser("autoencode", help="reconstruct a video and its audio, and name its action")
@@ -325,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--checkpoint", help="checkpoint name or path (default: mlm)")
     _add_cache_dir(sub)
 
+    commands.add_parser(
+        "train",
+        help="train or fine-tune with a named recipe (see `perceiver train --help`)",
+        add_help=False,
+    )
+
     sub = commands.add_parser("classify", help="ImageNet classes of images")
     sub.add_argument("images", nargs="+", help="images (PNG, JPEG, ...)")
     sub.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
@@ -342,6 +426,7 @@ COMMANDS: Dict[str, Callable] = {
     "fetch": _cmd_fetch,
     "check": _cmd_check,
     "flow": _cmd_flow,
+    "demo": _cmd_demo,
     "autoencode": _cmd_autoencode,
     "fill-mask": _cmd_fill_mask,
     "classify": _cmd_classify,
@@ -353,6 +438,12 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["train"]:
+        # Training has its own parser (recipes, KEY=VALUE overrides).
+        from perceiver.train import main as train_main
+
+        return train_main.main(argv[1:])
     args = build_parser().parse_args(argv)
     from perceiver import checkpoint, hub
 

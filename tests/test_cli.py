@@ -262,3 +262,34 @@ def test_classify_unreadable_image(tmp_path, cache, capsys):
     assert cli.main(["classify", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "bad.jpg" in err and err.count("\n") == 1
+
+
+def test_demo_runs_the_shipped_model_offline(tmp_path, cache, capsys):
+    """The README's first command: the shipped model beats zero flow on a known motion."""
+    import re
+
+    code = cli.main(["demo", "-o", str(tmp_path / "demo")])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "small flow model shipped with the package" in captured.err
+    found = re.search(r"end-point error ([\d.]+) px, against ([\d.]+) px for zero flow", captured.out)
+    assert found, captured.out
+    error, baseline = map(float, found.groups())
+    assert error < 0.6 * baseline
+    for name in ("frame1.png", "frame2.png", "flow.png", "true_flow.png", "flow.flo"):
+        assert (tmp_path / "demo" / name).is_file()
+
+
+def test_flow_defaults_to_published_model_when_cached(tmp_path, cache, monkeypatch):
+    assert cli._default_flow_source(None).endswith("flow_small.pystate")
+    (cache / hub.get("flow").filename).write_bytes(b"")
+    assert cli._default_flow_source(None) == "flow"
+
+
+def test_train_subcommand_is_wired(capsys):
+    try:
+        code = cli.main(["train", "--help"])
+    except SystemExit as e:  # argparse's --help exits
+        code = e.code
+    assert code == 0
+    assert "--config" in capsys.readouterr().out

@@ -1,0 +1,12 @@
+"""Training and fine-tuning Perceiver IO models, from one CPU to many accelerators.
+
+Needs the 'train' extra (grain, orbax-checkpoint, tqdm) and Pillow for images.
+
+- `recipes`: the named recipes (imagenet, finetune_image, finetune_text, mlm,
+  flow, flow_small) as configs in code; `main`: the `perceiver train` command.
+- `trainer`: train state, jit-compiled train/eval steps, the loop with
+  checkpoint-and-resume; `parallel`: device mesh, shardings, multi-host start.
+- `losses`, `optim`: losses per task; LAMB/AdamW, weight-decay masks, schedules.
+- `data`, `images`, `text`, `synthetic_flow`, `augment`: grain pipelines.
+- `checkpointing`: orbax checkpoints and export to the inference format.
+"""

@@ -1,0 +1,158 @@
+"""Starting from published weights: a text classifier on the byte MLM, and loading with new heads."""
+
+import os
+from typing import Any, List, Mapping, Sequence, Tuple
+
+import haiku as hk
+import numpy as np
+
+from perceiver import _validation
+from perceiver import bytes_tokenizer
+from perceiver import checkpoint
+from perceiver import perceiver
+from perceiver import position_encoding
+
+
+def text_classifier(
+    num_classes: int,
+    *,
+    max_seq_len: int = 2048,
+    d_model: int = 768,
+    num_latents: int = 256,
+    num_latent_channels: int = 1280,
+    num_self_attends: int = 26,
+    num_heads: int = 8,
+    qk_channels: int = 256,
+) -> hk.TransformedWithState:
+    """The published byte MLM's embedding and encoder with a classification decoder.
+
+    Embedding ('embed'), input positions ('trainable_position_encoding') and
+    encoder ('perceiver_encoder') have the MLM's names and shapes, so its
+    checkpoint loads into them; the MLM's decoder is replaced by one
+    learned query ('classification_decoder') cross-attending to the latents.
+
+    `apply(params, state, rng, inputs, input_mask, is_training=False)`: tokens
+    `[B, T]` (T <= max_seq_len), mask `[B, T]` (1 = real token) -> logits
+    `[B, num_classes]`.
+
+    Args:
+      num_classes: classes of the new head.
+      **sizes: as `perceiver.models.masked_language_model` (defaults: the
+        published model's).
+    """
+    _validation.check_positive_int("num_classes", num_classes)
+    vocab_size = bytes_tokenizer.BytesTokenizer().vocab_size
+
+    def forward(inputs, input_mask, is_training=False):
+        _validation.check_rank("inputs", inputs, (2,), "[B, T] byte tokens")
+        length = inputs.shape[1]
+        if length > max_seq_len:
+            raise ValueError(
+                f"inputs has {length} tokens; this model reads at most max_seq_len={max_seq_len}."
+            )
+        _validation.check_mask_shape("input_mask", input_mask, inputs.shape)
+        x = hk.Embed(vocab_size=vocab_size, embed_dim=d_model)(inputs)
+        pos = position_encoding.TrainablePositionEncoding(
+            index_dim=max_seq_len, num_channels=d_model
+        )(x.shape[0])
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=num_self_attends,
+            num_blocks=1,
+            z_index_dim=num_latents,
+            num_z_channels=num_latent_channels,
+            num_self_attend_heads=num_heads,
+            num_cross_attend_heads=num_heads,
+            qk_channels=qk_channels,
+            v_channels=num_latent_channels,
+            use_query_residual=True,
+            cross_attend_widening_factor=1,
+            self_attend_widening_factor=1,
+        )
+        decoder = perceiver.ClassificationDecoder(
+            num_classes,
+            num_z_channels=num_latent_channels,
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(num_channels=num_latent_channels, init_scale=0.02),
+            use_query_residual=True,
+        )
+        model = perceiver.Perceiver(encoder=encoder, decoder=decoder)
+        return model(x + pos[:, :length], is_training=is_training, input_mask=input_mask)
+
+    return hk.transform_with_state(forward)
+
+
+def _is_fresh(module: str, fresh: Sequence[str]) -> bool:
+    return any(module == p or module.startswith(p + "/") or module.startswith(p + "/~") for p in fresh)
+
+
+def merge_pretrained(
+    initial: Mapping[str, Mapping[str, Any]],
+    pretrained: Mapping[str, Mapping[str, Any]],
+    fresh: Sequence[str] = (),
+    what: str = "params",
+) -> Tuple[dict, List[str], List[str]]:
+    """`initial` with every module taken from `pretrained`, except the fresh ones.
+
+    Args:
+      initial: the new model's freshly initialised tree.
+      pretrained: a checkpoint's tree.
+      fresh: module names (or prefixes: 'classification_decoder' covers its
+        sub-modules) that keep their initial values: the new head.
+      what: 'params' or 'state', for messages.
+
+    Returns:
+      `(merged, loaded modules, dropped modules)`: dropped are the
+      checkpoint's modules the new model does not use (the old head).
+
+    Raises:
+      checkpoint.CheckpointError: listing every module outside `fresh` that
+        the checkpoint lacks or holds with other names or shapes.
+    """
+    merged, loaded, problems = {}, [], []
+    for module, values in initial.items():
+        if _is_fresh(module, fresh):
+            merged[module] = dict(values)
+            continue
+        if module not in pretrained:
+            problems.append(f"missing {module}")
+            merged[module] = dict(values)
+            continue
+        got = pretrained[module]
+        for name, value in values.items():
+            if name not in got:
+                problems.append(f"missing {module}/{name}")
+            elif tuple(np.shape(got[name])) != tuple(np.shape(value)):
+                problems.append(
+                    f"mismatched {module}/{name}: model {list(np.shape(value))}, "
+                    f"checkpoint {list(np.shape(got[name]))}"
+                )
+        merged[module] = {
+            n: np.asarray(got[n], np.asarray(v).dtype) if n in got else v for n, v in values.items()
+        }
+        loaded.append(module)
+    if problems:
+        raise checkpoint.CheckpointError(
+            f"the pretrained {what} do not fit the model outside the new modules {list(fresh)} "
+            f"({len(problems)} problems):\n  " + "\n  ".join(problems)
+        )
+    dropped = sorted(m for m in pretrained if m not in initial or _is_fresh(m, fresh))
+    return merged, loaded, dropped
+
+
+def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
+    """A checkpoint file: a path as it is, or a published name fetched by `perceiver.hub`.
+
+    Raises:
+      FileNotFoundError: if it is neither an existing file nor a published name.
+    """
+    path = os.path.expanduser(name_or_path)
+    if os.path.isfile(path):
+        return path
+    from perceiver import hub
+
+    if name_or_path in hub.CHECKPOINTS:
+        return str(hub.fetch(name_or_path, cache_dir=cache_dir))
+    raise FileNotFoundError(
+        f"pretrained checkpoint {name_or_path!r} is neither a file nor a published name "
+        f"({', '.join(hub.CHECKPOINTS)})."
+    )

@@ -1,0 +1,399 @@
+"""The training loop shared by every recipe: state, jit-compiled steps, checkpoints.
+
+A recipe supplies a `Task` (model init, loss, evaluation, data); `train`
+does the rest the same way on one CPU, many GPUs or a TPU pod:
+
+- the `TrainState` (params, model state, optimiser state, step, key) lives
+  on a device mesh, replicated or sharded (`parallel`);
+- `make_train_step` is one jit-compiled function of the global batch;
+  dropout keys are `fold_in(key, step)`, so they do not depend on the number
+  of devices or on restarts;
+- checkpoints (with the data iterator's state) are saved every
+  `checkpoint.every_steps`; running the same command again resumes from the
+  latest one and ends with the same parameters as a run never stopped.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from perceiver.train import checkpointing
+from perceiver.train import config as config_lib
+from perceiver.train import data as data_lib
+from perceiver.train import metrics as metrics_lib
+from perceiver.train import optim
+from perceiver.train import parallel
+
+# loss(params, model_state, key, batch) -> (loss, (metrics, new_model_state))
+LossFn = Callable[[Any, Any, jax.Array, Mapping[str, jax.Array]], Tuple[jax.Array, Tuple[dict, Any]]]
+# evaluate(params, model_state, batch) -> {name: (sum, count)} over the batch's real examples
+EvalFn = Callable[[Any, Any, Mapping[str, jax.Array]], Mapping[str, Tuple[jax.Array, jax.Array]]]
+
+
+def _global_norm(tree) -> jax.Array:
+    tree_lib = getattr(optax, "tree", None)  # optax >= 0.2.4; global_norm is deprecated there
+    return tree_lib.norm(tree) if tree_lib is not None else optax.global_norm(tree)
+
+
+class TrainState(NamedTuple):
+    """Everything a run needs to continue exactly where it stopped."""
+
+    step: jax.Array  # int32 scalar: updates applied so far
+    params: Any
+    state: Any  # Haiku model state (e.g. BatchNorm statistics)
+    opt_state: Any
+    rng: jax.Array  # uint32 [2]: base key; step keys are fold_in(rng, step)
+
+
+@dataclasses.dataclass
+class Task:
+    """What a recipe contributes to the generic loop.
+
+    Attributes:
+      init: key -> (params, model_state), freshly initialised.
+      loss: see `LossFn`; called with is_training semantics (dropout on).
+      evaluate: see `EvalFn`, or None; batches carry `example_weights`
+        (0 for padding rows).
+      train_loader: (batch size of this process, seed) -> endless grain loader.
+      eval_loader: batch size of this process -> one-epoch loader, or None.
+      num_train_examples: examples per epoch (for `train.epochs`), or None.
+      load_pretrained: (params, state) -> (params, state) with published
+        weights merged in, or None.
+      export_info: facts written next to the exported model (e.g. the factory
+        and its sizes), so that it can be rebuilt.
+    """
+
+    init: Callable[[jax.Array], Tuple[Any, Any]]
+    loss: LossFn
+    train_loader: Callable[[int, int], Any]
+    evaluate: Optional[EvalFn] = None
+    eval_loader: Optional[Callable[[int], Any]] = None
+    num_train_examples: Optional[int] = None
+    load_pretrained: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
+    export_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule: optax.Schedule):
+    """`step(train_state, batch) -> (train_state, metrics)`, not yet compiled.
+
+    Written for the global batch: under `jit` with a sharded batch the
+    gradient mean over devices is inserted by the compiler.
+    """
+
+    def step(ts: TrainState, batch):
+        key = jax.random.fold_in(ts.rng, ts.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (metrics, model_state)), grads = grad_fn(ts.params, ts.state, key, batch)
+        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        metrics = dict(metrics)
+        metrics.update(loss=loss, grad_norm=_global_norm(grads), learning_rate=schedule(ts.step))
+        return TrainState(ts.step + 1, params, model_state, opt_state, ts.rng), metrics
+
+    return step
+
+
+def compile_train_step(step_fn, state_shardings, mesh, donate: bool = True):
+    """`jax.jit` of a train step with the state's and the batch's shardings."""
+    return jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=(state_shardings, parallel.replicated(mesh)),
+        donate_argnums=(0,) if donate else (),
+    )
+
+
+def compile_eval_step(eval_fn: EvalFn, params_shardings, state_shardings, mesh):
+    return jax.jit(
+        eval_fn,
+        in_shardings=(params_shardings, state_shardings, parallel.batch_sharding(mesh)),
+        out_shardings=parallel.replicated(mesh),
+    )
+
+
+def initial_state(task: Task, optimizer, seed: int) -> Callable[[], TrainState]:
+    """A function building the step-0 state (to trace shapes or run under jit)."""
+
+    def build():
+        init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+        params, model_state = task.init(init_key)
+        return TrainState(
+            jnp.zeros((), jnp.int32), params, model_state, optimizer.init(params), train_key
+        )
+
+    return build
+
+
+def total_steps(config: config_lib.Config, task: Task) -> int:
+    """`train.num_steps`, or `train.epochs` over the training set.
+
+    Raises:
+      ValueError: when neither gives a positive number of steps.
+    """
+    if config.train.num_steps > 0:
+        return config.train.num_steps
+    if config.train.epochs > 0 and task.num_train_examples:
+        return max(1, math.ceil(config.train.epochs * task.num_train_examples / config.train.batch_size))
+    raise ValueError(
+        "set train.num_steps (> 0), or train.epochs (> 0) for a data set of known size; got "
+        f"num_steps={config.train.num_steps}, epochs={config.train.epochs}."
+    )
+
+
+def evaluate(
+    task: Task, eval_step, ts: TrainState, batch_size: int, mesh, max_batches: int = 0
+) -> Dict[str, float]:
+    """Means of the task's evaluation metrics over the evaluation set."""
+    per_process = batch_size // jax.process_count()
+    sharding = parallel.batch_sharding(mesh)
+    sums: Dict[str, np.ndarray] = {}
+    for i, host_batch in enumerate(task.eval_loader(per_process)):
+        if max_batches and i >= max_batches:
+            break
+        padded, _ = data_lib.pad_batch(host_batch, per_process)
+        out = jax.device_get(eval_step(ts.params, ts.state, data_lib.to_global(padded, sharding)))
+        for name, (total, count) in out.items():
+            prev = sums.get(name, np.zeros(2))
+            sums[name] = prev + np.array([float(total), float(count)])
+    return {name: total / max(count, 1e-12) for name, (total, count) in sums.items()} | (
+        {"examples": float(sums[next(iter(sums))][1])} if sums else {}
+    )
+
+
+def _log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional
+        return None
+    show = enabled and jax.process_index() == 0 and sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not show, dynamic_ncols=True, unit="step")
+
+
+def _write_config(config: config_lib.Config, workdir: str) -> None:
+    path = os.path.join(workdir, "config.json")
+    new = config_lib.to_dict(config)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = config_lib.differences(old, new)
+        if changed:
+            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+            _log(f"config differs from the one in {path}: {lines}")
+    if jax.process_index() == 0:
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(config_lib.to_json(config))
+        os.replace(tmp, path)
+
+
+def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]:
+    """Trains (or resumes training) until `total_steps`; returns a summary.
+
+    Writes into `workdir`: config.json, metrics.jsonl, checkpoints/,
+    model.pystate (inference format, at the end) and summary.json.
+    """
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    _write_config(config, workdir)
+
+    mesh = parallel.make_mesh(config.mesh.data_parallel)
+    batch_size = config.train.batch_size
+    parallel.check_batch_size(batch_size, mesh)
+    eval_batch_size = config.train.eval_batch_size or batch_size
+    if task.evaluate is not None and task.eval_loader is not None:
+        parallel.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
+    num_steps = total_steps(config, task)
+    optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps, batch_size)
+
+    build = initial_state(task, optimizer, config.train.seed)
+    abstract = jax.eval_shape(build)
+    shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params)
+
+    ckpt = checkpointing.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every_steps=config.checkpoint.every_steps,
+        keep=config.checkpoint.keep,
+        async_save=config.checkpoint.async_save,
+    )
+    data_state = None
+    if ckpt.latest_step() is not None:
+        target = jax.tree_util.tree_map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
+        ts, data_state, start = ckpt.restore(target)
+        _log(f"resumed from {ckpt.directory}/{start}")
+    else:
+        start = 0
+        ts = jax.jit(build, out_shardings=shardings)()
+        if task.load_pretrained is not None:
+            params, model_state = task.load_pretrained(
+                jax.tree_util.tree_map(checkpointing.fetch, ts.params),
+                jax.tree_util.tree_map(checkpointing.fetch, ts.state),
+            )
+            params = jax.device_put(params, shardings.params)
+            model_state = jax.device_put(model_state, shardings.state)
+            ts = ts._replace(params=params, state=model_state)
+    num_params = optim.count_params(ts.params)
+    _log(
+        f"{config.recipe}: {num_params:,} parameters, {num_steps} steps of {batch_size} examples "
+        f"on {mesh.size} device(s) ({jax.process_count()} process(es)), workdir {workdir}"
+    )
+
+    train_step = compile_train_step(make_train_step(task.loss, optimizer, schedule), shardings, mesh)
+    eval_step = None
+    if task.evaluate is not None and task.eval_loader is not None:
+        eval_step = compile_eval_step(task.evaluate, shardings.params, shardings.state, mesh)
+
+    writer = metrics_lib.MetricsWriter(
+        workdir, resume_step=start, enabled=jax.process_index() == 0
+    )
+    per_process = batch_size // jax.process_count()
+    batches = data_lib.Prefetcher(task.train_loader(per_process, config.train.seed), data_state)
+    bar = _progress(num_steps, start, config.train.progress)
+    batch_sharding = parallel.batch_sharding(mesh)
+    step = start
+    pending = None
+    last_train: Dict[str, float] = {}
+    last_eval: Dict[str, float] = {}
+    window_start, window_steps = time.time(), 0
+    run_start = time.time()
+
+    def flush(item):
+        nonlocal last_train, window_start, window_steps
+        s, metrics = item
+        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        window_steps += 1
+        now = time.time()
+        if s % max(config.train.log_every, 1) == 0 or s == num_steps:
+            values["examples_per_sec"] = window_steps * batch_size / max(now - window_start, 1e-9)
+            window_start, window_steps = now, 0
+            _log(
+                f"step {s}/{num_steps} "
+                + " ".join(f"{k} {v:.4g}" for k, v in values.items())
+            )
+        writer.write(s, "train", values)
+        last_train = values
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{values['loss']:.4g}", refresh=False)
+
+    def run_eval():
+        nonlocal last_eval
+        if eval_step is None:
+            return
+        last_eval = evaluate(
+            task, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches
+        )
+        writer.write(step, "eval", last_eval)
+        _log(f"eval at step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+
+    # SIGTERM (a cluster pre-empting the job) saves a checkpoint and stops cleanly.
+    stop_signal = []
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop_signal.append(signum))
+    try:
+        while step < num_steps:
+            host_batch = next(batches)
+            ts, metrics = train_step(ts, data_lib.to_global(host_batch, batch_sharding))
+            step += 1
+            if pending is not None:
+                flush(pending)  # fetched one step late, so the host never waits idle
+            pending = (step, metrics)
+            ckpt.maybe_save(step, ts, batches.state)
+            if stop_signal:
+                raise KeyboardInterrupt
+            if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
+                run_eval()
+        if pending is not None:
+            flush(pending)
+            pending = None
+        ckpt.save(step, ts, batches.state)
+        ckpt.wait()
+    except KeyboardInterrupt:
+        if pending is not None:
+            flush(pending)
+        _log(f"interrupted: saving step {step} before stopping")
+        ckpt.save(step, ts, batches.state)
+        ckpt.close()
+        writer.close()
+        raise
+    finally:
+        batches.close()
+        if bar is not None:
+            bar.close()
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+    train_seconds = time.time() - run_start
+    if config.train.final_eval:
+        run_eval()
+    summary: Dict[str, Any] = {
+        "recipe": config.recipe,
+        "steps": step,
+        "resumed_from": start,
+        "parameters": num_params,
+        "train_seconds_this_run": train_seconds,
+        "final_train": last_train,
+        "eval": last_eval,
+        "devices": mesh.size,
+        "processes": jax.process_count(),
+    }
+    if config.checkpoint.export:
+        path = checkpointing.export(os.path.join(workdir, "model.pystate"), ts.params, ts.state)
+        summary["exported"] = path
+        summary["model"] = dict(task.export_info)
+    ckpt.close()
+    writer.close()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2, default=str)
+    return summary
+
+
+def evaluate_checkpoint(
+    config: config_lib.Config, task: Task, workdir: str, step: Optional[int] = None
+) -> Dict[str, float]:
+    """Evaluates a checkpoint of `workdir` (default: the latest) on the task's evaluation set.
+
+    Raises:
+      ValueError: if the task has no evaluation set.
+      FileNotFoundError: if there is no checkpoint.
+    """
+    if task.evaluate is None or task.eval_loader is None:
+        raise ValueError(f"recipe {config.recipe!r} has no evaluation set configured.")
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    mesh = parallel.make_mesh(config.mesh.data_parallel)
+    eval_batch_size = config.train.eval_batch_size or config.train.batch_size
+    parallel.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
+    optimizer, _ = optim.make_optimizer(
+        config.optimizer, total_steps(config, task), config.train.batch_size
+    )
+    abstract = jax.eval_shape(initial_state(task, optimizer, config.train.seed))
+    shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params)
+    target = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        ts, _, step = ckpt.restore(target, step)
+    finally:
+        ckpt.close()
+    eval_step = compile_eval_step(task.evaluate, shardings.params, shardings.state, mesh)
+    result = evaluate(task, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches)
+    return dict(result, step=float(step))

@@ -1,0 +1,270 @@
+"""Training recipes end to end: each runs and learns, 8 devices equal 1, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("grain")
+pytest.importorskip("orbax.checkpoint")
+
+from perceiver import checkpoint, models  # noqa: E402
+from perceiver.train import finetune, main, metrics  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Halves XLA's CPU compile time; runs compared with each other use the same flags.
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+# Shorter than --tiny, for the default suite; --runslow runs the full tiny variants.
+# Evaluation runs in one recipe per evaluation function. The flow recipe's
+# micro run is the uninterrupted run of the kill-and-resume test below.
+MICRO = {
+    "imagenet": ["train.num_steps=30", "data.randaugment_layers=0", "model.num_blocks=1", "train.final_eval=false"],
+    "finetune_image": ["train.num_steps=30", "train.final_eval=false", "model.num_blocks=1"],
+    "mlm": ["train.num_steps=40", "model.num_self_attends=1"],
+    "finetune_text": ["train.num_steps=30", "model.num_self_attends=1"],
+}
+# Halves XLA's CPU compile time at little cost in speed; for the subprocesses.
+FAST_LLVM = "--xla_llvm_disable_expensive_passes=true"
+COMMON = ["train.progress=false", "checkpoint.every_steps=1000", "optimizer.warmup_steps=5", "train.log_every=100"]
+
+
+def _train_losses(workdir):
+    records = metrics.read(os.path.join(workdir, "metrics.jsonl"))
+    steps = [r["step"] for r in records if r["split"] == "train"]
+    assert steps == list(range(1, len(steps) + 1))  # every step once
+    return np.array([r["loss"] for r in records if r["split"] == "train"])
+
+
+def _run_exported(recipe, workdir):
+    """Loads model.pystate with perceiver.checkpoint.load and runs it with its factory."""
+    with open(os.path.join(workdir, "summary.json")) as f:
+        info = dict(json.load(f)["model"])
+    params, state = checkpoint.load(os.path.join(workdir, "model.pystate"))
+    factory = info.pop("factory")
+    info.pop("classes", None)
+    if factory == "imagenet_classifier":
+        model = models.imagenet_classifier(info.pop("variant"), **info)
+        size = info["image_size"]
+        out, _ = jax.jit(model.apply)(params, state, None, jnp.zeros((2, size, size, 3)))
+        assert out.shape == (2, info["num_classes"])
+    elif factory == "text_classifier":
+        model = finetune.text_classifier(info.pop("num_classes"), **info)
+        tokens = jnp.full((2, 12), 7, jnp.int32)
+        out, _ = jax.jit(model.apply)(params, state, None, tokens, jnp.ones_like(tokens))
+        assert out.shape[0] == 2
+    elif factory == "masked_language_model":
+        model, params, state = models.load_for(factory, os.path.join(workdir, "model.pystate"), **info)
+        tokens = jnp.full((2, 12), 7, jnp.int32)
+        out, _ = jax.jit(model.apply)(params, state, None, tokens, jnp.ones_like(tokens))
+        assert out.shape == (2, 12, 262)
+    else:
+        info["image_shape"] = tuple(info["image_shape"])
+        model, params, state = models.load_for(factory, os.path.join(workdir, "model.pystate"), **info)
+        out, _ = jax.jit(model.apply)(params, state, None, jnp.zeros((1, 2) + info["image_shape"] + (3,)))
+        assert out.shape == (1,) + info["image_shape"] + (2,)
+    assert np.all(np.isfinite(np.asarray(out)))
+
+
+def _check_recipe(recipe, workdir, overrides):
+    assert main.main(["--config", recipe, "--workdir", str(workdir), "--tiny"] + overrides) == 0
+    loss = _train_losses(workdir)
+    k = max(len(loss) // 5, 3)
+    assert loss[-k:].mean() < 0.9 * loss[:k].mean(), loss  # it learns
+    _run_exported(recipe, workdir)
+
+
+@pytest.mark.parametrize("recipe", sorted(MICRO))
+def test_recipe_micro_runs_and_learns(recipe, tmp_path):
+    _check_recipe(recipe, tmp_path / recipe, COMMON + MICRO[recipe])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", sorted(MICRO) + ["flow"])
+def test_recipe_tiny_variant_runs_and_learns(recipe, tmp_path):
+    _check_recipe(recipe, tmp_path / recipe, ["train.progress=false"])
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert main.main(["--config", "flow", "--workdir", str(tmp_path), "--tiny", "train.bogus=1"]) == 2
+    assert "unknown config key 'train.bogus'" in capsys.readouterr().err
+    assert main.main(["--config", "imagenet", "--workdir", str(tmp_path)]) == 2
+    assert "data.train_dir" in capsys.readouterr().err
+    assert main.main(["--config", "flow", "--workdir", str(tmp_path), "--print-config", "model.num_latents=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["num_latents"] == 7
+
+
+# ---------------------------------------------------------------------------
+# 8 devices = 1 device
+# ---------------------------------------------------------------------------
+
+EQUIVALENCE = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8 " + FAST_COMPILE
+    import jax, numpy as np
+    from perceiver.train import parallel, recipes, optim, trainer
+    assert jax.device_count() == 8
+    cfg = recipes.get_config("imagenet", tiny=True)
+    # The conv stem has BatchNorm: its statistics must be those of the global batch too.
+    cfg.model.update(variant="conv_preprocessing", image_size=16, num_classes=5, num_blocks=1)
+    task = recipes.build_task(cfg, sys.argv[1])
+    opt, schedule = optim.make_optimizer(cfg.optimizer, 10, 16)  # LAMB, clipping, weight decay
+    rng = np.random.default_rng(0)
+    batches = [dict(images=rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
+                    labels=rng.integers(0, 5, 16).astype(np.int32),
+                    mix_labels=rng.integers(0, 5, 16).astype(np.int32),
+                    ratio=rng.uniform(size=16).astype(np.float32)) for _ in range(2)]
+    build = trainer.initial_state(task, opt, seed=0)
+    initial = jax.device_get(jax.jit(build)())
+    step_fn = trainer.make_train_step(task.loss, opt, schedule)
+
+    def run(n, shard):
+        mesh = parallel.make_mesh(n)
+        shardings = parallel.tree_shardings(initial, mesh, shard, min_size=64)
+        ts = jax.device_put(initial, shardings)
+        step = trainer.compile_train_step(step_fn, shardings, mesh)
+        for b in batches:
+            ts, m = step(ts, jax.device_put(b, parallel.batch_sharding(mesh)))
+        sharded = sum(not x.sharding.is_fully_replicated for x in jax.tree_util.tree_leaves(ts.params))
+        return jax.device_get(ts), jax.device_get(m), sharded
+
+    one, m1, _ = run(1, False)
+    worst = 0.0
+    for shard in (False, True):
+        other, m, n_sharded = run(8, shard)
+        assert n_sharded > 0 or not shard, "shard_params sharded nothing"
+        for a, b in zip(jax.tree_util.tree_leaves(one), jax.tree_util.tree_leaves(other)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+            worst = max(worst, float(np.max(np.abs(np.asarray(a, np.float64) - b), initial=0)))
+        np.testing.assert_allclose(m1["loss"], m["loss"], rtol=1e-5)
+    print("max abs difference", worst)
+    """
+)
+
+
+def test_eight_device_data_parallel_step_equals_one_device(tmp_path):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", EQUIVALENCE.replace("FAST_COMPILE", repr(FAST_COMPILE)), str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "max abs difference" in result.stdout
+
+
+# ---------------------------------------------------------------------------
+# Killed at any moment, resumed, same result
+# ---------------------------------------------------------------------------
+
+
+def _command(workdir, final_eval=False):
+    # Eight fixed scenes: long enough to see the loss fall, short enough to kill mid-run.
+    # (Evaluation changes no parameter; only the reference run spends time on it.)
+    return [
+        sys.executable, "-m", "perceiver.train.main", "--config", "flow", "--tiny",
+        "--workdir", str(workdir), "train.num_steps=40", "checkpoint.every_steps=3",
+        "checkpoint.keep=2", "data.train_examples=8", "data.eval_examples=8",
+        "optimizer.warmup_steps=5", "train.progress=false", "train.log_every=1000",
+        f"train.final_eval={str(final_eval).lower()}",
+    ]
+
+
+def _committed_steps(workdir):
+    folder = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(folder):
+        return []
+    return [int(d) for d in os.listdir(folder) if d.isdigit()]
+
+
+@pytest.fixture(scope="module")
+def flow_runs(tmp_path_factory):
+    """An uninterrupted flow run, and the same run SIGKILLed mid-way then rerun."""
+    root = tmp_path_factory.mktemp("flow_runs")
+    reference, victim = root / "reference", root / "victim"
+    env = dict(os.environ, PYTHONUNBUFFERED="1", XLA_FLAGS=FAST_LLVM)
+    uninterrupted = subprocess.Popen(_command(reference, final_eval=True), cwd=REPO, env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(_command(victim), cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while max(_committed_steps(victim), default=0) < 9 and time.time() < deadline:
+        if process.poll() is not None:
+            break
+        time.sleep(0.02)
+    # Killed as soon as step 9 is on disk: somewhere in the steps and (asynchronous)
+    # saves that follow, long before step 40.
+    finished_early = process.poll() is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed = dict(finished_early=finished_early, exported=os.path.exists(victim / "model.pystate"),
+                  at=max(_committed_steps(victim), default=None))
+    resumed = subprocess.run(_command(victim), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out, _ = uninterrupted.communicate(timeout=600)
+    assert uninterrupted.returncode == 0, out
+    return dict(root=root, reference=reference, victim=victim, killed=killed, resumed=resumed)
+
+
+def test_flow_micro_runs_and_learns(flow_runs):
+    loss = _train_losses(flow_runs["reference"])
+    assert loss[-8:].mean() < 0.9 * loss[:8].mean(), loss
+    _run_exported("flow", flow_runs["reference"])
+    evaluation = json.load(open(flow_runs["reference"] / "summary.json"))["eval"]
+    assert set(evaluation) >= {"epe", "epe_zero_flow", "epe_visible"}
+
+
+def test_killed_run_resumes_to_the_same_parameters(flow_runs, tmp_path):
+    killed, resumed, victim = flow_runs["killed"], flow_runs["resumed"], flow_runs["victim"]
+    assert not killed["finished_early"], "the run ended before it could be killed"
+    assert not killed["exported"]
+    assert 9 <= killed["at"] < 40
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resumed from {victim / 'checkpoints'}/" in resumed.stdout
+    want_params, _ = checkpoint.load(flow_runs["reference"] / "model.pystate")
+    got_params, _ = checkpoint.load(victim / "model.pystate")
+    for module in want_params:
+        for name in want_params[module]:
+            np.testing.assert_array_equal(got_params[module][name], want_params[module][name])
+    # Metrics were truncated to the checkpoint and redone: one line per step.
+    _train_losses(victim)
+    assert len(_committed_steps(victim)) == 2  # checkpoint.keep=2
+    # Any kept checkpoint exports to the inference format.
+    step = min(_committed_steps(victim))
+    path = tmp_path / "exported.pystate"
+    assert main.main(["--config", "flow", "--tiny", "--workdir", str(victim), "--export", str(path),
+                      "--step", str(step)]) == 0
+    params, state = checkpoint.load(path)
+    assert checkpoint.tree_differences(want_params, params) == [] and state == {}
+
+
+# ---------------------------------------------------------------------------
+# The small flow model that ships with the package
+# ---------------------------------------------------------------------------
+
+FLOW_SMALL = os.path.join(REPO, "perceiver", "data", "flow_small.pystate")
+
+
+@pytest.mark.skipif(not os.path.exists(FLOW_SMALL), reason="perceiver/data/flow_small.pystate not built")
+def test_shipped_flow_small_beats_zero_flow_on_held_out_pairs():
+    from perceiver.train import recipes, synthetic_flow
+
+    config = recipes.get_config("flow_small")
+    model, params, state = models.load_for("optical_flow", FLOW_SMALL, **config.model)
+    spec = recipes.flow_scene_spec(config)
+    # A seed used neither for training (0) nor for the recipe's evaluation set.
+    pairs = [synthetic_flow.make_pair(spec, 12345, i) for i in range(16)]
+    frames = np.stack([p["frames"] for p in pairs])
+    truth = np.stack([p["flow"] for p in pairs])
+    flow, _ = jax.jit(model.apply)(params, state, None, frames)
+    epe = np.sqrt(((np.asarray(flow) - truth) ** 2).sum(-1)).mean()
+    zero = np.sqrt((truth**2).sum(-1)).mean()
+    assert epe < 0.75 * zero, (epe, zero)
