@@ -326,6 +326,22 @@ def _position_encoding_factory(position_encoding_type, position_encoding_kwargs)
     )
 
 
+def _grid_encoding_parts(encoding, batch_size, pos, n_extra_pos_mlp, concat_or_add_pos):
+    """A Fourier grid encoding that is only concatenated, as parts (else None).
+
+    Concatenating the parts straight into the network input never stores the
+    `[B, N, C]` encoding itself.
+    """
+    if (
+        pos is None
+        and n_extra_pos_mlp == 0
+        and concat_or_add_pos == "concat"
+        and type(encoding) is position_encoding.FourierPositionEncoding
+    ):
+        return encoding._grid_parts(batch_size)
+    return None
+
+
 def _add_position_encoding(
     inputs, pos_enc, n_extra_pos_mlp, concat_or_add_pos
 ) -> jnp.ndarray:
@@ -421,9 +437,16 @@ class ImagePreprocessor(hk.Module):
         index_dims = inputs.shape[1:-1]
         if inputs.ndim > 3 and network_input_is_1d:
             inputs = inputs.reshape(batch_size, int(np.prod(index_dims)), -1)
-        pos_enc = self._positional_encoding_ctor(index_dims=index_dims)(
-            batch_size=batch_size, pos=pos
-        )
+        encoding = self._positional_encoding_ctor(index_dims=index_dims)
+        parts = None
+        if network_input_is_1d:
+            parts = _grid_encoding_parts(
+                encoding, batch_size, pos, self._n_extra_pos_mlp, self._concat_or_add_pos
+            )
+        if parts is not None:
+            # Written straight into the network input: no copy of the encoding.
+            return position_encoding.concat_in_place([inputs] + parts), inputs
+        pos_enc = encoding(batch_size=batch_size, pos=pos)
         if not network_input_is_1d:
             pos_enc = pos_enc.reshape(inputs.shape[:-1] + (-1,))
         # Deepening the encoding happens before reshaping in the reference;
@@ -545,9 +568,13 @@ class AudioPreprocessor(hk.Module):
         self, inputs: jnp.ndarray, pos: Optional[jnp.ndarray]
     ) -> Tuple[jnp.ndarray, jnp.ndarray]:
         """Attaches position encodings to patches `[B, N, samples_per_patch]`."""
-        pos_enc = self._positional_encoding_ctor(index_dims=inputs.shape[1:-1])(
-            batch_size=inputs.shape[0], pos=pos
+        encoding = self._positional_encoding_ctor(index_dims=inputs.shape[1:-1])
+        parts = _grid_encoding_parts(
+            encoding, inputs.shape[0], pos, self._n_extra_pos_mlp, self._concat_or_add_pos
         )
+        if parts is not None:
+            return position_encoding.concat_in_place([inputs] + parts), inputs
+        pos_enc = encoding(batch_size=inputs.shape[0], pos=pos)
         inputs_with_pos = _add_position_encoding(
             inputs, pos_enc, self._n_extra_pos_mlp, self._concat_or_add_pos
         )
@@ -683,7 +710,7 @@ class MultimodalPreprocessor(hk.Module):
                 1, num_channels=channels - width, init_scale=0.02, name=f"{modality}_padding"
             )(batch_size=batch)
             padding = jnp.broadcast_to(padding, (batch, length, channels - width))
-            output = jnp.concatenate([output, padding], axis=2)
+            output = position_encoding.concat_in_place([output, padding])
             if self._mask_probs is not None:
                 mask_token = position_encoding.TrainablePositionEncoding(
                     1, num_channels=channels, init_scale=0.02, name=f"{modality}_mask_token"

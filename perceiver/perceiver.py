@@ -11,8 +11,11 @@ When a key is given, keys are drawn in the reference's order.
 """
 
 import abc
+import contextlib
+import contextvars
+import functools
 import math
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import _validation
+from perceiver import compute
 from perceiver import io_processors
 from perceiver import position_encoding
 
@@ -28,8 +32,26 @@ from perceiver import position_encoding
 # ---------------------------------------------------------------------------
 
 
+# Set while a decoder runs over chunks of queries: its keys were drawn once,
+# before the loop, so the random stream matches one pass over all queries.
+_KEYS_DRAWN_OUTSIDE: contextvars.ContextVar = contextvars.ContextVar(
+    "perceiver_keys_drawn_outside", default=False
+)
+
+
+@contextlib.contextmanager
+def _keys_drawn_outside():
+    token = _KEYS_DRAWN_OUTSIDE.set(True)
+    try:
+        yield
+    finally:
+        _KEYS_DRAWN_OUTSIDE.reset(token)
+
+
 def _dropout(x: jnp.ndarray, rate: float) -> jnp.ndarray:
     """`hk.dropout` that needs a key only when it drops something."""
+    if _KEYS_DRAWN_OUTSIDE.get() and rate == 0:
+        return x
     # Draw the key whenever one exists so later draws match the reference.
     key = hk.maybe_next_rng_key()
     if rate == 0:
@@ -86,14 +108,7 @@ def attend(
       ValueError: if shapes disagree.
     """
     _check_attend_args(q, k, v, attention_mask)
-    batch, q_len, num_heads, qk_dim = q.shape
-    logits = jnp.einsum("bthd,bThd->bhtT", q, k) * (1.0 / math.sqrt(qk_dim))
-    if attention_mask is not None:
-        # A large finite value rather than -inf keeps rows with no valid key
-        # finite (those rows are zeroed below).
-        large = jnp.array(1e4 if logits.dtype == jnp.float16 else 1e30, dtype=logits.dtype)
-        logits = jnp.where(attention_mask[:, None, :, :], logits, -large)
-    weights = jax.nn.softmax(logits)
+    batch, q_len, _, qk_dim = q.shape
     if dropout_prob > 0:
         key = hk.maybe_next_rng_key()
         if key is None:
@@ -101,29 +116,84 @@ def attend(
                 f"attention dropout_prob {dropout_prob} needs a random key: pass an rng "
                 "to apply(), or use is_training=False."
             )
-        weights = hk.dropout(key, dropout_prob, weights)
-    out = jnp.einsum("bhtT,bThd->bthd", weights, v).reshape(batch, q_len, -1)
+        logits = compute.attention_logits(q, k, 1.0 / math.sqrt(qk_dim), attention_mask)
+        weights = hk.dropout(key, dropout_prob, jax.nn.softmax(logits))
+        out = compute.weighted_values(weights, v)
+    else:
+        # The kernel (plain, tiled or fused) follows the compute options.
+        out = compute.dot_product_attention(q, k, v, mask=attention_mask)
+    out = out.reshape(batch, q_len, -1)
     if attention_mask is not None:
-        no_valid_key = jnp.all(attention_mask == 0, axis=2, keepdims=True)  # [B, T, 1]
-        out = jnp.where(no_valid_key, jnp.zeros_like(out), out)
+        out = jnp.where(compute.no_valid_key(attention_mask), jnp.zeros_like(out), out)
     return out
+
+
+class _Linear(hk.Linear):
+    """`hk.Linear` whose parameters can also be read without applying it."""
+
+    def params(self, input_size: int, dtype=jnp.float32):
+        """`(w [input_size, output_size], b [output_size] or None)`, created as `__call__` would."""
+        w_init = self.w_init
+        if w_init is None:
+            w_init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size))
+        w = hk.get_parameter("w", [input_size, self.output_size], dtype, init=w_init)
+        b = None
+        if self.with_bias:
+            b = hk.get_parameter("b", [self.output_size], dtype, init=self.b_init)
+        return w, b
 
 
 def conv_1d(
     output_channels: int, init_scale: float = 1.0, with_bias: bool = True, name: Optional[str] = None
 ) -> hk.Linear:
     """A position-wise linear layer (a 1D convolution of width 1)."""
-    return hk.Linear(
+    return _Linear(
         output_size=output_channels,
         with_bias=with_bias,
         w_init=hk.initializers.VarianceScaling(init_scale),
-        name=name,
+        # hk.Linear's own default name, so parameter paths stay the reference's.
+        name="linear" if name is None else name,
     )
+
+
+class _LayerNorm(hk.LayerNorm):
+    """`hk.LayerNorm` over the last axis whose parameters can be read without applying it."""
+
+    def params(self, channels: int, dtype=jnp.float32):
+        """`(scale [channels], offset [channels])`, as `__call__` creates them."""
+        scale = hk.get_parameter("scale", [channels], dtype, init=self.scale_init or jnp.ones)
+        offset = hk.get_parameter("offset", [channels], dtype, init=self.offset_init or jnp.zeros)
+        return scale, offset
+
+
+def _layer_norm_module(name: Optional[str] = None) -> hk.LayerNorm:
+    # hk.LayerNorm's own default name, so parameter paths stay the reference's.
+    return _LayerNorm(
+        axis=-1, create_scale=True, create_offset=True, name="layer_norm" if name is None else name
+    )
+
+
+def _apply_layer_norm(module: hk.LayerNorm, x: jnp.ndarray) -> jnp.ndarray:
+    # Statistics in at least float32, whatever the activations' dtype.
+    if compute.is_low_precision(x.dtype):
+        return module(x.astype(jnp.float32)).astype(x.dtype)
+    return module(x)
+
+
+def _layer_norm_math(x: jnp.ndarray, params) -> jnp.ndarray:
+    """What `_apply_layer_norm` computes, from `(scale, offset)`: a pure function."""
+    scale, offset = params
+    y = x.astype(jnp.float32) if compute.is_low_precision(x.dtype) else x
+    mean = jnp.mean(y, axis=-1, keepdims=True)
+    variance = jnp.var(y, axis=-1, keepdims=True)
+    eps = jax.lax.convert_element_type(1e-5, variance.dtype)  # hk.LayerNorm's default
+    inv = scale.astype(y.dtype) * jax.lax.rsqrt(variance + eps)
+    return (inv * (y - mean) + offset.astype(y.dtype)).astype(x.dtype)
 
 
 def layer_norm(x: jnp.ndarray, name: Optional[str] = None) -> jnp.ndarray:
     """Layer norm over the last axis, with learned scale and offset."""
-    return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, name=name)(x)
+    return _apply_layer_norm(_layer_norm_module(name), x)
 
 
 def make_cross_attention_mask(query_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> jnp.ndarray:
@@ -145,6 +215,11 @@ def make_cross_attention_mask(query_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> 
 # ---------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------
+
+
+_STANDARD_PLAN = ("standard", "standard")
+# Keys and values are the (normalised) inputs_kv themselves.
+_FOLDED_KV_PLAN = ("queries_in_kv_space", "weights_on_kv_inputs")
 
 
 class Attention(hk.Module):
@@ -200,6 +275,16 @@ class Attention(hk.Module):
           ValueError: if qk_channels or v_channels is not divisible by num_heads,
             or the inputs are not rank 3 with one batch size.
         """
+        return self._apply(inputs_q, inputs_kv, attention_mask)
+
+    @hk.name_like("__call__")
+    def _apply(self, inputs_q, inputs_kv, attention_mask=None, kv_norm=None):
+        """`__call__`; with `kv_norm` `(scale, offset)`, inputs_kv are not yet normalised.
+
+        The normalisation is then folded into the attention kernel where the
+        plan allows (see `_folds_kv_norm`), so the normalised inputs are never
+        stored; otherwise it is applied first.
+        """
         _validation.check_rank("inputs_q", inputs_q, (3,), "[B, T, C]")
         _validation.check_rank("inputs_kv", inputs_kv, (3,), "[B, S, C]")
         if inputs_q.shape[0] != inputs_kv.shape[0]:
@@ -207,8 +292,58 @@ class Attention(hk.Module):
                 f"inputs_q and inputs_kv must have the same batch size; got shapes "
                 f"{tuple(inputs_q.shape)} and {tuple(inputs_kv.shape)}."
             )
+        qk_channels, v_channels, output_channels = self._channels(inputs_q.shape[-1])
+        linears = self._linears(qk_channels, v_channels, output_channels)
+        plan = self._plan(inputs_q.shape, inputs_kv.shape, qk_channels, v_channels, output_channels)
+        if kv_norm is not None and plan != _FOLDED_KV_PLAN:
+            inputs_kv, kv_norm = _layer_norm_math(inputs_kv, kv_norm), None
+        if plan != _STANDARD_PLAN:
+            prepared = self._prepare(
+                inputs_kv, plan, inputs_q.shape[-1], qk_channels, v_channels, kv_norm=kv_norm
+            )
+            return self._attend_queries(inputs_q, prepared, attention_mask)
+        q_linear, k_linear, v_linear, out_linear = linears
+        q = q_linear(inputs_q)
+        k = k_linear(inputs_kv)
+        v = v_linear(inputs_kv)
+        result = attend(
+            self._split_heads(q),
+            self._split_heads(k),
+            self._split_heads(v),
+            dropout_prob=self._dropout_prob,
+            attention_mask=attention_mask,
+        )
+        return out_linear(result)
+
+    # The methods below let a decoder prepare the keys once and then attend
+    # from chunks of queries, and let single-head attention fold projections
+    # (see `_plan`). Parameters keep their names: the four linear layers are
+    # built here once, in the reference's order (q, k, v, output).
+
+    @hk.transparent
+    def _split_heads(self, x: jnp.ndarray) -> jnp.ndarray:
+        return x.reshape(x.shape[0], x.shape[1], self._num_heads, -1)
+
+    @hk.name_like("__call__")
+    def _linears(self, qk_channels: int, v_channels: int, output_channels: int):
+        if getattr(self, "_built_linears", None) is None:
+            self._built_linears = (
+                conv_1d(qk_channels, init_scale=self._init_scale),
+                conv_1d(qk_channels, init_scale=self._init_scale),
+                conv_1d(v_channels, init_scale=self._init_scale),
+                conv_1d(
+                    output_channels,
+                    with_bias=self._with_final_bias,
+                    init_scale=self._final_init_scale,
+                ),
+            )
+        return self._built_linears
+
+    @hk.transparent
+    def _channels(self, query_channels: int):
+        """`(qk_channels, v_channels, output_channels)`, checked against num_heads."""
         # Unset sizes default to the query input's channels, as in the reference.
-        qk_channels = inputs_q.shape[-1] if self._qk_channels is None else self._qk_channels
+        qk_channels = query_channels if self._qk_channels is None else self._qk_channels
         v_channels = qk_channels if self._v_channels is None else self._v_channels
         output_channels = v_channels if self._output_channels is None else self._output_channels
         for arg, channels in (("qk_channels", qk_channels), ("v_channels", v_channels)):
@@ -216,24 +351,136 @@ class Attention(hk.Module):
                 raise ValueError(
                     f"{arg} ({channels}) must be divisible by num_heads ({self._num_heads})."
                 )
+        return qk_channels, v_channels, output_channels
 
-        q = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_q)
-        k = conv_1d(qk_channels, init_scale=self._init_scale)(inputs_kv)
-        v = conv_1d(v_channels, init_scale=self._init_scale)(inputs_kv)
+    @hk.transparent
+    def _plan(self, q_shape, kv_shape, qk_channels, v_channels, output_channels):
+        """How to compute logits and values: `(logits_plan, values_plan)`.
 
-        def split_heads(x):
-            return x.reshape(x.shape[0], x.shape[1], self._num_heads, -1)
-
-        result = attend(
-            split_heads(q),
-            split_heads(k),
-            split_heads(v),
-            dropout_prob=self._dropout_prob,
-            attention_mask=attention_mask,
+        With one head, `q . k = (x_q W_q + b_q) . (x_kv W_k + b_k)` can be
+        computed as `x_q . (k W_q^T) + b_q . k` (keys moved into the query
+        inputs' space, 'keys_in_q_space') or as `(q W_k^T) . x_kv` plus a
+        per-query constant that the softmax ignores ('queries_in_kv_space').
+        Likewise the values and output projection: `(P v) W_o = P (v W_o)`
+        ('values_in_out_space') or `P v = (P x_kv) W_v + b_v`, as softmax rows
+        sum to one ('weights_on_kv_inputs'). The cheapest form is chosen;
+        results agree to float rounding.
+        """
+        batch, q_len, q_channels = q_shape
+        kv_len, kv_channels = kv_shape[1], kv_shape[2]
+        if self._num_heads != 1 or self._dropout_prob > 0:
+            return _STANDARD_PLAN
+        allowed = compute.absorb_enabled(q_len, kv_len, batch)
+        if allowed is False:
+            return _STANDARD_PLAN
+        t, s, cq, ckv = q_len, kv_len, q_channels, kv_channels
+        qk, v, out = qk_channels, v_channels, output_channels
+        logits_costs = {
+            "standard": t * cq * qk + s * ckv * qk + t * s * qk,
+            "keys_in_q_space": s * ckv * qk + s * qk * cq + t * s * cq,
+            "queries_in_kv_space": t * cq * qk + t * qk * ckv + t * s * ckv,
+        }
+        values_costs = {
+            "standard": s * ckv * v + t * s * v + t * v * out,
+            "values_in_out_space": s * ckv * v + s * v * out + t * s * out,
+            "weights_on_kv_inputs": t * s * ckv + t * ckv * v + t * v * out,
+        }
+        plan = (
+            min(logits_costs, key=logits_costs.get),
+            min(values_costs, key=values_costs.get),
         )
-        return conv_1d(
-            output_channels, with_bias=self._with_final_bias, init_scale=self._final_init_scale
-        )(result)
+        standard_cost = logits_costs["standard"] + values_costs["standard"]
+        saving = standard_cost - logits_costs[plan[0]] - values_costs[plan[1]]
+        if allowed is None and saving < compute.ABSORB_MIN_SAVING * standard_cost:
+            return _STANDARD_PLAN
+        return plan
+
+    @hk.transparent
+    def _folds_kv_norm(self, q_shape, kv_shape) -> bool:
+        """Whether a layer norm of inputs_kv can be folded into the kernel (see `_apply`)."""
+        channels = self._channels(q_shape[-1])
+        return self._plan(q_shape, kv_shape, *channels) == _FOLDED_KV_PLAN
+
+    @hk.transparent
+    def _prepare(self, inputs_kv, plan, query_channels, qk_channels, v_channels, kv_norm=None):
+        """Everything that depends only on the keys' side, for `_attend_queries`."""
+        if self._dropout_prob > 0:
+            raise ValueError("attention dropout cannot run in chunks; use the plain path.")
+        q_linear, k_linear, v_linear, out_linear = self._linears(
+            *self._channels(query_channels)
+        )
+        logits_plan, values_plan = plan
+        head_dim = qk_channels // self._num_heads
+        scale = 1.0 / math.sqrt(head_dim)
+        prepared = {
+            "plan": plan,
+            "bias": None,
+            "kernel_scale": scale,
+            "fold_scale": scale,
+            "kv_transform": None,
+            "kv_params": None,
+        }
+        if kv_norm is not None:  # only with _FOLDED_KV_PLAN: keys and values are inputs_kv
+            prepared["kv_transform"], prepared["kv_params"] = _layer_norm_math, kv_norm
+        inputs_kv_heads = inputs_kv[:, :, None, :]  # one head
+        if logits_plan == "standard":
+            prepared["k"] = self._split_heads(k_linear(inputs_kv))
+        elif logits_plan == "keys_in_q_space":
+            w_q, b_q = q_linear.params(query_channels, inputs_kv.dtype)
+            k = k_linear(inputs_kv)
+            prepared["k"] = (jnp.einsum("bsc,dc->bsd", k, w_q) * scale)[:, :, None, :]
+            if b_q is not None:
+                prepared["bias"] = (jnp.einsum("bsc,c->bs", k, b_q) * scale)[:, None, :]
+            prepared["kernel_scale"] = 1.0
+        else:  # queries_in_kv_space: the keys are the inputs themselves
+            prepared["k"] = inputs_kv_heads
+            prepared["kernel_scale"] = 1.0
+        if values_plan == "standard":
+            prepared["v"] = self._split_heads(v_linear(inputs_kv))
+        elif values_plan == "values_in_out_space":
+            w_out, _ = out_linear.params(v_channels, inputs_kv.dtype)
+            prepared["v"] = jnp.einsum("bsc,cd->bsd", v_linear(inputs_kv), w_out)[:, :, None, :]
+        else:  # weights_on_kv_inputs
+            prepared["v"] = inputs_kv_heads
+        prepared["kv_channels"] = inputs_kv.shape[-1]
+        prepared["v_channels"] = v_channels
+        return prepared
+
+    @hk.transparent
+    def _attend_queries(self, inputs_q, prepared, attention_mask):
+        """Attention output `[B, T, output_channels]` for queries `inputs_q`."""
+        q_linear, k_linear, v_linear, out_linear = self._built_linears
+        logits_plan, values_plan = prepared["plan"]
+        if logits_plan == "standard":
+            q = self._split_heads(q_linear(inputs_q))
+        elif logits_plan == "keys_in_q_space":
+            q = inputs_q[:, :, None, :]
+        else:  # queries_in_kv_space
+            w_k, _ = k_linear.params(prepared["kv_channels"], inputs_q.dtype)
+            q = jnp.einsum("btd,cd->btc", q_linear(inputs_q), w_k) * prepared["fold_scale"]
+            q = q[:, :, None, :]
+        out = compute.dot_product_attention(
+            q,
+            prepared["k"],
+            prepared["v"],
+            mask=attention_mask,
+            bias=prepared["bias"],
+            scale=prepared["kernel_scale"],
+            kv_transform=prepared["kv_transform"],
+            kv_params=prepared["kv_params"],
+        )
+        out = out.reshape(out.shape[0], out.shape[1], -1)
+        if values_plan == "weights_on_kv_inputs":
+            w_v, b_v = v_linear.params(prepared["kv_channels"], out.dtype)
+            out = out @ w_v
+            if b_v is not None:
+                out = out + b_v
+        if attention_mask is not None:
+            out = jnp.where(compute.no_valid_key(attention_mask), jnp.zeros_like(out), out)
+        if values_plan == "values_in_out_space":
+            _, b_out = out_linear.params(prepared["v_channels"], out.dtype)
+            return out if b_out is None else out + b_out
+        return out_linear(out)
 
 
 class MLP(hk.Module):
@@ -378,9 +625,19 @@ class CrossAttention(hk.Module):
             v_channels=self._v_channels,
             output_channels=output_channels,
         )
-        attention = attention_module(
-            layer_norm(inputs_q), layer_norm(inputs_kv), attention_mask=attention_mask
-        )
+        norm_q, norm_kv = _layer_norm_module(), _layer_norm_module()
+        normed_q = _apply_layer_norm(norm_q, inputs_q)
+        if attention_module._folds_kv_norm(inputs_q.shape, inputs_kv.shape):
+            # Keys and values are the normalised inputs: normalise them tile by
+            # tile inside the kernel rather than storing a normalised copy.
+            kv_norm = norm_kv.params(inputs_kv.shape[-1], inputs_kv.dtype)
+            attention = attention_module._apply(
+                normed_q, inputs_kv, attention_mask=attention_mask, kv_norm=kv_norm
+            )
+        else:
+            attention = attention_module(
+                normed_q, _apply_layer_norm(norm_kv, inputs_kv), attention_mask=attention_mask
+            )
         attention = _dropout(attention, dropout_prob)
         x = inputs_q + attention if self._use_query_residual else attention
         mlp = MLP(
@@ -389,6 +646,99 @@ class CrossAttention(hk.Module):
             init_scale=self._dense_init_scale,
         )
         return x + mlp(layer_norm(x), is_training=is_training)
+
+    @hk.name_like("__call__")
+    def _decode_in_chunks(
+        self,
+        inputs_q: jnp.ndarray,
+        inputs_kv: jnp.ndarray,
+        *,
+        query_mask: Optional[jnp.ndarray],
+        chunk_size: int,
+        is_training: bool,
+        post: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
+    ) -> jnp.ndarray:
+        """`post(self(inputs_q, inputs_kv))`, over chunks of `chunk_size` queries.
+
+        Each query's output depends on that query alone, so the block runs in
+        a loop over chunks of queries: memory is that of one chunk. The
+        keys' side (layer norm, projections) is computed once, before the
+        loop. Needs zero dropout (decoders have none).
+
+        Args:
+          inputs_q: queries `[B, T, Cq]`.
+          inputs_kv: `[B, S, Ckv]`.
+          query_mask: `[B, T]` or None; masked queries attend to nothing.
+          chunk_size: queries per chunk.
+          is_training: passed on to the MLP (its dropout rate must be 0).
+          post: applied to each chunk's output (e.g. the decoder's projection).
+
+        Returns:
+          `[B, T, C]`: what `post(self(...))` returns.
+        """
+        if self._dropout_prob or self._dropout_attn_prob:
+            raise ValueError("a block with dropout cannot run in chunks; use its __call__.")
+        batch, num_queries, query_channels = inputs_q.shape
+        qk_channels = self._qk_channels
+        if qk_channels is None:
+            qk_channels = query_channels if self._shape_for_attn == "q" else inputs_kv.shape[-1]
+        # Built in the order __call__ builds them, so that names match.
+        attention = Attention(
+            num_heads=self._num_heads,
+            init_scale=self._att_init_scale,
+            dropout_prob=0.0,
+            qk_channels=qk_channels,
+            v_channels=self._v_channels,
+            output_channels=query_channels,
+        )
+        norm_q, norm_kv = _layer_norm_module(), _layer_norm_module()
+        mlp = MLP(
+            widening_factor=self._widening_factor,
+            dropout_prob=0.0,
+            init_scale=self._dense_init_scale,
+        )
+        norm_x = _layer_norm_module()
+
+        qk_channels, v_channels, output_channels = attention._channels(query_channels)
+        plan = attention._plan(
+            inputs_q.shape, inputs_kv.shape, qk_channels, v_channels, output_channels
+        )
+        normed_kv = _apply_layer_norm(norm_kv, inputs_kv)
+        prepared = attention._prepare(normed_kv, plan, query_channels, qk_channels, v_channels)
+        kv_ones = jnp.ones((batch, inputs_kv.shape[1]), jnp.int32)
+
+        def block(q_chunk, mask_chunk):
+            mask = None
+            if mask_chunk is not None:
+                mask = make_cross_attention_mask(mask_chunk, kv_ones)
+            x = attention._attend_queries(_apply_layer_norm(norm_q, q_chunk), prepared, mask)
+            if self._use_query_residual:
+                x = q_chunk + x
+            x = x + mlp(_apply_layer_norm(norm_x, x), is_training=is_training)
+            return x if post is None else post(x)
+
+        # __call__ draws two keys (after the attention and in the MLP); draw
+        # them once here so the random stream does not depend on chunking.
+        hk.maybe_next_rng_key()
+        hk.maybe_next_rng_key()
+        with _keys_drawn_outside():
+            num_chunks = -(-num_queries // chunk_size)
+            if num_chunks == 1:
+                return block(inputs_q, query_mask)
+
+            def chunk(index):
+                # Slices of the queries, not a padded copy: the last chunk
+                # overlaps the one before it and recomputes a few queries.
+                start = compute.chunk_start(index, num_queries, chunk_size)
+                q_chunk = jax.lax.dynamic_slice_in_dim(inputs_q, start, chunk_size, axis=1)
+                mask_chunk = None
+                if query_mask is not None:
+                    mask_chunk = jax.lax.dynamic_slice_in_dim(query_mask, start, chunk_size, axis=1)
+                return block(q_chunk, mask_chunk)
+
+            # Under differentiation, recompute each chunk rather than store it.
+            stacked = hk.map(compute.haiku_checkpoint(chunk), jnp.arange(num_chunks))
+        return compute.join_chunks(stacked, num_queries, chunk_size, axis=1)
 
 
 # ---------------------------------------------------------------------------
@@ -554,10 +904,42 @@ class PerceiverEncoder(hk.Module):
             attention_mask = make_cross_attention_mask(
                 query_mask=jnp.ones(z.shape[:2], dtype=jnp.int32), kv_mask=input_mask
             )
-        z = self.cross_attend(z, inputs, is_training=is_training, attention_mask=attention_mask)
+        out_dtype = z.dtype
+        dtype = compute.compute_dtype(z.dtype)
+        low_precision = dtype != jnp.dtype(z.dtype)
+        with compute.parameter_dtype(dtype if low_precision else None):
+            z = self._encode(inputs.astype(dtype), z.astype(dtype), attention_mask, is_training)
+        return z.astype(out_dtype)
+
+    @hk.transparent
+    def _encode(self, inputs, z, attention_mask, is_training):
+        remat = compute.remat()
+
+        def maybe_remat(fn):
+            return compute.haiku_checkpoint(fn) if remat else fn
+
+        def cross_attend(z, inputs, attention_mask):
+            return self.cross_attend(
+                z, inputs, is_training=is_training, attention_mask=attention_mask
+            )
+
+        z = maybe_remat(cross_attend)(z, inputs, attention_mask)
+        layers = [
+            maybe_remat(functools.partial(self_attend, is_training=is_training))
+            for self_attend in self.self_attends
+        ]
+
+        def block(z):
+            for layer in layers:
+                z = layer(z)
+            return z
+
+        if compute.scan_blocks(self._num_blocks):
+            # The blocks share weights: one compiled body, however many blocks.
+            # Keys are drawn in the same order as when unrolled.
+            return hk.fori_loop(0, self._num_blocks, lambda _, z: block(z), z)
         for _ in range(self._num_blocks):
-            for self_attend in self.self_attends:
-                z = self_attend(z, is_training=is_training)
+            z = block(z)
         return z
 
 
@@ -741,12 +1123,18 @@ class BasicDecoder(AbstractPerceiverDecoder):
           ValueError: if `query_mask` is not `[B, M]`.
         """
         _validation.check_rank("query", query, (3,), "[B, M, C]")
-        attention_mask = None
+        _validation.check_rank("z", z, (3,), "[B, N, C]")
         if query_mask is not None:
             _validation.check_mask_shape("query_mask", query_mask, query.shape[:2])
-            attention_mask = make_cross_attention_mask(
-                query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=jnp.int32)
-            )
+        out_dtype = query.dtype
+        dtype = compute.compute_dtype(query.dtype)
+        low_precision = dtype != jnp.dtype(query.dtype)
+        with compute.parameter_dtype(dtype if low_precision else None):
+            output = self._decode(query.astype(dtype), z.astype(dtype), query_mask, is_training)
+        return output.astype(out_dtype)
+
+    @hk.transparent
+    def _decode(self, query, z, query_mask, is_training):
         cross_attention = CrossAttention(
             dropout_prob=0.0,
             num_heads=self._num_heads,
@@ -756,12 +1144,34 @@ class BasicDecoder(AbstractPerceiverDecoder):
             v_channels=self._v_channels,
             use_query_residual=self._use_query_residual,
         )
-        output = cross_attention(query, z, is_training=is_training, attention_mask=attention_mask)
-        if self._final_project:
-            output = hk.Linear(self._output_num_channels, w_init=self._output_w_init, name="output")(
-                output
+
+        def project(x):
+            if not self._final_project:
+                return x
+            return hk.Linear(self._output_num_channels, w_init=self._output_w_init, name="output")(x)
+
+        chunk_size = compute.decoder_chunk(query.shape[0], self._num_heads, query.shape[1], z.shape[1])
+        if chunk_size is not None:
+            output_layer = None
+            if self._final_project:
+                output_layer = hk.Linear(
+                    self._output_num_channels, w_init=self._output_w_init, name="output"
+                )
+            return cross_attention._decode_in_chunks(
+                query,
+                z,
+                query_mask=query_mask,
+                chunk_size=chunk_size,
+                is_training=is_training,
+                post=output_layer,
             )
-        return output
+        attention_mask = None
+        if query_mask is not None:
+            attention_mask = make_cross_attention_mask(
+                query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=jnp.int32)
+            )
+        output = cross_attention(query, z, is_training=is_training, attention_mask=attention_mask)
+        return project(output)
 
 
 class ClassificationDecoder(AbstractPerceiverDecoder):

@@ -81,6 +81,26 @@ def build_linear_positions(
     return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
+def concat_in_place(parts: Sequence[jnp.ndarray]) -> jnp.ndarray:
+    """`jnp.concatenate(parts, axis=-1)`, written part by part into one buffer.
+
+    XLA:CPU materialises each operand of a concatenation; writing into a
+    preallocated result lets it compute broadcast or elementwise parts in
+    place, so only the result is stored.
+    """
+    parts = list(parts)
+    if len(parts) == 1:
+        return parts[0]
+    dtype = jnp.result_type(*parts)
+    shape = parts[0].shape[:-1] + (sum(p.shape[-1] for p in parts),)
+    out = jnp.zeros(shape, dtype)
+    offset = 0
+    for part in parts:
+        out = jax.lax.dynamic_update_slice_in_dim(out, part.astype(dtype), offset, axis=-1)
+        offset += part.shape[-1]
+    return out
+
+
 class AbstractPositionEncoding(hk.Module, metaclass=abc.ABCMeta):
     """A module mapping a batch size (and optional positions) to encodings."""
 
@@ -157,6 +177,8 @@ class FourierPositionEncoding(AbstractPositionEncoding):
 
     def __call__(self, batch_size: int, pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
         """Returns `[B, N, C]` features of `pos` `[B, N, D]` (default: the grid)."""
+        if pos is None and len(self._max_resolution) == len(self._index_dims):
+            return self._grid_features(batch_size)
         pos = _check_or_build_spatial_positions(pos, self._index_dims, batch_size)
         if len(self._max_resolution) != pos.shape[-1]:
             raise ValueError(
@@ -174,6 +196,45 @@ class FourierPositionEncoding(AbstractPositionEncoding):
             )
 
         return jax.vmap(features)(pos)
+
+    def _grid_features(self, batch_size: int) -> jnp.ndarray:
+        """The features of the default grid: `concat_in_place` of `_grid_parts`."""
+        return concat_in_place(self._grid_parts(batch_size))
+
+    def _grid_parts(self, batch_size: int):
+        """The default grid's features as `[B, N, c]` parts, in channel order.
+
+        Each feature depends on one coordinate only, so it is computed once per
+        row (or column, ...) and broadcast, with the same arithmetic as
+        `generate_fourier_features`. Joined by `concat_in_place`, no
+        `[N, D * num_bands]` intermediate is ever stored.
+        """
+        dims = tuple(int(d) for d in self._index_dims)
+        rank = len(dims)
+
+        def spread(table, axis):
+            # [n_axis, K] -> [n_1, ..., n_D, K], constant along the other axes.
+            shape = [1] * rank + [table.shape[-1]]
+            shape[axis] = dims[axis]
+            return jnp.broadcast_to(table.reshape(shape), dims + (table.shape[-1],))
+
+        coords = [
+            jnp.linspace(-1.0, 1.0, num=n, endpoint=True, dtype=jnp.float32) for n in dims
+        ]
+        angles = [
+            jnp.pi * (c[:, None] * jnp.linspace(1.0, res / 2, num=self._num_bands)[None, :])
+            for c, res in zip(coords, self._max_resolution)
+        ]
+        parts = [spread(jnp.sin(a), d) for d, a in enumerate(angles)]
+        if not self._sine_only:
+            parts += [spread(jnp.cos(a), d) for d, a in enumerate(angles)]
+        if self._concat_pos:
+            parts = [spread(c[:, None], d) for d, c in enumerate(coords)] + parts
+        size = int(np.prod(dims))
+        return [
+            jnp.broadcast_to(p.reshape(1, size, p.shape[-1]), (batch_size, size, p.shape[-1]))
+            for p in parts
+        ]
 
 
 class PositionEncodingProjector(AbstractPositionEncoding):

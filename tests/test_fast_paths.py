@@ -1,0 +1,507 @@
+"""The compute options' fast paths against plain computations.
+
+Every fast path (tiled and fused attention, folded projections, chunked
+decoding, looped blocks, rematerialisation, bfloat16) must leave parameter
+trees alone and compute what the plain path computes. Expected values come
+from numpy written here, from the reference's recorded outputs, or from the
+plain path, which tests/test_reference.py ties to the reference.
+"""
+
+import math
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference_fixtures as ref
+from perceiver import compute, models, perceiver
+
+PLAIN = dict(attention="plain", absorb_projections=False, decoder_chunk_size=None, scan_blocks=False)
+# bfloat16 keeps 8 bits of mantissa: outputs of these small models stay within
+# this fraction of their largest magnitude (see benchmarks/README.md for the
+# published models).
+BF16_TOLERANCE = 0.05
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def np_attention(q, k, v, mask=None, bias=None, scale=None):
+    """float64 softmax attention `[B, T, H, Dv]`; queries with no valid key give 0."""
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    logits = np.einsum("bthd,bshd->bhts", q, k) * scale
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)[:, :, None, :]
+    valid = np.ones(logits.shape, bool)
+    if mask is not None:
+        valid = np.broadcast_to((np.asarray(mask) != 0)[:, None], logits.shape)
+    logits = np.where(valid, logits, -np.inf)
+    top = np.max(np.where(valid, logits, -1e300), axis=-1, keepdims=True)
+    weights = np.where(valid, np.exp(logits - top), 0.0)
+    total = weights.sum(-1, keepdims=True)
+    weights = np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    return np.einsum("bhts,bshd->bthd", weights, v)
+
+
+def _random_mask(shape, rng, empty_rows=((0, 1),)):
+    mask = (rng.uniform(size=shape) > 0.4).astype(np.int32)
+    for b, t in empty_rows:
+        mask[b % shape[0], t] = 0  # a query that may attend to nothing
+    return mask
+
+
+# ---------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------
+
+
+def test_options_nest_and_restore():
+    assert compute.current() == compute.Options()
+    with compute.options(attention="tiled") as outer:
+        assert outer.attention == "tiled"
+        with compute.options(remat=True) as inner:
+            assert inner.attention == "tiled" and inner.remat
+        assert not compute.current().remat
+    assert compute.current() == compute.Options()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, words",
+    [
+        (dict(attention="flash"), ValueError, "attention"),
+        (dict(query_chunk_size=0), ValueError, "query_chunk_size"),
+        (dict(key_chunk_size=2.5), ValueError, "key_chunk_size"),
+        (dict(decoder_chunk_size=-3), ValueError, "decoder_chunk_size"),
+        (dict(absorb_projections="yes"), TypeError, "absorb_projections"),
+        (dict(scan_blocks=1), TypeError, "scan_blocks"),
+        (dict(remat="no"), TypeError, "remat"),
+        (dict(compute_dtype=jnp.int32), ValueError, "compute_dtype"),
+        (dict(chunking=True), TypeError, "chunking"),
+    ],
+)
+def test_bad_options_name_the_argument(kwargs, error, words):
+    with pytest.raises(error, match=words):
+        with compute.options(**kwargs):
+            pass
+
+
+def test_configure_rejects_non_transformed():
+    with pytest.raises(TypeError, match="transformed"):
+        compute.configure(lambda x: x)
+
+
+def _sub_jaxprs(params):
+    for value in params.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if hasattr(item, "eqns"):
+                yield item
+            elif hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+
+
+def _count_loops(jaxpr) -> int:
+    """Loops (scan or while) anywhere in a jaxpr."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("scan", "while"):
+            count += 1
+        for sub in _sub_jaxprs(eqn.params):
+            count += _count_loops(sub)
+    return count
+
+
+def test_configure_applies_its_options_under_jit():
+    # Whether the tiled kernel ran shows in the program: it loops over tiles.
+    def forward(q, k, v):
+        return perceiver.attend(q, k, v)
+
+    model = hk.transform(forward)
+    rng = _rng()
+    q, k, v = (rng.standard_normal((1, 9, 2, 4)).astype(np.float32) for _ in range(3))
+    tiled = compute.configure(model, attention="tiled", query_chunk_size=4, key_chunk_size=4)
+    plain = compute.configure(model, attention="plain")
+    assert _count_loops(jax.make_jaxpr(tiled.apply)({}, None, q, k, v).jaxpr) > 0
+    assert _count_loops(jax.make_jaxpr(plain.apply)({}, None, q, k, v).jaxpr) == 0
+    np.testing.assert_allclose(
+        jax.jit(tiled.apply)({}, None, q, k, v), np_attention(q, k, v).reshape(1, 9, 8),
+        rtol=1e-5, atol=1e-6,
+    )
+
+
+def test_auto_choices_follow_size():
+    assert compute.choose_attention(1, 1, 2048, 182528) == "tiled"
+    assert compute.choose_attention(1, 1, 2048, 182528, dropout=True) == "plain"
+    with compute.options(attention="plain"):
+        assert compute.choose_attention(1, 1, 2048, 182528) == "plain"
+    # Small attention is a single tile; large attention is cut into tiles.
+    assert compute.attention_tiles(1, 8, 512, 512) == (512, 512)
+    query_chunk, key_chunk = compute.attention_tiles(1, 1, 2048, 182528)
+    assert query_chunk * key_chunk <= compute.TILE_ELEMENTS < 2048 * 182528
+    # A decoder of 182,528 queries over 2,048 latents runs in chunks; 48 do not.
+    chunk = compute.decoder_chunk(1, 1, 182528, 2048)
+    assert chunk is not None and chunk * 2048 <= 2 * compute.TILE_ELEMENTS
+    assert compute.decoder_chunk(1, 8, 48, 16) is None
+    with compute.options(decoder_chunk_size=None):
+        assert compute.decoder_chunk(1, 1, 182528, 2048) is None
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("query_chunk, key_chunk", [(4, 5), (16, 3), (7, 64), (1, 1)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_tiled_kernel_matches_numpy(query_chunk, key_chunk, masked):
+    rng = _rng(1)
+    b, t, s, h = 2, 11, 13, 3  # sizes that no chunk divides
+    q = rng.standard_normal((b, t, h, 4)).astype(np.float32)
+    k = rng.standard_normal((b, s, h, 4)).astype(np.float32)
+    v = rng.standard_normal((b, s, h, 5)).astype(np.float32)
+    bias = rng.standard_normal((b, 1, s)).astype(np.float32)
+    mask = _random_mask((b, t, s), rng, empty_rows=((0, 2), (1, 10))) if masked else None
+    out = compute.tiled_attention(
+        q, k, v, mask=mask, bias=bias, query_chunk_size=query_chunk, key_chunk_size=key_chunk
+    )
+    expected = np_attention(q, k, v, mask, bias)
+    keep = np.ones((b, t, 1, 1), bool)
+    if masked:  # rows with no valid key are the caller's to zero
+        keep = (mask != 0).any(-1)[:, :, None, None]
+    np.testing.assert_allclose(np.where(keep, out, 0), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["plain", "tiled", "fused"])
+def test_attend_zeroes_fully_masked_rows_and_broadcasts_batch_one_mask(kind):
+    rng = _rng(2)
+    q = rng.standard_normal((2, 9, 2, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 6, 2, 4)).astype(np.float32)
+    v = rng.standard_normal((2, 6, 2, 4)).astype(np.float32)
+    mask = _random_mask((1, 9, 6), rng, empty_rows=((0, 0), (0, 8)))
+    with compute.options(attention=kind, query_chunk_size=4, key_chunk_size=4):
+        out = np.asarray(perceiver.attend(q, k, v, attention_mask=mask))
+    np.testing.assert_allclose(
+        out, np_attention(q, k, v, np.broadcast_to(mask, (2, 9, 6))).reshape(2, 9, 8),
+        rtol=1e-5, atol=1e-6,
+    )
+    assert np.all(out[:, [0, 8]] == 0)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_tiled_gradients_match_plain(masked):
+    rng = _rng(3)
+    q, k, v = (rng.standard_normal((1, 10, 2, 4)).astype(np.float32) for _ in range(3))
+    bias = rng.standard_normal((1, 1, 10)).astype(np.float32)
+    mask = _random_mask((1, 10, 10), rng) if masked else None
+    weights = (np.arange(80).reshape(1, 10, 2, 4) % 7 - 3).astype(np.float32)
+
+    def loss(kernel):
+        return lambda q, k, v, bias: jnp.sum(kernel(q, k, v, bias) * weights)
+
+    def tiled(q, k, v, bias):  # 4 tiles of queries and 3 of keys, both overlapping
+        return compute.tiled_attention(
+            q, k, v, mask=mask, bias=bias, query_chunk_size=3, key_chunk_size=4
+        )
+
+    def plain(q, k, v, bias):
+        return compute.plain_attention(q, k, v, mask=mask, bias=bias)
+
+    expected = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(q, k, v, bias)
+    got = jax.jit(jax.grad(loss(tiled), argnums=(0, 1, 2, 3)))(q, k, v, bias)
+    for a, b in zip(got, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Folded projections (single-head attention)
+# ---------------------------------------------------------------------------
+
+
+def _np_attention_module(params, xq, xkv, mask):
+    def linear(name, x):
+        p = params[f"attention/{name}"]
+        return np.asarray(x, np.float64) @ p["w"] + (p["b"] if "b" in p else 0)
+
+    q, k, v = linear("linear", xq), linear("linear_1", xkv), linear("linear_2", xkv)
+    out = np_attention(q[:, :, None], k[:, :, None], v[:, :, None], mask)[:, :, 0]
+    return linear("linear_3", out)
+
+
+@pytest.mark.parametrize(
+    "t, s, cq, ckv, out_channels, plan",
+    [
+        # Few queries, many narrow keys: the queries move into the keys' space.
+        (3, 40, 16, 6, 16, ("queries_in_kv_space", "weights_on_kv_inputs")),
+        # Many narrow queries, few keys: keys and values move to the queries' side.
+        (40, 3, 6, 16, 6, ("keys_in_q_space", "values_in_out_space")),
+    ],
+)
+@pytest.mark.parametrize("with_final_bias", [True, False])
+def test_folded_projections_match_numpy(t, s, cq, ckv, out_channels, plan, with_final_bias):
+    rng = _rng(4)
+    xq = rng.standard_normal((2, t, cq)).astype(np.float32)
+    xkv = rng.standard_normal((2, s, ckv)).astype(np.float32)
+    mask = _random_mask((2, t, s), rng, empty_rows=((1, 1),))
+
+    def forward(xq, xkv, mask):
+        attention = perceiver.Attention(
+            num_heads=1, qk_channels=12, v_channels=10, output_channels=out_channels,
+            with_final_bias=with_final_bias,
+        )
+        out = attention(xq, xkv, attention_mask=mask)
+        chosen = attention._plan(xq.shape, xkv.shape, 12, 10, out_channels)
+        return out, chosen
+
+    model = hk.transform(forward)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
+    # Output-layer biases of zero would hide a mistake in adding them.
+    params = jax.tree_util.tree_map(lambda p: p + 0.3, params)
+    with compute.options(absorb_projections=True):
+        out, chosen = model.apply(params, None, xq, xkv, mask)
+    assert chosen == plan
+    expected = _np_attention_module(params, xq, xkv, mask)
+    np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
+
+
+def test_auto_keeps_small_attention_unfolded():
+    def forward(xq, xkv):
+        attention = perceiver.Attention(num_heads=1, qk_channels=12)
+        attention(xq, xkv)
+        return attention._plan(xq.shape, xkv.shape, 12, 12, 12)
+
+    model = hk.transform(forward)
+    xq, xkv = np.zeros((1, 3, 12), np.float32), np.zeros((1, 40, 6), np.float32)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv)
+    assert model.apply(params, None, xq, xkv) == ("standard", "standard")
+
+
+# ---------------------------------------------------------------------------
+# Chunked decoding
+# ---------------------------------------------------------------------------
+
+
+def _decoder_model(**decoder_kwargs):
+    def forward(inputs, z, query_mask=None, subsampled_points=None):
+        decoder = perceiver.BasicDecoder(
+            output_num_channels=3,
+            position_encoding_type="fourier",
+            output_index_dims=(13,),
+            fourier_position_encoding_kwargs=dict(num_bands=3, max_resolution=(13,)),
+            qk_channels=8,
+            **decoder_kwargs,
+        )
+        query = decoder.decoder_query(inputs, subsampled_points=subsampled_points)
+        return decoder(query, z, is_training=False, query_mask=query_mask)
+
+    return hk.transform(forward)
+
+
+@pytest.mark.parametrize("num_heads, subsample", [(1, True), (2, False)])
+def test_chunked_decoder_matches_one_piece(num_heads, subsample):
+    rng = _rng(5)
+    model = _decoder_model(num_heads=num_heads, use_query_residual=True)
+    inputs = np.zeros((2, 13, 4), np.float32)
+    z = rng.standard_normal((2, 5, 16)).astype(np.float32)
+    points = np.array([12, 0, 5, 7, 3, 9, 1], np.int32) if subsample else None
+    queries = 7 if subsample else 13
+    query_mask = np.ones((2, queries), np.int32)
+    query_mask[1, 2] = 0  # decodes from nothing
+    params = model.init(jax.random.PRNGKey(0), inputs, z, query_mask, points)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    plain = compute.configure(model, **PLAIN)
+    expected = jax.jit(plain.apply)(params, None, inputs, z, query_mask, points)
+    for chunk in (1, 4):
+        # configure makes new functions: jax.jit's cache cannot mix them up.
+        chunked = compute.configure(model, decoder_chunk_size=chunk, absorb_projections=True)
+        jaxpr = jax.make_jaxpr(chunked.apply)(params, None, inputs, z, query_mask, points)
+        assert _count_loops(jaxpr.jaxpr) > 0
+        out = jax.jit(chunked.apply)(params, None, inputs, z, query_mask, points)
+        np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_chunked_decoder_keeps_the_random_stream():
+    inputs = np.zeros((1, 13, 4), np.float32)
+    z = np.ones((1, 5, 16), np.float32)
+
+    def forward_and_key(inputs, z):
+        decoder = perceiver.BasicDecoder(
+            output_num_channels=3, position_encoding_type="trainable", output_index_dims=(13,),
+            trainable_position_encoding_kwargs=dict(num_channels=8),
+        )
+        decoder(decoder.decoder_query(inputs), z, is_training=True)
+        return hk.next_rng_key()
+
+    keyed = hk.transform(forward_and_key)
+    params = keyed.init(jax.random.PRNGKey(0), inputs, z)
+    key = jax.random.PRNGKey(3)
+    with compute.options(**PLAIN):
+        expected = keyed.apply(params, key, inputs, z)
+    with compute.options(decoder_chunk_size=4):
+        got = keyed.apply(params, key, inputs, z)
+    np.testing.assert_array_equal(jax.random.key_data(got), jax.random.key_data(expected))
+
+
+# ---------------------------------------------------------------------------
+# Published models (small): trees and outputs under every option
+# ---------------------------------------------------------------------------
+
+FAST = {
+    "tiled": dict(attention="tiled", query_chunk_size=5, key_chunk_size=7),
+    "fused": dict(attention="fused"),
+    "all": dict(
+        attention="tiled", query_chunk_size=4, key_chunk_size=9, decoder_chunk_size=5,
+        absorb_projections=True, scan_blocks=True, remat=True,
+    ),
+}
+# Each model with every fast path at once; a few with one path each.
+FAST_CASES = [(model, "all") for model in ref.MODELS] + [
+    ("mlm", "fused"),
+    pytest.param("mlm", "tiled", marks=pytest.mark.slow),
+    pytest.param("flow", "tiled", marks=pytest.mark.slow),
+    pytest.param("video_autoencoding", "tiled", marks=pytest.mark.slow),
+]
+
+
+def _close_to_recorded(actual, expected, rtol):
+    if isinstance(expected, dict):
+        for key in expected:
+            _close_to_recorded(actual[key], expected[key], rtol)
+        return
+    actual = np.asarray(actual, np.float64)
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=rtol * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("model, option", FAST_CASES)
+def test_fast_paths_reproduce_recorded_outputs(model, option):
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    transformed, params, state = models.load_for(factory, ref.checkpoint_path(model), **kwargs)
+    inputs, expected = ref.recorded(model)
+    fast = compute.configure(transformed, **FAST[option])
+    out, _ = jax.jit(fast.apply)(params, state, None, *ref.factory_inputs(model, inputs))
+    _close_to_recorded(jax.tree_util.tree_map(np.asarray, out), expected, 1e-5)
+
+
+@pytest.mark.parametrize("model", ref.MODELS)
+def test_options_leave_parameter_trees_unchanged(model):
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    transformed = getattr(models, factory)(**kwargs)
+    inputs, _ = ref.recorded(model)
+    args = ref.factory_inputs(model, inputs)
+    key = jax.random.PRNGKey(5)
+
+    def shapes(**options):
+        init = compute.configure(transformed, **options).init
+        return jax.eval_shape(lambda: init(key, *args, is_training=True))
+
+    expected = shapes(**PLAIN)
+    for options in list(FAST.values()) + [dict(compute_dtype=jnp.bfloat16)]:
+        assert shapes(**options) == expected
+
+
+@pytest.mark.parametrize("model", ["flow"])
+def test_options_leave_initial_values_unchanged(model):
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    transformed = getattr(models, factory)(**kwargs)
+    inputs, _ = ref.recorded(model)
+    args = ref.factory_inputs(model, inputs)
+    key = jax.random.PRNGKey(5)
+
+    def init(**options):
+        fn = compute.configure(transformed, **options).init
+        return jax.jit(lambda key, *args: fn(key, *args, is_training=True))(key, *args)
+
+    expected = init(**PLAIN)
+    got = init(**FAST["all"], compute_dtype=jnp.bfloat16)
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        assert a.dtype == b.dtype == np.float32 or a.dtype == b.dtype == np.int32
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("model", ["mlm", "imagenet_conv", "video_autoencoding"])
+def test_bfloat16_is_close_to_float32(model):
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    transformed, params, state = models.load_for(factory, ref.checkpoint_path(model), **kwargs)
+    inputs, expected = ref.recorded(model)
+    low = compute.configure(transformed, compute_dtype=jnp.bfloat16)
+    out, _ = jax.jit(low.apply)(params, state, None, *ref.factory_inputs(model, inputs))
+    for leaf in jax.tree_util.tree_leaves(out):
+        assert leaf.dtype == jnp.float32
+    _close_to_recorded(jax.tree_util.tree_map(np.asarray, out), expected, BF16_TOLERANCE)
+
+
+# ---------------------------------------------------------------------------
+# Weight-shared blocks in a loop; rematerialisation
+# ---------------------------------------------------------------------------
+
+
+def _encoder_model():
+    def forward(inputs, is_training):
+        encoder = perceiver.PerceiverEncoder(
+            num_self_attends_per_block=1, num_blocks=3, z_index_dim=6, num_z_channels=16,
+            num_self_attend_heads=2, dropout_prob=0.2,
+        )
+        return encoder(inputs, encoder.latents(inputs), is_training=is_training)
+
+    return hk.transform(forward)
+
+
+def test_looped_blocks_equal_unrolled_with_dropout_keys():
+    model = _encoder_model()
+    inputs = _rng(6).standard_normal((2, 9, 5)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), inputs, True)
+    key = jax.random.PRNGKey(1)
+    unrolled = compute.configure(model, scan_blocks=False)
+    looped = compute.configure(model, scan_blocks=True)
+    assert _count_loops(jax.make_jaxpr(looped.apply, static_argnums=3)(
+        params, key, inputs, True).jaxpr) > 0
+    expected = jax.jit(unrolled.apply, static_argnums=3)(params, key, inputs, True)
+    got = jax.jit(looped.apply, static_argnums=3)(params, key, inputs, True)
+    # Dropout is on: equal outputs mean equal keys, drawn in the same order.
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_remat_gives_the_same_gradients():
+    model = _encoder_model()
+    inputs = _rng(7).standard_normal((2, 9, 5)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), inputs, True)
+    key = jax.random.PRNGKey(2)
+
+    def grads(**options):
+        def loss(params):
+            with compute.options(**options):
+                return jnp.sum(model.apply(params, key, inputs, True) ** 2)
+
+        return jax.jit(jax.grad(loss))(params)
+
+    expected = grads(remat=False, scan_blocks=False)
+    got = grads(remat=True, scan_blocks=True)
+    # Some gradients are sums that cancel to rounding noise: compare on the
+    # scale of the largest gradient.
+    scale = max(np.abs(b).max() for b in jax.tree_util.tree_leaves(expected))
+    for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
+
+
+@pytest.mark.slow
+def test_auto_at_published_widths_matches_plain():
+    # Published flow widths on 96x128 frames: large enough for every 'auto'
+    # fast path (multi-tile attention, folded projections and layer norm,
+    # chunked decoding), small enough to compare against the plain path.
+    model = models.optical_flow(image_shape=(96, 128), num_self_attends=2)
+    frames = _rng(8).uniform(-1, 1, (1, 2, 96, 128, 3)).astype(np.float32)
+    params, state = jax.jit(lambda f: model.init(jax.random.PRNGKey(0), f, is_training=True))(
+        frames
+    )
+    rng = _rng(9)
+    # The output layer starts at zero; perturb every weight so the flow is not.
+    params = jax.tree_util.tree_map(lambda p: p + 0.02 * rng.standard_normal(p.shape), params)
+    fast = compute.configure(model)
+    plain = compute.configure(model, **PLAIN)
+    jaxpr = jax.make_jaxpr(fast.apply)(params, state, None, frames)
+    assert _count_loops(jaxpr.jaxpr) >= 2  # tiled encoder attention, chunked decoder
+    expected, _ = jax.jit(plain.apply)(params, state, None, frames)
+    got, _ = jax.jit(fast.apply)(params, state, None, frames)
+    _close_to_recorded(np.asarray(got), np.asarray(expected, np.float64), 1e-5)
