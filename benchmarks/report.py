@@ -5,6 +5,7 @@
 
 import json
 import pathlib
+import re
 import sys
 from typing import Dict, List, Optional
 
@@ -13,6 +14,14 @@ GIB = 2**30
 
 def _ok(result: Optional[Dict]) -> bool:
     return bool(result) and result.get("status") == "ok"
+
+
+def _status(result: Dict) -> str:
+    status = result.get("status", "?")
+    found = re.search(r"Out of memory allocating (\d+) bytes", result.get("error", ""))
+    if found:  # results written before run.py named it
+        status = f"out of memory (asked XLA for {int(found.group(1)) / 2**30:.0f} GiB at once)"
+    return status
 
 
 def _fmt(value, digits=2, suffix=""):
@@ -31,10 +40,10 @@ def _cell(result: Optional[Dict], key: str, scale=1.0, digits=2) -> str:
     if result is None:
         return "-"
     if not _ok(result):
-        status = result.get("status", "?")
+        status = _status(result)
         if key == "peak_rss_bytes" and result.get("peak_rss_bytes"):
             return f">{result['peak_rss_bytes'] / GIB:.1f} ({status})"
-        return status
+        return status if key == "best_s" else "-"
     return _fmt(result[key] / scale, digits)
 
 
@@ -149,8 +158,9 @@ def _scaling_rows(rows: List[Dict]) -> Dict[str, List[Dict]]:
 
 def scaling_table(rows: List[Dict]) -> str:
     lines = [
-        "| curve | size | forward s (ours / ref) | peak GiB (ours / ref) | time ratio | memory ratio |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| curve | size | forward s (ours / ref) | CPU s (ours / ref) | peak GiB (ours / ref) "
+        "| time ratio | memory ratio |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for family, family_rows in _scaling_rows(rows).items():
         for row in family_rows:
@@ -158,6 +168,7 @@ def scaling_table(rows: List[Dict]) -> str:
             size = row["config"]["name"].split("/")[-1]
             lines.append(
                 f"| {family} | {size} | {_cell(ours, 'best_s')} / {_cell(ref, 'best_s')} "
+                f"| {_cell(ours, 'best_cpu_s')} / {_cell(ref, 'best_cpu_s')} "
                 f"| {_cell(ours, 'peak_rss_bytes', GIB)} / {_cell(ref, 'peak_rss_bytes', GIB)} "
                 f"| {_fmt(_ratio(ours, ref, 'best_s'))} | {_fmt(_ratio(ours, ref, 'peak_rss_bytes'))} |"
             )

@@ -25,6 +25,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -389,7 +390,11 @@ def run_subprocess(args: List[str], timeout: float, max_rss: float) -> Dict:
         lines = [line for line in out.read().splitlines() if line.startswith("RESULT ")]
         if proc.returncode != 0 or not lines:
             tail = err.read()[-2000:]
-            return {"status": f"failed (exit {proc.returncode})", "error": tail}
+            status = f"failed (exit {proc.returncode})"
+            found = re.search(r"RESOURCE_EXHAUSTED: Out of memory allocating (\d+) bytes", tail)
+            if found:
+                status = f"out of memory (asked XLA for {int(found.group(1)) / 2**30:.0f} GiB at once)"
+            return {"status": status, "error": tail, "peak_rss_bytes": peak}
         return json.loads(lines[-1][len("RESULT ") :])
 
 

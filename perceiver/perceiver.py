@@ -904,9 +904,10 @@ class PerceiverEncoder(hk.Module):
             attention_mask = make_cross_attention_mask(
                 query_mask=jnp.ones(z.shape[:2], dtype=jnp.int32), kv_mask=input_mask
             )
-        out_dtype = z.dtype
-        dtype = compute.compute_dtype(z.dtype)
-        low_precision = dtype != jnp.dtype(z.dtype)
+        # Without a compute dtype, the dtype jax would promote the inputs to.
+        out_dtype = jnp.result_type(inputs, z)
+        dtype = compute.compute_dtype(out_dtype)
+        low_precision = dtype != out_dtype
         with compute.parameter_dtype(dtype if low_precision else None):
             z = self._encode(inputs.astype(dtype), z.astype(dtype), attention_mask, is_training)
         return z.astype(out_dtype)
@@ -1126,9 +1127,10 @@ class BasicDecoder(AbstractPerceiverDecoder):
         _validation.check_rank("z", z, (3,), "[B, N, C]")
         if query_mask is not None:
             _validation.check_mask_shape("query_mask", query_mask, query.shape[:2])
-        out_dtype = query.dtype
-        dtype = compute.compute_dtype(query.dtype)
-        low_precision = dtype != jnp.dtype(query.dtype)
+        # Without a compute dtype, the dtype jax would promote the inputs to.
+        out_dtype = jnp.result_type(query, z)
+        dtype = compute.compute_dtype(out_dtype)
+        low_precision = dtype != out_dtype
         with compute.parameter_dtype(dtype if low_precision else None):
             output = self._decode(query.astype(dtype), z.astype(dtype), query_mask, is_training)
         return output.astype(out_dtype)
@@ -1276,7 +1278,7 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
                 1, num_channels=channels - x.shape[2], init_scale=0.02, name=f"{modality}_padding"
             )(x.shape[0])
             padding = jnp.broadcast_to(padding, x.shape[:2] + (channels - x.shape[2],))
-            return jnp.concatenate([x, padding], axis=2)
+            return position_encoding.concat_in_place([x, padding])
 
         return jnp.concatenate([pad(m, queries[m]) for m in sorted(self._modalities)], axis=1)
 
