@@ -47,6 +47,13 @@ def _cell(result: Optional[Dict], key: str, scale=1.0, digits=2) -> str:
     return _fmt(result[key] / scale, digits)
 
 
+def _working(result: Optional[Dict]) -> Optional[float]:
+    """Peak resident memory above what the process held once its parameters were loaded."""
+    if not _ok(result) or "baseline_rss_bytes" not in result:
+        return None
+    return result["peak_rss_bytes"] - result["baseline_rss_bytes"]
+
+
 def _gflops_per_s(row: Dict, result: Optional[Dict]) -> Optional[float]:
     flops = row.get("model_flops")
     if not flops or not _ok(result):
@@ -57,15 +64,16 @@ def _gflops_per_s(row: Dict, result: Optional[Dict]) -> Optional[float]:
 def forward_table(rows: List[Dict]) -> str:
     lines = [
         "| model | compile s (ours / ref) | forward s (ours / ref) | CPU s (ours / ref) "
-        "| peak GiB (ours / ref) | time ratio | memory ratio | compile ratio | GFLOP "
-        "| GFLOP/s (ours / ref) | max rel. diff |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| peak GiB (ours / ref) | working GiB (ours / ref) | time ratio | memory ratio "
+        "| working-memory ratio | compile ratio | GFLOP | GFLOP/s (ours / ref) | max rel. diff |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         ours, ref = row["results"].get("ours"), row["results"].get("reference")
         flops = row.get("model_flops")
         lines.append(
-            "| {model} | {c} / {cr} | {f} / {fr} | {u} / {ur} | {m} / {mr} | {tr} | {mem} | {cmp} "
+            "| {model} | {c} / {cr} | {f} / {fr} | {u} / {ur} | {m} / {mr} | {w} / {wr} | {tr} "
+            "| {mem} | {wmem} | {cmp} "
             "| {gf} | {gs} / {gsr} | {diff} |".format(
                 model=row["config"]["model"],
                 c=_cell(ours, "compile_s", digits=1),
@@ -76,6 +84,9 @@ def forward_table(rows: List[Dict]) -> str:
                 ur=_cell(ref, "best_cpu_s"),
                 m=_cell(ours, "peak_rss_bytes", GIB),
                 mr=_cell(ref, "peak_rss_bytes", GIB),
+                w=_fmt(_working(ours) and _working(ours) / GIB),
+                wr=_fmt(_working(ref) and _working(ref) / GIB),
+                wmem=_fmt(_working(ours) / _working(ref) if _working(ours) and _working(ref) else None),
                 tr=_fmt(_ratio(ours, ref, "best_s")),
                 mem=_fmt(_ratio(ours, ref, "peak_rss_bytes")),
                 cmp=_fmt(_ratio(ours, ref, "compile_s")),
@@ -91,21 +102,23 @@ def forward_table(rows: List[Dict]) -> str:
 
 def bf16_table(rows: List[Dict], f32_rows: Dict[str, Dict]) -> str:
     lines = [
-        "| model | forward s, bfloat16 | forward s, float32 | speed-up | peak GiB, bfloat16 "
-        "| max abs. error / max abs. output | RMS error / RMS output |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| model | forward s, bfloat16 | forward s, float32 | speed-up | time ratio to the "
+        "reference (float32) | peak GiB, bfloat16 | max abs. error / max abs. output "
+        "| RMS error / RMS output |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         model = row["config"]["model"]
         ours = row["results"].get("ours")
         f32 = f32_rows.get(model, {}).get("results", {}).get("ours")
+        ref = f32_rows.get(model, {}).get("results", {}).get("reference")
         speedup = None
         if _ok(ours) and _ok(f32):
             speedup = f32["best_s"] / ours["best_s"]
         err = row.get("bf16_error") or {}
         lines.append(
             f"| {model} | {_cell(ours, 'best_s')} | {_cell(f32, 'best_s')} | {_fmt(speedup)} "
-            f"| {_cell(ours, 'peak_rss_bytes', GIB)} | {_fmt(err.get('max'), 4)} "
+            f"| {_fmt(_ratio(ours, ref, 'best_s'))} | {_cell(ours, 'peak_rss_bytes', GIB)} | {_fmt(err.get('max'), 4)} "
             f"| {_fmt(err.get('rms'), 4)} |"
         )
     return "\n".join(lines)
@@ -219,6 +232,12 @@ def write_report(rows: List[Dict], meta: Dict, out_dir: pathlib.Path) -> str:
     bf16 = [r for r in rows if r["config"]["name"].startswith("forward-bf16/")]
     train = [r for r in rows if r["config"]["kind"] == "train"]
     sections = [f"Command: `{meta['command']}` ({meta['date']}, {meta['cpus']} CPUs)."]
+    peak = meta.get("matmul_gflops") or {}
+    if peak.get("float32"):
+        sections.append(
+            f"One 2048x2048 matrix product on this machine: {peak['float32']:.0f} GFLOP/s in "
+            f"float32, {peak.get('bfloat16', 0):.0f} GFLOP/s in bfloat16 (float32 result)."
+        )
     if forward:
         sections += ["### Forward pass, float32, batch 1", forward_table(forward)]
     if bf16:

@@ -317,6 +317,30 @@ def worker(impl: str, config: Config, reference_dir: Optional[str], output_path:
     return result
 
 
+def matmul_peak() -> Dict:
+    """GFLOP/s of one large matrix product, float32 and bfloat16: this machine's ceiling.
+
+    bfloat16 operands are multiplied with a float32 result, as the library's
+    bfloat16 mode multiplies them.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = 2048
+    out = {"status": "ok"}
+    for name, dtype in (("float32", jnp.float32), ("bfloat16", jnp.bfloat16)):
+        a = jnp.ones((n, n), dtype)
+        product = jax.jit(lambda a, b: jnp.matmul(a, b, preferred_element_type=jnp.float32))
+        product(a, a).block_until_ready()
+        best = float("inf")
+        for _ in range(7):
+            start = time.perf_counter()
+            product(a, a).block_until_ready()
+            best = min(best, time.perf_counter() - start)
+        out[name] = 2 * n**3 / best / 1e9
+    return out
+
+
 def flop_count(config: Config) -> float:
     """XLA's FLOP count of the model written as the reference writes it.
 
@@ -558,7 +582,8 @@ def main(argv=None):
     parser.add_argument("--no-flops", dest="flops", action="store_false",
                         help="skip counting each model's FLOPs")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--worker", choices=["ours", "reference", "flops"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["ours", "reference", "flops", "peak"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--output", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -567,6 +592,8 @@ def main(argv=None):
         config = Config(**json.loads(args.config))
         if args.worker == "flops":
             result = {"status": "ok", "flops": flop_count(config)}
+        elif args.worker == "peak":
+            result = matmul_peak()
         else:
             result = worker(args.worker, config, args.reference, args.output)
         print("RESULT " + json.dumps(result), flush=True)
@@ -584,12 +611,17 @@ def main(argv=None):
 
     configs = default_configs(args)
     log(f"{len(configs)} configurations; reference: {args.reference or 'none'}")
+    peak = run_subprocess(
+        _worker_command("peak", Config("peak", "mlm"), None), args.timeout, args.max_rss_gb * 2**30
+    )
+    log(f"matmul peak: {peak}")
     rows = measure(configs, args.reference, args, log)
     meta = {
         "command": " ".join([os.path.basename(sys.executable), "benchmarks/run.py"] + (argv or sys.argv[1:])),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "cpus": os.cpu_count(),
         "reference": bool(args.reference),
+        "matmul_gflops": {k: v for k, v in peak.items() if k != "status"},
     }
     (out_dir / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     import report  # next to this file

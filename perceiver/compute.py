@@ -260,6 +260,18 @@ def is_low_precision(dtype) -> bool:
     return jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating)
 
 
+def einsum(spec: str, *operands: jnp.ndarray) -> jnp.ndarray:
+    """`jnp.einsum`, accumulated in float32 when the operands are half precision.
+
+    Returns the operands' dtype either way. Asking for a float32 result is
+    also what selects XLA:CPU's fast bf16 kernels.
+    """
+    dtype = jnp.result_type(*operands)
+    if not is_low_precision(dtype):
+        return jnp.einsum(spec, *operands)
+    return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32).astype(dtype)
+
+
 # ---------------------------------------------------------------------------
 # Attention kernels
 # ---------------------------------------------------------------------------
