@@ -45,11 +45,15 @@ import numpy as np
 
 ATTENTION_KINDS = ("auto", "plain", "tiled", "fused")
 
-# Attention logits up to this many elements (64 MiB in float32) are computed
-# as one tile; beyond it 'auto' cuts them into tiles of TILE_ELEMENTS.
-ONE_TILE_MAX_ELEMENTS = 1 << 24
-# Elements of one tile of attention logits (16 MiB in float32).
-TILE_ELEMENTS = 1 << 22
+# Attention logits up to this many elements (4 MiB in float32) are computed
+# as one tile; beyond it 'auto' cuts them into tiles of TILE_ELEMENTS. Tiles
+# this small also run faster on CPU: glibc hands larger temporary buffers
+# back to the kernel after each use, and paging them in again cost the
+# ImageNet models a quarter of their time (1.1 GiB of page faults a forward
+# pass with 16 MiB tiles, 0.1 GiB with these; benchmarks/README.md).
+ONE_TILE_MAX_ELEMENTS = 1 << 20
+# Elements of one tile of attention logits (4 MiB in float32).
+TILE_ELEMENTS = 1 << 20
 # 'auto' folds projections only when the logits are at least this large, so
 # that small models compute exactly as the reference writes them.
 ABSORB_MIN_ELEMENTS = 1 << 20

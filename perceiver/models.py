@@ -44,18 +44,12 @@ class _Built:
 # ---------------------------------------------------------------------------
 
 
-def _masked_language_model(
-    *,
-    max_seq_len: int = 2048,
-    d_model: int = 768,
-    num_latents: int = 256,
-    num_latent_channels: int = 1280,
-    num_self_attends: int = 26,
-    num_heads: int = 8,
-    qk_channels: int = 256,
-) -> _Built:
-    tokenizer = bytes_tokenizer.BytesTokenizer()
-    encoder_kwargs = dict(
+def mlm_encoder_kwargs(
+    *, num_latents: int, num_latent_channels: int, num_self_attends: int, num_heads: int,
+    qk_channels: int,
+) -> Dict[str, Any]:
+    """`PerceiverEncoder` arguments of the masked language model (and of models built on it)."""
+    return dict(
         num_self_attends_per_block=num_self_attends,
         num_blocks=1,
         z_index_dim=num_latents,
@@ -67,6 +61,56 @@ def _masked_language_model(
         use_query_residual=True,
         cross_attend_widening_factor=1,
         self_attend_widening_factor=1,
+    )
+
+
+def embed_bytes(
+    inputs: jnp.ndarray, input_mask: jnp.ndarray, *, max_seq_len: int, d_model: int
+) -> Tuple[jnp.ndarray, hk.Embed]:
+    """Byte embeddings plus trainable positions, as the masked language model's input.
+
+    Args:
+      inputs: `[B, T]` byte tokens, T <= max_seq_len.
+      input_mask: `[B, T]`.
+
+    Returns:
+      `([B, T, d_model], the embedding module)`; shorter inputs use the first
+      rows of the position table.
+
+    Raises:
+      ValueError: for a wrong rank, T > max_seq_len, or a mask of another shape.
+    """
+    _validation.check_rank("inputs", inputs, (2,), "[B, T] byte tokens")
+    length = inputs.shape[1]
+    if length > max_seq_len:
+        raise ValueError(
+            f"inputs has {length} tokens; this model reads at most max_seq_len={max_seq_len}."
+        )
+    _validation.check_mask_shape("input_mask", input_mask, inputs.shape)
+    embed = hk.Embed(vocab_size=bytes_tokenizer.BytesTokenizer().vocab_size, embed_dim=d_model)
+    x = embed(inputs)
+    pos = position_encoding.TrainablePositionEncoding(index_dim=max_seq_len, num_channels=d_model)(
+        x.shape[0]
+    )
+    return x + pos[:, :length], embed
+
+
+def _masked_language_model(
+    *,
+    max_seq_len: int = 2048,
+    d_model: int = 768,
+    num_latents: int = 256,
+    num_latent_channels: int = 1280,
+    num_self_attends: int = 26,
+    num_heads: int = 8,
+    qk_channels: int = 256,
+) -> _Built:
+    encoder_kwargs = mlm_encoder_kwargs(
+        num_latents=num_latents,
+        num_latent_channels=num_latent_channels,
+        num_self_attends=num_self_attends,
+        num_heads=num_heads,
+        qk_channels=qk_channels,
     )
     decoder_kwargs = dict(
         output_num_channels=num_latent_channels,
@@ -82,19 +126,8 @@ def _masked_language_model(
     )
 
     def forward(inputs, input_mask, is_training=False):
-        _validation.check_rank("inputs", inputs, (2,), "[B, T] byte tokens")
+        x, embed = embed_bytes(inputs, input_mask, max_seq_len=max_seq_len, d_model=d_model)
         length = inputs.shape[1]
-        if length > max_seq_len:
-            raise ValueError(
-                f"inputs has {length} tokens; this model reads at most max_seq_len="
-                f"{max_seq_len}."
-            )
-        _validation.check_mask_shape("input_mask", input_mask, inputs.shape)
-        embed = hk.Embed(vocab_size=tokenizer.vocab_size, embed_dim=d_model)
-        x = embed(inputs)
-        pos = position_encoding.TrainablePositionEncoding(
-            index_dim=max_seq_len, num_channels=d_model
-        )(x.shape[0])
         model = perceiver.Perceiver(
             encoder=perceiver.PerceiverEncoder(**encoder_kwargs),
             decoder=perceiver.BasicDecoder(**decoder_kwargs),
@@ -103,7 +136,7 @@ def _masked_language_model(
         # padding them to max_seq_len with the padding masked out.
         subsample = None if length == max_seq_len else np.arange(length)
         out = model(
-            x + pos[:, :length],
+            x,
             is_training=is_training,
             input_mask=input_mask,
             query_mask=input_mask,

@@ -138,7 +138,9 @@ def test_auto_choices_follow_size():
     with compute.options(attention="plain"):
         assert compute.choose_attention(1, 1, 2048, 182528) == "plain"
     # Small attention is a single tile; large attention is cut into tiles.
-    assert compute.attention_tiles(1, 8, 512, 512) == (512, 512)
+    assert compute.attention_tiles(1, 8, 256, 512) == (256, 512)
+    # The latents of the ImageNet models (8 heads, 512 x 512) go in two tiles.
+    assert compute.attention_tiles(1, 8, 512, 512) == (256, 512)
     query_chunk, key_chunk = compute.attention_tiles(1, 1, 2048, 182528)
     assert query_chunk * key_chunk <= compute.TILE_ELEMENTS < 2048 * 182528
     # A decoder of 182,528 queries over 2,048 latents runs in chunks; 48 do not.

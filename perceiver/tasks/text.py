@@ -30,7 +30,7 @@ import numpy as np
 from perceiver import _validation
 from perceiver import bytes_tokenizer
 from perceiver import checkpoint
-from perceiver import hub
+from perceiver.tasks import _loading
 from perceiver import models
 
 Span = Tuple[int, int]
@@ -218,12 +218,12 @@ class MaskedLanguageModel:
         Raises:
           perceiver.checkpoint.CheckpointError: if the file does not fit.
         """
-        path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
-        params, state = checkpoint.load(path)
-        try:
-            return cls(params, state, batch_size=batch_size, **sizes)
-        except checkpoint.CheckpointError as e:
-            raise checkpoint.CheckpointError(f"{path}: {e}") from None
+        return _loading.build_from_checkpoint(
+            lambda params, state: cls(params, state, batch_size=batch_size, **sizes),
+            name_or_path,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
 
     def fill(
         self, texts: Union[str, Sequence[str]], spans

@@ -24,7 +24,7 @@ import numpy as np
 from perceiver import _progress
 from perceiver import _validation
 from perceiver import checkpoint
-from perceiver import hub
+from perceiver.tasks import _loading
 from perceiver import labels as labels_lib
 from perceiver import models
 
@@ -308,12 +308,12 @@ class VideoAutoencoder:
         Raises:
           perceiver.checkpoint.CheckpointError: if the file does not fit.
         """
-        path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
-        params, state = checkpoint.load(path)
-        try:
-            return cls(params, state, chunk_size=chunk_size, **sizes)
-        except checkpoint.CheckpointError as e:
-            raise checkpoint.CheckpointError(f"{path}: {e}") from None
+        return _loading.build_from_checkpoint(
+            lambda params, state: cls(params, state, chunk_size=chunk_size, **sizes),
+            name_or_path,
+            cache_dir=cache_dir,
+            progress=progress,
+        )
 
     # -- The two compiled steps, public so that they can be used (or counted) alone.
 

@@ -7,10 +7,9 @@ import haiku as hk
 import numpy as np
 
 from perceiver import _validation
-from perceiver import bytes_tokenizer
 from perceiver import checkpoint
+from perceiver import models
 from perceiver import perceiver
-from perceiver import position_encoding
 
 
 def text_classifier(
@@ -41,33 +40,17 @@ def text_classifier(
         published model's).
     """
     _validation.check_positive_int("num_classes", num_classes)
-    vocab_size = bytes_tokenizer.BytesTokenizer().vocab_size
+    encoder_kwargs = models.mlm_encoder_kwargs(
+        num_latents=num_latents,
+        num_latent_channels=num_latent_channels,
+        num_self_attends=num_self_attends,
+        num_heads=num_heads,
+        qk_channels=qk_channels,
+    )
 
     def forward(inputs, input_mask, is_training=False):
-        _validation.check_rank("inputs", inputs, (2,), "[B, T] byte tokens")
-        length = inputs.shape[1]
-        if length > max_seq_len:
-            raise ValueError(
-                f"inputs has {length} tokens; this model reads at most max_seq_len={max_seq_len}."
-            )
-        _validation.check_mask_shape("input_mask", input_mask, inputs.shape)
-        x = hk.Embed(vocab_size=vocab_size, embed_dim=d_model)(inputs)
-        pos = position_encoding.TrainablePositionEncoding(
-            index_dim=max_seq_len, num_channels=d_model
-        )(x.shape[0])
-        encoder = perceiver.PerceiverEncoder(
-            num_self_attends_per_block=num_self_attends,
-            num_blocks=1,
-            z_index_dim=num_latents,
-            num_z_channels=num_latent_channels,
-            num_self_attend_heads=num_heads,
-            num_cross_attend_heads=num_heads,
-            qk_channels=qk_channels,
-            v_channels=num_latent_channels,
-            use_query_residual=True,
-            cross_attend_widening_factor=1,
-            self_attend_widening_factor=1,
-        )
+        x, _ = models.embed_bytes(inputs, input_mask, max_seq_len=max_seq_len, d_model=d_model)
+        encoder = perceiver.PerceiverEncoder(**encoder_kwargs)
         decoder = perceiver.ClassificationDecoder(
             num_classes,
             num_z_channels=num_latent_channels,
@@ -76,7 +59,7 @@ def text_classifier(
             use_query_residual=True,
         )
         model = perceiver.Perceiver(encoder=encoder, decoder=decoder)
-        return model(x + pos[:, :length], is_training=is_training, input_mask=input_mask)
+        return model(x, is_training=is_training, input_mask=input_mask)
 
     return hk.transform_with_state(forward)
 

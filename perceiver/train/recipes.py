@@ -111,17 +111,8 @@ class FlowTask:
 # Configs
 # ---------------------------------------------------------------------------
 
-IMAGENET_MODEL = dict(
-    variant="fourier_position_encoding",
-    num_classes=1000,
-    image_size=224,
-    num_latents=512,
-    num_latent_channels=1024,
-    num_blocks=8,
-    num_self_attends_per_block=6,
-    num_self_attend_heads=8,
-    num_bands=64,
-)
+# The published sizes, from the factories themselves.
+IMAGENET_MODEL = models.factory_sizes("imagenet_classifier", variant="fourier_position_encoding")
 TINY_IMAGE_MODEL = dict(
     variant="fourier_position_encoding",
     num_classes=1000,
@@ -133,15 +124,7 @@ TINY_IMAGE_MODEL = dict(
     num_self_attend_heads=4,
     num_bands=8,
 )
-MLM_MODEL = dict(
-    max_seq_len=2048,
-    d_model=768,
-    num_latents=256,
-    num_latent_channels=1280,
-    num_self_attends=26,
-    num_heads=8,
-    qk_channels=256,
-)
+MLM_MODEL = models.factory_sizes("masked_language_model")
 TINY_MLM_MODEL = dict(
     max_seq_len=64,
     d_model=32,
@@ -151,14 +134,7 @@ TINY_MLM_MODEL = dict(
     num_heads=4,
     qk_channels=16,
 )
-FLOW_MODEL = dict(
-    image_shape=(368, 496),
-    num_latents=2048,
-    num_latent_channels=512,
-    num_self_attends=24,
-    num_self_attend_heads=16,
-    num_bands=64,
-)
+FLOW_MODEL = models.factory_sizes("optical_flow")
 # The model shipped as perceiver/data/flow_small.pystate.
 FLOW_SMALL_MODEL = dict(
     image_shape=(32, 32),
