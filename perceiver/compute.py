@@ -276,6 +276,85 @@ def einsum(spec: str, *operands: jnp.ndarray) -> jnp.ndarray:
     return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32).astype(dtype)
 
 
+class Linear(hk.Linear):
+    """`hk.Linear` whose parameters can also be read without applying it."""
+
+    def params(self, input_size: int, dtype=jnp.float32):
+        """`(w [input_size, output_size], b [output_size] or None)`, created as `__call__` would."""
+        w_init = self.w_init
+        if w_init is None:
+            w_init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size))
+        w = hk.get_parameter("w", [input_size, self.output_size], dtype, init=w_init)
+        b = None
+        if self.with_bias:
+            b = hk.get_parameter("b", [self.output_size], dtype, init=self.b_init)
+        return w, b
+
+    def __call__(self, inputs: jnp.ndarray, *, precision=None) -> jnp.ndarray:
+        if not is_low_precision(inputs.dtype):
+            return super().__call__(inputs, precision=precision)
+        # A half-precision product accumulated and returned in float32 runs
+        # on XLA:CPU's fast bf16 kernels (about twice float32's speed); one
+        # returned in bf16 falls back to a loop slower than float32.
+        w, b = self.params(inputs.shape[-1], inputs.dtype)
+        out = jnp.matmul(
+            inputs, w.astype(inputs.dtype), precision=precision, preferred_element_type=jnp.float32
+        )
+        if b is not None:
+            out = out + b.astype(jnp.float32)
+        return out.astype(inputs.dtype)
+
+
+class AffineTail:
+    """Linear layers applied in turn to a decoder's output.
+
+    Calling it applies them. A chunked decoder may instead multiply them out
+    (`affine`) and fold them into its last layer, so that a wide output
+    projected to a few channels (pixels to RGB, flow to 2) never computes the
+    wide result.
+    """
+
+    def __init__(self, layers):
+        self.layers = [layer for layer in layers if layer is not None]
+
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def output_size(self, in_channels: int) -> int:
+        return self.layers[-1].output_size if self.layers else in_channels
+
+    def affine(self, in_channels: int, dtype) -> Tuple[Optional[jnp.ndarray], Optional[jnp.ndarray]]:
+        """`(P [in_channels, D], p [D] or None)` with `self(x) == x @ P + p` (P None: identity)."""
+        matrix, bias, channels = None, None, in_channels
+        for layer in self.layers:
+            w, b = layer.params(channels, dtype)
+            matrix = w if matrix is None else matmul(matrix, w)
+            if bias is not None:
+                bias = matmul(bias, w)
+            if b is not None:
+                bias = b if bias is None else bias + b
+            channels = layer.output_size
+        return matrix, bias
+
+    def matmul_cost(self, in_channels: int) -> int:
+        """Multiply-adds per row of applying the layers one after another."""
+        cost, channels = 0, in_channels
+        for layer in self.layers:
+            cost += channels * layer.output_size
+            channels = layer.output_size
+        return cost
+
+
+def matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
+    """`a @ b`, accumulated in float32 when the operands are half precision."""
+    dtype = jnp.result_type(a, b)
+    if not is_low_precision(dtype):
+        return jnp.matmul(a, b)
+    return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(dtype)
+
+
 # ---------------------------------------------------------------------------
 # Attention kernels
 # ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import _validation
+from perceiver import compute
 from perceiver import position_encoding
 
 ModalitySizeT = Mapping[str, int]
@@ -958,7 +959,12 @@ class ProjectionPostprocessor(hk.Module):
         pos: Optional[jnp.ndarray] = None,
         modality_sizes: Optional[ModalitySizeT] = None,
     ) -> jnp.ndarray:
-        return hk.Linear(self._num_outputs)(inputs)
+        return self._projection()(inputs)
+
+    @hk.name_like("__call__")
+    def _projection(self) -> hk.Linear:
+        """The projection layer (named as hk.Linear names itself), for a decoder to fold in."""
+        return compute.Linear(self._num_outputs, name="linear")
 
 
 class EmbeddingDecoder(hk.Module):

@@ -790,8 +790,27 @@ def video_autoencoder_parts(**sizes) -> hk.MultiTransformedWithState:
             # the inputs' positions saves keeping the preprocessed inputs.
             stand_in = jnp.zeros((batch, sum(input_sizes.values()), 0), latents.dtype)
             query = decoder.decoder_query(stand_in, input_sizes, subsampled_points=subsampling)
-            outputs = decoder(query, latents, is_training=is_training)
-            return postprocess(outputs, subsampling, is_training)
+            # Queries are in sorted modality order: audio, image, label. Pixels
+            # are decoded with the RGB projection folded into the decoder (the
+            # same function; the 512-channel outputs are never formed).
+            num_audio, num_image = (np.shape(subsampling[m])[0] for m in ("audio", "image"))
+            heads = postprocessor._modalities
+            image = decoder._decoder._with_tail(
+                query[:, num_audio : num_audio + num_image],
+                latents,
+                [heads["image"]._projection()],
+                is_training=is_training,
+            )
+            rest = jnp.concatenate(
+                [query[:, :num_audio], query[:, num_audio + num_image :]], axis=1
+            )
+            rest = decoder(rest, latents, is_training=is_training)
+            kwargs = dict(is_training=is_training, pos=None, modality_sizes=None)
+            return {
+                "audio": heads["audio"](rest[:, :num_audio], **kwargs),
+                "image": image,
+                "label": heads["label"](rest[:, num_audio:], **kwargs),
+            }
 
         return init, VideoAutoencoderParts(encode=encode, decode=decode)
 

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import functools
 import math
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -128,33 +128,8 @@ def attend(
     return out
 
 
-class _Linear(hk.Linear):
-    """`hk.Linear` whose parameters can also be read without applying it."""
-
-    def params(self, input_size: int, dtype=jnp.float32):
-        """`(w [input_size, output_size], b [output_size] or None)`, created as `__call__` would."""
-        w_init = self.w_init
-        if w_init is None:
-            w_init = hk.initializers.TruncatedNormal(stddev=1.0 / np.sqrt(input_size))
-        w = hk.get_parameter("w", [input_size, self.output_size], dtype, init=w_init)
-        b = None
-        if self.with_bias:
-            b = hk.get_parameter("b", [self.output_size], dtype, init=self.b_init)
-        return w, b
-
-    def __call__(self, inputs: jnp.ndarray, *, precision=None) -> jnp.ndarray:
-        if not compute.is_low_precision(inputs.dtype):
-            return super().__call__(inputs, precision=precision)
-        # A half-precision product accumulated and returned in float32 runs
-        # on XLA:CPU's fast bf16 kernels (about twice float32's speed); one
-        # returned in bf16 falls back to a loop slower than float32.
-        w, b = self.params(inputs.shape[-1], inputs.dtype)
-        out = jnp.matmul(
-            inputs, w.astype(inputs.dtype), precision=precision, preferred_element_type=jnp.float32
-        )
-        if b is not None:
-            out = out + b.astype(jnp.float32)
-        return out.astype(inputs.dtype)
+# The reference's linear layer, plus reading its parameters without applying it.
+_Linear = compute.Linear
 
 
 def conv_1d(
@@ -520,6 +495,23 @@ class MLP(hk.Module):
         x = conv_1d(channels, init_scale=self._init_scale)(x)
         return _dropout(x, self._dropout_prob if is_training else 0.0)
 
+    @hk.name_like("__call__")
+    def _hidden(self, x: jnp.ndarray) -> jnp.ndarray:
+        """The GELU layer `[B, T, widening_factor * C]` (what `__call__` projects back)."""
+        channels = x.shape[-1]
+        return jax.nn.gelu(
+            conv_1d(self._widening_factor * channels, init_scale=self._init_scale)(x),
+            approximate=True,
+        )
+
+    @hk.name_like("__call__")
+    def _output_params(self, channels: int, dtype) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
+        """`(w [widening_factor * C, C], b [C])` of the output layer, for folding."""
+        conv_1d(self._widening_factor * channels, init_scale=self._init_scale)  # names 'linear'
+        return conv_1d(channels, init_scale=self._init_scale).params(
+            self._widening_factor * channels, dtype
+        )
+
 
 class SelfAttention(hk.Module):
     """Pre-norm self-attention block followed by an MLP, both residual."""
@@ -661,6 +653,28 @@ class CrossAttention(hk.Module):
         )
         return x + mlp(layer_norm(x), is_training=is_training)
 
+    @hk.transparent
+    def _fold_tail(self, mlp, post, channels: int, num_queries: int, dtype):
+        """`(P, W2 @ P, b2 @ P + p)` when folding `post` into the MLP saves work, else None.
+
+        The block ends `y = x + W2 gelu(...) + b2` and `post(y) = y @ P + p`,
+        so `post(y) = x @ P + gelu(...) @ (W2 @ P) + (b2 @ P + p)`: a narrow
+        `post` (e.g. to 3 or 2 channels) skips the block's widest product.
+        """
+        hidden = self._widening_factor * channels
+        out = post.output_size(channels)
+        per_row_plain = hidden * channels + post.matmul_cost(channels)
+        per_row_folded = (channels + hidden) * out
+        once = channels * post.matmul_cost(channels) + hidden * channels * out
+        if num_queries * per_row_plain <= once + num_queries * per_row_folded:
+            return None
+        tail, tail_bias = post.affine(channels, dtype)
+        w2, b2 = mlp._output_params(channels, dtype)
+        bias = tail_bias
+        if b2 is not None:
+            bias = compute.matmul(b2, tail) if bias is None else compute.matmul(b2, tail) + bias
+        return tail, compute.matmul(w2, tail), bias
+
     @hk.name_like("__call__")
     def _decode_in_chunks(
         self,
@@ -720,6 +734,9 @@ class CrossAttention(hk.Module):
         normed_kv = _apply_layer_norm(norm_kv, inputs_kv)
         prepared = attention._prepare(normed_kv, plan, query_channels, qk_channels, v_channels)
         kv_ones = jnp.ones((batch, inputs_kv.shape[1]), jnp.int32)
+        fold = None
+        if isinstance(post, compute.AffineTail) and post.layers:
+            fold = self._fold_tail(mlp, post, query_channels, num_queries, inputs_q.dtype)
 
         def block(q_chunk, mask_chunk):
             mask = None
@@ -728,6 +745,12 @@ class CrossAttention(hk.Module):
             x = attention._attend_queries(_apply_layer_norm(norm_q, q_chunk), prepared, mask)
             if self._use_query_residual:
                 x = q_chunk + x
+            if fold is not None:
+                # post(x + mlp(x)) with the MLP's output layer and post multiplied out.
+                tail, mlp_tail, bias = fold
+                hidden = mlp._hidden(_apply_layer_norm(norm_x, x))
+                out = compute.matmul(x, tail) + compute.matmul(hidden, mlp_tail)
+                return out if bias is None else out + bias.astype(out.dtype)
             x = x + mlp(_apply_layer_norm(norm_x, x), is_training=is_training)
             return x if post is None else post(x)
 
@@ -1141,16 +1164,33 @@ class BasicDecoder(AbstractPerceiverDecoder):
         _validation.check_rank("z", z, (3,), "[B, N, C]")
         if query_mask is not None:
             _validation.check_mask_shape("query_mask", query_mask, query.shape[:2])
+        return self._run(query, z, query_mask, is_training, ())
+
+    @hk.name_like("__call__")
+    def _with_tail(self, query, z, tail: Sequence[hk.Linear], *, is_training: bool):
+        """`tail(self(query, z))` for linear layers `tail` applied in turn.
+
+        A chunked decode multiplies the tail out and folds it into the last
+        layer, so that e.g. pixels projected to RGB never exist at full
+        width; the parameters are those of `__call__` and of the tail's
+        layers, wherever those live.
+        """
+        _validation.check_rank("query", query, (3,), "[B, M, C]")
+        _validation.check_rank("z", z, (3,), "[B, N, C]")
+        return self._run(query, z, None, is_training, tuple(tail))
+
+    @hk.transparent
+    def _run(self, query, z, query_mask, is_training, tail):
         # Without a compute dtype, the dtype jax would promote the inputs to.
         out_dtype = jnp.result_type(query, z)
         dtype = compute.compute_dtype(out_dtype)
         low_precision = dtype != out_dtype
         with compute.parameter_dtype(dtype if low_precision else None):
-            output = self._decode(query.astype(dtype), z.astype(dtype), query_mask, is_training)
+            output = self._decode(query.astype(dtype), z.astype(dtype), query_mask, is_training, tail)
         return output.astype(out_dtype)
 
     @hk.transparent
-    def _decode(self, query, z, query_mask, is_training):
+    def _decode(self, query, z, query_mask, is_training, tail=()):
         cross_attention = CrossAttention(
             dropout_prob=0.0,
             num_heads=self._num_heads,
@@ -1167,19 +1207,19 @@ class BasicDecoder(AbstractPerceiverDecoder):
             return hk.Linear(self._output_num_channels, w_init=self._output_w_init, name="output")(x)
 
         chunk_size = compute.decoder_chunk(query.shape[0], self._num_heads, query.shape[1], z.shape[1])
-        if chunk_size is not None:
+        if chunk_size is not None or tail:
             output_layer = None
             if self._final_project:
-                output_layer = hk.Linear(
+                output_layer = _Linear(
                     self._output_num_channels, w_init=self._output_w_init, name="output"
                 )
             return cross_attention._decode_in_chunks(
                 query,
                 z,
                 query_mask=query_mask,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size or query.shape[1],
                 is_training=is_training,
-                post=output_layer,
+                post=compute.AffineTail([output_layer] + list(tail)),
             )
         attention_mask = None
         if query_mask is not None:
@@ -1187,7 +1227,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
                 query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=jnp.int32)
             )
         output = cross_attention(query, z, is_training=is_training, attention_mask=attention_mask)
-        return project(output)
+        return project(output)  # (with a tail, the chunked path above ran)
 
 
 class ClassificationDecoder(AbstractPerceiverDecoder):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import reference_fixtures as ref
-from perceiver import compute, models, perceiver
+from perceiver import compute, io_processors, models, perceiver
 
 PLAIN = dict(attention="plain", absorb_projections=False, decoder_chunk_size=None, scan_blocks=False)
 # bfloat16 keeps 8 bits of mantissa: outputs of these small models stay within
@@ -322,6 +322,92 @@ def test_chunked_decoder_matches_one_piece(num_heads, subsample):
         assert _count_loops(jaxpr.jaxpr) > 0
         out = jax.jit(chunked.apply)(params, None, inputs, z, query_mask, points)
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def _spy_folds(monkeypatch):
+    """Counts the chunked decodes that folded their output layers into the MLP."""
+    folds = []
+    original = perceiver.CrossAttention._fold_tail
+
+    def spy(self, *args):
+        result = original(self, *args)
+        folds.append(result is not None)
+        return result
+
+    monkeypatch.setattr(perceiver.CrossAttention, "_fold_tail", spy)
+    return folds
+
+
+@pytest.mark.parametrize("use_query_residual", [True, False])
+def test_folded_output_layer_matches_numpy(monkeypatch, use_query_residual):
+    # A narrow output layer (16 -> 3 channels) over many queries is folded
+    # into the MLP's output layer; the block written out in numpy must agree.
+    folds = _spy_folds(monkeypatch)
+    rng = _rng(11)
+    channels, num_queries = 16, 300
+
+    def forward(query, z):
+        decoder = perceiver.BasicDecoder(
+            output_num_channels=3, output_index_dims=(num_queries,), num_heads=1,
+            qk_channels=8, use_query_residual=use_query_residual, position_encoding_type="none",
+        )
+        return decoder(query, z, is_training=False)
+
+    model = hk.transform(forward)
+    query = rng.standard_normal((2, num_queries, channels)).astype(np.float32)
+    z = rng.standard_normal((2, 5, 12)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), query, z)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    chunked = compute.configure(model, decoder_chunk_size=64)
+    out = np.asarray(jax.jit(chunked.apply)(params, None, query, z))
+    assert folds and all(folds)
+
+    def ln(x, scope):
+        x = np.asarray(x, np.float64)
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-5) * params[scope]["scale"] + params[scope]["offset"]
+
+    def dense(x, scope):
+        return x @ np.asarray(params[scope]["w"], np.float64) + params[scope]["b"]
+
+    root = "basic_decoder/cross_attention"
+    q = dense(ln(query, f"{root}/layer_norm"), f"{root}/attention/linear")
+    normed_z = ln(z, f"{root}/layer_norm_1")
+    k, v = dense(normed_z, f"{root}/attention/linear_1"), dense(normed_z, f"{root}/attention/linear_2")
+    attended = np_attention(q[:, :, None], k[:, :, None], v[:, :, None])[:, :, 0]
+    x = dense(attended, f"{root}/attention/linear_3")
+    if use_query_residual:
+        x = x + query
+    hidden = dense(ln(x, f"{root}/layer_norm_2"), f"{root}/mlp/linear")
+    hidden = np.asarray(jax.nn.gelu(hidden, approximate=True), np.float64)
+    x = x + dense(hidden, f"{root}/mlp/linear_1")
+    np.testing.assert_allclose(out, dense(x, "basic_decoder/output"), rtol=1e-4, atol=1e-5)
+
+
+def test_decoder_with_tail_equals_decoder_then_projection(monkeypatch):
+    folds = _spy_folds(monkeypatch)
+    rng = _rng(12)
+    num_queries = 200
+
+    def forward(query, z, fold):
+        decoder = perceiver.BasicDecoder(
+            output_num_channels=16, output_index_dims=(num_queries,), num_heads=1,
+            use_query_residual=False, position_encoding_type="none",
+        )
+        head = io_processors.ProjectionPostprocessor(num_outputs=3)
+        if fold:
+            return decoder._with_tail(query, z, [head._projection()], is_training=False)
+        return head(decoder(query, z, is_training=False), is_training=False)
+
+    model = hk.transform(forward)
+    query = rng.standard_normal((1, num_queries, 24)).astype(np.float32)
+    z = rng.standard_normal((1, 7, 12)).astype(np.float32)
+    params = model.init(jax.random.PRNGKey(0), query, z, False)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    expected = jax.jit(model.apply, static_argnums=4)(params, None, query, z, False)
+    got = jax.jit(model.apply, static_argnums=4)(params, None, query, z, True)
+    assert folds == [True]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_chunked_decoder_keeps_the_random_stream():
