@@ -155,7 +155,11 @@ def build(impl: str, config: Config, reference_dir: Optional[str]):
         if config.options:
             transformed = compute.configure(transformed, **_decode_options(config.options))
         return transformed
-    sys.path.insert(0, reference_dir)
+    # The reference's perceiver/ has no __init__.py, so a plain import would
+    # find this repository's package first; register its folder as the package.
+    package = types.ModuleType("perceiver")
+    package.__path__ = [str(pathlib.Path(reference_dir) / "perceiver")]
+    sys.modules["perceiver"] = package
     from perceiver import bytes_tokenizer, io_processors, perceiver  # the reference's
 
     where = pathlib.Path(perceiver.__file__).resolve()
