@@ -8,7 +8,9 @@ help:
 
 - attention runs in tiles with a running softmax, never materialising a
   large `[queries, keys]` matrix, and its gradient recomputes the tiles;
-- large decoders run over chunks of queries inside one compiled loop;
+- large decoders run over chunks of queries inside one compiled loop, and
+  fold a narrow output layer (e.g. to RGB or to 2 flow channels) into the
+  last product of their MLP (`AffineTail`);
 - single-head cross-attentions over long inputs fold their projections (and
   the inputs' layer norm) into the side with fewer positions;
 - weight-shared encoder blocks run in a loop instead of unrolled.
