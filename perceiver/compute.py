@@ -266,16 +266,17 @@ def is_low_precision(dtype) -> bool:
     return jnp.dtype(dtype).itemsize < 4 and jnp.issubdtype(dtype, jnp.floating)
 
 
-def einsum(spec: str, *operands: jnp.ndarray) -> jnp.ndarray:
-    """`jnp.einsum`, accumulated in float32 when the operands are half precision.
+def matmul(a: jnp.ndarray, b: jnp.ndarray, precision=None) -> jnp.ndarray:
+    """`a @ b` in the operands' dtype, accumulated in float32 when that is half precision.
 
-    Returns the operands' dtype either way. Asking for a float32 result is
-    also what selects XLA:CPU's fast bf16 kernels.
+    Asking XLA:CPU for a float32 result is also what selects its fast bf16
+    kernels (about twice float32's speed); a bf16 result falls back to a loop
+    no faster than float32.
     """
-    dtype = jnp.result_type(*operands)
+    dtype = jnp.result_type(a, b)
     if not is_low_precision(dtype):
-        return jnp.einsum(spec, *operands)
-    return jnp.einsum(spec, *operands, preferred_element_type=jnp.float32).astype(dtype)
+        return jnp.matmul(a, b, precision=precision)
+    return jnp.matmul(a, b, precision=precision, preferred_element_type=jnp.float32).astype(dtype)
 
 
 class Linear(hk.Linear):
@@ -295,16 +296,9 @@ class Linear(hk.Linear):
     def __call__(self, inputs: jnp.ndarray, *, precision=None) -> jnp.ndarray:
         if not is_low_precision(inputs.dtype):
             return super().__call__(inputs, precision=precision)
-        # A half-precision product accumulated and returned in float32 runs
-        # on XLA:CPU's fast bf16 kernels (about twice float32's speed); one
-        # returned in bf16 falls back to a loop slower than float32.
         w, b = self.params(inputs.shape[-1], inputs.dtype)
-        out = jnp.matmul(
-            inputs, w.astype(inputs.dtype), precision=precision, preferred_element_type=jnp.float32
-        )
-        if b is not None:
-            out = out + b.astype(jnp.float32)
-        return out.astype(inputs.dtype)
+        out = matmul(inputs, w.astype(inputs.dtype), precision=precision)
+        return out if b is None else out + b.astype(out.dtype)
 
 
 class AffineTail:
@@ -347,14 +341,6 @@ class AffineTail:
             cost += channels * layer.output_size
             channels = layer.output_size
         return cost
-
-
-def matmul(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
-    """`a @ b`, accumulated in float32 when the operands are half precision."""
-    dtype = jnp.result_type(a, b)
-    if not is_low_precision(dtype):
-        return jnp.matmul(a, b)
-    return jnp.matmul(a, b, preferred_element_type=jnp.float32).astype(dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import contextlib
 import contextvars
 import functools
 import math
-from typing import Callable, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -417,9 +417,9 @@ class Attention(hk.Module):
         elif logits_plan == "keys_in_q_space":
             w_q, b_q = q_linear.params(query_channels, inputs_kv.dtype)
             k = k_linear(inputs_kv)
-            prepared["k"] = (compute.einsum("bsc,dc->bsd", k, w_q) * scale)[:, :, None, :]
+            prepared["k"] = (compute.matmul(k, w_q.T) * scale)[:, :, None, :]
             if b_q is not None:
-                prepared["bias"] = (compute.einsum("bsc,c->bs", k, b_q) * scale)[:, None, :]
+                prepared["bias"] = (compute.matmul(k, b_q) * scale)[:, None, :]
             prepared["kernel_scale"] = 1.0
         else:  # queries_in_kv_space: the keys are the inputs themselves
             prepared["k"] = inputs_kv_heads
@@ -428,7 +428,7 @@ class Attention(hk.Module):
             prepared["v"] = self._split_heads(v_linear(inputs_kv))
         elif values_plan == "values_in_out_space":
             w_out, _ = out_linear.params(v_channels, inputs_kv.dtype)
-            prepared["v"] = compute.einsum("bsc,cd->bsd", v_linear(inputs_kv), w_out)[:, :, None, :]
+            prepared["v"] = compute.matmul(v_linear(inputs_kv), w_out)[:, :, None, :]
         else:  # weights_on_kv_inputs
             prepared["v"] = inputs_kv_heads
         prepared["kv_channels"] = inputs_kv.shape[-1]
@@ -446,7 +446,7 @@ class Attention(hk.Module):
             q = inputs_q[:, :, None, :]
         else:  # queries_in_kv_space
             w_k, _ = k_linear.params(prepared["kv_channels"], inputs_q.dtype)
-            q = compute.einsum("btd,cd->btc", q_linear(inputs_q), w_k) * prepared["fold_scale"]
+            q = compute.matmul(q_linear(inputs_q), w_k.T) * prepared["fold_scale"]
             q = q[:, :, None, :]
         out = compute.dot_product_attention(
             q,
@@ -461,7 +461,7 @@ class Attention(hk.Module):
         out = out.reshape(out.shape[0], out.shape[1], -1)
         if values_plan == "weights_on_kv_inputs":
             w_v, b_v = v_linear.params(prepared["kv_channels"], out.dtype)
-            out = compute.einsum("btc,cd->btd", out, w_v)
+            out = compute.matmul(out, w_v)
             if b_v is not None:
                 out = out + b_v
         if attention_mask is not None:
@@ -684,7 +684,7 @@ class CrossAttention(hk.Module):
         query_mask: Optional[jnp.ndarray],
         chunk_size: int,
         is_training: bool,
-        post: Optional[Callable[[jnp.ndarray], jnp.ndarray]] = None,
+        post: compute.AffineTail,
     ) -> jnp.ndarray:
         """`post(self(inputs_q, inputs_kv))`, over chunks of `chunk_size` queries.
 
@@ -699,7 +699,8 @@ class CrossAttention(hk.Module):
           query_mask: `[B, T]` or None; masked queries attend to nothing.
           chunk_size: queries per chunk.
           is_training: passed on to the MLP (its dropout rate must be 0).
-          post: applied to each chunk's output (e.g. the decoder's projection).
+          post: linear layers applied to each chunk's output (e.g. the decoder's
+            projection), folded into the MLP where that saves work.
 
         Returns:
           `[B, T, C]`: what `post(self(...))` returns.
@@ -735,7 +736,7 @@ class CrossAttention(hk.Module):
         prepared = attention._prepare(normed_kv, plan, query_channels, qk_channels, v_channels)
         kv_ones = jnp.ones((batch, inputs_kv.shape[1]), jnp.int32)
         fold = None
-        if isinstance(post, compute.AffineTail) and post.layers:
+        if post.layers:
             fold = self._fold_tail(mlp, post, query_channels, num_queries, inputs_q.dtype)
 
         def block(q_chunk, mask_chunk):
@@ -752,7 +753,7 @@ class CrossAttention(hk.Module):
                 out = compute.matmul(x, tail) + compute.matmul(hidden, mlp_tail)
                 return out if bias is None else out + bias.astype(out.dtype)
             x = x + mlp(_apply_layer_norm(norm_x, x), is_training=is_training)
-            return x if post is None else post(x)
+            return post(x)
 
         # __call__ draws two keys (after the attention and in the MLP); draw
         # them once here so the random stream does not depend on chunking.
@@ -1201,33 +1202,29 @@ class BasicDecoder(AbstractPerceiverDecoder):
             use_query_residual=self._use_query_residual,
         )
 
-        def project(x):
-            if not self._final_project:
-                return x
-            return hk.Linear(self._output_num_channels, w_init=self._output_w_init, name="output")(x)
-
+        output_layer = None
+        if self._final_project:
+            output_layer = _Linear(self._output_num_channels, w_init=self._output_w_init, name="output")
+        # Parameters are created when called, so this comes after the
+        # cross-attention's as in the reference.
+        head = compute.AffineTail([output_layer, *tail])
         chunk_size = compute.decoder_chunk(query.shape[0], self._num_heads, query.shape[1], z.shape[1])
         if chunk_size is not None or tail:
-            output_layer = None
-            if self._final_project:
-                output_layer = _Linear(
-                    self._output_num_channels, w_init=self._output_w_init, name="output"
-                )
+            # A tail always goes this way (one chunk if need be): only here can it be folded.
             return cross_attention._decode_in_chunks(
                 query,
                 z,
                 query_mask=query_mask,
                 chunk_size=chunk_size or query.shape[1],
                 is_training=is_training,
-                post=compute.AffineTail([output_layer] + list(tail)),
+                post=head,
             )
         attention_mask = None
         if query_mask is not None:
             attention_mask = make_cross_attention_mask(
                 query_mask=query_mask, kv_mask=jnp.ones(z.shape[:2], dtype=jnp.int32)
             )
-        output = cross_attention(query, z, is_training=is_training, attention_mask=attention_mask)
-        return project(output)  # (with a tail, the chunked path above ran)
+        return head(cross_attention(query, z, is_training=is_training, attention_mask=attention_mask))
 
 
 class ClassificationDecoder(AbstractPerceiverDecoder):
