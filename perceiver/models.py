@@ -433,6 +433,15 @@ class _VideoSpec:
             "label": None,
         }
 
+    @staticmethod
+    def output_sizes(subsampling) -> Dict[str, int]:
+        """Decoded positions per modality for `points(...)`'s subsampling."""
+        return {
+            "audio": np.shape(subsampling["audio"])[0],
+            "image": np.shape(subsampling["image"])[0],
+            "label": 1,
+        }
+
     def build(self):
         """`(preprocessor, postprocessor, encoder)`."""
         c, fourier = self.config, self._fourier
@@ -486,11 +495,7 @@ class _VideoSpec:
         c, fourier = self.config, self._fourier
         return perceiver.MultimodalDecoder(
             concat_preprocessed_input=False,
-            subsampled_index_dims={
-                "audio": np.shape(subsampling["audio"])[0],
-                "image": np.shape(subsampling["image"])[0],
-                "label": 1,
-            },
+            subsampled_index_dims=self.output_sizes(subsampling),
             modalities={
                 "audio": perceiver.BasicDecoder(
                     concat_preprocessed_input=False,
@@ -756,11 +761,7 @@ def video_autoencoder_parts(**sizes) -> hk.MultiTransformedWithState:
             return inputs
 
         def postprocess(outputs, subsampling, is_training):
-            sizes = {
-                "audio": np.shape(subsampling["audio"])[0],
-                "image": np.shape(subsampling["image"])[0],
-                "label": 1,
-            }
+            sizes = spec.output_sizes(subsampling)
             return postprocessor(outputs, is_training=is_training, modality_sizes=sizes)
 
         def init(images, audio, subsampling=None, is_training=False):
@@ -790,27 +791,11 @@ def video_autoencoder_parts(**sizes) -> hk.MultiTransformedWithState:
             # the inputs' positions saves keeping the preprocessed inputs.
             stand_in = jnp.zeros((batch, sum(input_sizes.values()), 0), latents.dtype)
             query = decoder.decoder_query(stand_in, input_sizes, subsampled_points=subsampling)
-            # Queries are in sorted modality order: audio, image, label. Pixels
-            # are decoded with the RGB projection folded into the decoder (the
-            # same function; the 512-channel outputs are never formed).
-            num_audio, num_image = (np.shape(subsampling[m])[0] for m in ("audio", "image"))
-            heads = postprocessor._modalities
-            image = decoder._decoder._with_tail(
-                query[:, num_audio : num_audio + num_image],
-                latents,
-                [heads["image"]._projection()],
+            # Pixels are decoded with the RGB projection folded into the decoder.
+            return decoder._decode_and_postprocess(
+                query, latents, spec.output_sizes(subsampling), postprocessor,
                 is_training=is_training,
             )
-            rest = jnp.concatenate(
-                [query[:, :num_audio], query[:, num_audio + num_image :]], axis=1
-            )
-            rest = decoder(rest, latents, is_training=is_training)
-            kwargs = dict(is_training=is_training, pos=None, modality_sizes=None)
-            return {
-                "audio": heads["audio"](rest[:, :num_audio], **kwargs),
-                "image": image,
-                "label": heads["label"](rest[:, num_audio:], **kwargs),
-            }
 
         return init, VideoAutoencoderParts(encode=encode, decode=decode)
 

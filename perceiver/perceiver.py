@@ -1347,6 +1347,41 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
         """Returns `[B, sum M_m, output_num_channels]`."""
         return self._decoder(query, z, is_training=is_training)
 
+    def _decode_and_postprocess(
+        self, query, z, modality_sizes, postprocessor, *, is_training: bool
+    ) -> Mapping[str, jnp.ndarray]:
+        """`postprocessor(self(query, z), modality_sizes=...)`, the same function, faster.
+
+        A modality whose postprocessor is one linear layer (a
+        `ProjectionPostprocessor`, e.g. pixels to RGB) has it folded into the
+        decoder, so its wide outputs are never formed; the other modalities
+        are decoded together and postprocessed as usual.
+
+        Args:
+          query: `[B, sum M_m, C]` from `decoder_query`, modalities in sorted order.
+          z: latents `[B, N, Cz]`.
+          modality_sizes: `{modality: M_m}`.
+          postprocessor: an `io_processors.MultimodalPostprocessor`.
+        """
+        heads = postprocessor._modalities
+        queries = io_processors.restructure(modality_sizes, query)
+        folded = sorted(
+            m for m in modality_sizes if isinstance(heads[m], io_processors.ProjectionPostprocessor)
+        )
+        out = {
+            m: self._decoder._with_tail(queries[m], z, [heads[m]._projection()], is_training=is_training)
+            for m in folded
+        }
+        rest = [m for m in sorted(modality_sizes) if m not in folded]
+        if rest:
+            decoded = self._decoder(
+                jnp.concatenate([queries[m] for m in rest], axis=1), z, is_training=is_training
+            )
+            decoded = io_processors.restructure({m: modality_sizes[m] for m in rest}, decoded)
+            for m in rest:
+                out[m] = heads[m](decoded[m], is_training=is_training, pos=None, modality_sizes=None)
+        return out
+
 
 class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):
     """A BasicDecoder over a `(T, H, W)` grid whose outputs are reshaped to video."""

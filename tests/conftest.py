@@ -1,4 +1,4 @@
-"""Shared pytest set-up: slow tests run only with --runslow."""
+"""Shared pytest set-up: slow tests run only with --runslow; the `folds` spy."""
 
 import pytest
 
@@ -14,3 +14,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def folds(monkeypatch):
+    """One bool per chunked decode traced: whether it folded its output layers into the MLP."""
+    from perceiver import perceiver
+
+    seen = []
+    original = perceiver.CrossAttention._fold_tail
+
+    def spy(self, *args):
+        result = original(self, *args)
+        seen.append(result is not None)
+        return result
+
+    monkeypatch.setattr(perceiver.CrossAttention, "_fold_tail", spy)
+    return seen

@@ -324,25 +324,10 @@ def test_chunked_decoder_matches_one_piece(num_heads, subsample):
         np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def _spy_folds(monkeypatch):
-    """Counts the chunked decodes that folded their output layers into the MLP."""
-    folds = []
-    original = perceiver.CrossAttention._fold_tail
-
-    def spy(self, *args):
-        result = original(self, *args)
-        folds.append(result is not None)
-        return result
-
-    monkeypatch.setattr(perceiver.CrossAttention, "_fold_tail", spy)
-    return folds
-
-
 @pytest.mark.parametrize("use_query_residual", [True, False])
-def test_folded_output_layer_matches_numpy(monkeypatch, use_query_residual):
+def test_folded_output_layer_matches_numpy(folds, use_query_residual):
     # A narrow output layer (16 -> 3 channels) over many queries is folded
     # into the MLP's output layer; the block written out in numpy must agree.
-    folds = _spy_folds(monkeypatch)
     rng = _rng(11)
     channels, num_queries = 16, 300
 
@@ -384,8 +369,7 @@ def test_folded_output_layer_matches_numpy(monkeypatch, use_query_residual):
     np.testing.assert_allclose(out, dense(x, "basic_decoder/output"), rtol=1e-4, atol=1e-5)
 
 
-def test_decoder_with_tail_equals_decoder_then_projection(monkeypatch):
-    folds = _spy_folds(monkeypatch)
+def test_decoder_with_tail_equals_decoder_then_projection(folds):
     rng = _rng(12)
     num_queries = 200
 
@@ -472,12 +456,16 @@ def test_fast_paths_reproduce_recorded_outputs(model, option):
     _close_to_recorded(jax.tree_util.tree_map(np.asarray, out), expected, 1e-5)
 
 
+def _small_model(model):
+    """The small variant's transformed model and its recorded inputs as apply's arguments."""
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    inputs, _ = ref.recorded(model)
+    return getattr(models, factory)(**kwargs), ref.factory_inputs(model, inputs)
+
+
 @pytest.mark.parametrize("model", ref.MODELS)
 def test_options_leave_parameter_trees_unchanged(model):
-    factory, kwargs = ref.SMALL_FACTORIES[model]
-    transformed = getattr(models, factory)(**kwargs)
-    inputs, _ = ref.recorded(model)
-    args = ref.factory_inputs(model, inputs)
+    transformed, args = _small_model(model)
     key = jax.random.PRNGKey(5)
 
     def shapes(**options):
@@ -491,10 +479,7 @@ def test_options_leave_parameter_trees_unchanged(model):
 
 @pytest.mark.parametrize("model", ["flow"])
 def test_options_leave_initial_values_unchanged(model):
-    factory, kwargs = ref.SMALL_FACTORIES[model]
-    transformed = getattr(models, factory)(**kwargs)
-    inputs, _ = ref.recorded(model)
-    args = ref.factory_inputs(model, inputs)
+    transformed, args = _small_model(model)
     key = jax.random.PRNGKey(5)
 
     def init(**options):

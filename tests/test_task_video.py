@@ -90,14 +90,19 @@ def test_parts_init_gives_video_autoencoders_values():
     jax.tree_util.tree_map(np.testing.assert_array_equal, parts, whole)
 
 
-def test_parts_encode_then_decode_reproduce_reference(weights):
-    """The recorded output is the reference's for the second of 4 chunks."""
+def test_parts_encode_then_decode_reproduce_reference(weights, folds):
+    """The recorded output is the reference's for the second of 4 chunks.
+
+    The pixels' RGB projection is folded into the decoder (checked), so this
+    ties the folded path to the reference.
+    """
     inputs, expected = ref.recorded("video_autoencoding")
     images, audio, subsampling = ref.factory_inputs("video_autoencoding", inputs)
     parts = models.video_autoencoder_parts(**SIZES)
     latents, _ = jax.jit(parts.apply.encode)(*weights, None, images, audio)
     assert latents.shape == (1, SIZES["num_latents"], SIZES["num_latent_channels"])
     out, _ = jax.jit(parts.apply.decode)(*weights, None, latents, subsampling)
+    assert folds == [True]
     for key in ("image", "audio", "label"):
         scale = np.abs(expected[key]).max()
         np.testing.assert_allclose(out[key], expected[key], rtol=1e-5, atol=1e-5 * scale)
