@@ -3,18 +3,22 @@
 The published checkpoints (`*.pystate`, `*.pickle`) are Python pickles of
 nested dicts of numpy arrays, sometimes inside Haiku's old `FlatMapping`
 container, and either params alone or `{'params': ..., 'state': ...}`.
-Unpickling runs whatever the file names, so `load` uses an unpickler that
-resolves only the few globals such files need (`ALLOWED_GLOBALS`) and refuses
-every other one before anything from the file runs.
+Unpickling runs whatever the file names, so `load` never unpickles: it runs
+the file's opcodes on `perceiver.safe_unpickle.Reader`, which builds only
+dicts, plain values and the few numpy calls such files need
+(`ALLOWED_GLOBALS`), each checked before numpy sees it. Nothing from the file
+runs, and no array is ever a view of memory it does not own.
 """
 
-import io
+import functools
 import os
 import pickle
 import secrets
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
+
+from perceiver import safe_unpickle
 
 try:  # Ships with jax; lets bfloat16 checkpoints written by `save` load again.
     import ml_dtypes
@@ -25,125 +29,267 @@ Tree = Dict[str, Dict[str, np.ndarray]]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file could not be read, or does not fit a model."""
+    """A checkpoint file could not be read, or does not fit a model.
 
-
-class _Global:
-    """An allowed global as one unpickling sees it.
-
-    The unpickler's BUILD opcode sets attributes on whatever object it is
-    given; handing out this per-load wrapper instead of the shared object
-    keeps a file from altering our functions for later loads.
+    Attributes:
+      differences: for a checkpoint that does not fit, every difference
+        (`tree_differences` lines); the message shows only the first few.
     """
 
-    __slots__ = ("name", "target")
-
-    def __init__(self, name: str, target: Any):
-        self.name = name
-        self.target = target
-
-    def __call__(self, *args, **kwargs):
-        if any(self.target is cls for cls in _ARGUMENT_ONLY):
-            raise CheckpointError(f"checkpoint calls {self.name}, which may only be an argument.")
-        return self.target(*args, **kwargs)
-
-    def __setstate__(self, state):
-        raise CheckpointError(f"checkpoint tries to modify {self.name}.")
+    def __init__(self, message: str, differences: Optional[List[str]] = None):
+        super().__init__(message)
+        self.differences = list(differences or [])
 
 
-def _unwrap(x: Any) -> Any:
-    return x.target if isinstance(x, _Global) else x
+# (module, name) -> (handler, why the published files need it). A handler gets
+# the arguments the file gives, already built as plain values, and checks them
+# before anything of numpy sees them.
+ALLOWED_GLOBALS: Dict[Tuple[str, str], Tuple[Callable, str]] = {}
+
+# The element types a parameter can have, by the code numpy pickles them with.
+_NUMERIC_CODES = frozenset(
+    ["b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8", "c8", "c16"]
+)
+_MAX_NDIM = 32
+_MAX_DIM = 1 << 40
 
 
-def _flat_mapping(*args, **kwargs) -> dict:
-    """Stands in for Haiku's removed `FlatMapping`: a plain dict."""
-    return dict(*args, **kwargs)
+class _Dtype(safe_unpickle.Pending):
+    """`numpy.dtype(code)` as the file asked for it; BUILD may only pick a byte order."""
 
+    def __init__(self, base: np.dtype):
+        self.base, self.dtype, self.used, self.built = base, base, False, False
 
-def _safe_dtype(obj, *args, **kwargs) -> np.dtype:
-    dtype = np.dtype(_unwrap(obj), *args, **kwargs)
-    if dtype.hasobject:
+    def build(self, state: Any) -> None:
+        if self.built or self.used:
+            raise CheckpointError(f"checkpoint sets the state of dtype {self.base} twice or late.")
+        # The state must be exactly what numpy itself writes for this type in
+        # one of the byte orders: a subarray, fields, item size or flags of
+        # the file's own choosing are what let a dtype view past its buffer.
+        for order in ("<", ">", "|"):
+            candidate = self.base.newbyteorder(order)
+            if state == candidate.__reduce__()[2]:
+                self.dtype, self.built = candidate, True
+                return
         raise CheckpointError(
-            f"checkpoint holds an array of dtype {dtype}: object arrays are refused "
-            "because they can carry arbitrary Python objects."
+            f"checkpoint gives dtype {self.base} a non-standard state "
+            f"({safe_unpickle.short(state)}); refused."
         )
-    return dtype
+
+    def use(self) -> np.dtype:
+        self.used = True
+        return self.dtype
 
 
-def _reconstruct(cls, shape, dtype):
-    if _unwrap(cls) is not np.ndarray:
-        raise CheckpointError(f"checkpoint asks to build a {cls!r}; only numpy.ndarray is allowed.")
-    # numpy always follows this with __setstate__, which sets the real shape
-    # and data; starting empty never hands out uninitialised memory and
-    # ignores a huge `shape` meant to exhaust memory.
-    del shape
-    return np.empty((0,), _safe_dtype(dtype))
+class _Array(safe_unpickle.Pending):
+    """`_reconstruct(ndarray, ...)`: an array waiting for its BUILD state."""
+
+    def __init__(self, loader: "_NumpyLoader"):
+        self.loader, self.array = loader, None
+
+    def build(self, state: Any) -> None:
+        if self.array is not None:
+            raise CheckpointError("checkpoint sets an array's state twice.")
+        if type(state) is not tuple or len(state) not in (4, 5):
+            raise CheckpointError(f"an array's state is {safe_unpickle.short(state)}; refused.")
+        if len(state) == 5:
+            version, state = state[0], state[1:]
+            if type(version) is not int or version != 1:
+                raise CheckpointError(f"unknown array state version {safe_unpickle.short(version)}.")
+        shape, dtype, fortran, data = state
+        if type(fortran) not in (bool, int) or fortran not in (0, 1):
+            raise CheckpointError(f"an array's order flag is {safe_unpickle.short(fortran)}.")
+        self.array = self.loader.array(data, dtype, shape, "F" if fortran else "C")
 
 
-def _frombuffer(buffer, dtype, shape, order):
-    return np.frombuffer(buffer, dtype=_safe_dtype(dtype)).reshape(shape, order=order).copy()
+def _shape(shape: Any) -> Tuple[int, ...]:
+    if type(shape) is not tuple or len(shape) > _MAX_NDIM:
+        raise CheckpointError(f"an array's shape is {safe_unpickle.short(shape)}; refused.")
+    for dim in shape:
+        if type(dim) is not int or not 0 <= dim <= _MAX_DIM:
+            raise CheckpointError(f"an array's shape holds {safe_unpickle.short(dim)}; refused.")
+    return shape
 
 
-def _scalar(dtype, data=None):
-    dtype = _safe_dtype(dtype)
-    return np.frombuffer(data, dtype=dtype, count=1)[0] if data is not None else dtype.type()
+def _dtype_of(value: Any) -> np.dtype:
+    if not isinstance(value, _Dtype):
+        raise CheckpointError(f"an array's dtype is {safe_unpickle.short(value)}; refused.")
+    return value.use()
 
 
-def _latin1_encode(text, encoding="utf-8"):
-    # Pickle protocols 0-2 write bytes as codecs.encode(text, 'latin1'); any
-    # other codec (zlib, base64 ...) has no business in a checkpoint.
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+def _data(value: Any) -> bytearray:
+    if type(value) is not bytearray:
         raise CheckpointError(
-            "checkpoint calls _codecs.encode with something other than (str, 'latin1')."
+            f"an array's data is {safe_unpickle.short(value)}; only raw bytes are allowed "
+            "(object arrays are refused: they can carry arbitrary Python objects)."
         )
-    return text.encode("latin1")
+    return value
 
 
-# (module, name) -> (object, why the published files need it).
-ALLOWED_GLOBALS: Dict[Tuple[str, str], Tuple[Any, str]] = {}
+class _NumpyLoader:
+    """The handlers of one load; remembers which buffers arrays already own."""
+
+    def __init__(self):
+        self._owned = set()
+
+    def array(self, data: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+        data, dtype, shape = _data(data), _dtype_of(dtype), _shape(shape)
+        if order not in ("C", "F"):
+            raise CheckpointError(f"an array's order is {safe_unpickle.short(order)}; refused.")
+        count = 1
+        for dim in shape:
+            count *= dim
+        if count * dtype.itemsize != len(data):
+            raise CheckpointError(
+                f"an array of shape {list(shape)} and dtype {dtype} needs "
+                f"{count * dtype.itemsize} bytes; the file gives {len(data)}."
+            )
+        if id(data) in self._owned:  # One buffer given twice: no shared memory.
+            data = bytearray(data)
+        self._owned.add(id(data))
+        # Writable and owned: the array keeps its exact-length bytearray alive.
+        flat = np.frombuffer(data, dtype=dtype, count=count) if count else np.empty(0, dtype)
+        array = flat.reshape(shape, order=order)
+        return _native(array)
+
+    # -- handlers, each taking the REDUCE's argument tuple ------------------
+
+    def reconstruct(self, args: tuple) -> _Array:
+        if len(args) != 3 or not _is_global(args[0], "numpy", "ndarray"):
+            raise CheckpointError("checkpoint asks _reconstruct for something other than numpy.ndarray.")
+        return _Array(self)
+
+    def frombuffer(self, args: tuple) -> np.ndarray:
+        if len(args) != 4:
+            raise CheckpointError("checkpoint calls _frombuffer with the wrong arguments.")
+        return self.array(*args)
+
+    def scalar(self, args: tuple) -> np.generic:
+        if len(args) != 2:
+            raise CheckpointError("checkpoint calls numpy's scalar() with the wrong arguments.")
+        dtype, data = _dtype_of(args[0]), _data(args[1])
+        if len(data) != dtype.itemsize:
+            raise CheckpointError(
+                f"a scalar of dtype {dtype} needs {dtype.itemsize} bytes; the file gives {len(data)}."
+            )
+        return _native(np.frombuffer(bytes(data), dtype=dtype, count=1))[0]
+
+    @staticmethod
+    def dtype(args: tuple) -> _Dtype:
+        if not 1 <= len(args) <= 3 or any(type(a) is not bool for a in args[1:]):
+            raise CheckpointError("checkpoint calls numpy.dtype with unexpected arguments.")
+        code = args[0]
+        if ml_dtypes is not None and _is_global(code, "ml_dtypes", "bfloat16"):
+            return _Dtype(np.dtype(ml_dtypes.bfloat16))
+        if type(code) is not str or code not in _NUMERIC_CODES:
+            raise CheckpointError(
+                f"checkpoint holds an array of dtype {safe_unpickle.short(code)}: only numeric and "
+                "boolean dtypes are allowed (object and structured dtypes are refused)."
+            )
+        return _Dtype(np.dtype(code))
+
+    @staticmethod
+    def latin1_encode(args: tuple) -> bytearray:
+        # Pickle protocols 0-2 write bytes as codecs.encode(text, 'latin1'); any
+        # other codec (zlib, base64 ...) has no business in a checkpoint.
+        if len(args) != 2 or type(args[0]) is not str or args[1] not in ("latin1", "latin-1"):
+            raise CheckpointError(
+                "checkpoint calls _codecs.encode with something other than (str, 'latin1')."
+            )
+        return bytearray(args[0].encode("latin1"))
+
+    @staticmethod
+    def empty_bytes(args: tuple) -> bytearray:
+        if args != ():
+            raise CheckpointError("checkpoint calls bytes() with arguments.")
+        return bytearray()
+
+    @staticmethod
+    def plain_dict(args: tuple) -> dict:
+        """FlatMapping(d) or OrderedDict(pairs): a plain dict with str keys."""
+        if args == ():
+            return {}
+        if len(args) != 1:
+            raise CheckpointError("checkpoint builds a mapping with unexpected arguments.")
+        (source,) = args
+        if type(source) is dict:
+            return dict(source)  # Keys were checked when it was built.
+        if type(source) in (list, tuple):
+            result = {}
+            for pair in source:
+                if type(pair) not in (list, tuple) or len(pair) != 2 or type(pair[0]) is not str:
+                    raise CheckpointError("checkpoint builds a mapping from something other than (str, value) pairs.")
+                result[pair[0]] = pair[1]
+            return result
+        raise CheckpointError(f"checkpoint builds a mapping from {safe_unpickle.short(source)}.")
+
+    def handlers(self) -> Dict[Tuple[str, str], Callable]:
+        return {key: functools.partial(handler, self) for key, (handler, _) in ALLOWED_GLOBALS.items()}
+
+
+def _argument_only(name: str) -> Callable:
+    def handler(loader, args):
+        raise CheckpointError(f"checkpoint calls {name}, which may only be an argument.")
+
+    return handler
+
+
+def _is_global(value: Any, module: str, name: str) -> bool:
+    return isinstance(value, safe_unpickle.Global) and (value.module, value.name) == (module, name)
+
+
+def _native(array: np.ndarray) -> np.ndarray:
+    """The array in the machine's byte order (files may hold big-endian data)."""
+    if array.dtype.byteorder in ("=", "|") or array.dtype.isnative:
+        return array
+    return array.astype(array.dtype.newbyteorder("="))
+
+
 for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
     ALLOWED_GLOBALS[(_module, "_reconstruct")] = (
-        _reconstruct,
+        lambda loader, args: loader.reconstruct(args),
         "numpy pickles every array as _reconstruct(ndarray, shape, dtype) + state",
     )
     ALLOWED_GLOBALS[(_module, "scalar")] = (
-        _scalar,
+        lambda loader, args: loader.scalar(args),
         "numpy pickles scalars (e.g. a BatchNorm counter) as scalar(dtype, bytes)",
     )
 for _module in ("numpy.core.numeric", "numpy._core.numeric"):
     ALLOWED_GLOBALS[(_module, "_frombuffer")] = (
-        _frombuffer,
+        lambda loader, args: loader.frombuffer(args),
         "numpy pickles arrays this way under pickle protocol 5",
     )
 ALLOWED_GLOBALS[("numpy", "ndarray")] = (
-    np.ndarray,
+    _argument_only("numpy.ndarray"),
     "the class argument of _reconstruct (only ever this class is built)",
 )
 ALLOWED_GLOBALS[("numpy", "dtype")] = (
-    _safe_dtype,
-    "each array's dtype is pickled as dtype(code); object dtypes are refused",
+    lambda loader, args: loader.dtype(args),
+    "each array's dtype is pickled as dtype(code); only numeric codes are built",
 )
 ALLOWED_GLOBALS[("haiku._src.data_structures", "FlatMapping")] = (
-    _flat_mapping,
+    lambda loader, args: loader.plain_dict(args),
     "Haiku's 2021 parameter container, rebuilt as a plain dict",
 )
 ALLOWED_GLOBALS[("collections", "OrderedDict")] = (
-    dict,
+    lambda loader, args: loader.plain_dict(args),
     "some Haiku versions pickled parameter trees as OrderedDicts; rebuilt as dict",
 )
 ALLOWED_GLOBALS[("_codecs", "encode")] = (
-    _latin1_encode,
+    lambda loader, args: loader.latin1_encode(args),
     "pickle protocols 0-2 store bytes (array data) as encode(text, 'latin1'); only that",
 )
+for _module in ("builtins", "__builtin__"):
+    ALLOWED_GLOBALS[(_module, "bytes")] = (
+        lambda loader, args: loader.empty_bytes(args),
+        "protocols 0-2 write the data of an empty array as bytes(); only that",
+    )
 if ml_dtypes is not None:
     ALLOWED_GLOBALS[("ml_dtypes", "bfloat16")] = (
-        ml_dtypes.bfloat16,
+        _argument_only("ml_dtypes.bfloat16"),
         "the argument of dtype() for bfloat16 arrays, as `save` writes them from jax",
     )
 del _module
-
-# Classes a file may name only as an argument (to _reconstruct or dtype), never call.
-_ARGUMENT_ONLY = (np.ndarray,) + ((ml_dtypes.bfloat16,) if ml_dtypes is not None else ())
 
 
 def _is_parameter_dtype(dtype: np.dtype) -> bool:
@@ -151,19 +297,114 @@ def _is_parameter_dtype(dtype: np.dtype) -> bool:
     return dtype.kind in "biufc" or (ml_dtypes is not None and dtype == ml_dtypes.bfloat16)
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = ALLOWED_GLOBALS.get((module, name))
-        if allowed is None:
+def _path(*keys: str) -> str:
+    return "".join(f"[{safe_unpickle.short(k, 100)}]" for k in keys)
+
+
+def _leaf(value: Any, where: str) -> np.ndarray:
+    """A value read from a file as a numeric array, or CheckpointError."""
+    if isinstance(value, _Array):
+        if value.array is None:
+            raise CheckpointError(f"{where} is an array that never received its data.")
+        value = value.array
+    if isinstance(value, np.generic):
+        value = np.asarray(value)
+    elif type(value) in (bool, float) or (type(value) is int and -(2**63) <= value < 2**63):
+        value = np.asarray(value)
+    if type(value) is not np.ndarray or not _is_parameter_dtype(value.dtype):
+        what = f"dtype {value.dtype}" if isinstance(value, np.ndarray) else safe_unpickle.short(value)
+        raise CheckpointError(f"{where} is {what}; only numeric and boolean arrays are allowed.")
+    return value
+
+
+def _file_tree(obj: Any, what: str, seen: set) -> Tree:
+    """`{module: {name: array}}` from what the reader built; every leaf checked."""
+    if type(obj) is not dict:
+        raise CheckpointError(f"{what} must be a dict of modules; got {safe_unpickle.short(obj)}.")
+    tree = {}
+    for module, params in obj.items():
+        if type(params) is not dict:
             raise CheckpointError(
-                f"checkpoint refers to {module}.{name}, which is not allowed in a checkpoint; "
-                "nothing from the file was run."
+                f"{what}{_path(module)} must be a dict of arrays; got {safe_unpickle.short(params)}."
             )
-        return _Global(f"{module}.{name}", allowed[0])
+        tree[module] = {}
+        for name, value in params.items():
+            array = _leaf(value, f"{what}{_path(module, name)}")
+            if id(array) in seen:  # One array under two names: give each its own.
+                array = array.copy()
+            seen.add(id(array))
+            tree[module][name] = array
+    return tree
 
 
-def _to_tree(obj: Any, what: str) -> Tree:
-    """Checks `{module: {name: array}}` and returns plain dicts of numpy arrays."""
+def _nonfinite(tree: Tree, what: str) -> List[str]:
+    lines = []
+    for module, params in tree.items():
+        for name, array in params.items():
+            if array.dtype.kind in "fc" or (ml_dtypes is not None and array.dtype == ml_dtypes.bfloat16):
+                bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+                if bad:
+                    lines.append(f"{what}{_path(module, name)} ({bad} of {array.size})")
+    return lines
+
+
+def loads(data: bytes, source: str = "<bytes>", *, allow_nonfinite: bool = False) -> Tuple[Tree, Tree]:
+    """Like `load`, from bytes; `source` names them in errors."""
+    try:
+        obj = safe_unpickle.Reader(_NumpyLoader().handlers()).load(data)
+        if type(obj) is dict and "params" in obj and set(obj) <= {"params", "state"}:
+            params, state = obj["params"], obj.get("state")
+            state = {} if state is None else state
+        else:
+            params, state = obj, {}
+        seen: set = set()
+        params, state = _file_tree(params, "params", seen), _file_tree(state, "state", seen)
+    except (CheckpointError, safe_unpickle.UnpicklingError) as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    except RecursionError:  # pragma: no cover - the reader does not recurse.
+        raise CheckpointError(f"{source}: the checkpoint is nested too deeply.") from None
+    if not allow_nonfinite:
+        bad = _nonfinite(params, "params") + _nonfinite(state, "state")
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CheckpointError(
+                f"{source} holds non-finite values (NaN or Inf) in {len(bad)} arrays: {shown}; "
+                "a diverged or damaged model. Pass allow_nonfinite=True to load it anyway."
+            )
+    return params, state
+
+
+def load(path: "os.PathLike[str] | str", *, allow_nonfinite: bool = False) -> Tuple[Tree, Tree]:
+    """Reads a checkpoint without running code from it.
+
+    Accepts params alone or `{'params': ..., 'state': ...}`, plain dicts or
+    Haiku's old `FlatMapping`, arrays pickled by numpy 1.x or 2.x under any
+    pickle protocol. Only dicts with str keys and numeric arrays are built
+    (`perceiver.safe_unpickle`); each array's bytes are checked against its
+    shape and dtype before any view of them is made.
+
+    Args:
+      path: the checkpoint file.
+      allow_nonfinite: load parameters holding NaN or Inf (by default refused,
+        naming them).
+
+    Returns:
+      `(params, state)` as `{module: {name: np.ndarray}}` (native byte order,
+      writable, no two sharing memory); state is `{}` when the file has none.
+
+    Raises:
+      FileNotFoundError: if `path` does not exist.
+      CheckpointError: (a ValueError) for a truncated, foreign or hostile file,
+        or non-finite values, naming the file and what was refused.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    return loads(data, source=path, allow_nonfinite=allow_nonfinite)
+
+
+def _memory_tree(obj: Any, what: str) -> Tree:
+    """Checks an in-memory `{module: {name: array}}` and returns numpy arrays."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{what} must be a dict of modules; got {type(obj).__name__}.")
     tree = {}
@@ -178,10 +419,9 @@ def _to_tree(obj: Any, what: str) -> Tree:
                 array = np.asarray(value)
             except Exception as e:  # e.g. ragged nested lists
                 raise CheckpointError(
-                    f"{what}[{module!r}][{name!r}] is not an array: {type(e).__name__}: {e}"
+                    f"{what}[{module!r}][{name!r}] is not an array: {type(e).__name__}"
                 ) from None
-            # Also catches dtypes whose pickled state claims to hold objects.
-            if array.dtype.hasobject or not _is_parameter_dtype(array.dtype):
+            if not _is_parameter_dtype(array.dtype):
                 raise CheckpointError(
                     f"{what}[{module!r}][{name!r}] has dtype {array.dtype}; "
                     "only numeric and boolean arrays are allowed."
@@ -190,55 +430,10 @@ def _to_tree(obj: Any, what: str) -> Tree:
     return tree
 
 
-def loads(data: bytes, source: str = "<bytes>") -> Tuple[Tree, Tree]:
-    """Like `load`, from bytes; `source` names them in errors."""
-    try:
-        obj = _RestrictedUnpickler(io.BytesIO(data)).load()
-    except CheckpointError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    except Exception as e:  # Truncated or foreign bytes fail in many ways.
-        raise CheckpointError(
-            f"{source} is not a readable checkpoint (a pickle of parameter arrays): "
-            f"{type(e).__name__}: {e}"
-        ) from None
-    if isinstance(obj, Mapping) and set(obj) <= {"params", "state"} and "params" in obj:
-        params, state = obj["params"], obj.get("state") or {}
-    else:
-        params, state = obj, {}
-    try:
-        return _to_tree(params, "params"), _to_tree(state, "state")
-    except CheckpointError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-
-
-def load(path: "os.PathLike[str] | str") -> Tuple[Tree, Tree]:
-    """Reads a checkpoint without running code from it.
-
-    Accepts params alone or `{'params': ..., 'state': ...}`, plain dicts or
-    Haiku's old `FlatMapping`, arrays pickled by numpy 1.x or 2.x.
-
-    Args:
-      path: the checkpoint file.
-
-    Returns:
-      `(params, state)` as `{module: {name: np.ndarray}}`; state is `{}` when
-      the file has none.
-
-    Raises:
-      FileNotFoundError: if `path` does not exist.
-      CheckpointError: (a ValueError) for a truncated or foreign file, or one
-        that names a global outside `ALLOWED_GLOBALS`.
-    """
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    return loads(data, source=path)
-
-
 def _payload(params: Mapping, state: Optional[Mapping]) -> Any:
-    params = _to_tree(params, "params")
+    params = _memory_tree(params, "params")
     if state:
-        return {"params": params, "state": _to_tree(state, "state")}
+        return {"params": params, "state": _memory_tree(state, "state")}
     return params
 
 
@@ -316,10 +511,28 @@ def _describe(x) -> str:
     return f"{list(np.shape(x))}{dtype}"
 
 
+def differences_error(header: str, differences: List[str], shown: int = 12) -> CheckpointError:
+    """A `CheckpointError` whose message counts differences by kind and shows a few.
+
+    The full list is the error's `differences` attribute; the message stays
+    short (a few thousand characters at most) however many there are.
+    """
+    kinds: Dict[str, int] = {}
+    for line in differences:
+        kind = line.split(" ", 1)[0].rstrip(":")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+    lines = [line if len(line) <= 160 else line[:160] + "..." for line in differences[:shown]]
+    more = len(differences) - len(lines)
+    tail = [f"... and {more} more (the error's .differences lists all)"] if more > 0 else []
+    return CheckpointError(
+        f"{header} ({len(differences)} differences: {counts}):\n  " + "\n  ".join(lines + tail),
+        differences,
+    )
+
+
 def check_tree(expected: Mapping, found: Mapping, what: str = "params") -> None:
-    """Raises `CheckpointError` listing every difference between two trees."""
+    """Raises `CheckpointError` listing the differences between two trees (all in `.differences`)."""
     lines = tree_differences(expected, found)
     if lines:
-        raise CheckpointError(
-            f"{what} do not match the model ({len(lines)} differences):\n  " + "\n  ".join(lines)
-        )
+        raise differences_error(f"{what} do not match the model", lines)

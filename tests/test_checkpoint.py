@@ -276,12 +276,17 @@ def test_refuses_dtype_state_claiming_objects():
         checkpoint.loads(buf.getvalue())
 
 
-@pytest.mark.parametrize(
-    "value", ["a string", None, {"nested": 1}, [[1, 2], [3]], np.array(["a", "b"])]
-)
+@pytest.mark.parametrize("value", ["a string", None, {"nested": 1}, [[1, 2], [3]]])
 def test_refuses_non_numeric_values(value):
     with pytest.raises(CheckpointError, match=r"params\['m'\]\['w'\]"):
         checkpoint.loads(pickle.dumps({"m": {"w": value}}, protocol=3))
+
+
+@pytest.mark.parametrize("dtype", ["U1", "S3", "M8[s]", "m8[s]", "V4", [("a", "f4")]])
+def test_refuses_non_numeric_dtypes(dtype):
+    # Refused when the dtype is built, before any array exists.
+    with pytest.raises(CheckpointError, match="dtype"):
+        checkpoint.loads(pickle.dumps({"m": {"w": np.zeros(2, dtype)}}, protocol=3))
 
 
 class _Build:
@@ -312,11 +317,8 @@ def test_refuses_modifying_allowed_globals(state):
     # A file must not be able to change how later files load.
     scalar = Global("numpy.core.multiarray", "scalar")
     evil = craft({"m": {"w": np.float32(1)}, "x": {"y": _Build(scalar, state)}})
-    defaults = checkpoint._scalar.__defaults__
-    with pytest.raises(CheckpointError, match="modify numpy.core.multiarray.scalar"):
+    with pytest.raises(CheckpointError, match="state of numpy.core.multiarray.scalar"):
         checkpoint.loads(evil)
-    assert checkpoint._scalar.__defaults__ == defaults
-    assert not hasattr(checkpoint._scalar, "marker")
     params, _ = checkpoint.loads(craft({"m": {"w": np.float32(1)}}))
     assert params["m"]["w"] == np.float32(1)
 
@@ -338,11 +340,12 @@ def test_refuses_codecs_other_than_latin1(encoding):
 
 
 def test_huge_reconstruct_shape_allocates_nothing():
-    # numpy's own _reconstruct would try to allocate 4 TB here.
+    # numpy's own _reconstruct would try to allocate 4 TB here; an array that
+    # never gets its state (shape and bytes) is refused.
     reconstruct = Global("numpy.core.multiarray", "_reconstruct")
     data = craft({"m": {"w": Call(reconstruct, Global("numpy", "ndarray"), (10**12,), b"f")}})
-    params, _ = checkpoint.loads(data)
-    assert params["m"]["w"].size == 0
+    with pytest.raises(CheckpointError, match="never received its data"):
+        checkpoint.loads(data)
 
 
 # ---------------------------------------------------------------------------
@@ -551,9 +554,10 @@ def test_loads_plain_pickles_of_any_protocol(protocol):
     data = pickle.dumps({"params": params, "state": state}, protocol=protocol)
     loaded_params, loaded_state = checkpoint.loads(data)
     assert_trees_equal(loaded_state, state)
-    # What numpy itself unpickles (it may, e.g., normalise byte order).
+    # What numpy itself unpickles, in the machine's byte order (load converts).
     plain = pickle.loads(data)["params"]
-    expected = {m: {n: np.asarray(v) for n, v in p.items()} for m, p in plain.items()}
+    native = lambda v: np.asarray(v).astype(np.asarray(v).dtype.newbyteorder("="))
+    expected = {m: {n: native(v) for n, v in p.items()} for m, p in plain.items()}
     assert_trees_equal(loaded_params, expected)
     np.testing.assert_array_equal(loaded_params["odd"]["big_endian"], np.arange(4))
     if protocol == 5 and np.lib.NumpyVersion(np.__version__) >= "2.0.0":
