@@ -9,4 +9,5 @@ Needs the 'train' extra (grain, orbax-checkpoint, tqdm) and Pillow for images.
 - `losses`, `optim`: losses per task; LAMB/AdamW, weight-decay masks, schedules.
 - `data`, `images`, `text`, `synthetic_flow`, `augment`: grain pipelines.
 - `checkpointing`: orbax checkpoints and export to the inference format.
+- `workdir`: the run folder's checks and its lock (one trainer at a time).
 """

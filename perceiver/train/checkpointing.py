@@ -13,31 +13,53 @@ import os
 from typing import Any, Optional, Tuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from perceiver import checkpoint as inference_checkpoint
 
 
+class NonFiniteError(RuntimeError):
+    """Training diverged: a loss, parameter or optimiser statistic became NaN or infinite."""
+
+
 class Checkpointer:
     """Saves and restores `(train_state, data_state)` under `directory`.
 
     Args:
-      directory: where step folders go (created).
-      every_steps: `maybe_save` saves when the step is a multiple of this.
+      directory: where step folders go (created, unless `read_only`).
+      every_steps: `due` is true when the step is a multiple of this.
       keep: how many of the latest checkpoints to keep.
       async_save: write in a background thread (arrays are copied to host first).
+      read_only: only restore (export, evaluation): create nothing, and leave
+        unfinished saves alone (a trainer may be writing them).
+
+    Raises:
+      FileNotFoundError: with `read_only`, if `directory` holds no checkpoint.
     """
 
-    def __init__(self, directory: str, every_steps: int = 1000, keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        every_steps: int = 1000,
+        keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = os.path.abspath(os.path.expanduser(directory))
         self.every_steps = max(int(every_steps), 1)
+        if read_only and not any(d.isdigit() for d in _listdir(self.directory)):
+            # Checked before orbax starts its threads, which would outlive the error.
+            raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max(int(keep), 1),
-            create=True,
-            enable_async_checkpointing=async_save,
-            # Folders of saves cut short (a kill mid-write) are removed on start.
-            cleanup_tmp_directories=True,
+            create=not read_only,
+            enable_async_checkpointing=async_save and not read_only,
+            # Folders of saves cut short (a kill mid-write) are removed on start;
+            # not by a reader, which never saves (and so never deletes old steps).
+            cleanup_tmp_directories=not read_only,
         )
         self._manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data")
@@ -51,6 +73,8 @@ class Checkpointer:
 
     def save(self, step: int, train_state: Any, data_state: Optional[bytes]) -> None:
         """Saves now (overwriting nothing: a step already saved is skipped)."""
+        if self.read_only:
+            raise ValueError(f"checkpoints in {self.directory} were opened read-only.")
         if step in self._manager.all_steps():
             return
         data = {"iterator": data_state.decode() if data_state is not None else None}
@@ -62,21 +86,36 @@ class Checkpointer:
             force=True,
         )
 
+    def due(self, step: int) -> bool:
+        """Whether `step` is one to save (a multiple of `every_steps`)."""
+        return step % self.every_steps == 0
+
     def maybe_save(self, step: int, train_state: Any, data_state: Optional[bytes]) -> bool:
-        if step % self.every_steps:
+        if not self.due(step):
             return False
         self.save(step, train_state, data_state)
         return True
+
+    def _step(self, step: Optional[int]) -> int:
+        """`step`, or the latest; FileNotFoundError if there is no such checkpoint."""
+        steps = sorted(self._manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {self.directory}; saved steps: {steps}."
+            )
+        return int(step)
 
     def restore(self, abstract_state: Any, step: Optional[int] = None) -> Tuple[Any, Optional[bytes], int]:
         """The train state (laid out like `abstract_state`) and data state of `step` (default: latest).
 
         Raises:
-          FileNotFoundError: if there is no checkpoint.
+          FileNotFoundError: if there is no checkpoint (of `step`).
         """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        step = self._step(step)
         restored = self._manager.restore(
             int(step),
             args=ocp.args.Composite(
@@ -87,10 +126,12 @@ class Checkpointer:
         return restored["state"], (iterator.encode() if iterator is not None else None), int(step)
 
     def restore_params(self, step: Optional[int] = None) -> Tuple[Any, Any, int]:
-        """`(params, model_state, step)` of a checkpoint, as numpy, without building the model."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}.")
+        """`(params, model_state, step)` of a checkpoint, as numpy, without building the model.
+
+        Raises:
+          FileNotFoundError: if there is no checkpoint (of `step`).
+        """
+        step = self._step(step)
         restored = self._manager.restore(
             int(step), args=ocp.args.Composite(state=ocp.args.StandardRestore())
         )
@@ -107,6 +148,42 @@ class Checkpointer:
         self._manager.close()
 
 
+def _listdir(path: str):
+    try:
+        return os.listdir(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _key_name(entry: Any) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def nonfinite_leaves(tree: Any) -> list:
+    """The paths ('params/module/w') of the floating-point leaves of `tree` holding NaN or inf.
+
+    Arrays stay where they are: one jit-compiled reduction per leaf, and
+    one small vector of flags comes to the host.
+    """
+    leaves = [
+        ("/".join(_key_name(k) for k in path), x)
+        for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    if not leaves:
+        return []
+    flags = _all_finite([x for _, x in leaves])
+    return [name for (name, _), ok in zip(leaves, np.asarray(jax.device_get(flags))) if not ok]
+
+
+@jax.jit
+def _all_finite(leaves):
+    return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
+
+
 def export(path: str, params: Any, state: Any = None) -> str:
     """Writes params and model state in the published inference format (atomically).
 
@@ -114,12 +191,30 @@ def export(path: str, params: Any, state: Any = None) -> str:
 
     Returns:
       `path`.
+
+    Raises:
+      NonFiniteError: if a parameter or state value is NaN or infinite
+        (nothing is written).
     """
     to_host = lambda tree: {m: {n: fetch(v) for n, v in ps.items()} for m, ps in (tree or {}).items()}
     params, state = to_host(params), to_host(state)  # every process takes part in gathers
+    bad = [
+        f"{m}/{n}" for tree in (params, state) for m, ps in tree.items() for n, v in ps.items()
+        if np.issubdtype(v.dtype, np.inexact) and not np.all(np.isfinite(v))
+    ]
+    if bad:
+        raise NonFiniteError(
+            f"refusing to export {path}: non-finite values in {few(bad)}."
+        )
     if jax.process_index() == 0:
         inference_checkpoint.save(path, params, state)
     return path
+
+
+def few(names, n: int = 3) -> str:
+    """The first `n` names, and how many more: for one-line messages."""
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
 
 
 def fetch(x: Any) -> np.ndarray:

@@ -1,17 +1,165 @@
-"""Training configurations as nested dataclasses, with `KEY=VALUE` overrides.
+"""Training configurations as nested dataclasses, with `KEY=VALUE` overrides and ranges.
 
 A recipe returns a `Config`; the command line changes any field by its
 dotted path (`optimizer.base_lr=1e-3`, `model.num_latents=64`,
 `data.image_shape=(32,48)`), parsed to the field's declared type, so a
 misspelt key or a badly typed value fails before anything runs.
+
+Every numeric field declares the values it allows (`ranged(0.9, "[0, 1)")`,
+kept in the field's metadata; dict sections such as `model` get a table of
+rules), and `validate` checks them all before any data or model is built.
 """
 
 import ast
 import dataclasses
+import functools
 import json
+import math
+import numbers
 import types
 import typing
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
+
+# ---------------------------------------------------------------------------
+# Ranges
+# ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    """Numbers allowed for a field, in interval notation.
+
+    `"[0, 1)"`, `"(0, inf)"`, `"int [1, inf)"` (ints only), `"-1 or [1, inf)"`
+    (single values besides an interval). Bounds at infinity are open, so
+    every range refuses inf and NaN. A tuple value (a shape, a list of
+    boundaries) must hold allowed numbers only, `length` of them when given.
+
+    Args:
+      spec: the notation above.
+      integer: ints only (fields annotated `int` are integer anyway).
+      length: the number of items a tuple value must have.
+    """
+
+    spec: str
+    integer: bool = False
+    length: Optional[int] = None
+
+    def __post_init__(self):
+        self.parts  # a malformed spec fails where it is declared
+
+    @functools.cached_property
+    def parts(self) -> Tuple[bool, Tuple[float, ...], Tuple[Tuple[str, float, float, str], ...]]:
+        """`(ints only, single values, intervals as (bracket, low, high, bracket))`."""
+        text = self.spec.strip()
+        integer = self.integer
+        if text.startswith("int "):
+            integer, text = True, text[4:].strip()
+        values, intervals = [], []
+        for part in text.split(" or "):
+            part = part.strip()
+            if part[:1] in "[(" and part[-1:] in "])":
+                low, sep, high = part[1:-1].partition(",")
+                if not sep:
+                    raise ValueError(f"range {self.spec!r}: {part!r} needs two bounds.")
+                intervals.append((part[0], float(low), float(high), part[-1]))
+            else:
+                values.append(float(part))
+        return integer, tuple(values), tuple(intervals)
+
+    def allows(self, value: Any, integer: bool = False) -> bool:
+        """Whether one number is allowed (`integer`: also demand an int)."""
+        want_int, values, intervals = self.parts
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            return False
+        if (want_int or integer) and not isinstance(value, numbers.Integral):
+            return False
+        if value in values:
+            return True
+        for left, low, high, right in intervals:
+            above = value > low if left == "(" or math.isinf(low) else value >= low
+            below = value < high if right == ")" or math.isinf(high) else value <= high
+            if above and below:
+                return True
+        return False
+
+    def describe(self, integer: bool = False, plural: bool = False) -> str:
+        """'an int in [1, inf)', '-1 or an int in [1, inf)' (plural: 'ints in [1, inf)')."""
+        want_int, values, intervals = self.parts
+        if want_int or integer:
+            kind = "ints" if plural else "an int"
+        else:
+            kind = "numbers" if plural else "a number"
+        texts = [_bound(v) for v in values]
+        texts += [
+            f"{kind} in {left}{_bound(low)}, {_bound(high)}{right}"
+            for left, low, high, right in intervals
+        ]
+        return " or ".join(texts)
+
+    def check(self, key: str, value: Any, integer: bool = False) -> None:
+        """Raises ValueError naming `key`, the range and `value` unless it is allowed."""
+        if isinstance(value, (tuple, list)):
+            count = f"{self.length} " if self.length is not None else ""
+            if (self.length is not None and len(value) != self.length) or not all(
+                self.allows(v, integer) for v in value
+            ):
+                raise ValueError(
+                    f"{key} must be {count}{self.describe(integer, plural=True)}; got {value!r}."
+                )
+            return
+        if self.length is not None:
+            raise ValueError(
+                f"{key} must be {self.length} {self.describe(integer, plural=True)}; got {value!r}."
+            )
+        if not self.allows(value, integer):
+            raise ValueError(f"{key} must be {self.describe(integer)}; got {value!r}.")
+
+
+def _bound(x: float) -> str:
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return repr(int(x)) if x.is_integer() else repr(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Words allowed for a field."""
+
+    options: Tuple[str, ...]
+
+    def check(self, key: str, value: Any, integer: bool = False) -> None:
+        if value not in self.options:
+            raise ValueError(
+                f"{key} must be one of {', '.join(map(repr, self.options))}; got {value!r}."
+            )
+
+
+Rule = Union[Interval, Choice]
+# Seeds feed numpy, JAX and grain, whose common range is 32 bits.
+SEED = "int [0, 4294967295]"
+
+
+def rule(spec: Union[str, Sequence[str], Rule]) -> Rule:
+    """A rule from its short form: an interval's notation, or a tuple of words."""
+    if isinstance(spec, (Interval, Choice)):
+        return spec
+    if isinstance(spec, str):
+        return Interval(spec)
+    return Choice(tuple(spec))
+
+
+def ranged(default: Any, spec: Union[str, Sequence[str], Rule]) -> Any:
+    """A dataclass field with a default and the values it allows (see `Interval`, `Choice`)."""
+    return dataclasses.field(default=default, metadata={"range": rule(spec)})
+
+
+OPTIMIZERS = ("lamb", "adamw")
+SCHEDULES = ("constant", "constant_cosine", "cosine", "steps")
+
+
+# ---------------------------------------------------------------------------
+# The common sections
+# ---------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -23,42 +171,44 @@ class OptimizerConfig:
     biases and norms, clipping at global norm 10, constant then cosine.
     """
 
-    optimizer: str = "lamb"  # 'lamb' or 'adamw'
-    base_lr: float = 5e-4
+    optimizer: str = ranged("lamb", OPTIMIZERS)
+    base_lr: float = ranged(5e-4, "[0, inf)")
     # Linear scaling rule (Goyal et al. 2017): every learning-rate value of the
     # schedule is multiplied by batch_size / 256.
     scale_by_batch: bool = True
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-6  # the reference: 1e-6 for LAMB, 1e-8 for Adam
-    weight_decay: float = 0.1
+    b1: float = ranged(0.9, "[0, 1)")
+    b2: float = ranged(0.999, "[0, 1)")
+    eps: float = ranged(1e-6, "(0, inf)")  # the reference: 1e-6 for LAMB, 1e-8 for Adam
+    weight_decay: float = ranged(0.1, "[0, inf)")
     decay_biases: bool = False
     decay_norms: bool = False
     decay_pos_embs: bool = True
-    max_norm: float = 10.0  # clip gradients to this global norm; <= 0 disables
-    # 'constant', 'constant_cosine', 'cosine' (warm-up then cosine) or 'steps'.
-    schedule: str = "constant_cosine"
-    constant_fraction: float = 0.5  # constant_cosine: share of steps at base_lr
-    warmup_steps: int = 0  # cosine: linear warm-up from init_lr to base_lr
-    init_lr: float = 0.0  # cosine: learning rate at step 0
-    end_lr: float = 0.0  # cosine, constant_cosine: learning rate at the end
-    decay_boundaries: Tuple[float, ...] = (0.5, 0.8, 0.95)  # steps: fractions of training
-    decay_rate: float = 0.1  # steps: factor applied at each boundary
+    # Clip gradients to this global norm; <= 0 disables.
+    max_norm: float = ranged(10.0, "(-inf, inf)")
+    schedule: str = ranged("constant_cosine", SCHEDULES)
+    constant_fraction: float = ranged(0.5, "[0, 1]")  # constant_cosine: share of steps at base_lr
+    warmup_steps: int = ranged(0, "[0, inf)")  # cosine: linear warm-up from init_lr to base_lr
+    init_lr: float = ranged(0.0, "[0, inf)")  # cosine: learning rate at step 0
+    end_lr: float = ranged(0.0, "[0, inf)")  # cosine, constant_cosine: learning rate at the end
+    # steps: fractions of training where the rate is multiplied by decay_rate.
+    decay_boundaries: Tuple[float, ...] = ranged((0.5, 0.8, 0.95), "[0, 1]")
+    decay_rate: float = ranged(0.1, "(0, inf)")
 
 
 @dataclasses.dataclass
 class TrainConfig:
     """Length of training, batch, logging and evaluation."""
 
-    batch_size: int = 1024  # global, over all devices and hosts
-    num_steps: int = 0  # 0: epochs * examples per epoch / batch_size
-    epochs: float = 0.0
-    seed: int = 0
-    log_every: int = 50  # plain log lines (metrics.jsonl gets every step)
-    eval_every: int = 0  # 0: evaluate only at the end
+    batch_size: int = ranged(1024, "[1, inf)")  # global, over all devices and hosts
+    num_steps: int = ranged(0, "[0, inf)")  # 0: epochs * examples per epoch / batch_size
+    epochs: float = ranged(0.0, "[0, inf)")
+    seed: int = ranged(0, SEED)
+    # Plain log lines every N steps (0: every step); metrics.jsonl gets every step.
+    log_every: int = ranged(50, "[0, inf)")
+    eval_every: int = ranged(0, "[0, inf)")  # 0: evaluate only at the end
     final_eval: bool = True  # evaluate when training ends
-    eval_batch_size: int = 0  # 0: batch_size
-    eval_max_batches: int = 0  # 0: the whole evaluation set
+    eval_batch_size: int = ranged(0, "[0, inf)")  # 0: batch_size
+    eval_max_batches: int = ranged(0, "[0, inf)")  # 0: the whole evaluation set
     progress: bool = True  # tqdm progress bar (when stderr is a terminal)
 
 
@@ -66,8 +216,8 @@ class TrainConfig:
 class CheckpointConfig:
     """Periodic, atomic checkpoints (orbax) of the full training state."""
 
-    every_steps: int = 1000
-    keep: int = 3  # the last K are kept
+    every_steps: int = ranged(1000, "[1, inf)")
+    keep: int = ranged(3, "[1, inf)")  # the last K are kept
     async_save: bool = True  # write in the background while training goes on
     export: bool = True  # at the end, also write model.pystate (inference format)
 
@@ -76,15 +226,15 @@ class CheckpointConfig:
 class MeshConfig:
     """How the computation is laid out over devices and hosts."""
 
-    # Devices on the data axis; -1: all devices / model_parallel.
-    data_parallel: int = -1
+    # Devices on the data axis; -1: all devices.
+    data_parallel: int = ranged(-1, "-1 or [1, inf)")
     # Shard each parameter (and its optimiser state) over the data axis along
     # its largest divisible dimension (fully sharded data parallel), for
     # models too large to replicate.
     shard_params: bool = False
     # 'auto': call jax.distributed.initialize() when the environment says
     # several processes take part; 'on': always; 'off': never.
-    distributed: str = "auto"
+    distributed: str = ranged("auto", ("auto", "on", "off"))
 
 
 @dataclasses.dataclass
@@ -99,6 +249,91 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+
+
+# ---------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------
+
+
+def _is_numeric(value: Any) -> bool:
+    if isinstance(value, (tuple, list)):
+        return bool(value) and all(_is_numeric(v) for v in value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def field_rules(
+    config: Any, sections: Optional[Mapping[str, Mapping[str, Any]]] = None
+) -> Iterator[Tuple[str, Any, Optional[Rule], bool]]:
+    """`(dotted key, value, rule or None, is an int field)` for every leaf field of `config`.
+
+    Args:
+      config: a `Config` (or any dataclass of sections).
+      sections: rules (short forms, see `rule`) of the entries of dict
+        sections, by section name: `{"model": {"num_latents": "int [1, inf)"}}`.
+        An entry of such a section without a rule is yielded with None.
+    """
+    sections = sections or {}
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            inner = typing.get_type_hints(type(value))
+            for g in dataclasses.fields(value):
+                integer = _is_int_annotation(inner.get(g.name))
+                yield f"{f.name}.{g.name}", getattr(value, g.name), g.metadata.get("range"), integer
+        elif isinstance(value, dict):
+            table = sections.get(f.name, {})
+            for key, item in value.items():
+                spec = table.get(key)
+                yield f"{f.name}.{key}", item, (rule(spec) if spec is not None else None), False
+        else:
+            integer = _is_int_annotation(hints.get(f.name))
+            yield f.name, value, f.metadata.get("range"), integer
+
+
+def _is_int_annotation(annotation: Any) -> bool:
+    if annotation is int:
+        return True
+    args = typing.get_args(annotation)
+    return typing.get_origin(annotation) is tuple and bool(args) and all(
+        a is int or a is Ellipsis for a in args
+    )
+
+
+def validate(config: Any, sections: Optional[Mapping[str, Mapping[str, Any]]] = None) -> Any:
+    """Checks every field of `config` against its declared range; returns `config`.
+
+    Args:
+      config: a `Config`.
+      sections: rules of dict sections' entries, as in `field_rules`; an
+        entry it does not list is refused as an unknown key.
+
+    Raises:
+      ValueError: naming the first field out of its range, the range and
+        the value (or an unknown entry of a dict section).
+      TypeError: for a numeric field that declares no range: every number
+        must say what it allows (a mistake in the config's definition).
+    """
+    sections = sections or {}
+    for key, value, rule_, integer in field_rules(config, sections):
+        if rule_ is not None:
+            rule_.check(key, value, integer)
+            continue
+        section = key.split(".")[0]
+        if section in sections:
+            known = ", ".join(sorted(sections[section]))
+            raise ValueError(f"unknown config key {key!r}; known here: {known}.")
+        if _is_numeric(value):
+            raise TypeError(
+                f"config field {key} ({value!r}) declares no range; give it one with ranged()."
+            )
+    return config
+
+
+# ---------------------------------------------------------------------------
+# Serialisation and overrides
+# ---------------------------------------------------------------------------
 
 
 def to_dict(config: Any) -> Any:

@@ -126,7 +126,9 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
     """A checkpoint file: a path as it is, or a published name fetched by `perceiver.hub`.
 
     Raises:
-      FileNotFoundError: if it is neither an existing file nor a published name.
+      FileNotFoundError: if it is neither an existing file nor a published
+        name, or a published name not in the cache that cannot be downloaded
+        (offline): the message says how to fetch it.
     """
     path = os.path.expanduser(name_or_path)
     if os.path.isfile(path):
@@ -134,7 +136,15 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
     from perceiver import hub
 
     if name_or_path in hub.CHECKPOINTS:
-        return str(hub.fetch(name_or_path, cache_dir=cache_dir))
+        try:
+            return str(hub.fetch(name_or_path, cache_dir=cache_dir))
+        except hub.FetchError as e:
+            reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
+            raise FileNotFoundError(
+                f"the pretrained checkpoint {name_or_path!r} (task.pretrained) is not in the cache "
+                f"and could not be fetched: {reason}. Run `perceiver fetch {name_or_path}` where the "
+                "internet is reachable, or set task.pretrained=PATH to a local file."
+            ) from None
     raise FileNotFoundError(
         f"pretrained checkpoint {name_or_path!r} is neither a file nor a published name "
         f"({', '.join(hub.CHECKPOINTS)})."

@@ -10,13 +10,44 @@ KEY=VALUE sets any config field by its dotted path, parsed to its type
 `--export PATH` writes a checkpoint of DIR (the latest, or `--step N`) in the
 published inference format and exits; `--eval-only` evaluates it (overrides
 such as `data.eval_seed=7` pick another evaluation set) and prints JSON.
+
+Every field is checked against its range before anything is built. One
+trainer at a time may use DIR (a lock on DIR/.lock; export and evaluation
+share it among themselves). A run whose loss or parameters become NaN or
+infinite stops with exit status 1, keeping its last good checkpoint and
+exporting nothing; other errors are one line on stderr with status 2.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
+
+# The modules of the optional 'train' extra, and the packages that install them.
+REQUIREMENTS = (("grain", "grain"), ("orbax.checkpoint", "orbax-checkpoint"), ("PIL", "pillow"))
+INSTALL = "pip install -e '.[train]'"
+
+
+def missing_requirements() -> List[str]:
+    """The packages of the 'train' extra that are not installed."""
+    missing = []
+    for module, package in REQUIREMENTS:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # its parent package is missing too
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
+
+
+def _fail(message: str, status: int = 2) -> int:
+    """Prints `message` as one line on stderr; returns `status`."""
+    line = " | ".join(part.strip() for part in str(message).strip().splitlines() if part.strip())
+    print(f"perceiver train: error: {line}", file=sys.stderr)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,41 +75,92 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_checkpoints(workdir: str, what: str) -> str:
+    """`workdir`'s checkpoints folder; FileNotFoundError ('train first') when it holds none."""
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(directory) or not any(d.isdigit() for d in os.listdir(directory)):
+        raise FileNotFoundError(f"no checkpoint in {directory} to {what}; train first.")
+    return directory
+
+
 def _export(workdir: str, path: str, step: Optional[int]) -> str:
+    """Writes checkpoint `step` (default: the latest) of `workdir` to `path`; returns a report.
+
+    Raises:
+      FileNotFoundError: if there is no such checkpoint.
+      NonFiniteError: if its parameters hold NaN or inf.
+    """
     from perceiver.train import checkpointing
 
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
-    params, state, step = ckpt.restore_params(step)
+    directory = _require_checkpoints(workdir, "export")
+    ckpt = checkpointing.Checkpointer(directory, read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        params, state, step = ckpt.restore_params(step)
+    finally:
+        ckpt.close()
+    bad = checkpointing.nonfinite_leaves({"params": params, "state": state})
+    if bad:
+        raise checkpointing.NonFiniteError(
+            f"step {step} in {directory} holds non-finite values ({checkpointing.few(bad)}); "
+            f"export an earlier step with --step (saved steps: {sorted(steps)})."
+        )
     checkpointing.export(path, params, state)
-    ckpt.close()
     return f"exported step {step} of {workdir} to {path}"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs `perceiver train`; returns the exit status (2 for bad arguments)."""
+    """Runs `perceiver train`; returns the exit status.
+
+    0: done; 1: the run diverged (a NaN or infinite loss or parameter); 2: bad
+    arguments or settings, a busy or unusable --workdir, missing files or
+    packages; 130: interrupted. Every error is one line on stderr.
+    """
+    missing = missing_requirements()
+    if missing:
+        return _fail(f"training needs the 'train' extra (missing: {', '.join(missing)}): {INSTALL}")
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has reported
         return e.code if isinstance(e.code, int) else 2
-    from perceiver import checkpoint as inference_checkpoint
-    from perceiver.train import config as config_lib
-    from perceiver.train import parallel
-    from perceiver.train import recipes
-    from perceiver.train import trainer
+    try:
+        import jax
 
+        from perceiver import checkpoint as inference_checkpoint
+        from perceiver import hub
+        from perceiver.train import config as config_lib
+        from perceiver.train import parallel
+        from perceiver.train import recipes
+        from perceiver.train import trainer
+        from perceiver.train import workdir as workdir_lib
+    except ModuleNotFoundError as e:
+        return _fail(f"training needs the 'train' extra (missing module {e.name}): {INSTALL}")
+
+    user_errors = (ValueError, OSError, inference_checkpoint.CheckpointError, hub.FetchError)
+    lock = None
     try:
         config = recipes.get_config(args.config, tiny=args.tiny)
         config_lib.apply_overrides(config, args.overrides)
+        recipes.validate(config)  # every field, before any data or model is built
         if args.print_config:
             print(config_lib.to_json(config))
             return 0
         if args.export:
-            print(_export(args.workdir, args.export, args.step))
+            workdir = workdir_lib.prepare(args.workdir, create=False)
+            _require_checkpoints(workdir, "export")
+            # Shared: readers exclude a trainer (which deletes old and unfinished
+            # checkpoints), not each other.
+            lock = workdir_lib.WorkdirLock(workdir, shared=True, what="export").acquire()
+            print(_export(workdir, args.export, args.step))
             return 0
         # Before any other JAX call: joining a multi-process run.
         parallel.maybe_initialize_distributed(config.mesh.distributed)
-        workdir = os.path.abspath(os.path.expanduser(args.workdir))
-        os.makedirs(workdir, exist_ok=True)
+        workdir = workdir_lib.prepare(args.workdir, create=not args.eval_only)
+        if args.eval_only:
+            _require_checkpoints(workdir, "evaluate")
+            lock = workdir_lib.WorkdirLock(workdir, shared=True, what="eval-only").acquire()
+        elif jax.process_index() == 0:  # the processes of one run share the folder
+            lock = workdir_lib.WorkdirLock(workdir, what="train").acquire()
         try:
             task = recipes.build_task(config, workdir)
         except TypeError as e:  # e.g. a model.KEY the factory does not take
@@ -88,12 +170,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(json.dumps(result, sort_keys=True))
             return 0
         summary = trainer.train(config, task, workdir)
-    except (ValueError, FileNotFoundError, inference_checkpoint.CheckpointError) as e:
-        print(f"perceiver train: error: {e}", file=sys.stderr)
-        return 2
+    except trainer.NonFiniteError as e:
+        return _fail(e, status=1)
+    except user_errors as e:
+        return _fail(e)
     except KeyboardInterrupt:
         print("perceiver train: interrupted (checkpoint saved; rerun to resume)", file=sys.stderr)
         return 130
+    finally:
+        if lock is not None:
+            lock.release()
     evaluation = summary.get("eval") or {}
     loss = summary["final_train"].get("loss", float("nan"))
     line = f"done: {summary['steps']} steps; final train loss {loss:.4g}"

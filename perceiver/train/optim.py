@@ -12,10 +12,7 @@ import jax
 import optax
 
 from perceiver import _validation
-from perceiver.train.config import OptimizerConfig
-
-OPTIMIZERS = ("lamb", "adamw")
-SCHEDULES = ("constant", "constant_cosine", "cosine", "steps")
+from perceiver.train.config import OPTIMIZERS, SCHEDULES, OptimizerConfig
 
 # A module is a normalisation layer when its path contains one of these
 # (Haiku's LayerNorm and BatchNorm modules, as the reference names them).

@@ -24,13 +24,15 @@ import numpy as np
 
 from perceiver import checkpoint as inference_checkpoint
 from perceiver import models
+from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import finetune
 from perceiver.train import images as images_lib
 from perceiver.train import losses
 from perceiver.train import synthetic_flow
 from perceiver.train import text as text_lib
-from perceiver.train.config import Config, OptimizerConfig, TrainConfig, CheckpointConfig
+from perceiver.train.config import SEED, CheckpointConfig, Config, Interval, OptimizerConfig
+from perceiver.train.config import TrainConfig, ranged
 from perceiver.train.trainer import Task
 
 # ---------------------------------------------------------------------------
@@ -45,17 +47,17 @@ class ImageData:
     train_dir: str = ""
     eval_dir: str = ""  # '' : no evaluation
     generate: bool = False  # write a small generated folder under WORKDIR/generated
-    randaugment_layers: int = 4  # 0 disables RandAugment
-    randaugment_magnitude: float = 5.0
+    randaugment_layers: int = ranged(4, "[0, inf)")  # 0 disables RandAugment
+    randaugment_magnitude: float = ranged(5.0, "[0, 10]")  # the reference's scale: 10 is the strongest
     flip: bool = True
-    mixup_alpha: float = 0.2  # <= 0 disables MixUp
+    mixup_alpha: float = ranged(0.2, "[0, inf)")  # 0 disables MixUp
     cutmix: bool = True
-    workers: int = 0  # grain worker processes (0: a reader thread in this process)
+    workers: int = ranged(0, "[0, inf)")  # grain worker processes (0: a reader thread in this process)
 
 
 @dataclasses.dataclass
 class ClassificationTask:
-    label_smoothing: float = 0.1
+    label_smoothing: float = ranged(0.1, "[0, 1)")
     pretrained: str = ""  # checkpoint file, or a published name ('imagenet_fourier', 'mlm')
     new_modules: Tuple[str, ...] = ()  # initialised afresh instead of loaded (the new head)
 
@@ -64,47 +66,84 @@ class ClassificationTask:
 class TextData:
     train_paths: Tuple[str, ...] = ()  # files, folders or globs (.txt, .jsonl)
     eval_paths: Tuple[str, ...] = ()
-    seq_len: int = 2048  # <= model.max_seq_len
+    seq_len: int = ranged(2048, "[1, inf)")  # <= model.max_seq_len
     text_field: str = "text"
     label_field: str = "label"
     generate: bool = False
-    workers: int = 0
+    workers: int = ranged(0, "[0, inf)")
 
 
 @dataclasses.dataclass
 class MlmTask:
-    mask_prob: float = 0.15
-    mean_span: float = 3.0  # mean masked span length in bytes (geometric)
-    max_span: int = 10
+    mask_prob: float = ranged(0.15, "[0, 1]")
+    mean_span: float = ranged(3.0, "[1, inf)")  # mean masked span length in bytes (geometric)
+    max_span: int = ranged(10, "[1, inf)")
 
 
 @dataclasses.dataclass
 class FlowData:
     """Synthetic scenes (see `synthetic_flow.FlowSceneSpec`); image size is model.image_shape."""
 
-    min_objects: int = 1
-    max_objects: int = 4
-    max_translation: float = 24.0
-    max_background_translation: float = 12.0
-    max_rotation: float = 10.0
-    max_background_rotation: float = 3.0
-    max_log_scale: float = 0.1
-    max_background_log_scale: float = 0.03
-    min_object_size: float = 0.12
-    max_object_size: float = 0.35
-    num_waves: int = 12
-    min_frequency: float = 0.02
-    max_frequency: float = 0.2
-    seed: int = 0  # the training scenes
-    train_examples: int = 0  # 0: a new scene every time; N: cycle through N scenes
-    eval_seed: int = 1_000_003  # held-out scenes (a different stream)
-    eval_examples: int = 256
-    workers: int = 0
+    min_objects: int = ranged(1, "[0, inf)")
+    max_objects: int = ranged(4, "[0, inf)")  # >= min_objects
+    max_translation: float = ranged(24.0, "[0, inf)")
+    max_background_translation: float = ranged(12.0, "[0, inf)")
+    max_rotation: float = ranged(10.0, "[0, inf)")
+    max_background_rotation: float = ranged(3.0, "[0, inf)")
+    max_log_scale: float = ranged(0.1, "[0, inf)")
+    max_background_log_scale: float = ranged(0.03, "[0, inf)")
+    min_object_size: float = ranged(0.12, "(0, inf)")
+    max_object_size: float = ranged(0.35, "(0, inf)")  # >= min_object_size
+    num_waves: int = ranged(12, "[1, inf)")
+    min_frequency: float = ranged(0.02, "(0, inf)")
+    max_frequency: float = ranged(0.2, "(0, inf)")  # >= min_frequency
+    seed: int = ranged(0, SEED)  # the training scenes
+    train_examples: int = ranged(0, "[0, inf)")  # 0: a new scene every time; N: cycle through N scenes
+    eval_seed: int = ranged(1_000_003, SEED)  # held-out scenes (a different stream)
+    eval_examples: int = ranged(256, "[1, inf)")
+    workers: int = ranged(0, "[0, inf)")
 
 
 @dataclasses.dataclass
 class FlowTask:
     valid_only: bool = False  # end-point error only where the point stays visible
+
+
+# The values each factory's sizes allow (the `model` section is a dict of them).
+_SIZE = "int [1, inf)"
+_MLM_RULES = dict(
+    max_seq_len=_SIZE,
+    d_model=_SIZE,
+    num_latents=_SIZE,
+    num_latent_channels=_SIZE,
+    num_self_attends=_SIZE,
+    num_heads=_SIZE,
+    qk_channels=_SIZE,
+)
+MODEL_RULES: Dict[str, Dict[str, Any]] = {
+    "imagenet_classifier": dict(
+        variant=models.IMAGENET_VARIANTS,
+        num_classes="int [0, inf)",  # 0: one per class folder of data.train_dir
+        image_size=_SIZE,
+        num_latents=_SIZE,
+        num_latent_channels=_SIZE,
+        num_blocks=_SIZE,
+        num_self_attends_per_block=_SIZE,
+        num_self_attend_heads=_SIZE,
+        num_bands=_SIZE,
+        learned_pos_channels=_SIZE,
+    ),
+    "masked_language_model": _MLM_RULES,
+    "text_classifier": dict(_MLM_RULES, num_classes="int [0, inf)"),  # 0: one per label
+    "optical_flow": dict(
+        image_shape=Interval("int [1, inf)", length=2),
+        num_latents=_SIZE,
+        num_latent_channels=_SIZE,
+        num_self_attends=_SIZE,
+        num_self_attend_heads=_SIZE,
+        num_bands=_SIZE,
+    ),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -406,6 +445,58 @@ def get_config(name: str, tiny: bool = False) -> Config:
     return CONFIGS[name](tiny)
 
 
+# The model factory of each recipe, whose sizes the `model` section holds.
+FACTORIES: Dict[str, str] = {
+    "imagenet": "imagenet_classifier",
+    "finetune_image": "imagenet_classifier",
+    "finetune_text": "text_classifier",
+    "mlm": "masked_language_model",
+    "flow": "optical_flow",
+    "flow_small": "optical_flow",
+}
+
+
+def validate(config: Config) -> Config:
+    """Checks every field against its range, and the fields that bound each other.
+
+    Runs before any data or model is built, so a bad value fails at once.
+
+    Returns:
+      `config`.
+
+    Raises:
+      ValueError: naming the field (its dotted key), the range or relation
+        expected and the value that came.
+    """
+    if config.recipe not in FACTORIES:
+        raise ValueError(f"unknown recipe {config.recipe!r}; choose from {', '.join(FACTORIES)}.")
+    config_lib.validate(config, {"model": MODEL_RULES[FACTORIES[config.recipe]]})
+    t, o, d = config.train, config.optimizer, config.data
+    if t.num_steps == 0 and isinstance(d, FlowData):
+        raise ValueError(
+            "train.num_steps must be >= 1 for the flow recipes (endless scenes, no epochs); got 0."
+        )
+    if t.num_steps == 0 and t.epochs == 0:
+        raise ValueError("set train.num_steps (>= 1) or train.epochs (> 0); got 0 for both.")
+    if o.schedule == "cosine" and t.num_steps and o.warmup_steps > t.num_steps:
+        raise ValueError(
+            f"optimizer.warmup_steps must be <= train.num_steps ({t.num_steps}); got {o.warmup_steps}."
+        )
+    if isinstance(d, TextData):
+        _check_seq_len(config)
+    if isinstance(d, FlowData):
+        for low, high in (
+            ("min_objects", "max_objects"),
+            ("min_object_size", "max_object_size"),
+            ("min_frequency", "max_frequency"),
+        ):
+            if getattr(d, high) < getattr(d, low):
+                raise ValueError(
+                    f"data.{high} must be >= data.{low} ({getattr(d, low)}); got {getattr(d, high)}."
+                )
+    return config
+
+
 # ---------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------
@@ -477,6 +568,14 @@ def _image_task(config: Config, workdir: str) -> Task:
     kwargs = dict(config.model)
     variant = kwargs.pop("variant")
     image_size = int(kwargs["image_size"])
+    load_pretrained = None
+    if config.recipe == "finetune_image":  # first: a missing checkpoint fails before any data is made
+        path = t.pretrained
+        if d.generate and not path:
+            path = _tiny_pretrained_image(workdir, variant, kwargs)
+        if not path:
+            raise ValueError("finetune_image needs task.pretrained=PATH or a published name.")
+        load_pretrained = _load_pretrained_fn(finetune.resolve_pretrained(path), t.new_modules)
     if d.generate:
         root = _generated_dir(workdir, "images")
         d.train_dir = images_lib.write_generated_folder(os.path.join(root, "train"), seed=0)
@@ -537,14 +636,6 @@ def _image_task(config: Config, workdir: str) -> Task:
             worker_count=d.workers,
         )
 
-    load_pretrained = None
-    if config.recipe == "finetune_image":
-        path = t.pretrained
-        if d.generate and not path:
-            path = _tiny_pretrained_image(workdir, variant, kwargs)
-        if not path:
-            raise ValueError("finetune_image needs task.pretrained=PATH or a published name.")
-        load_pretrained = _load_pretrained_fn(finetune.resolve_pretrained(path), t.new_modules)
     return Task(
         init=init,
         loss=loss,
@@ -610,7 +701,7 @@ def _tiny_pretrained_mlm(workdir: str, sizes: Dict[str, Any]) -> str:
 def _check_seq_len(config: Config) -> int:
     seq_len, max_len = config.data.seq_len, config.model["max_seq_len"]
     if not 1 <= seq_len <= max_len:
-        raise ValueError(f"data.seq_len ({seq_len}) must be in [1, model.max_seq_len={max_len}].")
+        raise ValueError(f"data.seq_len must be in [1, {max_len}] (model.max_seq_len); got {seq_len}.")
     return seq_len
 
 
@@ -673,12 +764,16 @@ def _text_classification_task(config: Config, workdir: str) -> Task:
     d, t = config.data, config.task
     seq_len = _check_seq_len(config)
     sizes = {k: v for k, v in config.model.items() if k != "num_classes"}
+    # First: a missing checkpoint fails before any data is made.
     pretrained = t.pretrained
+    if d.generate and not pretrained:
+        pretrained = _tiny_pretrained_mlm(workdir, sizes)
+    if not pretrained:
+        raise ValueError("finetune_text needs task.pretrained=PATH or 'mlm'.")
+    load_pretrained = _load_pretrained_fn(finetune.resolve_pretrained(pretrained), t.new_modules)
     if d.generate:
         paths = text_lib.write_generated_text(_generated_dir(workdir, "text"))
         d.train_paths, d.eval_paths = (paths["train"],), (paths["eval"],)
-        if not pretrained:
-            pretrained = _tiny_pretrained_mlm(workdir, sizes)
     if len(d.train_paths) != 1 or len(d.eval_paths) > 1:
         raise ValueError(
             "finetune_text needs one data.train_paths entry (a .jsonl file or a folder of class "
@@ -726,8 +821,6 @@ def _text_classification_task(config: Config, workdir: str) -> Task:
             drop_remainder=False, worker_count=d.workers,
         )
 
-    if not pretrained:
-        raise ValueError("finetune_text needs task.pretrained=PATH or 'mlm'.")
     return Task(
         init=init,
         loss=loss,
@@ -735,7 +828,7 @@ def _text_classification_task(config: Config, workdir: str) -> Task:
         train_loader=train_loader,
         eval_loader=eval_loader if eval_source is not None else None,
         num_train_examples=len(train_source),
-        load_pretrained=_load_pretrained_fn(finetune.resolve_pretrained(pretrained), t.new_modules),
+        load_pretrained=load_pretrained,
         export_info=dict(factory="text_classifier", classes=train_source.classes, **config.model),
     )
 
@@ -820,8 +913,10 @@ def build_task(config: Config, workdir: str) -> Task:
     """The `Task` of `config.recipe`, with its data (generated under `workdir` if asked).
 
     Raises:
-      ValueError: for an unknown recipe or missing data settings.
+      ValueError: for an unknown recipe, a field out of its range (see
+        `validate`) or missing data settings.
+      FileNotFoundError: for a pretrained checkpoint that is neither a file
+        nor in the cache and cannot be downloaded.
     """
-    if config.recipe not in BUILDERS:
-        raise ValueError(f"unknown recipe {config.recipe!r}; choose from {', '.join(BUILDERS)}.")
+    validate(config)
     return BUILDERS[config.recipe](config, workdir)

@@ -41,6 +41,10 @@ LossFn = Callable[[Any, Any, jax.Array, Mapping[str, jax.Array]], Tuple[jax.Arra
 EvalFn = Callable[[Any, Any, Mapping[str, jax.Array]], Mapping[str, Tuple[jax.Array, jax.Array]]]
 
 
+# Raised when a run diverges (see `train`).
+NonFiniteError = checkpointing.NonFiniteError
+
+
 def _global_norm(tree) -> jax.Array:
     tree_lib = getattr(optax, "tree", None)  # optax >= 0.2.4; global_norm is deprecated there
     return tree_lib.norm(tree) if tree_lib is not None else optax.global_norm(tree)
@@ -206,7 +210,15 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
     """Trains (or resumes training) until `total_steps`; returns a summary.
 
     Writes into `workdir`: config.json, metrics.jsonl, checkpoints/,
-    model.pystate (inference format, at the end) and summary.json.
+    model.pystate (inference format, at the end) and summary.json. One run
+    at a time per workdir: `perceiver train` holds a `workdir.WorkdirLock`
+    around this call; other callers should too.
+
+    Raises:
+      NonFiniteError: when the loss (checked at every step's metrics) or the
+        state (checked before each save) becomes NaN or infinite; the
+        non-finite state is neither saved nor exported, and the message
+        names the last good checkpoint.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
@@ -274,10 +286,26 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
     window_start, window_steps = time.time(), 0
     run_start = time.time()
 
+    def diverged(what: str) -> NonFiniteError:
+        ckpt.wait()  # saves in flight are of earlier, checked steps
+        last = ckpt.latest_step()
+        if last is None:
+            where = f"no checkpoint was saved in {ckpt.directory}, so a rerun starts afresh"
+        else:
+            where = f"the last good checkpoint is step {last} in {ckpt.directory}, where a rerun resumes"
+        return NonFiniteError(
+            f"{what}; {where}; lower optimizer.base_lr (now {config.optimizer.base_lr:g}), "
+            "or lengthen optimizer.warmup_steps or clip with optimizer.max_norm, and rerun."
+        )
+
     def flush(item):
+        """Logs one step's metrics (fetched a step late) and stops a run whose loss is not finite."""
         nonlocal last_train, window_start, window_steps
         s, metrics = item
         values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not math.isfinite(values.get("loss", 0.0)):
+            writer.write(s, "train", values)  # kept for the post-mortem
+            raise diverged(f"the loss became {values['loss']} at step {s}")
         window_steps += 1
         now = time.time()
         if s % max(config.train.log_every, 1) == 0 or s == num_steps:
@@ -303,11 +331,25 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
         writer.write(step, "eval", last_eval)
         _log(f"eval at step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
 
+    def save(s: int) -> None:
+        """Saves step `s` unless some value of the state is no longer finite."""
+        bad = checkpointing.nonfinite_leaves(
+            {"params": ts.params, "state": ts.state, "opt_state": ts.opt_state}
+        )
+        if bad:
+            raise diverged(
+                f"non-finite values in {checkpointing.few(bad)} at step {s} (not saved)"
+            )
+        ckpt.save(s, ts, batches.state)
+
     # SIGTERM (a cluster pre-empting the job) saves a checkpoint and stops cleanly.
     stop_signal = []
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop_signal.append(signum))
+    # Every step's metrics are fetched (a step late), so checking the loss
+    # there costs no extra wait; the whole state is checked only before it is
+    # saved, where the save waits for it anyway.
     try:
         while step < num_steps:
             host_batch = next(batches)
@@ -316,7 +358,10 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
             if pending is not None:
                 flush(pending)  # fetched one step late, so the host never waits idle
             pending = (step, metrics)
-            ckpt.maybe_save(step, ts, batches.state)
+            if ckpt.due(step):
+                flush(pending)  # the loss of the step about to be saved is checked too
+                pending = None
+                save(step)
             if stop_signal:
                 raise KeyboardInterrupt
             if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
@@ -324,13 +369,19 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
         if pending is not None:
             flush(pending)
             pending = None
-        ckpt.save(step, ts, batches.state)
+        save(step)
         ckpt.wait()
     except KeyboardInterrupt:
-        if pending is not None:
-            flush(pending)
-        _log(f"interrupted: saving step {step} before stopping")
-        ckpt.save(step, ts, batches.state)
+        try:
+            if pending is not None:
+                flush(pending)
+            _log(f"interrupted: saving step {step} before stopping")
+            save(step)
+        finally:  # also when the state turned out non-finite
+            ckpt.close()
+            writer.close()
+        raise
+    except NonFiniteError:
         ckpt.close()
         writer.close()
         raise
@@ -389,7 +440,7 @@ def evaluate_checkpoint(
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+    ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
     try:
         ts, _, step = ckpt.restore(target, step)
     finally:
