@@ -8,12 +8,19 @@ Conventions: images and frames are uint8 RGB, `[H, W, 3]` and `[T, H, W, 3]`;
 audio is float32 `[samples, channels]` in [-1, 1].
 
 Raises, for every reader: `FileNotFoundError` naming the path when there is no
-such file, and `ValueError` naming the path when the file cannot be decoded.
+such file, and `ValueError` naming the path when the file cannot be decoded
+(corrupt, truncated, or an image larger than Pillow's decompression-bomb limit).
 """
 
+import contextlib
 import fractions
+import functools
+import io
 import os
 import pathlib
+import re
+import struct
+import warnings
 import wave
 from typing import Optional, Tuple, Union
 
@@ -23,6 +30,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 _INSTALL_HINT = "install the media extra: pip install 'perceiver[media]'"
 _GIF_SUFFIXES = (".gif",)
+# The extensions write_video writes: containers that take H.264 and AAC (and GIF).
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi") + _GIF_SUFFIXES
+# What Pillow raises for corrupt or truncated data (its own `open` catches
+# SyntaxError, IndexError, TypeError and struct.error from its plugins).
+_PILLOW_DATA_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error
+)
 
 
 def _pillow():
@@ -48,6 +62,26 @@ def _existing_file(path: PathLike) -> pathlib.Path:
     return path
 
 
+def check_finite(name: str, array) -> None:
+    """Raises `ValueError` if a float array holds NaN or Inf.
+
+    Args:
+      name: the argument's name, for the message.
+      array: an array of any shape; non-float arrays always pass.
+
+    Raises:
+      ValueError: naming `name` and how many values are not finite.
+    """
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.inexact):
+        return
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+        raise ValueError(
+            f"{name} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or Inf)."
+        )
+
+
 def _to_uint8(
     name: str, array, ndim: int, channel_counts: Tuple[int, ...], layout: str
 ) -> np.ndarray:
@@ -61,10 +95,11 @@ def _to_uint8(
         raise TypeError(
             f"{name} must be uint8, or float in [0, 1]; got dtype {array.dtype}."
         )
-    if array.size and not (np.all(np.isfinite(array)) and array.min() >= 0 and array.max() <= 1):
+    check_finite(name, array)
+    if array.size and not (array.min() >= 0 and array.max() <= 1):
         raise ValueError(
             f"{name} is float, so its values must be in [0, 1]; got values in "
-            f"[{np.nanmin(array)}, {np.nanmax(array)}]."
+            f"[{array.min()}, {array.max()}]."
         )
     return np.round(array * 255.0).astype(np.uint8)
 
@@ -85,6 +120,47 @@ def _pil_to_rgb(image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def _bomb_message(path: pathlib.Path, what: str, error: Exception, limit: int) -> str:
+    """The message for an image past Pillow's decompression-bomb limit."""
+    # Pillow's message: "Image size (N pixels) exceeds limit of ...".
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    claim = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"cannot read {path} as {what}: it claims {claim}, more than "
+        f"PIL.Image.MAX_IMAGE_PIXELS ({limit:,}); it is corrupt or a decompression bomb."
+    )
+
+
+@contextlib.contextmanager
+def _pillow_decoding(path: pathlib.Path, what: str):
+    """Yields Pillow's Image module; its errors inside become one ValueError.
+
+    Raises:
+      ValueError: "cannot read {path} as {what}: ...", for data Pillow cannot
+        decode (raised in the block as OSError, SyntaxError, ValueError...),
+        and for an image past Pillow's decompression-bomb limit.
+    """
+    Image = _pillow()
+    try:
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it, then decodes
+            # the whole image anyway: refuse that too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield Image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(_bomb_message(path, what, e, Image.MAX_IMAGE_PIXELS)) from e
+    except _PILLOW_DATA_ERRORS as e:
+        # UnidentifiedImageError (an OSError) for unknown formats, OSError
+        # "image file is truncated", SyntaxError... for bad data.
+        raise ValueError(f"cannot read {path} as {what}: {e}") from e
+
+
+def _check_has_pixels(image) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ValueError(f"it has no pixels ({width} x {height}).")
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Reads an image file (the first frame of an animation) as RGB.
 
@@ -97,19 +173,48 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
-      ValueError: if the file is not an image Pillow can decode.
+      ValueError: naming the path, if the file is not an image Pillow can
+        decode, has no pixels, or claims more than PIL.Image.MAX_IMAGE_PIXELS.
       ImportError: without Pillow.
     """
     path = _existing_file(path)
-    Image = _pillow()
-    try:
+    with _pillow_decoding(path, "an image") as Image:
         with Image.open(path) as image:
+            _check_has_pixels(image)
             image.load()
             return _pil_to_rgb(image)
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # Pillow raises UnidentifiedImageError (an OSError) for unknown
-        # formats, and OSError/SyntaxError/ValueError for truncated data.
-        raise ValueError(f"cannot read {path} as an image: {e}") from e
+
+
+@functools.lru_cache(maxsize=None)
+def _pillow_writes_rgb(format_name: str) -> bool:
+    """Whether Pillow's writer of `format_name` takes an RGB image."""
+    Image = _pillow()
+    try:
+        Image.new("RGB", (2, 2)).save(io.BytesIO(), format=format_name)
+    except (OSError, ValueError, KeyError, TypeError):
+        # E.g. "cannot write mode RGB as XBM", or a stub without a writer.
+        return False
+    return True
+
+
+def check_image_suffix(path: PathLike) -> None:
+    """Raises `ValueError` unless `write_image` can write RGB to `path`'s extension.
+
+    Raises:
+      ValueError: naming the path and extension, if no Pillow writer of an
+        RGB image has that extension.
+      ImportError: without Pillow.
+    """
+    Image = _pillow()
+    suffix = pathlib.Path(path).suffix.lower()
+    formats = Image.registered_extensions()
+    name = formats.get(suffix)
+    if name is not None and name in Image.SAVE and _pillow_writes_rgb(name):
+        return
+    raise ValueError(
+        f"cannot write an image to {path}: Pillow writes no RGB image with the extension "
+        f"{suffix!r}; use e.g. .png, .jpg, .bmp, .tif or .webp."
+    )
 
 
 def write_image(path: PathLike, image) -> None:
@@ -146,19 +251,20 @@ def write_image(path: PathLike, image) -> None:
 
 
 def _read_gif(path: pathlib.Path, max_frames: Optional[int]):
-    Image = _pillow()
     frames = []
     durations = []
-    try:
+    with _pillow_decoding(path, "a GIF") as Image:
         with Image.open(path) as image:
+            _check_has_pixels(image)
             for index in range(getattr(image, "n_frames", 1)):
                 image.seek(index)
                 image.load()
                 frames.append(_pil_to_rgb(image))
                 # Browsers show frames without a duration for 100 ms.
                 durations.append(image.info.get("duration") or 100)
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ValueError(f"cannot read {path} as a GIF: {e}") from e
+    sizes = sorted({frame.shape[:2] for frame in frames})
+    if len(sizes) > 1:
+        raise ValueError(f"cannot read {path} as a GIF: its frames differ in size ({sizes}).")
     # GIF writers (Pillow among them) store a run of identical frames once,
     # with the run's total duration: repeat such frames to restore a constant
     # frame rate, that of the shortest frame. (All frames are decoded to know
@@ -188,7 +294,9 @@ def read_video(
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
-      ValueError: if the file cannot be decoded or has no video frames.
+      ValueError: naming the path, if the file cannot be decoded (see
+        read_image for GIFs), has no video frames, or its audio holds NaN
+        or Inf.
       ImportError: without PyAV (or Pillow, for GIFs).
     """
     path = _existing_file(path)
@@ -204,7 +312,9 @@ def read_video(
         frames, fps = _decode_video(av, path, max_frames)
         duration = len(frames) / fps if max_frames and fps > 0 else None
         audio, rate = _decode_audio(av, path, duration)
-    except av.FFmpegError as e:
+    except (av.FFmpegError, ValueError, OSError, EOFError) as e:
+        # PyAV raises FFmpegError for bad data, and ValueError (such as
+        # UnicodeDecodeError) for bad metadata.
         raise ValueError(f"cannot read {path} as a video: {e}") from e
     return frames, fps, audio, rate
 
@@ -212,8 +322,10 @@ def read_video(
 def _decode_video(av, path: pathlib.Path, max_frames: Optional[int]):
     with av.open(str(path)) as container:
         if not container.streams.video:
-            raise ValueError(f"{path} has no video stream.")
+            raise ValueError("it has no video stream.")
         stream = container.streams.video[0]
+        if stream.codec_context is None:
+            raise ValueError("FFmpeg knows no decoder for its video stream.")
         stream.thread_type = "AUTO"
         frames = []
         for frame in container.decode(stream):
@@ -222,7 +334,7 @@ def _decode_video(av, path: pathlib.Path, max_frames: Optional[int]):
                 break
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not frames:
-        raise ValueError(f"{path} has a video stream without decodable frames.")
+        raise ValueError("its video stream has no decodable frames.")
     return np.stack(frames), float(rate) if rate else 0.0
 
 
@@ -231,7 +343,11 @@ def _decode_audio(av, path: pathlib.Path, duration: Optional[float]):
         if not container.streams.audio:
             return None, None
         stream = container.streams.audio[0]
-        rate = stream.rate or stream.codec_context.sample_rate
+        if stream.codec_context is None:
+            raise ValueError("FFmpeg knows no decoder for its audio stream.")
+        rate = stream.codec_context.sample_rate
+        if not rate:
+            raise ValueError("its audio stream has no sample rate.")
         limit = None if duration is None else int(round(duration * rate))
         if stream.duration is not None and stream.time_base is not None:
             # The encoder pads the last frame with silence; the stream's
@@ -257,6 +373,7 @@ def _decode_audio(av, path: pathlib.Path, duration: Optional[float]):
     audio = np.concatenate(chunks, axis=1).T.astype(np.float32)
     if limit is not None:
         audio = audio[:limit]
+    check_finite("its audio", audio)  # Float codecs (e.g. pcm_f32le) can store NaN.
     return np.clip(audio, -1.0, 1.0), int(rate)
 
 
@@ -266,6 +383,20 @@ def _check_fps(fps) -> float:
     if not (np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be > 0; got {fps}.")
     return float(fps)
+
+
+def check_video_suffix(path: PathLike) -> None:
+    """Raises `ValueError` unless `path` has an extension `write_video` writes.
+
+    Raises:
+      ValueError: naming the path and extension, and listing VIDEO_SUFFIXES.
+    """
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES:
+        raise ValueError(
+            f"cannot write video to {path}: the extension must be one of "
+            f"{', '.join(VIDEO_SUFFIXES)}; got {suffix!r}."
+        )
 
 
 def write_video(
@@ -279,22 +410,27 @@ def write_video(
 
     Args:
       path: the output file; '.gif' writes an animated GIF with Pillow (no
-        audio), any other extension (normally '.mp4') a video with PyAV.
+        audio), the other VIDEO_SUFFIXES ('.mp4', '.m4v', '.mov', '.mkv',
+        '.avi') a video with PyAV.
       frames: `[T, H, W, 3]`, uint8 or float in [0, 1]. H.264 needs even H
         and W.
       fps: frames per second (for a GIF, rounded to a frame time in whole
         hundredths of a second, at least 0.02 s).
       audio: float `[samples, channels]` or `[samples]` in [-1, 1]; None for
         no sound track.
-      sample_rate: the audio's sample rate; required with `audio`.
+      sample_rate: the audio's sample rate; required with `audio`. AAC codes
+        13 rates (8000, 16000, 44100, 48000 Hz...): audio at another rate is
+        resampled to the next higher one.
 
     Raises:
-      ValueError: for bad shapes or values, odd frame sizes for H.264, audio
-        for a GIF, or when the encoder fails.
+      ValueError: for another extension, bad shapes or values (NaN or Inf
+        among them), odd frame sizes for H.264, audio for a GIF, or when the
+        encoder fails.
       TypeError: for bad dtypes.
       ImportError: without PyAV (or Pillow, for GIFs).
     """
     path = pathlib.Path(path)
+    check_video_suffix(path)
     frames = _to_uint8("frames", frames, 4, (3,), "[T, H, W, 3]")
     if frames.shape[0] == 0:
         raise ValueError("frames must hold at least one frame; got 0.")
@@ -318,7 +454,8 @@ def write_video(
     av = _pyav()
     try:
         _encode_mp4(av, path, frames, fps, audio, sample_rate)
-    except av.FFmpegError as e:
+    except (av.FFmpegError, ValueError) as e:
+        # PyAV raises ValueError too, e.g. for a codec the container refuses.
         path.unlink(missing_ok=True)  # Leave no half-written video behind.
         raise ValueError(f"cannot write video to {path}: {e}") from e
 
@@ -334,6 +471,21 @@ def _write_gif(path: pathlib.Path, frames: np.ndarray, fps: float) -> None:
     )
 
 
+# The sample rates AAC can code (ISO 14496-3's sampling frequency table).
+_AAC_RATES = (
+    7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000
+)
+
+
+def _aac_rate(sample_rate: int) -> int:
+    """The AAC rate to encode audio of `sample_rate` at: it, or the next one up.
+
+    The video model's rate is fps * 1920 (57600 Hz at 30 fps), rarely one AAC codes.
+    """
+    higher = [rate for rate in _AAC_RATES if rate >= sample_rate]
+    return higher[0] if higher else _AAC_RATES[-1]
+
+
 def _encode_mp4(av, path, frames, fps, audio, sample_rate) -> None:
     rate = fractions.Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w") as container:
@@ -346,7 +498,7 @@ def _encode_mp4(av, path, frames, fps, audio, sample_rate) -> None:
         sound = None
         if audio is not None:
             layout = "mono" if audio.shape[1] == 1 else "stereo"
-            sound = container.add_stream("aac", rate=int(sample_rate), layout=layout)
+            sound = container.add_stream("aac", rate=_aac_rate(sample_rate), layout=layout)
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(array, format="rgb24")
             frame.pts = index
@@ -354,7 +506,8 @@ def _encode_mp4(av, path, frames, fps, audio, sample_rate) -> None:
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
         if sound is not None:
-            # Planar float, [channels, samples]; the encoder cuts its own frames.
+            # Planar float, [channels, samples]; the encoder cuts its own
+            # frames, resampling them to its rate.
             planar = np.ascontiguousarray(audio.T.astype(np.float32))
             frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=sound.layout.name)
             frame.sample_rate = int(sample_rate)
@@ -391,10 +544,11 @@ def _check_audio(audio) -> np.ndarray:
         return audio.astype(np.float32) / 32768.0
     if audio.dtype == bool or not np.issubdtype(audio.dtype, np.floating):
         raise TypeError(f"audio must be float in [-1, 1] or int16; got dtype {audio.dtype}.")
-    if audio.size and not (np.all(np.isfinite(audio)) and np.abs(audio).max() <= 1):
+    check_finite("audio", audio)
+    if audio.size and not np.abs(audio).max() <= 1:
         raise ValueError(
             f"audio is float, so its values must be in [-1, 1]; got values in "
-            f"[{np.nanmin(audio)}, {np.nanmax(audio)}]."
+            f"[{audio.min()}, {audio.max()}]."
         )
     return audio.astype(np.float32)
 

@@ -3,6 +3,7 @@
 import struct
 import sys
 import wave
+import zlib
 
 import numpy as np
 import pytest
@@ -267,3 +268,183 @@ def test_missing_pillow_asks_for_the_media_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "PIL", None)  # Makes `import PIL` fail.
     with pytest.raises(ImportError, match=r"perceiver\[media\]"):
         media.read_image(tmp_path / "a.png")
+
+
+# ---------------------------------------------------------------------------
+# Hostile files: decompression bombs, corrupt data, NaN
+# ---------------------------------------------------------------------------
+
+
+def _png_header(width, height):
+    """A PNG that claims width x height pixels and holds none: a decompression bomb's header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("side, pixels", [(100_000, "10,000,000,000"), (10_000, "100,000,000")])
+def test_decompression_bomb_is_a_value_error_naming_file_and_size(tmp_path, recwarn, side, pixels):
+    # 10^10 pixels is past twice Pillow's limit (it raises); 10^8 is between
+    # its limit and twice it (it only warns, then would decode it all).
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header(side, side))
+    with pytest.raises(ValueError, match=rf"bomb\.png.*claims {pixels} pixels.*MAX_IMAGE_PIXELS"):
+        media.read_image(path)
+    assert not [w for w in recwarn if "DecompressionBomb" in type(w.message).__name__]
+
+
+def test_decompression_bomb_gif_is_a_value_error(tmp_path):
+    # A GIF's logical screen size is in bytes 6..9: claim 65535 x 65535.
+    media.write_video(tmp_path / "a.gif", np.zeros((2, 4, 4, 3), np.uint8), 10)
+    data = bytearray((tmp_path / "a.gif").read_bytes())
+    data[6:10] = struct.pack("<HH", 65535, 65535)
+    (tmp_path / "a.gif").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"a\.gif.*4,294,836,225 pixels"):
+        media.read_video(tmp_path / "a.gif")
+
+
+def test_image_without_pixels_is_a_value_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    # Pillow's readers refuse a 0 x 4 image themselves; a plugin might not.
+    media.write_image(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
+    monkeypatch.setattr(Image, "open", lambda path: Image.new("RGB", (0, 4)))
+    with pytest.raises(ValueError, match=r"a\.png.*no pixels \(0 x 4\)"):
+        media.read_image(tmp_path / "a.png")
+
+
+@pytest.mark.parametrize("name", ["c.gif", "c.png", "c.jpg"])
+def test_damaged_images_give_one_value_error_naming_the_path(tmp_path, name):
+    """Truncated and byte-flipped copies of good files: a ValueError, never another error."""
+    frames = np.stack([_smooth_image(16, 16, shift=t) for t in range(6)])
+    good = tmp_path / ("good" + name[1:])
+    if name.endswith(".gif"):
+        media.write_video(good, frames, 25)
+        reader = media.read_video
+    else:
+        media.write_image(good, frames[0])
+        reader = media.read_image
+    data = good.read_bytes()
+    rng = np.random.default_rng(0)
+    path = tmp_path / name
+    for trial in range(150):
+        damaged = bytearray(data)
+        if trial % 3 == 0:
+            damaged = damaged[: rng.integers(1, len(data))]
+        else:
+            for _ in range(rng.integers(1, 8)):
+                damaged[rng.integers(0, len(data))] = rng.integers(0, 256)
+        path.write_bytes(bytes(damaged))
+        try:
+            reader(path)
+        except ValueError as e:
+            assert str(path) in str(e), (trial, str(e))
+
+
+def _break_audio_track(data: bytes) -> bytes:
+    # The size byte of the sound track's handler box: the track loses its codec.
+    at = data.index(b"hdlr\0\0\0\0\0\0\0\0soun")
+    return data[: at - 1] + b"\x9c" + data[at:]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[: len(data) // 2],
+        lambda data: data.replace(b"SoundHandler", b"Sound\xb2andler"),  # Not UTF-8.
+        _break_audio_track,
+    ],
+    ids=["truncated", "metadata-not-utf8", "audio-without-codec"],
+)
+def test_damaged_mp4_gives_one_value_error_naming_the_path(tmp_path, damage):
+    pytest.importorskip("av")
+    frames = np.stack([_smooth_image(16, 16, shift=t) for t in range(4)])
+    tone = 0.3 * np.sin(np.arange(4000) / 5)[:, None]
+    media.write_video(tmp_path / "good.mp4", frames, 25, tone, 8000)
+    path = tmp_path / "bad.mp4"
+    path.write_bytes(damage((tmp_path / "good.mp4").read_bytes()))
+    with pytest.raises(ValueError, match=rf"^cannot read {path} as a video: "):
+        media.read_video(path)
+
+
+def test_check_finite_counts_and_names():
+    media.check_finite("x", np.arange(4))  # Integers are always finite.
+    media.check_finite("x", np.zeros(3))
+    with pytest.raises(ValueError, match=r"^audio has 3 non-finite values \(NaN or Inf\)\.$"):
+        media.check_finite("audio", np.array([0.0, np.nan, np.inf, -np.inf]))
+    with pytest.raises(ValueError, match=r"^x has 1 non-finite value \(NaN or Inf\)\.$"):
+        media.check_finite("x", np.array([[np.nan, 1.0]], np.float32))
+
+
+def test_writers_refuse_nan(tmp_path):
+    frames = np.zeros((2, 4, 4, 3))
+    frames[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="frames has 1 non-finite value"):
+        media.write_video(tmp_path / "a.gif", frames, 10)
+    with pytest.raises(ValueError, match="audio has 1 non-finite value"):
+        media.write_wav(tmp_path / "a.wav", np.array([0.0, np.nan]), 8000)
+
+
+def test_nan_audio_in_a_video_file_is_refused(tmp_path):
+    av = pytest.importorskip("av")
+    path = tmp_path / "nan.mkv"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("h264", rate=10)
+        video.width = video.height = 16
+        video.pix_fmt = "yuv420p"
+        sound = container.add_stream("pcm_f32le", rate=8000, layout="mono")
+        for index in range(2):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+            frame.pts = index
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        samples = np.zeros((1, 1600), np.float32)
+        samples[0, 5:8] = np.nan  # A float codec stores NaN as it is.
+        frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        frame.pts = 0
+        container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    with pytest.raises(ValueError, match=r"nan\.mkv.*its audio has 3 non-finite values"):
+        media.read_video(path)
+
+
+# ---------------------------------------------------------------------------
+# Output extensions
+# ---------------------------------------------------------------------------
+
+
+def test_check_image_suffix():
+    for name in ("a.png", "a.JPG", "a.webp", "a.tif"):
+        media.check_image_suffix(name)
+    # .xbm is a Pillow writer, of 1-bit images only; .txt none at all.
+    for name in ("a.xbm", "a.txt", "noextension"):
+        with pytest.raises(ValueError, match=rf"{name}.*Pillow writes no RGB image"):
+            media.check_image_suffix(name)
+
+
+def test_write_video_refuses_other_extensions_before_writing(tmp_path):
+    frames = np.zeros((2, 4, 4, 3), np.uint8)
+    media.check_video_suffix("a.MKV")
+    with pytest.raises(ValueError, match=r"out\.webm.*one of \.mp4.*got '\.webm'"):
+        media.write_video(tmp_path / "out.webm", frames, 10)
+    assert not (tmp_path / "out.webm").exists()
+
+
+def test_mp4_audio_at_a_rate_aac_cannot_code_is_resampled(tmp_path):
+    # The video model's rate at 30 fps: 30 * 1920 = 57600 Hz, not an AAC rate.
+    pytest.importorskip("av")
+    frames = np.zeros((30, 16, 16, 3), np.uint8)
+    rate = 57600
+    tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(rate) / rate)
+    media.write_video(tmp_path / "a.mp4", frames, 30, tone[:, None], rate)
+    _, _, sound, sound_rate = media.read_video(tmp_path / "a.mp4")
+    assert sound_rate == 64000
+    assert len(sound) == pytest.approx(sound_rate, abs=2)  # Still one second.
+    want = 0.5 * np.sin(2 * np.pi * 200 * np.arange(len(sound)) / sound_rate)
+    assert np.abs(sound[:, 0] - want).mean() < 0.03

@@ -190,6 +190,20 @@ def test_bad_arguments_fail_early():
         wrong(image, image)
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e39])  # 1e39 is Inf in float32.
+def test_non_finite_images_are_refused_before_any_tile(bad):
+    calls = []
+    estimator = _estimator(lambda tiles: calls.append(tiles) or np.zeros(tiles.shape[:-2] + (2,)))
+    image = np.zeros((20, 20, 3))
+    broken = image.copy()
+    broken[3, 4, :2] = bad
+    with pytest.raises(ValueError, match=r"^image1 has 2 non-finite values \(NaN or Inf\)\.$"):
+        estimator(broken, image)
+    with pytest.raises(ValueError, match=r"^image2 has 2 non-finite values"):
+        estimator(image, broken)
+    assert not calls
+
+
 # ---------------------------------------------------------------------------
 # The real (small) model
 # ---------------------------------------------------------------------------

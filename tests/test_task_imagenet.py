@@ -87,6 +87,29 @@ def test_preprocess_rejects_bad_images():
         imagenet.preprocess(np.zeros((10, 10, 3), bool))
 
 
+def test_non_finite_images_are_refused_before_the_model_runs(classifiers, monkeypatch):
+    classifier = classifiers["imagenet_fourier"]
+
+    def run(*args):
+        raise AssertionError("the model ran on bad input")
+
+    monkeypatch.setattr(classifier, "_probabilities", run)
+    image = random_image(20, 24).astype(np.float32)
+    image[0, 0] = np.nan  # In a corner the centre crop drops: refused all the same.
+    with pytest.raises(ValueError, match=r"^image has 3 non-finite values \(NaN or Inf\)\.$"):
+        classifier.classify(image)
+    with pytest.raises(ValueError, match=r"^images\[1\]: image has 3 non-finite values"):
+        classifier.classify([random_image(20, 24), image])
+    batch = np.zeros((2, 16, 16, 3), np.float32)
+    batch[1, 2, 3, 0] = np.inf
+    with pytest.raises(ValueError, match=r"^images has 1 non-finite value \(NaN or Inf\)\.$"):
+        classifier.probabilities(batch)
+    image = np.zeros((10, 10, 3))
+    image[2, 2, 1] = -np.inf
+    with pytest.raises(ValueError, match="image has 1 non-finite value"):
+        imagenet.preprocess(image)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_small_models_end_to_end(classifiers, name):
     classifier = classifiers[name]

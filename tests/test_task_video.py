@@ -240,6 +240,36 @@ def test_bad_inputs_are_rejected(autoencoder, weights):
         video_task.VideoAutoencoder(*weights, **dict(SIZES, num_classes=8))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_inputs_are_refused_before_encoding(autoencoder, monkeypatch, bad):
+    def encode(*args):
+        raise AssertionError("encoded a clip of bad input")
+
+    monkeypatch.setattr(autoencoder, "encode", encode)
+    video = random_video(4)
+    video[1, 2, 3] = bad
+    with pytest.raises(ValueError, match=r"^video has 3 non-finite values \(NaN or Inf\)\.$"):
+        autoencoder(video)
+    audio = random_audio(CLIP_SAMPLES)
+    audio[[5, 9]] = bad
+    with pytest.raises(ValueError, match=r"^audio has 2 non-finite values \(NaN or Inf\)\.$"):
+        autoencoder(random_video(4), audio)
+    with pytest.raises(ValueError, match="audio has 2 non-finite values"):
+        autoencoder.clips(random_video(4), audio[:, None])
+    # float64 values past float32's range are Inf to the model.
+    with pytest.raises(ValueError, match="audio has 1 non-finite value"):
+        autoencoder(random_video(4), np.array([0.0, 1e39]))
+
+
+def test_helpers_refuse_non_finite_inputs():
+    video = np.zeros((2, 20, 16, 3), np.float32)
+    video[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="video has 1 non-finite value"):
+        video_task.center_crop_and_resize(video, 16)
+    with pytest.raises(ValueError, match="audio has 1 non-finite value"):
+        video_task.prepare_audio(np.array([[0.0, np.inf]]), 48000, 25)
+
+
 def test_center_crop_and_resize():
     video = np.random.default_rng(0).uniform(0, 255, (2, 20, 16, 3)).astype(np.float32)
     np.testing.assert_array_equal(video_task.center_crop_and_resize(video, 16), video[:, 2:18])

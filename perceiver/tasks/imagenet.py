@@ -29,6 +29,7 @@ from perceiver import _validation
 from perceiver import checkpoint
 from perceiver import hub
 from perceiver import labels as labels_lib
+from perceiver import media
 from perceiver import models
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -89,7 +90,8 @@ def preprocess(
       `[image_size, image_size, 3]` float32, `(pixel - MEAN_RGB) / STDDEV_RGB`.
 
     Raises:
-      ValueError: if image is not `[H, W, 3]` with H, W >= 1.
+      ValueError: if image is not `[H, W, 3]` with H, W >= 1, or holds NaN
+        or Inf.
       TypeError: if image is not numeric.
     """
     _validation.check_rank("image", image, (3,), "[H, W, 3] RGB")
@@ -100,6 +102,8 @@ def preprocess(
         np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)
     ):
         raise TypeError(f"image must hold numbers in 0..255; got dtype {image.dtype}.")
+    # The whole image, not just the crop: NaN anywhere means a broken input.
+    media.check_finite("image", image)
     _validation.check_positive_int("image_size", image_size)
     crop = center_crop(image, crop_fraction).astype(np.float32)
     if crop.shape[:2] != (image_size, image_size):
@@ -230,6 +234,11 @@ class ImageClassifier:
         Args:
           images: one `[H, W, 3]` image (0..255), a sequence of them (any
             sizes), or an already preprocessed batch `[N, S, S, 3]` float32.
+
+        Raises:
+          ValueError: for images of a bad shape, or holding NaN or Inf
+            (before the model runs).
+          TypeError: for non-numeric images.
         """
         want = (self.image_size, self.image_size, 3)
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -239,12 +248,18 @@ class ImageClassifier:
                     f"got shape {images.shape} (pass a list of raw images instead)."
                 )
             batch = images.astype(np.float32)
+            media.check_finite("images", batch)
         else:
             if isinstance(images, np.ndarray) or not isinstance(images, Sequence):
                 images = [images]  # One image (an array, or e.g. a PIL image).
             batch = np.zeros((len(images),) + want, np.float32)
             for i, image in enumerate(images):
-                batch[i] = self.preprocess(image)
+                try:
+                    batch[i] = self.preprocess(image)
+                except ValueError as e:
+                    if len(images) == 1:
+                        raise
+                    raise ValueError(f"images[{i}]: {e}") from e
         out = []
         for first in range(0, len(batch), self.batch_size):
             chunk = batch[first : first + self.batch_size]
@@ -268,6 +283,9 @@ class ImageClassifier:
 
         Returns:
           One list per image (a list of one for a single image).
+
+        Raises:
+          ValueError, TypeError: as `probabilities`, and for top_k < 1.
         """
         _validation.check_positive_int("top_k", top_k)
         results = []

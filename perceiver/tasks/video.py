@@ -26,6 +26,7 @@ from perceiver import _validation
 from perceiver import checkpoint
 from perceiver.tasks import _loading
 from perceiver import labels as labels_lib
+from perceiver import media
 from perceiver import models
 
 # Output queries (image and audio together) decoded per call. For the
@@ -116,11 +117,12 @@ def center_crop_and_resize(video, image_size: int = 224) -> np.ndarray:
       clipped to their range), so uint8 frames stay uint8 in 0..255.
 
     Raises:
-      ValueError: if `video` is not rank 4.
+      ValueError: if `video` is not rank 4, or holds NaN or Inf.
     """
     _validation.check_rank("video", video, (4,), "[T, H, W, C]")
     _validation.check_positive_int("image_size", image_size)
     video = np.asarray(video)
+    media.check_finite("video", video)
     height, width = video.shape[1:3]
     side = min(height, width)
     top = height // 2 - side // 2
@@ -158,12 +160,14 @@ def prepare_audio(
       mono float32 `[S']`, S' = round(S * fps * samples_per_frame / sample_rate).
 
     Raises:
-      ValueError: for audio of another rank, or rates that are not positive.
+      ValueError: for audio of another rank or holding NaN or Inf, or rates
+        that are not positive.
     """
     _validation.check_rank("audio", audio, (1, 2), "[S] or [S, channels]")
     if not (sample_rate > 0 and fps > 0):
         raise ValueError(f"sample_rate and fps must be > 0; got {sample_rate} and {fps}.")
     audio = np.asarray(audio, np.float32)
+    media.check_finite("audio", audio)
     mono = audio.mean(axis=1) if audio.ndim == 2 else audio
     target = fps * samples_per_frame
     if math.isclose(target, sample_rate) or mono.size == 0:
@@ -387,6 +391,7 @@ class VideoAutoencoder:
             raise TypeError(
                 f"video must be uint8 (0..255) or float (0..1); got dtype {video.dtype}."
             )
+        media.check_finite("video", video)
         low, high = float(np.min(video)), float(np.max(video))
         # Catches frames on the 0..255 scale passed as floats.
         if not (-0.5 <= low and high <= 1.5):
@@ -408,6 +413,9 @@ class VideoAutoencoder:
             )
         if not np.issubdtype(audio.dtype, np.floating):
             raise TypeError(f"audio must be float in [-1, 1]; got dtype {audio.dtype}.")
+        # Checked in float32, which the model reads (1e39 is Inf there).
+        with np.errstate(over="ignore"):
+            media.check_finite("audio", audio.astype(np.float32, copy=False))
         return audio
 
     def clips(
@@ -423,8 +431,8 @@ class VideoAutoencoder:
           One `ClipReconstruction` per clip of num_frames (16) frames, in order.
 
         Raises:
-          ValueError, TypeError: for inputs of the wrong shape or dtype (before
-            anything is computed).
+          ValueError, TypeError: for inputs of the wrong shape or dtype, or
+            holding NaN or Inf (before anything is computed).
         """
         # Checked here, not in the generator, so that bad input fails at the call.
         video = self._check_video(video)
@@ -477,7 +485,8 @@ class VideoAutoencoder:
           A `VideoReconstruction`.
 
         Raises:
-          ValueError, TypeError: for inputs of the wrong shape or dtype.
+          ValueError, TypeError: for inputs of the wrong shape or dtype, or
+            holding NaN or Inf (before anything is computed).
         """
         _validation.check_positive_int("top_k", top_k)
         clips = list(self.clips(video, audio, progress=progress))
