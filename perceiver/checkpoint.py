@@ -517,12 +517,14 @@ def differences_error(header: str, differences: List[str], shown: int = 12) -> C
     The full list is the error's `differences` attribute; the message stays
     short (a few thousand characters at most) however many there are.
     """
-    kinds: Dict[str, int] = {}
+    kinds: Dict[str, List[str]] = {}
     for line in differences:
-        kind = line.split(" ", 1)[0].rstrip(":")
-        kinds[kind] = kinds.get(kind, 0) + 1
-    counts = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
-    lines = [line if len(line) <= 160 else line[:160] + "..." for line in differences[:shown]]
+        kinds.setdefault(line.split(" ", 1)[0].rstrip(":"), []).append(line)
+    counts = ", ".join(f"{len(lines)} {kind}" for kind, lines in sorted(kinds.items()))
+    # A few of each kind, so that one kind of damage does not hide another.
+    each = max(1, shown // max(1, len(kinds)))
+    lines = [line for _, group in sorted(kinds.items()) for line in group[:each]]
+    lines = [line if len(line) <= 160 else line[:160] + "..." for line in lines]
     more = len(differences) - len(lines)
     tail = [f"... and {more} more (the error's .differences lists all)"] if more > 0 else []
     return CheckpointError(

@@ -9,16 +9,19 @@
     perceiver list | fetch NAME | check NAME
 
 Bad input (a missing or unreadable file, frames of different sizes, an
-unknown checkpoint) ends with one line on stderr and exit status 2, never a
-traceback.
+unknown checkpoint, an output path that cannot be written) ends with one line
+on stderr and exit status 2, never a traceback; Ctrl-C with
+"perceiver: interrupted" and status 130. Output paths are checked before any
+computing, and outputs are written whole or not at all.
 """
 
 import argparse
 import json
 import os
 import pathlib
+import secrets
 import sys
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,7 +72,8 @@ def _cmd_list(args) -> str:
 def _cmd_fetch(args) -> str:
     from perceiver import hub
 
-    return str(hub.fetch(args.name, cache_dir=args.cache_dir))
+    # --force replaces a cached file that fails to load; a download is checked before it is kept.
+    return str(hub.fetch(args.name, cache_dir=args.cache_dir, force=args.force))
 
 
 def _cmd_check(args) -> str:
@@ -89,8 +93,111 @@ def _cmd_check(args) -> str:
 
 
 # ---------------------------------------------------------------------------
+# Output files: checked before computing, written whole or not at all
+# ---------------------------------------------------------------------------
+
+# (option, path, kind): kind "image" or "video" checks the extension against
+# media.write_image's or media.write_video's; None takes any name.
+_Output = Tuple[str, Optional[str], Optional[str]]
+
+
+def _check_output(option: str, path: str, kind: Optional[str] = None) -> None:
+    """Fails now, before any computing, if `path` cannot be written.
+
+    Raises:
+      UserError: naming the option, if path is a directory or another
+        non-regular file, its folder is missing or not writable, or (for
+        kind "image" or "video") the writer does not know its extension.
+    """
+    from perceiver import media
+
+    target = os.path.realpath(path)
+    if os.path.isdir(target):
+        raise UserError(f"{option} {path} is a directory; give a file name")
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise UserError(f"{option} {path} exists and is not a regular file")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise UserError(f"{option} {path}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {path}: the folder {folder} is not writable")
+    try:
+        if kind == "image":
+            media.check_image_suffix(path)
+        elif kind == "video":
+            media.check_video_suffix(path)
+    except ValueError as e:
+        raise UserError(f"{option}: {e}") from None
+
+
+def _check_outputs(outputs: Sequence[_Output]) -> None:
+    """`_check_output` on each output given (path not None), and that no two are one file."""
+    seen: Dict[str, str] = {}
+    for option, path, kind in outputs:
+        if path is None:
+            continue
+        _check_output(option, path, kind)
+        target = os.path.realpath(path)
+        if target in seen:
+            raise UserError(f"{seen[target]} and {option} both name {path}; give two files")
+        seen[target] = option
+
+
+def _check_output_folder(option: str, folder: str, names: Sequence[str]) -> None:
+    """Fails now if `folder` cannot be made or its files `names` cannot be written."""
+    if os.path.exists(folder):
+        if not os.path.isdir(folder):
+            raise UserError(f"{option} {folder} exists and is not a folder")
+        _check_outputs([(option, os.path.join(folder, name), None) for name in names])
+        return
+    parent = os.path.dirname(os.path.abspath(folder))
+    while not os.path.exists(parent):  # makedirs makes every missing level.
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"{option} {folder}: cannot make it in {parent} (not a writable folder)")
+
+
+def _write_all(writes: Sequence[Tuple[str, Callable[[str], None]]]) -> None:
+    """Writes each file under a temporary name beside it, then renames them all into place.
+
+    A failure (or Ctrl-C) before the renames removes the temporary files, so
+    no output is left half-written.
+
+    Args:
+      writes: `(path, write)` pairs; `write(temporary_path)` writes the file.
+        The temporary name keeps the path's extension, from which the image
+        and video writers take the format.
+    """
+    staged = []
+    try:
+        for path, write in writes:
+            target = os.path.realpath(path)
+            folder, name = os.path.split(target)
+            stem, suffix = os.path.splitext(name)
+            temporary = os.path.join(folder, f".{stem}.{secrets.token_hex(4)}.part{suffix}")
+            staged.append((temporary, target))
+            try:
+                write(temporary)
+            except (ValueError, OSError) as e:
+                # The writer named the file it was given; name the output.
+                raise UserError(_one_line(e).replace(temporary, path)) from e
+        for temporary, target in staged:
+            os.replace(temporary, target)
+    finally:
+        for temporary, _ in staged:
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+
+
+# ---------------------------------------------------------------------------
 # Tasks
 # ---------------------------------------------------------------------------
+
+
+def _check_positive(option: str, value: Optional[int], least: int = 1) -> None:
+    """Fails now, before any model is loaded, unless `value` is None or >= `least`."""
+    if value is not None and value < least:
+        raise UserError(f"{option} must be >= {least}; got {value}")
 
 
 def _read_image(path: str) -> np.ndarray:
@@ -169,12 +276,16 @@ def _flow_estimator(checkpoint: Optional[str], cache_dir: Optional[str]):
     return flow_lib.OpticalFlow.from_pretrained(source, cache_dir=cache_dir, **_task_options(source))
 
 
+_DEMO_IMAGES = ("frame1.png", "frame2.png", "flow.png", "true_flow.png")
+
+
 def _cmd_demo(args) -> str:
     """Flow of a synthetic pair whose true flow is known, with its error."""
     from perceiver import media
     from perceiver.tasks import flow as flow_lib
     from perceiver.train import synthetic_flow
 
+    _check_output_folder("-o", args.outdir, _DEMO_IMAGES + ("flow.flo",))
     scene = _sidecar(_bundled_flow_model()).get("scene", {})
     spec = synthetic_flow.FlowSceneSpec(image_shape=(96, 128), **scene)
     pair = synthetic_flow.make_pair(spec, seed=args.seed, index=0)
@@ -182,25 +293,27 @@ def _cmd_demo(args) -> str:
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
     flow = estimator(frames[0], frames[1], progress=True)
     truth, valid = pair["flow"], pair["valid"]
-    os.makedirs(args.outdir, exist_ok=True)
-    names = {
-        "frame1.png": frames[0],
-        "frame2.png": frames[1],
-        "flow.png": flow_lib.flow_to_color(flow),
-        "true_flow.png": flow_lib.flow_to_color(truth),
-    }
+    # One colour scale for both flows, so that they can be compared.
     max_flow = float(np.linalg.norm(truth, axis=-1).max())
-    names["flow.png"] = flow_lib.flow_to_color(flow, max_flow=max_flow)
-    names["true_flow.png"] = flow_lib.flow_to_color(truth, max_flow=max_flow)
-    for name, image in names.items():
-        media.write_image(os.path.join(args.outdir, name), image)
-    flow_lib.write_flo(os.path.join(args.outdir, "flow.flo"), flow)
+    images = dict(zip(_DEMO_IMAGES, (
+        frames[0],
+        frames[1],
+        flow_lib.flow_to_color(flow, max_flow=max_flow),
+        flow_lib.flow_to_color(truth, max_flow=max_flow),
+    )))
+    os.makedirs(args.outdir, exist_ok=True)
+    writes = [
+        (os.path.join(args.outdir, name), lambda p, image=image: media.write_image(p, image))
+        for name, image in images.items()
+    ]
+    writes.append((os.path.join(args.outdir, "flow.flo"), lambda p: flow_lib.write_flo(p, flow)))
+    _write_all(writes)
     error = flow_lib.end_point_error(flow, truth, valid)
     baseline = flow_lib.end_point_error(np.zeros_like(truth), truth, valid)
     return (
         f"synthetic pair 128x96 with known motion (seed {args.seed}): end-point error "
         f"{error:.2f} px, against {baseline:.2f} px for zero flow\n"
-        f"wrote {', '.join(names)} and flow.flo to {args.outdir}"
+        f"wrote {', '.join(_DEMO_IMAGES)} and flow.flo to {args.outdir}"
     )
 
 
@@ -208,6 +321,7 @@ def _cmd_flow(args) -> str:
     from perceiver import media
     from perceiver.tasks import flow as flow_lib
 
+    _check_outputs([("-o", args.output, "image"), ("--flo", args.flo, None)])
     first, second = _read_image(args.frame1), _read_image(args.frame2)
     if first.shape != second.shape:
         raise UserError(
@@ -216,11 +330,12 @@ def _cmd_flow(args) -> str:
         )
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
     flow = estimator(first, second, progress=True)
-    media.write_image(args.output, flow_lib.flow_to_color(flow))
-    written = [args.output]
+    color = flow_lib.flow_to_color(flow)
+    writes = [(args.output, lambda p: media.write_image(p, color))]
     if args.flo:
-        flow_lib.write_flo(args.flo, flow)
-        written.append(args.flo)
+        writes.append((args.flo, lambda p: flow_lib.write_flo(p, flow)))
+    _write_all(writes)
+    written = [path for path, _ in writes]
     magnitude = np.linalg.norm(flow, axis=-1)
     return (
         f"flow {flow.shape[1]}x{flow.shape[0]}: mean |flow| {magnitude.mean():.2f} px, "
@@ -238,12 +353,23 @@ def _cmd_autoencode(args) -> str:
     from perceiver import media
     from perceiver.tasks import video as video_lib
 
+    _check_outputs([
+        ("-o", args.output, "video"),
+        ("--audio-out", args.audio_out, None),
+        ("--labels-out", args.labels_out, None),
+    ])
+    _check_positive("--top-k", args.top_k)
+    _check_positive("--max-frames", args.max_frames)
+    # One image and one audio query per decode call at least.
+    _check_positive("--chunk-size", args.chunk_size, least=2)
     if not os.path.exists(args.video):
         raise UserError(f"no such video: {args.video}")
     frames, fps, audio, rate = media.read_video(args.video, max_frames=args.max_frames)
+    if not fps > 0:
+        raise UserError(f"{args.video} gives no frame rate, which its audio and output need")
     source = _checkpoint_source(args.checkpoint, "video_autoencoding")
     options = _task_options(source)
-    if args.chunk_size:
+    if args.chunk_size is not None:
         options["chunk_size"] = args.chunk_size
     model = video_lib.VideoAutoencoder.from_pretrained(source, cache_dir=args.cache_dir, **options)
     frames = video_lib.center_crop_and_resize(frames, model.image_size)
@@ -251,21 +377,31 @@ def _cmd_autoencode(args) -> str:
         audio = video_lib.prepare_audio(audio, rate, fps, model.audio_samples_per_frame)
         # Containers often hold a little more audio than video; keep what the frames span.
         audio = audio[: len(frames) * model.audio_samples_per_frame]
+        if audio.size == 0:
+            audio = None  # An audio track without samples: reconstruct silence.
     result = model(frames, audio, top_k=args.top_k, progress=True)
+    # The model's raw outputs overshoot their nominal ranges a little; the
+    # writers take [0, 1] frames and [-1, 1] audio.
     video = np.clip(result.video, 0.0, 1.0)
+    sound = np.clip(result.audio, -1.0, 1.0)
     out_rate = int(round(fps * model.audio_samples_per_frame))
     with_audio = audio is not None and not args.output.lower().endswith(".gif")
-    media.write_video(
-        args.output,
+    writes = [(args.output, lambda p: media.write_video(
+        p,
         video,
         fps,
-        audio=result.audio[:, None] if with_audio else None,
+        audio=sound[:, None] if with_audio else None,
         sample_rate=out_rate if with_audio else None,
-    )
-    written = [args.output]
+    ))]
     if args.audio_out:
-        media.write_wav(args.audio_out, np.clip(result.audio, -1.0, 1.0), out_rate)
-        written.append(args.audio_out)
+        writes.append((args.audio_out, lambda p: media.write_wav(p, sound, out_rate)))
+    if args.labels_out:
+        clips = [
+            {"start_frame": int(start), "labels": [[n, float(p)] for n, p in labels]}
+            for start, labels in zip(result.clip_starts, result.labels)
+        ]
+        writes.append((args.labels_out, lambda p: _write_json(p, clips)))
+    _write_all(writes)
     lines = [f"{len(frames)} frames in {len(result.labels)} clip(s)"]
     lines.append(f"image PSNR {video_lib.psnr(video, frames.astype(np.float32) / 255.0):.2f} dB")
     if audio is not None:
@@ -273,13 +409,7 @@ def _cmd_autoencode(args) -> str:
     for start, labels in zip(result.clip_starts, result.labels):
         top = ", ".join(f"{name} ({p:.2f})" for name, p in labels)
         lines.append(f"clip at frame {start}: {top}")
-    if args.labels_out:
-        _write_json(args.labels_out, [
-            {"start_frame": int(start), "labels": [[n, float(p)] for n, p in labels]}
-            for start, labels in zip(result.clip_starts, result.labels)
-        ])
-        written.append(args.labels_out)
-    lines.append(f"wrote {', '.join(written)}")
+    lines.append(f"wrote {', '.join(path for path, _ in writes)}")
     return "\n".join(lines)
 
 
@@ -292,6 +422,7 @@ def _write_json(path: str, value) -> None:
 def _cmd_fill_mask(args) -> str:
     from perceiver.tasks import text as text_lib
 
+    _check_outputs([("--json", args.json, None)])
     spans = [text_lib.spans_from_placeholder(t, args.placeholder) for t in args.texts]
     empty = [t for t, s in zip(args.texts, spans) if not s]
     if empty:
@@ -302,7 +433,7 @@ def _cmd_fill_mask(args) -> str:
     )
     results = model.fill(list(args.texts), spans)
     if args.json:
-        _write_json(args.json, [
+        filled = [
             {
                 "input": r.input,
                 "text": r.text,
@@ -318,13 +449,16 @@ def _cmd_fill_mask(args) -> str:
                 ],
             }
             for r in results
-        ])
+        ]
+        _write_all([(args.json, lambda p: _write_json(p, filled))])
     return "\n".join(r.text for r in results)
 
 
 def _cmd_classify(args) -> str:
     from perceiver.tasks import imagenet as imagenet_lib
 
+    _check_outputs([("--json", args.json, None)])
+    _check_positive("--top-k", args.top_k)
     images = [_read_image(path) for path in args.images]
     source = _checkpoint_source(args.checkpoint, "imagenet_conv")
     model = imagenet_lib.ImageClassifier.from_pretrained(
@@ -332,10 +466,11 @@ def _cmd_classify(args) -> str:
     )
     results = model.classify(images, top_k=args.top_k)
     if args.json:
-        _write_json(args.json, [
+        classes = [
             {"image": path, "labels": [[name, float(p)] for name, p in labels]}
             for path, labels in zip(args.images, results)
-        ])
+        ]
+        _write_all([(args.json, lambda p: _write_json(p, classes))])
     lines = []
     for path, labels in zip(args.images, results):
         lines.append(path)
@@ -364,6 +499,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(command, help=text)
         sub.add_argument("name", help="checkpoint name (see `perceiver list`)")
         _add_cache_dir(sub)
+        if command == "fetch":
+            sub.add_argument(
+                "--force", action="store_true", help="download again even if cached (replaces a bad file)"
+            )
 
     sub = commands.add_parser("flow", help="optical flow between two images")
     sub.add_argument("frame1", help="first image (PNG, JPEG, ...)")
@@ -438,7 +577,18 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Runs one `perceiver` command: exit status 0, 2 for bad input, 130 for Ctrl-C."""
+    try:
+        return _main(list(sys.argv[1:] if argv is None else argv))
+    except KeyboardInterrupt:
+        # The user stopped it: say so in one line, as a shell would, without
+        # a traceback. Covers `perceiver train` too, which reports its own
+        # errors.
+        print("perceiver: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str]) -> int:
     if argv[:1] == ["train"]:
         # Training has its own parser (recipes, KEY=VALUE overrides).
         from perceiver.train import main as train_main

@@ -2,8 +2,9 @@
 
 `CHECKPOINTS` names each published file and the `perceiver.models` factory
 (by name, so that this module stays free of jax) whose model it fits.
-`fetch` downloads a checkpoint once into a cache directory and returns its
-path; read it with `perceiver.checkpoint.load`.
+`fetch` downloads a checkpoint once into a cache directory, keeps it only
+if it reads as the published model's checkpoint (`check_checkpoint`), and
+returns its path; read it with `perceiver.checkpoint.load`.
 
 Environment:
   PERCEIVER_CACHE: the cache directory (default ~/.cache/perceiver).
@@ -15,15 +16,22 @@ import dataclasses
 import http.client
 import os
 import pathlib
+import re
 import secrets
 import sys
+import time
 import types
 import urllib.error
 import urllib.request
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 BASE_URL = "https://storage.googleapis.com/perceiver_io"
 _CHUNK = 1 << 20
+# At most this many characters of what a server sent go into a message.
+_MAX_QUOTED = 200
+# A temporary file no download has written to for this long was left by a
+# killed one (a live download writes at least once per read timeout).
+_STALE_PART_SECONDS = 6 * 3600
 
 
 class FetchError(RuntimeError):
@@ -154,11 +162,18 @@ def fetch(
     cache_dir: Union[str, "os.PathLike[str]", None] = None,
     progress: bool = True,
     timeout: float = 60,
+    force: bool = False,
+    verify: Optional[Callable[[pathlib.Path], Any]] = None,
 ) -> pathlib.Path:
     """The local path of a checkpoint, downloading it on first use.
 
     A registry name is looked up in the cache and, when absent, downloaded
-    into a temporary file beside it that is renamed into place once complete.
+    into a temporary file beside it. The download is checked (status, length,
+    type and encoding, then its content with `verify`) and only then renamed
+    into place, so the cache never holds a bad file. A cached file is not
+    read again: if one is damaged, `fetch(name, force=True)` (or
+    `perceiver fetch NAME --force`) replaces it. Temporary files of this name
+    left by killed downloads are removed once older than a few hours.
 
     Args:
       name_or_path: a name in `CHECKPOINTS`, or the path of an existing file
@@ -166,14 +181,20 @@ def fetch(
       cache_dir: where checkpoints are kept (default `cache_dir()`).
       progress: show a progress bar on stderr while downloading.
       timeout: seconds to wait for the connection and for each read.
+      force: download again even when the file is cached; the cached file is
+        replaced only once the new one passes the checks.
+      verify: called with the downloaded file's path before it is kept; it
+        raises ValueError (e.g. `perceiver.checkpoint.CheckpointError`) to
+        refuse it. Default: `check_checkpoint(path, entry)`, the published
+        model's parameter tree.
 
     Raises:
       ValueError: if `name_or_path` is neither a known name nor a file.
       FileNotFoundError: if it is a path (os.PathLike, or a str with a path
         separator) to no file.
-      FetchError: if the download fails; nothing is left under the final
-        name, and the message gives the URL and the path to put the file at
-        by hand.
+      FetchError: if the download fails, is refused, or cannot be saved;
+        nothing is left under the final name (a cached file is kept), and the
+        message gives the URL and the path to put the file at by hand.
     """
     if isinstance(name_or_path, str) and name_or_path in CHECKPOINTS:
         entry = CHECKPOINTS[name_or_path]
@@ -194,15 +215,81 @@ def fetch(
     else:
         directory = pathlib.Path(cache_dir).expanduser()
     target = directory / entry.filename
-    if target.is_file():
+    _remove_stale_parts(directory, entry.filename)
+    if target.is_file() and not force:
         return target
     url = _url(entry)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise _fetch_error(entry, url, target, e) from e
-    _download(entry, url, target, progress, timeout)
+        raise _save_error(entry, url, target, e) from e
+    if verify is None:
+        verify = lambda path: check_checkpoint(path, entry)  # noqa: E731
+    _download(entry, url, target, progress, timeout, verify)
     return target
+
+
+def check_checkpoint(
+    path: Union[str, "os.PathLike[str]"],
+    entry: Union[Checkpoint, str],
+    expected: Optional[Tuple[Mapping, Mapping]] = None,
+) -> None:
+    """Checks that a file reads as a checkpoint of `entry`'s model.
+
+    Args:
+      path: the file.
+      entry: the registry entry (or its name) the file should be.
+      expected: `(params, state)` trees of arrays or shapes to compare with.
+        Default: the published model's, from `perceiver.models.parameter_shapes`;
+        without jax installed, only that the file reads as a checkpoint.
+
+    Raises:
+      perceiver.checkpoint.CheckpointError: if the file is not a readable
+        checkpoint, or its trees differ from `expected`.
+    """
+    # Imported here: this module must stay importable without numpy and jax.
+    from perceiver import checkpoint
+
+    if isinstance(entry, str):
+        entry = get(entry)
+    params, state = checkpoint.load(path)  # First: a bad file fails before the model is built.
+    if expected is None:
+        try:
+            from perceiver import models
+        except ImportError:
+            return
+        expected = models.parameter_shapes(entry.factory, **entry.factory_kwargs)
+    want_params, want_state = expected
+    checkpoint.check_tree(want_params, params, "params")
+    checkpoint.check_tree(want_state, state, "state")
+
+
+def refetch_hint(name: str) -> str:
+    """How to replace the cached checkpoint `name`, for messages about a bad one."""
+    return f"run `perceiver fetch {name} --force` to download it again (or delete the file)"
+
+
+def bad_cache_error(name: str, path: "os.PathLike[str]", error: Exception) -> Exception:
+    """A `CheckpointError` for a cached file of `name` that failed to load with `error`.
+
+    Its message names the file and says how to replace it, then gives
+    `error`'s; `error`'s attributes (e.g. `differences`) are kept.
+    """
+    from perceiver import checkpoint
+
+    # Downloads are checked, so a bad cached file was damaged later or is
+    # older than the checks.
+    new = checkpoint.CheckpointError(
+        f"the cached checkpoint {name!r} at {path} cannot be used: {refetch_hint(name)}.\n{error}"
+    )
+    new.__dict__.update(error.__dict__)
+    return new
+
+
+def _clip(text: Any, limit: int = _MAX_QUOTED) -> str:
+    """`text` on one line and at most `limit` characters: servers can send anything."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fetch_error(entry: Checkpoint, url: str, target: pathlib.Path, reason: Any) -> FetchError:
@@ -212,54 +299,157 @@ def _fetch_error(entry: Checkpoint, url: str, target: pathlib.Path, reason: Any)
     )
 
 
-def _download(entry: Checkpoint, url: str, target: pathlib.Path, progress: bool, timeout: float):
-    """Downloads `url` to `target` through a temporary file; never leaves a partial file."""
+def _save_error(entry: Checkpoint, url: str, target: pathlib.Path, error: OSError) -> FetchError:
+    return FetchError(
+        f"could not save checkpoint {entry.name!r} from {url} as {target}: {_clip(error)}\n"
+        "Choose a writable cache (PERCEIVER_CACHE, cache_dir or --cache-dir), "
+        f"or download it by hand and save it as {target}"
+    )
+
+
+def _remove_stale_parts(directory: pathlib.Path, filename: str) -> None:
+    """Removes `filename`'s temporary files that no download has written to for hours."""
+    # A live download writes at least once per read timeout, so its file is
+    # always fresh; an old one was left by a killed process.
+    pattern = re.compile(re.escape(filename) + r"\.[0-9a-f]{12}\.part")
+    cutoff = time.time() - _STALE_PART_SECONDS
+    try:
+        candidates = [p for p in directory.iterdir() if pattern.fullmatch(p.name)]
+    except OSError:  # No cache yet, or unreadable: nothing to clean.
+        return
+    for part in candidates:
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+        except OSError:  # Gone already (another cleaner), or read-only: harmless.
+            pass
+
+
+def _download(
+    entry: Checkpoint,
+    url: str,
+    target: pathlib.Path,
+    progress: bool,
+    timeout: float,
+    verify: Callable[[pathlib.Path], Any],
+) -> None:
+    """Downloads `url` to `target` through a checked temporary file; never leaves a bad file."""
     # A unique name, so that concurrent downloads of one file cannot clash;
     # open(..., "xb") gives it the usual permissions rather than mkstemp's 0600.
     tmp = target.with_name(f"{target.name}.{secrets.token_hex(6)}.part")
-    request = urllib.request.Request(url, headers={"User-Agent": "perceiver-io"})
+    # identity: a compressed body would be saved compressed, and fail to load.
+    headers = {"User-Agent": "perceiver-io", "Accept-Encoding": "identity"}
+    request = urllib.request.Request(url, headers=headers)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response, open(tmp, "xb") as f:
-            length = response.headers.get("Content-Length")
-            total = int(length) if length and length.isdigit() else None
-            bar = _progress_bar(total, entry.filename, progress)
-            received = 0
-            try:
-                while True:
-                    chunk = response.read(_CHUNK)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            finally:
-                bar.close()
-            # http.client returns short data rather than raising when the
-            # server closes early, so the length must be checked here.
-            if total is not None and received != total:
-                raise _fetch_error(
-                    entry, url, target, f"the transfer stopped after {received} of {total} bytes"
-                )
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            response = urllib.request.urlopen(request, timeout=timeout)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            # OSError covers URLError, HTTPError (404 ...), refused connections
+            # and timeouts; ValueError a malformed PERCEIVER_BASE_URL.
+            raise _fetch_error(entry, url, target, _clip(e)) from e
+        with response:
+            total = _check_headers(entry, url, target, response)
+            _copy(entry, url, target, response, tmp, total, progress)
+        try:
+            verify(tmp)
+        except ValueError as e:  # perceiver.checkpoint.CheckpointError is one.
+            what = _sniff(tmp) or "a file that is not this checkpoint"
+            # The temporary name means nothing to the reader: it is about to go.
+            why = str(e).replace(str(tmp), "the file")
+            raise _fetch_error(entry, url, target, f"the server sent {what} ({_clip(why)})") from e
         os.replace(tmp, target)
-    except FetchError:
+    except OSError as e:  # Only the local file is left to fail here: network errors are wrapped.
+        _remove(tmp)
+        raise _save_error(entry, url, target, e) from e
+    except BaseException:  # A FetchError, or Ctrl-C: clean up, then let it through.
         _remove(tmp)
         raise
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        # OSError covers URLError, HTTPError (404 ...), refused connections
-        # and timeouts; ValueError a malformed PERCEIVER_BASE_URL.
-        _remove(tmp)
-        raise _fetch_error(entry, url, target, e) from e
-    except BaseException:  # e.g. KeyboardInterrupt: clean up, then let it through.
-        _remove(tmp)
-        raise
+
+
+def _check_headers(entry: Checkpoint, url: str, target: pathlib.Path, response) -> Optional[int]:
+    """The announced length of a response that may be a checkpoint; else raises FetchError."""
+    final_url = response.geturl()
+    where = f" (redirected to {_clip(final_url, 100)})" if final_url and final_url != url else ""
+
+    def refuse(reason):
+        return _fetch_error(entry, url, target, reason + where)
+
+    status = getattr(response, "status", None)
+    if status is not None and status != 200:
+        raise refuse(f"the server answered {status} {_clip(response.reason, 60)}, not 200 OK")
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise refuse(
+            f"the server sent the file encoded as {_clip(encoding, 60)!r} although asked "
+            "for identity (a proxy rewriting downloads?)"
+        )
+    content_type = response.headers.get("Content-Type", "")
+    kind = content_type.split(";")[0].strip().lower()
+    main_type, _, subtype = kind.partition("/")
+    if "html" in subtype:
+        raise refuse(
+            f"the server sent an HTML page ({_clip(kind, 60)}), not a checkpoint: "
+            "a captive portal or a login page?"
+        )
+    if main_type == "text" or subtype in ("json", "xml"):
+        raise refuse(f"the server sent text ({_clip(kind, 60)}), not a checkpoint")
+    length = response.headers.get("Content-Length", "").strip()
+    # Unknown or malformed: None, and the content check decides.
+    return int(length) if length.isdigit() else None
+
+
+def _copy(entry, url, target, response, tmp: pathlib.Path, total: Optional[int], progress: bool):
+    """Writes the body to `tmp`; raises FetchError on a network failure or a short body."""
+    received = 0
+    with open(tmp, "xb") as f:
+        bar = _progress_bar(total, entry.filename, progress)
+        try:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    # Wrapped here, so that an OSError that escapes is about the local file.
+                    reason = f"the transfer failed after {received} bytes: {_clip(e)}"
+                    raise _fetch_error(entry, url, target, reason) from e
+                if not chunk:
+                    break
+                f.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        f.flush()
+        os.fsync(f.fileno())
+    # http.client returns short data rather than raising when the server
+    # closes early, so the length must be checked here.
+    if total is not None and received != total:
+        raise _fetch_error(
+            entry, url, target, f"the transfer stopped after {received} of {total} bytes"
+        )
+
+
+def _sniff(path: pathlib.Path) -> Optional[str]:
+    """What a refused file looks like, when its first bytes say so."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256).lstrip().lower()
+    except OSError:
+        return None
+    if head.startswith((b"<!doctype html", b"<html")):
+        return "an HTML page (a captive portal or a login page?)"
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip-compressed data"
+    if head.startswith(b"<"):
+        return "an XML or HTML document"
+    return None
 
 
 def _remove(path: pathlib.Path) -> None:
+    # Never raises: it runs while another error is on its way to the user
+    # (unlink fails with EROFS even for a missing file on a read-only disk).
     try:
         path.unlink()
-    except FileNotFoundError:
+    except OSError:
         pass
 
 

@@ -640,14 +640,17 @@ def pretrained(
 
     Raises:
       ValueError: for an unknown name.
-      perceiver.checkpoint.CheckpointError: if the file does not fit the model,
-        with every difference listed.
+      perceiver.checkpoint.CheckpointError: if the cached file does not read
+        or fit the model, with the differences and how to download it again.
     """
     from perceiver import hub  # Imported late: hub is only needed here.
 
     entry = hub.get(name)
     path = hub.fetch(name, cache_dir=cache_dir, progress=progress)
-    return load_for(entry.factory, path, **dict(entry.factory_kwargs))
+    try:
+        return load_for(entry.factory, path, **dict(entry.factory_kwargs))
+    except checkpoint.CheckpointError as e:
+        raise hub.bad_cache_error(name, path, e) from None  # Says how to replace the file.
 
 
 def load_for(
@@ -666,9 +669,8 @@ def load_for(
         "state: " + line for line in checkpoint.tree_differences(want_state, state)
     ]
     if differences:
-        raise checkpoint.CheckpointError(
-            f"{path} does not fit {factory}({_format_kwargs(kwargs)}) "
-            f"({len(differences)} differences):\n  " + "\n  ".join(differences)
+        raise checkpoint.differences_error(
+            f"{path} does not fit {factory}({_format_kwargs(kwargs)})", differences
         )
     model = _BUILDERS[factory](**kwargs).model
     return model, params, state

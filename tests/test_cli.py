@@ -55,7 +55,10 @@ def test_check_reports_every_difference(cache, capsys):
     assert cli.main(["check", "flow"]) == 2
     err = capsys.readouterr().err
     assert "does not fit optical_flow" in err
-    assert "mismatched perceiver_encoder/~/trainable_position_encoding/pos_embs" in err
+    # Counted by kind, a few of each shown, in one bounded line.
+    assert "422 differences: 70 mismatched, 352 missing" in err
+    assert "mismatched flow_decoder/" in err and "missing " in err
+    assert len(err.strip().splitlines()) == 1 and len(err) < 2500
 
 
 def test_console_script_entry_point():
@@ -293,3 +296,224 @@ def test_train_subcommand_is_wired(capsys):
         code = e.code
     assert code == 0
     assert "--config" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------
+# Hostile input, output paths, Ctrl-C
+# ---------------------------------------------------------------------------
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("a model was loaded before the arguments were checked")
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Every task's model loader fails the test: checks must come before them."""
+    from perceiver.tasks import imagenet, text, video
+
+    monkeypatch.setattr(cli, "_flow_estimator", _no_model)
+    for task in (video.VideoAutoencoder, text.MaskedLanguageModel, imagenet.ImageClassifier):
+        monkeypatch.setattr(task, "from_pretrained", _no_model)
+
+
+def _one_error_line(capsys, expected):
+    err = capsys.readouterr().err
+    assert err.startswith("perceiver: error: ") and err.count("\n") == 1, err
+    assert expected in err, err
+    return err
+
+
+def _inputs(tmp_path):
+    """a.png, b.png and a GIF clip in tmp_path; returns their paths."""
+    from perceiver import media
+
+    a, b = _frames(tmp_path)
+    media.write_video(tmp_path / "in.gif", np.zeros((2, 16, 16, 3), np.uint8), 10)
+    return a, b, str(tmp_path / "in.gif")
+
+
+BAD_OUTPUTS = {
+    "flow-extension": (lambda d, a, b, v: ["flow", a, b, "-o", f"{d}/f.txt"], "'.txt'"),
+    "flow-directory": (lambda d, a, b, v: ["flow", a, b, "-o", d], "is a directory"),
+    "flo-no-folder": (
+        lambda d, a, b, v: ["flow", a, b, "-o", f"{d}/f.png", "--flo", f"{d}/no/f.flo"],
+        "there is no folder",
+    ),
+    "flow-same-file": (
+        lambda d, a, b, v: ["flow", a, b, "-o", f"{d}/f.png", "--flo", f"{d}/./f.png"],
+        "-o and --flo both name",
+    ),
+    "video-extension": (lambda d, a, b, v: ["autoencode", v, "-o", f"{d}/o.webm"], "got '.webm'"),
+    "labels-directory": (
+        lambda d, a, b, v: ["autoencode", v, "-o", f"{d}/o.gif", "--labels-out", d],
+        "--labels-out",
+    ),
+    "wav-no-folder": (
+        lambda d, a, b, v: ["autoencode", v, "-o", f"{d}/o.gif", "--audio-out", f"{d}/no/o.wav"],
+        "there is no folder",
+    ),
+    "fill-json": (lambda d, a, b, v: ["fill-mask", "a__", "--json", f"{d}/no/o.json"], "--json"),
+    "classify-json": (lambda d, a, b, v: ["classify", a, "--json", d], "is a directory"),
+    "demo-file": (lambda d, a, b, v: ["demo", "-o", a], "is not a folder"),
+    "demo-under-file": (lambda d, a, b, v: ["demo", "-o", f"{a}/sub"], "cannot make it"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OUTPUTS))
+def test_outputs_are_checked_before_computing(tmp_path, cache, no_models, capsys, case):
+    argv, expected = BAD_OUTPUTS[case]
+    inputs = _inputs(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    assert cli.main(argv(str(tmp_path), *inputs)) == 2
+    _one_error_line(capsys, expected)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_output_folder_must_be_writable(tmp_path, cache, no_models, monkeypatch, capsys):
+    a, b, _ = _inputs(tmp_path)
+    # As root every folder is writable; pretend this one is not.
+    monkeypatch.setattr(cli.os, "access", lambda path, mode: path != str(tmp_path))
+    assert cli.main(["flow", a, b, "-o", str(tmp_path / "f.png")]) == 2
+    _one_error_line(capsys, "is not writable")
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["autoencode", "{v}", "-o", "{d}/o.gif", "--top-k", "0"], "--top-k must be >= 1; got 0"),
+        (["autoencode", "{v}", "-o", "{d}/o.gif", "--max-frames", "-1"], "--max-frames must be >= 1"),
+        (["autoencode", "{v}", "-o", "{d}/o.gif", "--chunk-size", "0"], "--chunk-size must be >= 2"),
+        (["classify", "{a}", "--top-k", "-3"], "--top-k must be >= 1; got -3"),
+        (["classify", "{d}/bomb.png"], "claims 10,000,000,000 pixels"),
+        (["flow", "{d}/bomb.png", "{a}", "-o", "{d}/f.png"], "bomb.png"),
+        (["autoencode", "{d}/silent.mp4", "-o", "{d}/o.gif"], "no video stream"),
+        (["fill-mask", ""], "no '_' placeholder"),
+    ],
+)
+def test_hostile_input_is_one_line_before_any_model(
+    tmp_path, cache, no_models, capsys, argv, expected
+):
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    a, _, v = _inputs(tmp_path)
+    # A PNG that claims 100000 x 100000 pixels and holds none.
+    (tmp_path / "bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+    if "silent.mp4" in argv[1]:
+        av = pytest.importorskip("av")
+        with av.open(str(tmp_path / "silent.mp4"), "w") as container:
+            sound = container.add_stream("aac", rate=8000, layout="mono")
+            samples = np.zeros((1, 2048), np.float32)
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 8000, 0
+            container.mux(sound.encode(frame))
+            container.mux(sound.encode(None))
+    argv = [x.format(d=tmp_path, a=a, v=v) for x in argv]
+    assert cli.main(argv) == 2
+    _one_error_line(capsys, expected)
+
+
+class _LoudAutoencoder:
+    """Stands in for the video model: returns the clip, its audio three times too loud."""
+
+    image_size = 16
+    audio_samples_per_frame = 320  # 25 fps x 320 = 8000 Hz, a rate AAC codes.
+
+    def __call__(self, frames, audio, top_k, progress):
+        from perceiver.tasks import video as video_lib
+
+        return video_lib.VideoReconstruction(
+            video=frames.astype(np.float32) / 255.0,
+            audio=3.0 * audio,
+            labels=[[("loud", 1.0)]],
+            label_probabilities=np.ones((1, 1), np.float32),
+            clip_starts=np.array([0]),
+        )
+
+
+def test_autoencode_clips_audio_beyond_one_for_the_video_too(tmp_path, cache, monkeypatch, capsys):
+    pytest.importorskip("av")
+    from perceiver import media
+    from perceiver.tasks import video as video_lib
+
+    monkeypatch.setattr(
+        video_lib.VideoAutoencoder, "from_pretrained", lambda *args, **kwargs: _LoudAutoencoder()
+    )
+    (tmp_path / "fake.pystate").write_bytes(b"")
+    tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(4000) / 8000)[:, None]
+    media.write_video(tmp_path / "in.mp4", np.zeros((12, 16, 16, 3), np.uint8), 25, tone, 8000)
+    out, wav = tmp_path / "out.mp4", tmp_path / "out.wav"
+    code = cli.main([
+        "autoencode", str(tmp_path / "in.mp4"), "-o", str(out), "--audio-out", str(wav),
+        "--checkpoint", str(tmp_path / "fake.pystate"),
+    ])
+    assert code == 0, capsys.readouterr().err
+    _, _, sound, rate = media.read_video(out)
+    assert rate == 8000 and np.abs(sound).max() > 0.9  # Clipped at full scale, not refused.
+    saved, _ = media.read_wav(wav)
+    assert saved.min() >= -1.0 and saved.max() > 0.99
+
+
+def _fake_flow(monkeypatch, flow_fn):
+    monkeypatch.setattr(cli, "_flow_estimator", lambda *args: flow_fn)
+
+
+def test_a_failed_write_leaves_no_partial_output(tmp_path, cache, monkeypatch, capsys):
+    from perceiver.tasks import flow as flow_lib
+
+    a, b = _frames(tmp_path)
+    _fake_flow(monkeypatch, lambda x, y, progress: np.zeros(x.shape[:2] + (2,), np.float32))
+
+    def full_disk(path, flow):
+        with open(path, "wb") as f:
+            f.write(b"PIEH")
+        raise OSError(28, "No space left on device", path)
+
+    monkeypatch.setattr(flow_lib, "write_flo", full_disk)
+    (tmp_path / "f.png").write_bytes(b"the previous result")
+    code = cli.main(["flow", a, b, "-o", str(tmp_path / "f.png"), "--flo", str(tmp_path / "f.flo")])
+    assert code == 2
+    err = _one_error_line(capsys, "No space left on device")
+    assert str(tmp_path / "f.flo") in err and ".part" not in err
+    # Neither output is left half-done, and the old file is untouched.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "f.png"]
+    assert (tmp_path / "f.png").read_bytes() == b"the previous result"
+
+
+@pytest.mark.parametrize("when", ["computing", "writing"])
+def test_ctrl_c_is_one_line_and_status_130(tmp_path, cache, monkeypatch, capsys, when):
+    from perceiver.tasks import flow as flow_lib
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    a, b = _frames(tmp_path)
+    if when == "computing":
+        _fake_flow(monkeypatch, interrupt)
+    else:
+        _fake_flow(monkeypatch, lambda x, y, progress: np.zeros(x.shape[:2] + (2,), np.float32))
+        monkeypatch.setattr(flow_lib, "write_flo", interrupt)
+    code = cli.main(["flow", a, b, "-o", str(tmp_path / "f.png"), "--flo", str(tmp_path / "f.flo")])
+    assert code == 130
+    assert capsys.readouterr().err == "perceiver: interrupted\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_ctrl_c_in_train_is_status_130(monkeypatch, capsys):
+    from perceiver.train import main as train_main
+
+    def interrupt(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_main, "main", interrupt)
+    assert cli.main(["train", "--config", "flow"]) == 130
+    assert capsys.readouterr().err == "perceiver: interrupted\n"

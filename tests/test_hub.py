@@ -79,6 +79,12 @@ def _payload(size=3 * 2**20 + 17):
     return bytes(range(256)) * (size // 256) + b"x" * (size % 256)
 
 
+def _accept(path):
+    # These tests are about the transfer, so any body is kept; what fetch
+    # keeps by default is tested in test_hub_downloads.py.
+    pass
+
+
 def _cache_listing(path):
     return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
@@ -180,7 +186,7 @@ def test_download_then_cache_hit(server, tmp_path):
     body = _payload()
     server.files[entry.filename] = body
 
-    path = hub.fetch("flow", progress=False, timeout=TIMEOUT)
+    path = hub.fetch("flow", progress=False, timeout=TIMEOUT, verify=_accept)
     assert path == tmp_path / "cache" / entry.filename
     assert path.read_bytes() == body
     assert server.requests == [entry.filename]
@@ -203,7 +209,7 @@ def test_explicit_cache_dir_is_created(server, tmp_path):
     entry = hub.CHECKPOINTS["mlm"]
     server.files[entry.filename] = b"weights"
     where = tmp_path / "a" / "b"
-    path = hub.fetch("mlm", cache_dir=str(where), progress=False, timeout=TIMEOUT)
+    path = hub.fetch("mlm", cache_dir=str(where), progress=False, timeout=TIMEOUT, verify=_accept)
     assert path == where / entry.filename and path.read_bytes() == b"weights"
 
 
@@ -211,7 +217,7 @@ def test_download_without_content_length(server, tmp_path):
     entry = hub.CHECKPOINTS["video_autoencoding"]
     server.files[entry.filename] = _payload(100_000)
     server.no_length.add(entry.filename)
-    path = hub.fetch("video_autoencoding", progress=False, timeout=TIMEOUT)
+    path = hub.fetch("video_autoencoding", progress=False, timeout=TIMEOUT, verify=_accept)
     assert path.read_bytes() == _payload(100_000)
 
 
@@ -219,7 +225,7 @@ def test_progress_text_without_tqdm(server, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails.
     entry = hub.CHECKPOINTS["imagenet_learned"]
     server.files[entry.filename] = _payload()
-    hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT)
+    hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "100%" in captured.err and entry.filename in captured.err
@@ -229,7 +235,7 @@ def test_progress_text_without_tqdm(server, monkeypatch, capsys):
 def test_progress_false_is_silent(server, capsys):
     entry = hub.CHECKPOINTS["imagenet_learned"]
     server.files[entry.filename] = _payload()
-    hub.fetch("imagenet_learned", progress=False, timeout=TIMEOUT)
+    hub.fetch("imagenet_learned", progress=False, timeout=TIMEOUT, verify=_accept)
     assert capsys.readouterr() == ("", "")
 
 
@@ -252,7 +258,8 @@ def test_interrupted_transfer_leaves_nothing(server, tmp_path):
 
     # A later, complete transfer succeeds.
     server.truncated.clear()
-    assert hub.fetch("imagenet_conv", progress=False, timeout=TIMEOUT).read_bytes() == _payload()
+    path = hub.fetch("imagenet_conv", progress=False, timeout=TIMEOUT, verify=_accept)
+    assert path.read_bytes() == _payload()
 
 
 def test_not_found(server, tmp_path):
@@ -299,7 +306,7 @@ def test_base_url_trailing_slash(server, monkeypatch):
     entry = hub.CHECKPOINTS["mlm"]
     server.files[entry.filename] = b"ok"
     monkeypatch.setenv("PERCEIVER_BASE_URL", server.url + "/")
-    assert hub.fetch("mlm", progress=False, timeout=TIMEOUT).read_bytes() == b"ok"
+    assert hub.fetch("mlm", progress=False, timeout=TIMEOUT, verify=_accept).read_bytes() == b"ok"
     assert server.requests == [entry.filename]
 
 
@@ -344,7 +351,7 @@ def test_progress_uses_tqdm_when_installed(server, monkeypatch):
     sys.modules["tqdm"].tqdm = FakeTqdm
     entry = hub.CHECKPOINTS["imagenet_learned"]
     server.files[entry.filename] = _payload()
-    hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT)
+    hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)
     (kind, kwargs), *rest = calls
     assert kind == "init" and kwargs["total"] == len(_payload()) and kwargs["file"] is sys.stderr
     assert sum(n for kind, n in rest if kind == "update") == len(_payload())

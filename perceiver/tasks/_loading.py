@@ -19,11 +19,17 @@ def build_from_checkpoint(
 
     Raises:
       perceiver.checkpoint.CheckpointError: if the file is not a checkpoint,
-        or `build` finds it does not fit; the message names the file.
+        or `build` finds it does not fit; the message names the file and,
+        for a cached published file, how to download it again.
     """
     path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
-    params, state = checkpoint.load(path)
     try:
-        return build(params, state)
+        params, state = checkpoint.load(path)  # Its errors name the file.
+        try:
+            return build(params, state)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{path}: {e}", e.differences) from None
     except checkpoint.CheckpointError as e:
-        raise checkpoint.CheckpointError(f"{path}: {e}") from None
+        if not (isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS):
+            raise
+        raise hub.bad_cache_error(name_or_path, path, e) from None  # Says how to replace the file.

@@ -165,7 +165,7 @@ class OpticalFlow:
           perceiver.checkpoint.CheckpointError: if the file does not fit.
           perceiver.hub.FetchError: if the download fails.
         """
-        from perceiver import hub, models
+        from perceiver import checkpoint, hub, models
 
         if isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS:
             entry = hub.get(name_or_path)
@@ -179,7 +179,12 @@ class OpticalFlow:
         estimator = cls.__new__(cls)
         estimator._setup(_tile_shape_of(sizes), min_overlap, batch_size)
         path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
-        model, params, state = models.load_for("optical_flow", path, **sizes)
+        try:
+            model, params, state = models.load_for("optical_flow", path, **sizes)
+        except checkpoint.CheckpointError as e:
+            if isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS:
+                raise hub.bad_cache_error(name_or_path, path, e) from None  # How to replace it.
+            raise
         estimator._init_model(model, params, state, sizes)
         return estimator
 

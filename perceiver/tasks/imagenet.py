@@ -212,17 +212,22 @@ class ImageClassifier:
                 )
             variant = _CHECKPOINT_VARIANTS[name]
         path = hub.fetch(name, cache_dir=cache_dir, progress=progress)
-        params, state = checkpoint.load(path)
-        candidates = models.IMAGENET_VARIANTS if variant is None else (variant,)
-        errors = []
-        for candidate in candidates:
-            try:
-                return cls(params, state, variant=candidate, batch_size=batch_size, **sizes)
-            except checkpoint.CheckpointError as e:
-                errors.append(f"as {candidate}: {e}")
-        raise checkpoint.CheckpointError(
-            f"{path} fits no ImageNet classifier:\n" + "\n".join(errors)
-        )
+        try:
+            params, state = checkpoint.load(path)
+            candidates = models.IMAGENET_VARIANTS if variant is None else (variant,)
+            errors = []
+            for candidate in candidates:
+                try:
+                    return cls(params, state, variant=candidate, batch_size=batch_size, **sizes)
+                except checkpoint.CheckpointError as e:
+                    errors.append(f"as {candidate}: {e}")
+            raise checkpoint.CheckpointError(
+                f"{path} fits no ImageNet classifier:\n" + "\n".join(errors)
+            )
+        except checkpoint.CheckpointError as e:
+            if isinstance(name, str) and name in hub.CHECKPOINTS:
+                raise hub.bad_cache_error(name, path, e) from None  # How to replace it.
+            raise
 
     def preprocess(self, image) -> np.ndarray:
         """`preprocess` (module function) at this model's image size: `[S, S, 3]` float32."""

@@ -1,0 +1,449 @@
+"""What `perceiver.hub.fetch` keeps: never a bad file, whatever the server or the disk does.
+
+Every server here listens on 127.0.0.1, answers a bounded number of requests
+and stops by itself; nothing else is ever contacted.
+"""
+
+import errno
+import gzip
+import http.server
+import os
+import pathlib
+import threading
+import time
+
+import pytest
+
+import reference_fixtures as ref
+from perceiver import checkpoint, cli, hub
+
+TIMEOUT = 2.0  # Seconds; every network wait in these tests is bounded by it.
+SMALL = pathlib.Path(__file__).parent / "data" / "reference" / "flow.pystate"
+ENTRY = hub.CHECKPOINTS["flow"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.server.requests.append((self.path, dict(self.headers)))
+        route = self.server.routes.get(self.path.lstrip("/"))
+        try:
+            if route is None:
+                self.send_error(404, "Not Found")
+            else:
+                route(self)
+        except ConnectionError:  # The client hung up on a refused body: as intended.
+            pass
+
+    def log_message(self, *args):  # Keep test output clean.
+        pass
+
+
+def _serve(httpd, stop, max_requests=20, lifetime=30.0):
+    # Bounded: stops after a few requests or seconds even if a test forgets to.
+    deadline = time.monotonic() + lifetime
+    for _ in range(max_requests):
+        if stop.is_set() or time.monotonic() > deadline:
+            break
+        httpd.handle_request()  # Returns after httpd.timeout when idle.
+
+
+@pytest.fixture
+def server(monkeypatch, tmp_path):
+    """A server on 127.0.0.1 with `routes` {filename: handler -> None}; PERCEIVER_* point at it."""
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.timeout = 0.05
+    httpd.routes, httpd.requests = {}, []
+    stop = threading.Event()
+    thread = threading.Thread(target=_serve, args=(httpd, stop), daemon=True)
+    thread.start()
+    host, port = httpd.server_address[:2]
+    httpd.url = f"http://{host}:{port}"
+    monkeypatch.setenv("PERCEIVER_BASE_URL", httpd.url)
+    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
+    try:
+        yield httpd
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        httpd.server_close()
+
+
+def _send(body, content_type="application/octet-stream", length=True, cut=None, **headers):
+    """A route answering 200 with `body`; `cut` sends only that many bytes, then hangs up."""
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        if length is True:
+            handler.send_header("Content-Length", str(len(body)))
+        elif length is not None:
+            handler.send_header("Content-Length", str(length))
+        for key, value in headers.items():
+            handler.send_header(key.replace("_", "-"), value)
+        handler.end_headers()
+        handler.wfile.write(body if cut is None else body[:cut])
+        handler.close_connection = True
+
+    return route
+
+
+def _small_tree():
+    return checkpoint.load(SMALL)
+
+
+def _verify_small(path):
+    # The small reference flow model stands in for the published one.
+    hub.check_checkpoint(path, ENTRY, expected=_small_tree())
+
+
+def _fetch(**kwargs):
+    kwargs = {"progress": False, "timeout": TIMEOUT, "verify": _verify_small, **kwargs}
+    return hub.fetch("flow", **kwargs)
+
+
+def _listing(tmp_path):
+    cache = tmp_path / "cache"
+    return sorted(os.listdir(cache)) if cache.is_dir() else []
+
+
+def _refused(tmp_path, **kwargs):
+    """The FetchError of a refused download, after checking it left nothing behind."""
+    with pytest.raises(hub.FetchError) as info:
+        _fetch(**kwargs)
+    message = str(info.value)
+    assert f"/{ENTRY.filename}" in message  # The URL ...
+    assert str(tmp_path / "cache" / ENTRY.filename) in message  # ... the target ...
+    assert "by hand" in message  # ... and the way out.
+    assert _listing(tmp_path) == []  # No checkpoint and no temporary file.
+    return message
+
+
+# ---------------------------------------------------------------------------
+# What the server sends
+# ---------------------------------------------------------------------------
+
+
+def test_a_small_checkpoint_is_kept(server, tmp_path):
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    path = _fetch()
+    assert path.read_bytes() == SMALL.read_bytes()
+    assert _listing(tmp_path) == [ENTRY.filename]
+    (_, headers), = server.requests
+    assert headers["Accept-Encoding"] == "identity"
+
+
+def test_html_page_is_refused(server, tmp_path):
+    server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html; charset=utf-8")
+    message = _refused(tmp_path)
+    assert "HTML page (text/html)" in message and "captive portal" in message
+
+
+def test_redirect_to_html_page_is_refused(server, tmp_path):
+    def redirect(handler):
+        handler.send_response(302)
+        handler.send_header("Location", f"{server.url}/login")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server.routes[ENTRY.filename] = redirect
+    server.routes["login"] = _send(b"<!DOCTYPE html><p>Wi-Fi login</p>", "text/html")
+    message = _refused(tmp_path)
+    assert "HTML page" in message and f"{server.url}/login" in message
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
+def test_text_is_refused(server, tmp_path, content_type):
+    server.routes[ENTRY.filename] = _send(b"Service unavailable", content_type)
+    assert f"text ({content_type})" in _refused(tmp_path)
+
+
+def test_html_without_its_type_is_refused_by_content(server, tmp_path):
+    server.routes[ENTRY.filename] = _send(b"  <!DOCTYPE html><html>portal</html>")
+    assert "HTML page" in _refused(tmp_path)
+
+
+def test_content_length_shorter_than_body(server, tmp_path):
+    # The lengths agree with each other, so only reading the file shows it is cut.
+    body = SMALL.read_bytes()
+    server.routes[ENTRY.filename] = _send(body, length=len(body) - 1000)
+    assert "not this checkpoint" in _refused(tmp_path)
+
+
+def test_body_cut_short_without_content_length(server, tmp_path):
+    body = SMALL.read_bytes()
+    server.routes[ENTRY.filename] = _send(body, length=None, cut=len(body) // 2)
+    assert "not this checkpoint" in _refused(tmp_path)
+
+
+def test_body_cut_short_of_content_length(server, tmp_path):
+    body = SMALL.read_bytes()
+    server.routes[ENTRY.filename] = _send(body, cut=len(body) // 2)
+    assert f"of {len(body)} bytes" in _refused(tmp_path)
+
+
+def test_gzip_encoding_is_refused(server, tmp_path):
+    body = gzip.compress(SMALL.read_bytes())
+    server.routes[ENTRY.filename] = _send(body, Content_Encoding="gzip")
+    assert "'gzip'" in _refused(tmp_path)
+
+
+def test_status_other_than_200_is_refused(server, tmp_path):
+    def partial(handler):
+        handler.send_response(203, "Non-Authoritative Information")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server.routes[ENTRY.filename] = partial
+    assert "203" in _refused(tmp_path)
+
+
+def test_checkpoint_of_another_model_is_refused(server, tmp_path):
+    other = SMALL.with_name("imagenet_fourier.pystate").read_bytes()
+    server.routes[ENTRY.filename] = _send(other)
+    assert "do not match" in _refused(tmp_path)
+
+
+def test_default_check_is_the_published_model(server, tmp_path):
+    # A real checkpoint of the small flow model is not the published flow file.
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    assert "do not match" in _refused(tmp_path, verify=None)
+
+
+def test_messages_quote_at_most_200_characters_of_the_server(server, tmp_path):
+    noise = "x" * 5000
+    server.routes[ENTRY.filename] = _send(b"hello", "text/" + noise)
+
+    def long_reason(handler):
+        handler.send_response(500, "Broken " + noise)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    assert len(_refused(tmp_path)) < 600
+    server.routes[ENTRY.filename] = long_reason
+    assert len(_refused(tmp_path)) < 600
+
+
+# ---------------------------------------------------------------------------
+# What the disk does, and Ctrl-C
+# ---------------------------------------------------------------------------
+
+
+def _assert_save_error(info, server, target):
+    message = str(info.value)
+    assert f"{server.url}/{ENTRY.filename}" in message
+    assert str(target) in message
+    assert "by hand" in message and "writable" in message
+
+
+def test_cache_that_cannot_be_created(server, tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("not a directory")
+    cache = tmp_path / "file" / "cache"
+    monkeypatch.setenv("PERCEIVER_CACHE", str(cache))
+    with pytest.raises(hub.FetchError) as info:
+        _fetch()
+    _assert_save_error(info, server, cache / ENTRY.filename)
+    assert server.requests == []  # Failed before any download.
+
+
+def test_read_only_cache(server, tmp_path, monkeypatch):
+    (tmp_path / "cache").mkdir()
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    # Root ignores permissions, so the disk's refusals are simulated; on a
+    # read-only disk even unlinking a missing file fails.
+    monkeypatch.setattr(hub, "open", read_only, raising=False)
+    monkeypatch.setattr(pathlib.Path, "unlink", read_only)
+    with pytest.raises(hub.FetchError) as info:
+        _fetch()
+    _assert_save_error(info, server, tmp_path / "cache" / ENTRY.filename)
+    assert "Read-only file system" in str(info.value)
+
+
+def test_disk_full_while_writing(server, tmp_path, monkeypatch):
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+
+    class Full:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *args):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(hub, "open", lambda *args: Full(open(*args)), raising=False)
+    with pytest.raises(hub.FetchError) as info:
+        _fetch()
+    _assert_save_error(info, server, tmp_path / "cache" / ENTRY.filename)
+    assert _listing(tmp_path) == []
+
+
+def test_ctrl_c_removes_the_temporary_file_and_goes_through(server, tmp_path, monkeypatch):
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+
+    class Interrupting:
+        def update(self, n):
+            assert _listing(tmp_path)  # The temporary file exists now ...
+            raise KeyboardInterrupt
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(hub, "_progress_bar", lambda *args: Interrupting())
+    with pytest.raises(KeyboardInterrupt):
+        _fetch()
+    assert _listing(tmp_path) == []  # ... and is gone.
+
+
+def test_ctrl_c_while_checking(server, tmp_path):
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+
+    def interrupted(path):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _fetch(verify=interrupted)
+    assert _listing(tmp_path) == []
+
+
+def test_stale_temporary_files_are_removed(server, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ENTRY.filename).write_bytes(SMALL.read_bytes())
+    old = cache / f"{ENTRY.filename}.0123456789ab.part"
+    live = cache / f"{ENTRY.filename}.ba9876543210.part"  # A concurrent download's.
+    other = cache / f"{hub.CHECKPOINTS['mlm'].filename}.0123456789ab.part"
+    mine = cache / "notes.part"
+    for path in (old, live, other, mine):
+        path.write_bytes(b"partial")
+    day_ago = time.time() - 24 * 3600
+    for path in (old, other, mine):
+        os.utime(path, (day_ago, day_ago))
+    _fetch()  # A cache hit cleans up too.
+    assert not old.exists()
+    assert live.exists() and other.exists() and mine.exists()
+    assert server.requests == []
+
+
+# ---------------------------------------------------------------------------
+# A bad file in the cache
+# ---------------------------------------------------------------------------
+
+
+def _bad_cache(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ENTRY.filename).write_bytes(b"<html>portal</html>")
+    return cache / ENTRY.filename
+
+
+def test_force_replaces_a_bad_cached_file(server, tmp_path):
+    target = _bad_cache(tmp_path)
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    assert _fetch() == target and target.read_bytes() == b"<html>portal</html>"  # Not read again.
+    assert _fetch(force=True) == target
+    assert target.read_bytes() == SMALL.read_bytes()
+
+
+def test_failed_force_keeps_the_cached_file(server, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / ENTRY.filename).write_bytes(SMALL.read_bytes())
+    server.routes[ENTRY.filename] = _send(b"<html>portal</html>", "text/html")
+    with pytest.raises(hub.FetchError):
+        _fetch(force=True)
+    assert os.listdir(cache) == [ENTRY.filename]
+    assert (cache / ENTRY.filename).read_bytes() == SMALL.read_bytes()
+
+
+def test_pretrained_says_how_to_replace_a_bad_cached_file(tmp_path):
+    from perceiver import models
+
+    target = _bad_cache(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        models.pretrained("flow", cache_dir=tmp_path / "cache", progress=False)
+    assert str(target) in str(info.value)
+    assert "run `perceiver fetch flow --force` to download it again" in str(info.value)
+
+
+def test_flow_and_imagenet_tasks_say_how_to_replace_a_bad_cached_file(tmp_path):
+    from perceiver.tasks import flow, imagenet
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    # Small reference checkpoints under the published names: readable, but
+    # not the published model, as a partial or stale file would be.
+    for name, task in (("flow", flow.OpticalFlow), ("imagenet_conv", imagenet.ImageClassifier)):
+        target = cache / hub.get(name).filename
+        target.write_bytes(ref.checkpoint_path(name).read_bytes())
+        with pytest.raises(checkpoint.CheckpointError) as info:
+            task.from_pretrained(name, cache_dir=cache, progress=False)
+        assert f"run `perceiver fetch {name} --force`" in str(info.value), name
+        assert str(target) in str(info.value)
+        # A copy of the same file under its own path gets no cache advice.
+        own = tmp_path / f"{name}_own.pystate"
+        own.write_bytes(target.read_bytes())
+        with pytest.raises(checkpoint.CheckpointError) as info:
+            task.from_pretrained(str(own), progress=False)
+        assert "--force" not in str(info.value)
+
+
+def test_bad_cache_error_keeps_the_error_attributes():
+    error = checkpoint.CheckpointError("params do not match the model")
+    error.differences = ["missing a/w"]
+    new = hub.bad_cache_error("flow", "/cache/flow.pystate", error)
+    assert isinstance(new, checkpoint.CheckpointError) and new.differences == ["missing a/w"]
+    assert str(new).startswith("the cached checkpoint 'flow' at /cache/flow.pystate cannot be used")
+    assert str(new).endswith("params do not match the model")
+
+
+def test_task_loading_says_how_to_replace_a_bad_cached_file(tmp_path):
+    from perceiver.tasks import _loading
+
+    target = _bad_cache(tmp_path)
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        _loading.build_from_checkpoint(lambda p, s: None, "flow", cache_dir=tmp_path / "cache")
+    assert str(target) in str(info.value)
+    assert "perceiver fetch flow --force" in str(info.value)
+
+    def misfit(params, state):
+        raise checkpoint.CheckpointError("params do not match the model")
+
+    target.write_bytes(SMALL.read_bytes())  # Readable now, but `build` refuses it.
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        _loading.build_from_checkpoint(misfit, "flow", cache_dir=tmp_path / "cache")
+    assert "perceiver fetch flow --force" in str(info.value)
+    assert "do not match" in str(info.value)
+
+    # A file of the user's own gets no advice about the cache.
+    with pytest.raises(checkpoint.CheckpointError) as info:
+        _loading.build_from_checkpoint(misfit, str(target))
+    assert "--force" not in str(info.value)
+
+
+# ---------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------
+
+
+def test_cli_fetch_of_a_portal_page_fails_and_caches_nothing(server, tmp_path, capsys):
+    server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html")
+    assert cli.main(["fetch", "flow"]) != 0
+    assert "HTML page" in capsys.readouterr().err
+    assert _listing(tmp_path) == []
+
+
+def test_cli_fetch_force(monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(hub, "fetch", lambda name, **kwargs: calls.append(kwargs) or "here")
+    assert cli.main(["fetch", "flow", "--force"]) == 0
+    assert cli.main(["fetch", "flow"]) == 0
+    assert [c["force"] for c in calls] == [True, False]
