@@ -26,6 +26,8 @@ EXTRAS = {
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.7"],
     # Training: data loading and sharded, resumable checkpoints.
     "train": ["grain>=0.2", "orbax-checkpoint>=0.6", "tqdm>=4.60", "pillow>=10"],
+    # Reading Hugging Face transformers checkpoints (perceiver.convert.from_hf).
+    "hf": ["safetensors>=0.4"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2"]
