@@ -11,6 +11,7 @@ runs, and no array is ever a view of memory it does not own.
 """
 
 import functools
+import json
 import os
 import pickle
 import secrets
@@ -367,9 +368,11 @@ def loads(data: bytes, source: str = "<bytes>", *, allow_nonfinite: bool = False
         bad = _nonfinite(params, "params") + _nonfinite(state, "state")
         if bad:
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            arrays = "array" if len(bad) == 1 else "arrays"
             raise CheckpointError(
-                f"{source} holds non-finite values (NaN or Inf) in {len(bad)} arrays: {shown}; "
-                "a diverged or damaged model. Pass allow_nonfinite=True to load it anyway."
+                f"{source} holds non-finite values (NaN or Inf) in {len(bad)} {arrays}: {shown}; "
+                "a diverged or damaged model (perceiver.checkpoint.load(path, "
+                "allow_nonfinite=True) reads it anyway)."
             )
     return params, state
 
@@ -442,7 +445,13 @@ def dumps(params: Mapping, state: Optional[Mapping] = None) -> bytes:
     return pickle.dumps(_payload(params, state), protocol=4)
 
 
-def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mapping] = None) -> None:
+def save(
+    path: "os.PathLike[str] | str",
+    params: Mapping,
+    state: Optional[Mapping] = None,
+    *,
+    description: Optional[Mapping[str, Any]] = None,
+) -> None:
     """Writes a checkpoint in the published format, atomically.
 
     Params alone when `state` is empty, else `{'params': ..., 'state': ...}`;
@@ -450,12 +459,28 @@ def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mappin
     The bytes go to a temporary file in the same directory that is renamed
     over `path` only once complete, so a crash never leaves a partial file.
 
+    Args:
+      path: the checkpoint file.
+      params: `{module: {name: array}}`.
+      state: the same for Haiku state (BatchNorm averages), or None.
+      description: what rebuilds and runs the model (see `save_description`),
+        written beside the file as `description_path(path)`; None writes none
+        (and leaves an existing one alone).
+
     Raises:
-      CheckpointError: if a value is not a numeric or boolean array.
+      CheckpointError: if a value is not a numeric or boolean array, or the
+        description is not as `save_description` needs it.
       OSError: if the file cannot be written; `path` is then left as it was.
     """
     path = os.fspath(path)
     payload = _payload(params, state)  # Fails before any file is touched.
+    text = None if description is None else _description_text(description, path)
+    _write_atomically(path, lambda f: pickle.dump(payload, f, protocol=4))  # Streamed.
+    if text is not None:
+        _write_atomically(description_path(path), lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_atomically(path: str, write: Callable[[Any], Any]) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     # open(..., "xb") rather than mkstemp: the file gets the usual permissions
@@ -463,8 +488,7 @@ def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mappin
     tmp = os.path.join(directory, f"{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            # Streamed, so a large checkpoint is not held twice in memory.
-            pickle.dump(payload, f, protocol=4)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -472,6 +496,116 @@ def save(path: "os.PathLike[str] | str", params: Mapping, state: Optional[Mappin
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ---------------------------------------------------------------------------
+# Descriptions: what rebuilds and runs a checkpoint, in a JSON file beside it
+# ---------------------------------------------------------------------------
+
+DESCRIPTION_FORMAT = "perceiver-checkpoint/1"
+MAX_DESCRIPTION_BYTES = 8 << 20  # Room for the labels of a 21k-class classifier.
+# Keys whose type is fixed; any other key is kept as written (JSON values).
+_DESCRIPTION_TYPES = {
+    "format": str,
+    "factory": str,
+    "sizes": dict,
+    "task": dict,
+    "labels": list,
+    "tokenizer": dict,
+    "description": str,
+}
+
+
+def description_path(path: "os.PathLike[str] | str") -> str:
+    """Where the description of checkpoint `path` lives: `NAME.json` beside `NAME.pystate`."""
+    return os.path.splitext(os.fspath(path))[0] + ".json"
+
+
+def _check_description(description: Any, source: str) -> Dict[str, Any]:
+    if not isinstance(description, Mapping):
+        raise CheckpointError(
+            f"{source}: a checkpoint description must be a JSON object; got "
+            f"{type(description).__name__}."
+        )
+    description = dict(description)
+    for key, kind in _DESCRIPTION_TYPES.items():
+        if key in description and not isinstance(description[key], kind):
+            raise CheckpointError(
+                f"{source}: description field {key!r} must be a {kind.__name__}; got "
+                f"{type(description[key]).__name__}."
+            )
+    labels = description.get("labels")
+    if labels is not None and not all(isinstance(label, str) for label in labels):
+        raise CheckpointError(f"{source}: description field 'labels' must be a list of str.")
+    return description
+
+
+def _description_text(description: Mapping[str, Any], path: str) -> str:
+    description = _check_description(description, description_path(path))
+    description = {"format": DESCRIPTION_FORMAT, **description}
+
+    def plain(value):  # Tuples (image shapes) and numpy scalars as JSON.
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    try:
+        return json.dumps(description, indent=2, ensure_ascii=False, default=plain) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{description_path(path)}: the description is not JSON: {e}") from None
+
+
+def save_description(path: "os.PathLike[str] | str", description: Mapping[str, Any]) -> str:
+    """Writes the description of checkpoint `path` beside it, atomically; returns its path.
+
+    A description says what rebuilds and runs the checkpoint, so that a task
+    or `--checkpoint FILE` needs nothing else:
+      factory: the `perceiver.models` function that builds the model;
+      sizes: that factory's keyword arguments (tuples become lists);
+      task: the task's options (e.g. flow's `min_overlap`);
+      labels: class names, in the order of the model's outputs;
+      tokenizer: facts about the text encoding (e.g. `{"kind": "bytes"}`);
+      description: one line for people.
+    Other keys are kept as written. `format` is added.
+
+    Raises:
+      CheckpointError: if a field has the wrong type or a value is not JSON.
+    """
+    path = os.fspath(path)
+    text = _description_text(description, path)
+    target = description_path(path)
+    _write_atomically(target, lambda f: f.write(text.encode("utf-8")))
+    return target
+
+
+def read_description(path: "os.PathLike[str] | str") -> Dict[str, Any]:
+    """The description saved beside checkpoint `path` (see `save_description`); {} if none.
+
+    Raises:
+      CheckpointError: naming the file, if it is unreadable, not a JSON
+        object, larger than `MAX_DESCRIPTION_BYTES`, or a field has the wrong
+        type.
+    """
+    target = description_path(path)
+    if not os.path.isfile(target):
+        return {}
+    try:
+        with open(target, "rb") as f:
+            raw = f.read(MAX_DESCRIPTION_BYTES + 1)
+    except OSError as e:
+        raise CheckpointError(f"{target} (the description of {os.fspath(path)}) is unreadable: {e}") from None
+    if len(raw) > MAX_DESCRIPTION_BYTES:
+        raise CheckpointError(f"{target} is larger than {MAX_DESCRIPTION_BYTES} bytes; not a description.")
+    try:
+        description = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(
+            f"{target} (the description of {os.fspath(path)}) is not JSON: "
+            f"{safe_unpickle.short(str(e), 150)}"
+        ) from None
+    return _check_description(description, target)
 
 
 def tree_differences(expected: Mapping, found: Mapping) -> list:

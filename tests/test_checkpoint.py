@@ -671,3 +671,61 @@ def test_tree_differences_with_shape_only_values():
     assert checkpoint.tree_differences(expected, found) == [
         "mismatched m/b: expected [3] float32, found [2]"
     ]
+
+
+# ---------------------------------------------------------------------------
+# Descriptions beside a checkpoint
+# ---------------------------------------------------------------------------
+
+
+def test_description_round_trips_as_json(tmp_path):
+    path = tmp_path / "model.pystate"
+    description = {"factory": "optical_flow", "sizes": {"image_shape": (32, 48), "num_latents": np.int64(8)},
+                   "task": {"min_overlap": 4}, "labels": ["cat", "dog"], "anything": [1, "x"]}
+    checkpoint.save(path, *small_tree(), description=description)
+    assert checkpoint.description_path(path) == str(tmp_path / "model.json")
+    with open(tmp_path / "model.json") as f:
+        written = json.load(f)  # Plain JSON that any tool reads.
+    assert written["sizes"] == {"image_shape": [32, 48], "num_latents": 8}
+    assert written["format"] == checkpoint.DESCRIPTION_FORMAT
+    assert checkpoint.read_description(path) == written
+    assert_trees_equal(checkpoint.load(path)[0], small_tree()[0])  # The pickle is unchanged.
+
+
+def test_save_without_description_keeps_the_existing_one(tmp_path):
+    path = tmp_path / "model.pystate"
+    checkpoint.save(path, *small_tree(), description={"factory": "optical_flow"})
+    checkpoint.save(path, *small_tree())
+    assert checkpoint.read_description(path)["factory"] == "optical_flow"
+    assert checkpoint.read_description(tmp_path / "other.pystate") == {}
+
+
+@pytest.mark.parametrize(
+    "description, match",
+    [([1, 2], "JSON object"), ({"sizes": [1]}, "'sizes' must be a dict"),
+     ({"labels": ["a", 3]}, "list of str"), ({"sizes": {"x": object()}}, "not JSON")],
+)
+def test_bad_descriptions_are_refused_before_writing(tmp_path, description, match):
+    path = tmp_path / "model.pystate"
+    with pytest.raises(CheckpointError, match=match):
+        checkpoint.save(path, *small_tree(), description=description)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [(b"{not json", "is not JSON"), (b"[1]", "JSON object"), (b"\xff\xfe", "is not JSON"),
+     (b'{"task": 3}', "'task' must be a dict")],
+)
+def test_damaged_description_names_its_file(tmp_path, content, match):
+    (tmp_path / "model.json").write_bytes(content)
+    with pytest.raises(CheckpointError, match=match) as info:
+        checkpoint.read_description(tmp_path / "model.pystate")
+    assert str(tmp_path / "model.json") in str(info.value) and len(str(info.value)) < 400
+
+
+def test_huge_description_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "MAX_DESCRIPTION_BYTES", 100)
+    (tmp_path / "model.json").write_text('{"description": "' + "x" * 200 + '"}')
+    with pytest.raises(CheckpointError, match="larger than 100 bytes"):
+        checkpoint.read_description(tmp_path / "model.pystate")

@@ -53,8 +53,10 @@ def test_hostile_file_is_refused(hostile_outcomes, name):
 def test_hostile_corpus_is_not_stale():
     # Every case must still reach the reader's checks: a corpus file that no
     # longer parses as intended would be refused for the wrong reason.
-    files = {name: make for name, make in hostile.hostile_files().items() if not name.startswith("huge")}
-    reasons = {name: _reason(make()) for name, make in files.items()}
+    wanted = ["frombuffer_dtype_subarray", "scalar_dtype_subarray", "frombuffer_shape_past_buffer",
+              "colliding_int_keys", "state_is_an_array", "os_system"]
+    files = hostile.hostile_files()
+    reasons = {name: _reason(files[name]()) for name in wanted}
     assert "non-standard state" in reasons["frombuffer_dtype_subarray"]
     assert "non-standard state" in reasons["scalar_dtype_subarray"]
     assert "needs 4194304 bytes; the file gives 4" in reasons["frombuffer_shape_past_buffer"]
