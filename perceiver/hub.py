@@ -50,6 +50,8 @@ class Checkpoint:
         model.
       factory_kwargs: the keyword arguments that factory needs for this file.
       description: one line for people.
+      num_parameters: how many numbers the file holds; bounds what a
+        download may send (`max_bytes`).
     """
 
     name: str
@@ -62,9 +64,15 @@ class Checkpoint:
         default_factory=lambda: types.MappingProxyType({}), hash=False
     )
     description: str = ""
+    num_parameters: int = 0
+
+    @property
+    def max_bytes(self) -> int:
+        """The most bytes a download of this file may have: twice its float32 size, plus slack."""
+        return 2 * 4 * self.num_parameters + (64 << 20)
 
 
-def _entry(name, filename, factory, description, **factory_kwargs) -> Checkpoint:
+def _entry(name, filename, factory, description, num_parameters, **factory_kwargs) -> Checkpoint:
     return Checkpoint(
         name=name,
         url=f"{BASE_URL}/{filename}",
@@ -73,6 +81,7 @@ def _entry(name, filename, factory, description, **factory_kwargs) -> Checkpoint
         # Read-only, so that no caller can change the registry by accident.
         factory_kwargs=types.MappingProxyType(factory_kwargs),
         description=description,
+        num_parameters=num_parameters,
     )
 
 
@@ -85,12 +94,14 @@ CHECKPOINTS: Mapping[str, Checkpoint] = types.MappingProxyType(
                 "language_perceiver_io_bytes.pickle",
                 "masked_language_model",
                 "Masked language model on UTF-8 bytes (C4 + Wikipedia).",
+                201_108_230,
             ),
             _entry(
                 "imagenet_learned",
                 "imagenet_learned_position_encoding.pystate",
                 "imagenet_classifier",
                 "ImageNet classifier on pixels with learned position encodings.",
+                62_255_848,
                 variant="learned_position_encoding",
             ),
             _entry(
@@ -98,6 +109,7 @@ CHECKPOINTS: Mapping[str, Checkpoint] = types.MappingProxyType(
                 "imagenet_fourier_position_encoding.pystate",
                 "imagenet_classifier",
                 "ImageNet classifier on pixels with Fourier position encodings.",
+                48_440_627,
                 variant="fourier_position_encoding",
             ),
             _entry(
@@ -105,6 +117,7 @@ CHECKPOINTS: Mapping[str, Checkpoint] = types.MappingProxyType(
                 "imagenet_conv_preprocessing.pystate",
                 "imagenet_classifier",
                 "ImageNet classifier with a convolutional stem (has BatchNorm state).",
+                48_646_522,
                 variant="conv_preprocessing",
             ),
             _entry(
@@ -112,12 +125,14 @@ CHECKPOINTS: Mapping[str, Checkpoint] = types.MappingProxyType(
                 "optical_flow_checkpoint.pystate",
                 "optical_flow",
                 "Optical flow between two frames (AutoFlow).",
+                41_057_134,
             ),
             _entry(
                 "video_autoencoding",
                 "video_autoencoding_checkpoint.pystate",
                 "video_autoencoder",
                 "Multimodal (video, audio, label) autoencoder on Kinetics-700.",
+                19_858_855,
             ),
         )
     }
@@ -395,7 +410,13 @@ def _check_headers(entry: Checkpoint, url: str, target: pathlib.Path, response) 
         raise refuse(f"the server sent text ({_clip(kind, 60)}), not a checkpoint")
     length = response.headers.get("Content-Length", "").strip()
     # Unknown or malformed: None, and the content check decides.
-    return int(length) if length.isdigit() else None
+    total = int(length) if length.isdigit() else None
+    if total is not None and total > entry.max_bytes:
+        raise refuse(
+            f"the server announces {total} bytes, more than this checkpoint can be "
+            f"({entry.max_bytes} bytes at most)"
+        )
+    return total
 
 
 def _copy(entry, url, target, response, tmp: pathlib.Path, total: Optional[int], progress: bool):
@@ -413,8 +434,14 @@ def _copy(entry, url, target, response, tmp: pathlib.Path, total: Optional[int],
                     raise _fetch_error(entry, url, target, reason) from e
                 if not chunk:
                     break
-                f.write(chunk)
                 received += len(chunk)
+                if received > entry.max_bytes:  # A body without end must not fill the disk.
+                    raise _fetch_error(
+                        entry, url, target,
+                        f"the server sent more than {entry.max_bytes} bytes, more than this "
+                        "checkpoint can be",
+                    )
+                f.write(chunk)
                 bar.update(len(chunk))
         finally:
             bar.close()

@@ -136,7 +136,7 @@ def test_registry_contents():
 def test_checkpoint_is_frozen_and_hashable():
     entry = hub.CHECKPOINTS["imagenet_conv"]
     assert [f.name for f in dataclasses.fields(entry)] == [
-        "name", "url", "filename", "factory", "factory_kwargs", "description",
+        "name", "url", "filename", "factory", "factory_kwargs", "description", "num_parameters",
     ]
     with pytest.raises(dataclasses.FrozenInstanceError):
         entry.url = "http://127.0.0.1/elsewhere"

@@ -7,6 +7,7 @@ and stops by itself; nothing else is ever contacted.
 import errno
 import gzip
 import http.server
+import json
 import os
 import pathlib
 import threading
@@ -122,6 +123,44 @@ def _refused(tmp_path, **kwargs):
 # ---------------------------------------------------------------------------
 # What the server sends
 # ---------------------------------------------------------------------------
+
+
+def _endless(handler):
+    # A body with no length and no end, until the client hangs up.
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.end_headers()
+    chunk = b"\x80" * (1 << 16)
+    for _ in range(4096):  # Bounded all the same: 256 MiB.
+        handler.wfile.write(chunk)
+    handler.close_connection = True
+
+
+def test_an_endless_body_is_cut_off(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(hub.Checkpoint, "max_bytes", property(lambda self: 1 << 20))
+    server.routes[ENTRY.filename] = _endless
+    message = _refused(tmp_path)
+    assert f"more than {1 << 20} bytes" in message
+
+
+def test_an_announced_length_too_large_is_refused_before_reading(server, tmp_path):
+    huge = ENTRY.max_bytes + 1
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes(), length=huge)
+    message = _refused(tmp_path)
+    assert f"announces {huge} bytes" in message
+
+
+def test_max_bytes_covers_each_published_file():
+    # The counts are those of the reference's recorded full-size trees.
+    import numpy as np
+
+    trees = json.loads((pathlib.Path(__file__).parent / "data" / "reference" / "param_trees.json").read_text())
+    for entry in hub.CHECKPOINTS.values():
+        full = trees[entry.name]["full"]
+        count = {part: sum(int(np.prod(shape)) for leaves in full[part].values() for shape in leaves.values())
+                 for part in ("params", "state")}
+        assert entry.num_parameters == count["params"], entry.name
+        assert entry.max_bytes > 2 * 4 * (count["params"] + count["state"])  # A real file fits.
 
 
 def test_a_small_checkpoint_is_kept(server, tmp_path):
