@@ -175,6 +175,17 @@ class _NumpyLoader:
             )
         return _native(np.frombuffer(bytes(data), dtype=dtype, count=1))[0]
 
+    def jax_array(self, args: tuple) -> np.ndarray:
+        """A pickled jax.Array: numpy's own (_reconstruct, args, state), rebuilt as numpy."""
+        if len(args) != 4 or type(args[1]) is not tuple or type(args[3]) is not dict:
+            raise CheckpointError("checkpoint rebuilds a jax array with unexpected arguments.")
+        func, reconstruct_args, state = args[:3]
+        if not any(_is_global(func, module, "_reconstruct") for module in _MULTIARRAY):
+            raise CheckpointError("checkpoint rebuilds a jax array with something other than numpy's _reconstruct.")
+        array = self.reconstruct(reconstruct_args)
+        array.build(state)
+        return array.array
+
     @staticmethod
     def dtype(args: tuple) -> _Dtype:
         if not 1 <= len(args) <= 3 or any(type(a) is not bool for a in args[1:]):
@@ -246,7 +257,8 @@ def _native(array: np.ndarray) -> np.ndarray:
     return array.astype(array.dtype.newbyteorder("="))
 
 
-for _module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+_MULTIARRAY = ("numpy.core.multiarray", "numpy._core.multiarray")
+for _module in _MULTIARRAY:
     ALLOWED_GLOBALS[(_module, "_reconstruct")] = (
         lambda loader, args: loader.reconstruct(args),
         "numpy pickles every array as _reconstruct(ndarray, shape, dtype) + state",
@@ -260,6 +272,10 @@ for _module in ("numpy.core.numeric", "numpy._core.numeric"):
         lambda loader, args: loader.frombuffer(args),
         "numpy pickles arrays this way under pickle protocol 5",
     )
+ALLOWED_GLOBALS[("jax._src.array", "_reconstruct_array")] = (
+    lambda loader, args: loader.jax_array(args),
+    "jax arrays pickled as they are (pickle.dump of Haiku params); rebuilt as numpy arrays",
+)
 ALLOWED_GLOBALS[("numpy", "ndarray")] = (
     _argument_only("numpy.ndarray"),
     "the class argument of _reconstruct (only ever this class is built)",

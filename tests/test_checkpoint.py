@@ -729,3 +729,30 @@ def test_huge_description_is_refused(tmp_path, monkeypatch):
     (tmp_path / "model.json").write_text('{"description": "' + "x" * 200 + '"}')
     with pytest.raises(CheckpointError, match="larger than 100 bytes"):
         checkpoint.read_description(tmp_path / "model.pystate")
+
+
+def test_loads_pickled_jax_arrays_as_numpy():
+    # What `pickle.dump(params)` writes for Haiku params fresh from `init`.
+    import jax.numpy as jnp
+    import ml_dtypes
+
+    tree = {"linear": {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.zeros(3, jnp.bfloat16)},
+            "bn": {"counter": jnp.array(3, jnp.int32)}}
+    for protocol in (2, 4, 5):
+        params, _ = checkpoint.loads(pickle.dumps(tree, protocol=protocol))
+        assert_plain_tree({m: {n: v for n, v in p.items() if v.dtype != ml_dtypes.bfloat16} for m, p in params.items()})
+        np.testing.assert_array_equal(params["linear"]["w"], np.arange(6.0).reshape(2, 3))
+        assert params["linear"]["b"].dtype == ml_dtypes.bfloat16 and params["bn"]["counter"] == 3
+
+
+def test_refuses_jax_array_rebuilt_with_another_function(tmp_path):
+    target = tmp_path / "pwned"
+    rebuild = Call(Global("jax._src.array", "_reconstruct_array"),
+                   Global("builtins", "open"), (str(target), "w"), (), {})
+    with pytest.raises(CheckpointError, match="builtins.open"):
+        checkpoint.loads(craft({"m": {"w": rebuild}}))
+    rebuild = Call(Global("jax._src.array", "_reconstruct_array"),
+                   Global("numpy", "dtype"), ("f4",), (), {})
+    with pytest.raises(CheckpointError, match="something other than numpy's _reconstruct"):
+        checkpoint.loads(craft({"m": {"w": rebuild}}))
+    assert not target.exists()
