@@ -15,7 +15,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-CENTER_CROP_PADDING = 32  # eval crops image_size / (image_size + 32) of the short side
+CENTER_CROP_PADDING = 32  # the reference's eval crop: image_size / (image_size + 32) of the short side
 
 # RandAugment as in the reference: magnitudes run 0..10, grey fill.
 _MAX_LEVEL = 10.0
@@ -33,12 +33,14 @@ def random_resized_crop_box(
     aspect_ratio_range: Tuple[float, float] = (3 / 4, 4 / 3),
     max_attempts: int = 10,
     image_size: int = 224,
+    crop_fraction: float = 0.0,
 ) -> Tuple[int, int, int, int]:
     """A crop `(top, left, crop_height, crop_width)` covering a random area and aspect.
 
     Tries `max_attempts` times to fit a crop with area in `area_range` of the
     image and aspect ratio in `aspect_ratio_range` (log-uniform); falls back
-    to the evaluation centre crop, as the reference does.
+    to the evaluation centre crop (`eval_crop_box` with `crop_fraction`), as
+    the reference does.
     """
     area = height * width
     log_ratio = (math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1]))
@@ -51,12 +53,33 @@ def random_resized_crop_box(
             top = int(rng.integers(0, height - h + 1))
             left = int(rng.integers(0, width - w + 1))
             return top, left, h, w
-    return center_crop_box(height, width, image_size)
+    return eval_crop_box(height, width, image_size, crop_fraction)
 
 
 def center_crop_box(height: int, width: int, image_size: int = 224) -> Tuple[int, int, int, int]:
     """The reference's evaluation crop: a centred square of `s / (s + 32)` of the short side."""
     size = max(1, int(image_size / (image_size + CENTER_CROP_PADDING) * min(height, width)))
+    return (height - size + 1) // 2, (width - size + 1) // 2, size, size
+
+
+def eval_crop_box(
+    height: int, width: int, image_size: int = 224, fraction: float = 0.0
+) -> Tuple[int, int, int, int]:
+    """The evaluation crop: a centred square of `fraction` of the short side.
+
+    `fraction` 0 (auto): the reference's `s / (s + 32)`, but never fewer than
+    `image_size` pixels nor more than the short side. So images with a short
+    side of at least `s + 32` get the reference's crop (224/256 at 224), and
+    images no larger than the model's input are kept whole (a digit of 8 x 8
+    pixels is not cut to 4 x 4).
+    """
+    short = min(height, width)
+    if fraction > 0:
+        size = int(fraction * short)
+    else:
+        reference = int(image_size / (image_size + CENTER_CROP_PADDING) * short)
+        size = min(short, max(reference, image_size))
+    size = max(1, size)
     return (height - size + 1) // 2, (width - size + 1) // 2, size, size
 
 

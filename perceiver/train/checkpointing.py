@@ -148,6 +148,11 @@ class Checkpointer:
         self._manager.close()
 
 
+def saved_steps(directory: str) -> list:
+    """The steps saved under `directory` (complete step folders), without starting orbax."""
+    return sorted(int(d) for d in _listdir(directory) if d.isdigit())
+
+
 def _listdir(path: str):
     try:
         return os.listdir(path)
@@ -184,10 +189,12 @@ def _all_finite(leaves):
     return jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])
 
 
-def export(path: str, params: Any, state: Any = None) -> str:
+def export(path: str, params: Any, state: Any = None, description: Any = None) -> str:
     """Writes params and model state in the published inference format (atomically).
 
-    The file loads with `perceiver.checkpoint.load` (and `models.load_for`).
+    The file loads with `perceiver.checkpoint.load` (and `models.load_for`);
+    `description` (what rebuilds the model: factory, sizes, labels...) goes
+    beside it as `perceiver.checkpoint.description_path(path)`.
 
     Returns:
       `path`.
@@ -207,7 +214,7 @@ def export(path: str, params: Any, state: Any = None) -> str:
             f"refusing to export {path}: non-finite values in {few(bad)}."
         )
     if jax.process_index() == 0:
-        inference_checkpoint.save(path, params, state)
+        inference_checkpoint.save(path, params, state, description=description)
     return path
 
 

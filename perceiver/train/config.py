@@ -232,6 +232,9 @@ class MeshConfig:
     # its largest divisible dimension (fully sharded data parallel), for
     # models too large to replicate.
     shard_params: bool = False
+    # Under shard_params, arrays with fewer values than this stay replicated:
+    # splitting them saves little memory and costs a collective each.
+    shard_min_size: int = ranged(2**14, "[0, inf)")
     # 'auto': call jax.distributed.initialize() when the environment says
     # several processes take part; 'on': always; 'off': never.
     distributed: str = ranged("auto", ("auto", "on", "off"))
@@ -451,6 +454,15 @@ def override(config: Any, key: str, text: str) -> None:
     Raises:
       ValueError: for an unknown key, or a value of the wrong type.
     """
+    assign(config, key, _parse_literal(text))
+
+
+def assign(config: Any, key: str, value: Any) -> None:
+    """Sets the field at dotted path `key` to `value` converted to the field's type, in place.
+
+    Raises:
+      ValueError: for an unknown key, or a value of the wrong type.
+    """
     parts = key.split(".")
     if not key or not all(parts):
         raise ValueError(f"override key must be a dotted path like optimizer.base_lr; got {key!r}.")
@@ -469,20 +481,47 @@ def override(config: Any, key: str, text: str) -> None:
                 current = getattr(node, part)
                 if annotation is Any and current is not None:
                     annotation = _example_type(current)
-                setattr(node, part, _coerce(_parse_literal(text), annotation, path))
+                setattr(node, part, _coerce(value, annotation, path))
                 return
             node = getattr(node, part)
         elif isinstance(node, dict):
             if last:
                 current = node.get(part)
                 annotation = Any if current is None else _example_type(current)
-                node[part] = _coerce(_parse_literal(text), annotation, path)
+                node[part] = _coerce(value, annotation, path)
                 return
             if part not in node:
                 raise ValueError(f"unknown config key {path!r}; known here: {', '.join(sorted(node))}.")
             node = node[part]
         else:
             raise ValueError(f"config key {path!r}: {'.'.join(parts[:depth])} is a value, not a section.")
+
+
+def leaves(tree: Mapping[str, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """`(dotted key, value)` of every leaf of a `to_dict` tree."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def from_dict(base: Any, tree: Mapping[str, Any], source: str = "the config") -> Any:
+    """`base` with every leaf of `tree` (a `to_dict` of a config) set, in place; returns `base`.
+
+    Fields `tree` lacks keep `base`'s values (a field added since it was
+    written takes its default); lists become the fields' tuples.
+
+    Raises:
+      ValueError: naming `source` and the key, for a key `base` has no field
+        for or a value of the wrong type.
+    """
+    for key, value in leaves(tree):
+        try:
+            assign(base, key, value)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+    return base
 
 
 def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:

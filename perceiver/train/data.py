@@ -1,20 +1,181 @@
 """Deterministic, resumable input pipelines on grain, and their hand-off to devices.
 
 Order comes from grain's `IndexSampler` (a seed, shuffling, epochs) and
-per-example randomness from the seed and the record's index, so a run reads
-the same batches whatever happens; the iterator's state is saved with each
-checkpoint and restored with it. Each process reads its own share of every
-global batch (`ShardByJaxProcess`); `to_global` assembles the shares into
-one array sharded over the device mesh.
+per-example randomness from the seed and the record's position, so a run
+reads the same batches whatever happens. Batch i is always made of the
+sampler's records `i*B .. i*B+B-1`, whatever the number of worker processes
+(`data.workers`): each worker builds whole batches and grain hands them back
+in order, so the workers only change the speed. The loader's position (the
+next batch) is saved with each checkpoint and restored with it. Each process
+reads its own share of every global batch (`ShardByJaxProcess`); `to_global`
+assembles the shares into one array sharded over the device mesh.
 """
 
+import json
 import queue
+import sys
 import threading
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import grain.python as grain
 import jax
 import numpy as np
+
+# Batches computed ahead by each process (and threads doing so): whole batches
+# of images can be large, so few.
+READ_AHEAD = 4
+READ_THREADS = 2
+STATE_VERSION = 1
+
+
+class _MakeBatch:
+    """Batch `i` of a loader: its records read, transformed, stacked and batch-transformed."""
+
+    def __init__(self, source, sampler, operations, batch_operations, group, shard, seed):
+        self.source = source
+        self.sampler = sampler
+        self.operations = list(operations)
+        self.batch_operations = list(batch_operations)
+        self.group = group  # records per batch before the batch operations
+        self.shard = shard  # (index, count) of this process's share
+        self.seed = seed
+        self.num_records = len(sampler) // shard[1]
+
+    def _element(self, position: int) -> Any:
+        index, count = self.shard
+        # As grain's DataLoader reads a sharded sampler: this process's k-th
+        # record is the sampler's entry k * count + index.
+        meta = self.sampler[position * count + index]
+        element = self.source[meta.record_key]
+        for op in self.operations:
+            element = _apply(op, element, meta.rng)
+        return element
+
+    def __call__(self, i: int) -> Any:
+        first = int(i) * self.group
+        last = min(first + self.group, self.num_records)
+        elements = [self._element(p) for p in range(first, last)]
+        batch = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *elements)
+        if self.batch_operations:
+            # A stream of its own per batch, apart from the examples' streams.
+            rng = np.random.default_rng([self.seed, 0xBA7C4, int(i)])
+            for op in self.batch_operations:
+                batch = _apply(op, batch, rng)
+        return batch
+
+
+def _apply(op: Any, element: Any, rng: Optional[np.random.Generator]) -> Any:
+    if isinstance(op, grain.RandomMapTransform):
+        return op.random_map(element, rng)
+    if isinstance(op, grain.MapTransform):
+        return op.map(element)
+    raise TypeError(f"loader operations must be grain MapTransform or RandomMapTransform; got {op!r}.")
+
+
+class Loader:
+    """An iterable of batches in a fixed order, independent of the number of workers.
+
+    Made by `make_loader`; `iter(loader)` gives a `LoaderIterator` with
+    `get_state`/`set_state` (bytes) like grain's.
+    """
+
+    def __init__(self, make_batch: _MakeBatch, num_batches: int, worker_count: int, description: str):
+        self.make_batch = make_batch
+        self.num_batches = num_batches
+        self.worker_count = worker_count
+        self.description = description
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> "LoaderIterator":
+        return LoaderIterator(self)
+
+    def __repr__(self) -> str:
+        return self.description
+
+    def dataset(self, start: int) -> grain.IterDataset:
+        """The grain pipeline of batches `start, start + 1, ...`."""
+        ds = grain.MapDataset.range(self.num_batches)[start:].map(self.make_batch)
+        ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=READ_AHEAD)
+        )
+        if self.worker_count:
+            _absl_flags_ready()
+            # Each worker makes whole batches (its slice of the batch indices);
+            # grain returns them round-robin, i.e. in index order.
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+        return ds
+
+
+class LoaderIterator:
+    """Batches of a `Loader` from a position; the state is the next batch's index."""
+
+    def __init__(self, loader: Loader, next_batch: int = 0):
+        self._loader = loader
+        self._next = int(next_batch)
+        self._iterator = None
+
+    def __iter__(self) -> "LoaderIterator":
+        return self
+
+    def __next__(self) -> Any:
+        if self._next >= self._loader.num_batches:
+            self.close()  # the workers are done: stop them now
+            raise StopIteration
+        if self._iterator is None:
+            self._iterator = iter(self._loader.dataset(self._next))
+        batch = next(self._iterator)
+        self._next += 1
+        return batch
+
+    def get_state(self) -> bytes:
+        return json.dumps(
+            {"version": STATE_VERSION, "next_batch": self._next, "loader": repr(self._loader)}
+        ).encode()
+
+    def set_state(self, state: bytes) -> None:
+        """Continues from a saved state.
+
+        Raises:
+          ValueError: if the state is of another data set, order or batch size.
+        """
+        record = json.loads(state.decode() if isinstance(state, bytes) else state)
+        if "next_batch" not in record:
+            next_batch = _from_grain_state(record, self._loader)
+        else:
+            if record.get("loader") != repr(self._loader):
+                raise ValueError(
+                    f"the saved data position is for {record.get('loader')}; this run reads "
+                    f"{self._loader!r} (data, order or batch size changed)."
+                )
+            next_batch = int(record["next_batch"])
+        self.close()
+        self._next = next_batch
+
+    def close(self) -> None:
+        """Stops the worker processes (and frees their shared memory) now."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None and hasattr(iterator, "close"):
+            try:
+                iterator.close()
+            except Exception:  # closing is best effort; the data are no longer needed
+                pass
+
+
+def _from_grain_state(record: Mapping[str, Any], loader: Loader) -> int:
+    """The next batch of a state saved by a grain DataLoader of one process without workers.
+
+    Raises:
+      ValueError: for any other grain state (it depends on the worker count).
+    """
+    seen = record.get("last_seen_indices", {})
+    if record.get("worker_count") != 0 or list(seen) != ["0"] or jax.process_count() != 1:
+        raise ValueError(
+            "the saved data position was written by an older perceiver train with data.workers > 0 "
+            "or several processes; it cannot be continued (start a new --workdir)."
+        )
+    return (int(seen["0"]) + 1) // loader.make_batch.group
 
 
 def make_loader(
@@ -29,12 +190,16 @@ def make_loader(
     worker_count: int = 0,
     batch_operations: Sequence[Any] = (),
     pre_batch: int = 0,
-) -> grain.DataLoader:
-    """A grain loader over this process's share of `source`.
+) -> Loader:
+    """A loader of batches of this process's share of `source`.
+
+    Batch i holds the sampler's records `i * n .. i * n + n - 1` (n =
+    `pre_batch or batch_size`), with the same per-example randomness, for
+    any `worker_count`.
 
     Args:
       source: a random-access source (`__len__`, `__getitem__`, stable `__repr__`).
-      operations: per-example transforms.
+      operations: per-example transforms (grain `MapTransform` / `RandomMapTransform`).
       batch_size: examples per batch for this process.
       seed: seed of the shuffle and of the transforms' randomness.
       shuffle: shuffle (anew every epoch).
@@ -48,24 +213,30 @@ def make_loader(
     # With several processes every shard gets the same number of records
     # (dropping fewer than process_count), so that all processes run the same
     # number of (collective) steps, evaluation included.
-    shard = (
-        grain.ShardByJaxProcess(drop_remainder=True) if jax.process_count() > 1 else grain.NoSharding()
-    )
+    several = jax.process_count() > 1
+    shard_options = grain.ShardByJaxProcess(drop_remainder=True) if several else grain.NoSharding()
     sampler = grain.IndexSampler(
         num_records=len(source),
-        shard_options=shard,
+        shard_options=shard_options,
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=seed,
     )
-    if worker_count:
-        _absl_flags_ready()
-    ops = list(operations) + [
-        grain.Batch(pre_batch or batch_size, drop_remainder=drop_remainder)
-    ] + list(batch_operations)
-    return grain.DataLoader(
-        data_source=source, sampler=sampler, operations=ops, worker_count=worker_count
+    shard = (jax.process_index(), jax.process_count()) if several else (0, 1)
+    group = pre_batch or batch_size
+    make_batch = _MakeBatch(source, sampler, operations, batch_operations, group, shard, seed)
+    records = make_batch.num_records
+    if num_epochs is None:
+        num_batches = sys.maxsize // group
+    elif drop_remainder:
+        num_batches = records // group
+    else:
+        num_batches = -(-records // group)
+    description = (
+        f"Loader(source={source!r}, sampler={sampler!r}, batch={group}, "
+        f"drop_remainder={drop_remainder}, shard={shard})"
     )
+    return Loader(make_batch, num_batches, int(worker_count), description)
 
 
 def _absl_flags_ready() -> None:
@@ -87,7 +258,7 @@ class Prefetcher:
     own.
     """
 
-    def __init__(self, loader: grain.DataLoader, state: Optional[bytes] = None, buffer: int = 2):
+    def __init__(self, loader: Loader, state: Optional[bytes] = None, buffer: int = 2):
         self._iterator = iter(loader)
         if state is not None:
             self._iterator.set_state(state)
@@ -129,14 +300,9 @@ class Prefetcher:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
-        # Stop grain's worker processes now (and free their shared memory)
-        # rather than at interpreter exit.
-        inner = getattr(self._iterator, "_iterator", None)
-        if hasattr(inner, "close"):
-            try:
-                inner.close()
-            except Exception:  # closing is best effort; the data are no longer needed
-                pass
+        # Stop grain's worker processes now rather than at interpreter exit.
+        if hasattr(self._iterator, "close"):
+            self._iterator.close()
 
 
 def pad_batch(batch: Mapping[str, np.ndarray], size: int) -> Tuple[Mapping[str, np.ndarray], int]:

@@ -79,6 +79,16 @@ class TrainImageTransform(grain.RandomMapTransform):
 
     The reference's order: RandAugment acts on the 8-bit crop at its own
     resolution, before the bicubic resize to `image_size`.
+
+    Args:
+      image_size: the model's input side.
+      randaugment_layers, randaugment_magnitude: RandAugment (0 layers: off).
+      flip: random horizontal flips.
+      crop_area: the share of the image's area a random crop covers, (min, max).
+      keep_small: images whose short side is at most `image_size` get the
+        evaluation crop instead of a random one (cropping them further would
+        leave a few pixels).
+      crop_fraction: the evaluation crop's fraction (see `augment.eval_crop_box`).
     """
 
     def __init__(
@@ -87,17 +97,29 @@ class TrainImageTransform(grain.RandomMapTransform):
         randaugment_layers: int = 4,
         randaugment_magnitude: float = 5,
         flip: bool = True,
+        crop_area: Tuple[float, float] = (0.08, 1.0),
+        keep_small: bool = True,
+        crop_fraction: float = 0.0,
     ):
         self.image_size = image_size
         self.randaugment_layers = randaugment_layers
         self.randaugment_magnitude = randaugment_magnitude
         self.flip = flip
+        self.crop_area = tuple(crop_area)
+        self.keep_small = keep_small
+        self.crop_fraction = crop_fraction
 
     def random_map(self, element, rng: np.random.Generator) -> Dict[str, np.ndarray]:
         image = load_rgb(element["path"])
-        box = augment.random_resized_crop_box(
-            rng, image.height, image.width, image_size=self.image_size
-        )
+        if self.keep_small and min(image.height, image.width) <= self.image_size:
+            box = augment.eval_crop_box(
+                image.height, image.width, self.image_size, self.crop_fraction
+            )
+        else:
+            box = augment.random_resized_crop_box(
+                rng, image.height, image.width, area_range=self.crop_area,
+                image_size=self.image_size, crop_fraction=self.crop_fraction,
+            )
         top, left, h, w = box
         image = image.crop((left, top, left + w, top + h))
         if self.flip and rng.uniform() < 0.5:
@@ -111,14 +133,20 @@ class TrainImageTransform(grain.RandomMapTransform):
 
 
 class EvalImageTransform(grain.MapTransform):
-    """Decode, centre crop (the reference's 224/256 of the short side), resize, normalise."""
+    """Decode, centre crop, resize (bicubic), normalise.
 
-    def __init__(self, image_size: int):
+    The crop is `augment.eval_crop_box`: by default (`crop_fraction` 0) the
+    reference's 224/256 of the short side for large images, and the whole
+    short side for images no larger than `image_size`.
+    """
+
+    def __init__(self, image_size: int, crop_fraction: float = 0.0):
         self.image_size = image_size
+        self.crop_fraction = crop_fraction
 
     def map(self, element) -> Dict[str, np.ndarray]:
         image = load_rgb(element["path"])
-        box = augment.center_crop_box(image.height, image.width, self.image_size)
+        box = augment.eval_crop_box(image.height, image.width, self.image_size, self.crop_fraction)
         pixels = augment.crop_and_resize(image, box, self.image_size)
         return {"images": augment.normalize(pixels), "labels": np.int32(element["label"])}
 

@@ -1,15 +1,27 @@
 """`perceiver train`: run a training recipe by name.
 
     perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
+    perceiver train --workdir DIR [KEY=VALUE ...]          # resume the run in DIR
+    perceiver train --plot DIR [-o curves.png]             # draw its curves
     python -m perceiver.train.main --config flow --workdir /tmp/flow --tiny
 
-Running the same command again resumes from the latest checkpoint in DIR.
 KEY=VALUE sets any config field by its dotted path, parsed to its type
 (`train.batch_size=64`, `optimizer.base_lr=1e-3`, `model.image_shape=(32,48)`,
-`data.train_dir=/data/imagenet/train`). `--print-config` shows every field.
-`--export PATH` writes a checkpoint of DIR (the latest, or `--step N`) in the
-published inference format and exits; `--eval-only` evaluates it (overrides
-such as `data.eval_seed=7` pick another evaluation set) and prints JSON.
+`data.train_dir=/data/imagenet/train`), anywhere on the command line.
+`--print-config` shows every field.
+
+DIR remembers its run (DIR/config.json, see `runconfig`): running again
+resumes from the latest checkpoint with the stored config, so `--config`,
+`--tiny` and the overrides need not be repeated; an override that changes
+the stored config is refused (naming each key, old and new value) unless the
+key is safe to change (evaluation, logging, checkpointing, devices, workers,
+`train.num_steps`) or `--allow-config-change` is given. A longer
+`train.num_steps` continues the run with a continuous learning rate; a
+finished run rerun says so and does nothing. `--export PATH` writes a
+checkpoint of DIR (the latest, or `--step N`) in the published inference
+format, with its description (PATH's name with .json: factory, sizes,
+labels...), and exits; `--eval-only` evaluates it (evaluation overrides such
+as `data.eval_seed=7` pick another evaluation set) and prints JSON.
 
 Every field is checked against its range before anything is built. One
 trainer at a time may use DIR (a lock on DIR/.lock; export and evaluation
@@ -19,6 +31,7 @@ exporting nothing; other errors are one line on stderr with status 2.
 """
 
 import argparse
+import copy
 import importlib.util
 import json
 import os
@@ -58,11 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train or fine-tune a Perceiver IO model with a named recipe.",
         epilog="recipes: " + ", ".join(recipes.CONFIGS),
     )
-    parser.add_argument("--config", required=True, help="recipe name: " + ", ".join(recipes.CONFIGS))
     parser.add_argument(
-        "--workdir", required=True, help="folder for checkpoints, metrics and the exported model"
+        "--config",
+        help="recipe name: " + ", ".join(recipes.CONFIGS) + " (optional for a workdir that holds a run)",
     )
-    parser.add_argument("--tiny", action="store_true", help="a small variant that runs in under a minute on a CPU, on generated data")
+    parser.add_argument(
+        "--workdir", help="folder for checkpoints, metrics and the exported model (required)"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a small variant that runs in under a minute on a CPU, on generated data "
+        "(at the first start: a workdir keeps its config)",
+    )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument(
         "--export", metavar="PATH", help="export a checkpoint of WORKDIR to PATH (.pystate) and exit"
@@ -71,8 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--step", type=int, help="with --export or --eval-only: the checkpoint step (default: latest)"
     )
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume, evaluate or export with overrides that change the workdir's stored config",
+    )
+    parser.add_argument(
+        "--plot", metavar="WORKDIR", help="draw WORKDIR/metrics.jsonl into a PNG (-o PATH) and exit"
+    )
+    parser.add_argument(
+        "-o", "--output", metavar="PNG", help="with --plot: the image (default WORKDIR/curves.png)"
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, anywhere")
     return parser
+
+
+def _plot_args(argv: Sequence[str]) -> Optional[List[str]]:
+    """`perceiver plot`'s arguments when `argv` asks for --plot, else None."""
+    out, found = [], False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        if args[i] == "--plot" and i + 1 < len(args):
+            out.append(args[i + 1])
+            found, i = True, i + 2
+            continue
+        if args[i].startswith("--plot="):
+            out.append(args[i].split("=", 1)[1])
+            found = True
+        else:
+            out.append(args[i])
+        i += 1
+    return out if found else None
 
 
 def _require_checkpoints(workdir: str, what: str) -> str:
@@ -83,14 +134,20 @@ def _require_checkpoints(workdir: str, what: str) -> str:
     return directory
 
 
-def _export(workdir: str, path: str, step: Optional[int]) -> str:
+def _export(workdir: str, path: str, step: Optional[int], config) -> str:
     """Writes checkpoint `step` (default: the latest) of `workdir` to `path`; returns a report.
+
+    The description beside it (`recipes.describe`) needs the task built from
+    `config` (for class names): when that fails (the data moved), the
+    checkpoint is exported without one, and the report says why.
 
     Raises:
       FileNotFoundError: if there is no such checkpoint.
       NonFiniteError: if its parameters hold NaN or inf.
     """
+    from perceiver import checkpoint as inference_checkpoint
     from perceiver.train import checkpointing
+    from perceiver.train import recipes
 
     directory = _require_checkpoints(workdir, "export")
     ckpt = checkpointing.Checkpointer(directory, read_only=True)
@@ -105,8 +162,20 @@ def _export(workdir: str, path: str, step: Optional[int]) -> str:
             f"step {step} in {directory} holds non-finite values ({checkpointing.few(bad)}); "
             f"export an earlier step with --step (saved steps: {sorted(steps)})."
         )
-    checkpointing.export(path, params, state)
-    return f"exported step {step} of {workdir} to {path}"
+    try:
+        task = recipes.build_task(config, workdir, pretrained=False)
+        description, note = task.describe(step), ""
+    except (OSError, ValueError, TypeError) as e:
+        description = None
+        note = " (without a description: " + " ".join(str(e).split()) + ")"
+    checkpointing.export(path, params, state, description=description)
+    if description is not None:
+        note = f" (described in {inference_checkpoint.description_path(path)})"
+    return f"exported step {step} of {workdir} to {path}{note}"
+
+
+def _finished_line(workdir: str, steps: int) -> str:
+    return f"{workdir} already finished step {steps} of {steps}; raise train.num_steps to train longer"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -116,11 +185,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     arguments or settings, a busy or unusable --workdir, missing files or
     packages; 130: interrupted. Every error is one line on stderr.
     """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plot_args = _plot_args(argv)
+    if plot_args is not None:  # needs matplotlib only
+        from perceiver.train import plot
+
+        return plot.main(plot_args, prog="perceiver train --plot")
     missing = missing_requirements()
     if missing:
         return _fail(f"training needs the 'train' extra (missing: {', '.join(missing)}): {INSTALL}")
+    parser = build_parser()
     try:
-        args = build_parser().parse_args(argv)
+        # Intermixed: KEY=VALUE items may come before, between and after options.
+        args = parser.parse_intermixed_args(argv)
+        if not args.workdir:
+            parser.error("the following arguments are required: --workdir")
     except SystemExit as e:  # --help, or a usage error argparse has reported
         return e.code if isinstance(e.code, int) else 2
     try:
@@ -128,9 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         from perceiver import checkpoint as inference_checkpoint
         from perceiver import hub
+        from perceiver.train import checkpointing
         from perceiver.train import config as config_lib
         from perceiver.train import parallel
         from perceiver.train import recipes
+        from perceiver.train import runconfig
         from perceiver.train import trainer
         from perceiver.train import workdir as workdir_lib
     except ModuleNotFoundError as e:
@@ -139,19 +220,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     user_errors = (ValueError, OSError, inference_checkpoint.CheckpointError, hub.FetchError)
     lock = None
     try:
-        config = recipes.get_config(args.config, tiny=args.tiny)
-        config_lib.apply_overrides(config, args.overrides)
+        path = os.path.abspath(os.path.expanduser(args.workdir))
+        config, _, changes = runconfig.resolve(path, args.config, args.tiny, args.overrides)
         recipes.validate(config)  # every field, before any data or model is built
         if args.print_config:
             print(config_lib.to_json(config))
             return 0
+        training = not (args.export or args.eval_only)
+        if changes:
+            # Before the first checkpoint nothing depends on the stored config.
+            resuming = bool(checkpointing.saved_steps(os.path.join(path, "checkpoints")))
+            if not training:
+                runconfig.check(changes, runconfig.EVAL_SAFE, path, args.allow_config_change,
+                                "evaluating and exporting")
+            elif resuming:
+                runconfig.check(changes, runconfig.SAFE_ON_RESUME, path, args.allow_config_change,
+                                "resuming")
         if args.export:
             workdir = workdir_lib.prepare(args.workdir, create=False)
             _require_checkpoints(workdir, "export")
             # Shared: readers exclude a trainer (which deletes old and unfinished
             # checkpoints), not each other.
             lock = workdir_lib.WorkdirLock(workdir, shared=True, what="export").acquire()
-            print(_export(workdir, args.export, args.step))
+            print(_export(workdir, args.export, args.step, config))
             return 0
         # Before any other JAX call: joining a multi-process run.
         parallel.maybe_initialize_distributed(config.mesh.distributed)
@@ -161,15 +252,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             lock = workdir_lib.WorkdirLock(workdir, shared=True, what="eval-only").acquire()
         elif jax.process_index() == 0:  # the processes of one run share the folder
             lock = workdir_lib.WorkdirLock(workdir, what="train").acquire()
+        num_steps = config.train.num_steps
+        if training and num_steps:  # before any data or model is built
+            trainer.check_length(workdir, num_steps)
+            if trainer.finished_step(workdir, num_steps) is not None:
+                print(_finished_line(workdir, num_steps))
+                return 0
+        requested = copy.deepcopy(config)  # build_task fills in what the data decide
         try:
-            task = recipes.build_task(config, workdir)
+            task = recipes.build_task(config, workdir, pretrained=training)
         except TypeError as e:  # e.g. a model.KEY the factory does not take
             raise ValueError(f"the {config.recipe} recipe's model or data settings: {e}") from None
         if args.eval_only:
             result = trainer.evaluate_checkpoint(config, task, workdir, args.step)
             print(json.dumps(result, sort_keys=True))
             return 0
-        summary = trainer.train(config, task, workdir)
+        if changes and jax.process_index() == 0:
+            changed = runconfig.describe(changes)
+            print(f"{workdir}: config changed from {runconfig.CONFIG_FILE}: {changed}")
+        # Written by the trainer once the checkpoint is restored: a change that
+        # does not fit it leaves the stored config as it was.
+        summary = trainer.train(config, task, workdir, stored_config=requested)
+        if summary.get("finished"):  # a length given in epochs
+            print(_finished_line(workdir, summary["steps"]))
+            return 0
     except trainer.NonFiniteError as e:
         return _fail(e, status=1)
     except user_errors as e:
@@ -181,8 +287,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if lock is not None:
             lock.release()
     evaluation = summary.get("eval") or {}
-    loss = summary["final_train"].get("loss", float("nan"))
-    line = f"done: {summary['steps']} steps; final train loss {loss:.4g}"
+    loss = summary["final_train"].get("loss")
+    line = f"done: {summary['steps']} steps"
+    # None when resumed after the last step (killed before its evaluation and export).
+    line += f"; final train loss {loss:.4g}" if loss is not None else " (no training step this run)"
     if evaluation:
         line += "; eval " + " ".join(f"{k} {v:.4g}" for k, v in evaluation.items())
     if summary.get("exported"):

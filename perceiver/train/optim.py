@@ -6,9 +6,10 @@ embeddings; clipping by global norm; the reference's learning-rate
 schedules (constant then cosine, cosine with warm-up, step decay).
 """
 
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from perceiver import _validation
@@ -109,8 +110,56 @@ def learning_rate_schedule(
     return optax.piecewise_constant_schedule(base, scales)
 
 
+def continued_schedule(
+    config: OptimizerConfig, segments: Sequence[Tuple[int, int]], batch_size: int
+) -> optax.Schedule:
+    """The learning rate of a run whose length changed at resume steps; continuous there.
+
+    `segments` are `(start step, total steps)`: the run began at step 0 for
+    `segments[0][1]` steps, and at each later start S it was resumed with a
+    new total T. From S on, the rate follows the schedule of a run of T steps,
+    rescaled to start at the rate the run had reached at S:
+
+        lr(s) = floor + (previous(S) - floor) * (new(s) - floor) / (new(S) - floor)
+
+    where floor is `end_lr` for the cosine schedules and 0 otherwise. So the
+    rate never jumps; the rest of the decay is stretched over the new total
+    (ending at end_lr for the cosine schedules); a run that had already decayed
+    to end_lr stays there. With one segment this is `learning_rate_schedule`.
+
+    Raises:
+      ValueError: for segments that do not start at 0 and increase, or as
+        `learning_rate_schedule`.
+    """
+    segments = [(int(a), int(b)) for a, b in segments]
+    starts = [a for a, _ in segments]
+    if not segments or starts[0] != 0 or starts != sorted(set(starts)):
+        raise ValueError(f"schedule segments must start at step 0 and increase; got {segments}.")
+    schedule = learning_rate_schedule(config, segments[0][1], batch_size)
+    scale = batch_size / 256 if config.scale_by_batch else 1.0
+    floor = config.end_lr * scale if config.schedule in ("cosine", "constant_cosine") else 0.0
+    for start, total in segments[1:]:
+        new = learning_rate_schedule(config, total, batch_size)
+        reached, planned = float(schedule(start)), float(new(start))
+        # new(S) == floor: the new schedule has nothing left to decay; hold the rate.
+        ratio = (reached - floor) / (planned - floor) if planned != floor else None
+        schedule = _spliced(schedule, new, start, reached, floor, ratio)
+    return schedule
+
+
+def _spliced(previous, new, start, reached, floor, ratio) -> optax.Schedule:
+    def schedule(step):
+        after = reached if ratio is None else floor + ratio * (new(step) - floor)
+        return jnp.where(step < start, previous(step), after)
+
+    return schedule
+
+
 def make_optimizer(
-    config: OptimizerConfig, total_steps: int, batch_size: int
+    config: OptimizerConfig,
+    total_steps: int,
+    batch_size: int,
+    segments: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> Tuple[optax.GradientTransformation, optax.Schedule]:
     """The optimiser and its learning-rate schedule.
 
@@ -119,11 +168,21 @@ def make_optimizer(
     decay is added to the Adam direction before LAMB's trust ratio and before
     scaling by the learning rate.
 
+    Args:
+      config: the optimizer section.
+      total_steps: the run's length.
+      batch_size: the global batch (for `scale_by_batch`).
+      segments: a run resumed with other lengths (see `continued_schedule`);
+        None: one run of `total_steps`.
+
     Raises:
       ValueError: for an unknown optimiser or schedule.
     """
     _validation.check_choice("optimizer.optimizer", config.optimizer, OPTIMIZERS)
-    schedule = learning_rate_schedule(config, total_steps, batch_size)
+    if segments and len(segments) > 1:
+        schedule = continued_schedule(config, segments, batch_size)
+    else:
+        schedule = learning_rate_schedule(config, total_steps, batch_size)
 
     def mask(params):
         return weight_decay_mask(

@@ -17,8 +17,8 @@ from perceiver import _validation
 
 DATA_AXIS = "data"
 
-# Leaves smaller than this stay replicated under shard_params: splitting them
-# saves little memory and costs a collective each.
+# The default of mesh.shard_min_size: leaves smaller than this stay replicated
+# under shard_params (splitting them saves little memory and costs a collective each).
 MIN_SHARDED_SIZE = 2**14
 
 
@@ -126,6 +126,39 @@ def tree_shardings(tree: Any, mesh: Mesh, shard: bool = False, min_size: int = M
     laid out like their parameters.
     """
     return jax.tree_util.tree_map(lambda x: leaf_sharding(np.shape(x), mesh, shard, min_size), tree)
+
+
+def sharding_report(tree: Any, shardings: Any, mesh: Mesh, min_size: int, shown: int = 4) -> str:
+    """One line saying which leaves of `tree` (parameters) `shardings` splits, for the log.
+
+    Args:
+      tree: `{module: {name: array or ShapeDtypeStruct}}`.
+      shardings: the matching tree of shardings (`tree_shardings`).
+      mesh: the mesh.
+      min_size: mesh.shard_min_size, named in the line.
+      shown: how many sharded names to list before counting the rest.
+    """
+    n = mesh.shape[DATA_AXIS]
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    specs = jax.tree_util.tree_leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    sharded, values, total = [], 0, 0
+    for (path, leaf), sharding in zip(leaves, specs):
+        size = int(np.prod(np.shape(leaf), dtype=np.int64))
+        total += size
+        if not sharding.is_fully_replicated:
+            sharded.append("/".join(str(getattr(k, "key", k)) for k in path))
+            values += size
+    head = f"mesh.shard_params: {len(sharded)} of {len(leaves)} parameter arrays sharded over {n} device(s)"
+    if n == 1:
+        return head + " (one device on the data axis: nothing to split)"
+    line = (
+        f"{head} ({values:,} of {total:,} values; arrays under mesh.shard_min_size={min_size} "
+        "values, or with no dimension the devices divide, stay replicated)"
+    )
+    if sharded:
+        more = f" and {len(sharded) - shown} more" if len(sharded) > shown else ""
+        line += ": " + ", ".join(sharded[:shown]) + more
+    return line
 
 
 def check_batch_size(batch_size: int, mesh: Mesh, what: str = "train.batch_size") -> None:

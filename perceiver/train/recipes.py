@@ -8,9 +8,11 @@
     flow_small      the small flow model shipped as perceiver/data/flow_small.pystate
 
 `get_config(name, tiny=False)` returns a `Config`; `build_task(config,
-workdir)` the `Task` the trainer runs. Tiny variants run in about a minute
-on a laptop CPU and generate their data (and, to fine-tune, a stand-in
-pretrained checkpoint) under WORKDIR/generated.
+workdir)` the `Task` the trainer runs; `describe(config, task, step)` the
+description written beside an exported checkpoint (factory, sizes, task
+settings, labels), one function per recipe family. Tiny variants run in
+about a minute on a laptop CPU and generate their data (and, to fine-tune, a
+stand-in pretrained checkpoint) under WORKDIR/generated.
 """
 
 import dataclasses
@@ -24,6 +26,7 @@ import numpy as np
 
 from perceiver import checkpoint as inference_checkpoint
 from perceiver import models
+from perceiver.train import augment
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
 from perceiver.train import finetune
@@ -31,6 +34,7 @@ from perceiver.train import images as images_lib
 from perceiver.train import losses
 from perceiver.train import synthetic_flow
 from perceiver.train import text as text_lib
+from perceiver.train import trainer
 from perceiver.train.config import SEED, CheckpointConfig, Config, Interval, OptimizerConfig
 from perceiver.train.config import TrainConfig, ranged
 from perceiver.train.trainer import Task
@@ -42,11 +46,25 @@ from perceiver.train.trainer import Task
 
 @dataclasses.dataclass
 class ImageData:
-    """An image folder per split (ImageNet layout), and augmentation."""
+    """An image folder per split (ImageNet layout), cropping and augmentation.
+
+    Crops (a centred square to evaluate, a random box to train) are resized
+    (bicubic) to model.image_size. Evaluation takes a centred square of `eval_crop_fraction` of the short
+    side; 0 (the default) is the reference's image_size / (image_size + 32)
+    (224/256 at 224) but never fewer than image_size pixels, so images no
+    larger than the model's input are seen whole (8 x 8 digits stay 8 x 8,
+    then are resized). Training takes a random crop covering `crop_area` of
+    the image (the reference's Inception crop, 8% to 100%), except that with
+    `keep_small_images` an image whose short side is at most image_size gets
+    the evaluation crop instead (flips and RandAugment still apply).
+    """
 
     train_dir: str = ""
     eval_dir: str = ""  # '' : no evaluation
     generate: bool = False  # write a small generated folder under WORKDIR/generated
+    crop_area: Tuple[float, float] = ranged((0.08, 1.0), Interval("(0, 1]", length=2))
+    keep_small_images: bool = True
+    eval_crop_fraction: float = ranged(0.0, "[0, 1]")  # 0: auto (see above)
     randaugment_layers: int = ranged(4, "[0, inf)")  # 0 disables RandAugment
     randaugment_magnitude: float = ranged(5.0, "[0, 10]")  # the reference's scale: 10 is the strongest
     flip: bool = True
@@ -182,6 +200,15 @@ FLOW_SMALL_MODEL = dict(
     num_self_attends=4,
     num_self_attend_heads=4,
     num_bands=16,
+)
+# flow_small at half its size per dimension: its tiny variant.
+TINY_FLOW_SMALL_MODEL = dict(
+    image_shape=(16, 16),
+    num_latents=32,
+    num_latent_channels=64,
+    num_self_attends=2,
+    num_self_attend_heads=4,
+    num_bands=8,
 )
 TINY_FLOW_MODEL = dict(
     image_shape=(16, 16),
@@ -398,25 +425,38 @@ def flow_small_config(tiny: bool = False) -> Config:
     perceiver/data/flow_small.pystate (as DIR/model.pystate): 5000 steps of
     16 synthetic pairs with motions of a few pixels and richly textured
     layers (AdamW, 2e-3 peak, cosine); under an hour on two CPU cores.
+    The tiny variant is the same design at half the size per dimension
+    (16 x 16 frames, TINY_FLOW_SMALL_MODEL), the same scenes and optimiser,
+    on 64 scenes for 150 steps.
     """
+    scenes = dict(
+        max_translation=2.5,
+        max_background_translation=2.0,
+        num_waves=24,
+        min_frequency=0.03,
+        max_frequency=0.3,
+    )
+    optimizer = dict(
+        optimizer="adamw", base_lr=2e-3, scale_by_batch=False, eps=1e-8, weight_decay=1e-4,
+        max_norm=1.0, schedule="cosine", end_lr=1e-5,
+    )
     if tiny:
-        return flow_config(tiny=True)
+        return Config(
+            recipe="flow_small",
+            model=dict(TINY_FLOW_SMALL_MODEL),
+            data=FlowData(train_examples=64, eval_examples=32, **scenes),
+            task=FlowTask(),
+            # The full recipe warms up for 4% of its steps; so does this one.
+            optimizer=OptimizerConfig(warmup_steps=6, **optimizer),
+            train=_tiny_train(batch_size=8, eval_batch_size=8, num_steps=150),
+            checkpoint=_tiny_checkpoint(),
+        )
     return Config(
         recipe="flow_small",
         model=dict(FLOW_SMALL_MODEL),
-        data=FlowData(
-            max_translation=2.5,
-            max_background_translation=2.0,
-            num_waves=24,
-            min_frequency=0.03,
-            max_frequency=0.3,
-            eval_examples=512,
-        ),
+        data=FlowData(eval_examples=512, **scenes),
         task=FlowTask(),
-        optimizer=OptimizerConfig(
-            optimizer="adamw", base_lr=2e-3, scale_by_batch=False, eps=1e-8, weight_decay=1e-4,
-            max_norm=1.0, schedule="cosine", warmup_steps=200, end_lr=1e-5,
-        ),
+        optimizer=OptimizerConfig(warmup_steps=200, **optimizer),
         train=TrainConfig(
             batch_size=16, num_steps=5000, eval_every=1000, log_every=100, eval_batch_size=64
         ),
@@ -484,6 +524,10 @@ def validate(config: Config) -> Config:
         )
     if isinstance(d, TextData):
         _check_seq_len(config)
+    if isinstance(d, ImageData) and d.crop_area[1] < d.crop_area[0]:
+        raise ValueError(
+            f"data.crop_area must be (min, max) with min <= max; got {tuple(d.crop_area)}."
+        )
     if isinstance(d, FlowData):
         for low, high in (
             ("min_objects", "max_objects"),
@@ -554,8 +598,8 @@ def _classification_fns(apply_logits, label_smoothing: float):
         logits, _ = apply_logits(params, state, None, batch, False)
         w = batch["example_weights"]
         ce = losses.softmax_cross_entropy(logits, jax.nn.one_hot(batch["labels"], logits.shape[-1]))
-        k = min(5, logits.shape[-1])
-        acc = losses.topk_correct(logits, batch["labels"], sorted({1, k}))
+        # Top-5 only when it says something: with 5 classes or fewer it is always 1.
+        acc = losses.topk_correct(logits, batch["labels"], (1, 5) if logits.shape[-1] > 5 else (1,))
         out = {"loss": _sums(ce, w)}
         out.update({name: _sums(v, w) for name, v in acc.items()})
         return out
@@ -563,13 +607,14 @@ def _classification_fns(apply_logits, label_smoothing: float):
     return loss, evaluate
 
 
-def _image_task(config: Config, workdir: str) -> Task:
+def _image_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     d, t = config.data, config.task
     kwargs = dict(config.model)
     variant = kwargs.pop("variant")
     image_size = int(kwargs["image_size"])
     load_pretrained = None
-    if config.recipe == "finetune_image":  # first: a missing checkpoint fails before any data is made
+    # First: a missing checkpoint fails before any data is made.
+    if config.recipe == "finetune_image" and pretrained:
         path = t.pretrained
         if d.generate and not path:
             path = _tiny_pretrained_image(workdir, variant, kwargs)
@@ -614,7 +659,9 @@ def _image_task(config: Config, workdir: str) -> Task:
             train_source,
             [
                 images_lib.TrainImageTransform(
-                    image_size, d.randaugment_layers, d.randaugment_magnitude, d.flip
+                    image_size, d.randaugment_layers, d.randaugment_magnitude, d.flip,
+                    crop_area=d.crop_area, keep_small=d.keep_small_images,
+                    crop_fraction=d.eval_crop_fraction,
                 )
             ],
             batch_size=batch_size,
@@ -627,7 +674,7 @@ def _image_task(config: Config, workdir: str) -> Task:
     def eval_loader(batch_size):
         return data_lib.make_loader(
             eval_source,
-            [images_lib.EvalImageTransform(image_size)],
+            [images_lib.EvalImageTransform(image_size, d.eval_crop_fraction)],
             batch_size=batch_size,
             seed=0,
             shuffle=False,
@@ -705,7 +752,7 @@ def _check_seq_len(config: Config) -> int:
     return seq_len
 
 
-def _mlm_task(config: Config, workdir: str) -> Task:
+def _mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     d, t = config.data, config.task
     seq_len = _check_seq_len(config)
     if d.generate:
@@ -757,20 +804,24 @@ def _mlm_task(config: Config, workdir: str) -> Task:
         eval_loader=eval_loader if eval_source is not None else None,
         num_train_examples=len(train_source),
         export_info=dict(factory="masked_language_model", **config.model),
+        # 'loss' and 'masked_acc' are means over masked tokens, not examples.
+        eval_counts={"masked_tokens": "loss"},
     )
 
 
-def _text_classification_task(config: Config, workdir: str) -> Task:
+def _text_classification_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     d, t = config.data, config.task
     seq_len = _check_seq_len(config)
     sizes = {k: v for k, v in config.model.items() if k != "num_classes"}
     # First: a missing checkpoint fails before any data is made.
-    pretrained = t.pretrained
-    if d.generate and not pretrained:
-        pretrained = _tiny_pretrained_mlm(workdir, sizes)
-    if not pretrained:
-        raise ValueError("finetune_text needs task.pretrained=PATH or 'mlm'.")
-    load_pretrained = _load_pretrained_fn(finetune.resolve_pretrained(pretrained), t.new_modules)
+    load_pretrained = None
+    if pretrained:
+        path = t.pretrained
+        if d.generate and not path:
+            path = _tiny_pretrained_mlm(workdir, sizes)
+        if not path:
+            raise ValueError("finetune_text needs task.pretrained=PATH or 'mlm'.")
+        load_pretrained = _load_pretrained_fn(finetune.resolve_pretrained(path), t.new_modules)
     if d.generate:
         paths = text_lib.write_generated_text(_generated_dir(workdir, "text"))
         d.train_paths, d.eval_paths = (paths["train"],), (paths["eval"],)
@@ -840,7 +891,7 @@ def flow_scene_spec(config: Config) -> synthetic_flow.FlowSceneSpec:
     return synthetic_flow.FlowSceneSpec(image_shape=tuple(config.model["image_shape"]), **values)
 
 
-def _flow_task(config: Config, workdir: str) -> Task:
+def _flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     d, t = config.data, config.task
     spec = flow_scene_spec(config)
     model = models.optical_flow(**config.model)
@@ -899,7 +950,8 @@ def _flow_task(config: Config, workdir: str) -> Task:
     )
 
 
-BUILDERS: Dict[str, Callable[[Config, str], Task]] = {
+# (config, workdir, pretrained: whether to load task.pretrained) -> Task
+BUILDERS: Dict[str, Callable[..., Task]] = {
     "imagenet": _image_task,
     "finetune_image": _image_task,
     "mlm": _mlm_task,
@@ -909,8 +961,17 @@ BUILDERS: Dict[str, Callable[[Config, str], Task]] = {
 }
 
 
-def build_task(config: Config, workdir: str) -> Task:
+def build_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     """The `Task` of `config.recipe`, with its data (generated under `workdir` if asked).
+
+    Fills in what the data decide (`model.num_classes` 0: one per class)
+    and sets the task's `describe` (see `describe`).
+
+    Args:
+      config: a recipe's config; changed in place as said.
+      workdir: the run's folder.
+      pretrained: load `task.pretrained` into a fresh model (training);
+        False for evaluating or exporting a checkpoint, which holds them.
 
     Raises:
       ValueError: for an unknown recipe, a field out of its range (see
@@ -919,4 +980,115 @@ def build_task(config: Config, workdir: str) -> Task:
         nor in the cache and cannot be downloaded.
     """
     validate(config)
-    return BUILDERS[config.recipe](config, workdir)
+    task = BUILDERS[config.recipe](config, workdir, pretrained)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    task.describe = lambda step: describe(config, task, step, workdir)
+    return task
+
+
+# ---------------------------------------------------------------------------
+# Descriptions of exported checkpoints
+# ---------------------------------------------------------------------------
+
+
+def _describe_image(config: Config, task: Task) -> Dict[str, Any]:
+    """imagenet, finetune_image: the classifier, its input preparation and class names."""
+    sizes = dict(config.model)  # with the variant and the number of classes
+    size = int(sizes["image_size"])
+    fraction = config.data.eval_crop_fraction
+    return {
+        "factory": "imagenet_classifier",
+        "sizes": sizes,
+        "task": {
+            "image_size": size,
+            # A centred square of crop_fraction of the short side, but (auto
+            # crop) never fewer than min_crop_size pixels nor more than the
+            # short side; resized to image_size.
+            "crop_fraction": fraction or size / (size + augment.CENTER_CROP_PADDING),
+            "min_crop_size": 0 if fraction else size,
+            "resize": "bicubic",
+            "mean_rgb": list(augment.MEAN_RGB),
+            "stddev_rgb": list(augment.STDDEV_RGB),
+        },
+        "labels": _labels(task, sizes["num_classes"]),
+    }
+
+
+def _describe_text_classifier(config: Config, task: Task) -> Dict[str, Any]:
+    """finetune_text: the byte classifier, its tokenizer and label names."""
+    sizes = dict(config.model)
+    return {
+        "factory": "text_classifier",
+        "sizes": sizes,
+        "task": {"seq_len": config.data.seq_len},  # the length it was trained on
+        "labels": _labels(task, sizes["num_classes"]),
+        "tokenizer": {"kind": "bytes", "max_seq_len": sizes["max_seq_len"]},
+    }
+
+
+def _describe_mlm(config: Config, task: Task) -> Dict[str, Any]:
+    """mlm: the masked byte language model and its tokenizer."""
+    sizes = dict(config.model)
+    return {
+        "factory": "masked_language_model",
+        "sizes": sizes,
+        "task": {"seq_len": config.data.seq_len, "mask_prob": config.task.mask_prob},
+        "tokenizer": {"kind": "bytes", "max_seq_len": sizes["max_seq_len"]},
+    }
+
+
+def _describe_flow(config: Config, task: Task) -> Dict[str, Any]:
+    """flow, flow_small: the flow model and a tiling that fits its tile."""
+    sizes = dict(config.model, image_shape=list(config.model["image_shape"]))
+    # Tiles overlap by a quarter of their side (8 px for 32 x 32, as shipped).
+    task = {"min_overlap": min(sizes["image_shape"]) // 4}
+    return {"factory": "optical_flow", "sizes": sizes, "task": task}
+
+
+def _labels(task: Task, num_classes: int) -> list:
+    """Class names in output order; outputs beyond the data's classes are named by index."""
+    names = [str(c) for c in task.export_info.get("classes", [])][:num_classes]
+    return names + [str(i) for i in range(len(names), num_classes)]
+
+
+DESCRIBERS: Dict[str, Callable[[Config, Task], Dict[str, Any]]] = {
+    "imagenet": _describe_image,
+    "finetune_image": _describe_image,
+    "finetune_text": _describe_text_classifier,
+    "mlm": _describe_mlm,
+    "flow": _describe_flow,
+    "flow_small": _describe_flow,
+}
+
+
+def describe(config: Config, task: Task, step: int, workdir: str = "") -> Dict[str, Any]:
+    """The description of a checkpoint of step `step` (see `perceiver.checkpoint.save_description`).
+
+    `factory` and `sizes` rebuild the model: `getattr(perceiver.models,
+    factory)(**sizes)` has the checkpoint's parameter tree. Also `task`
+    (settings needed at inference),
+    `labels`, `tokenizer` (text), one line of `description`, and `trained`:
+    the recipe, step and full config.
+
+    Args:
+      config: the run's config, as `build_task` completed it.
+      task: its task (for the class names).
+      step: the checkpoint's step.
+      workdir: the run's folder, named in the description.
+    """
+    out = DESCRIBERS[config.recipe](config, task)
+    try:
+        total = trainer.total_steps(config, task)
+    except ValueError:
+        total = None
+    of = f" of {total}" if total else ""
+    where = f", workdir {workdir}" if workdir else ""
+    out["description"] = f"perceiver train --config {config.recipe}: step {step}{of}{where}"
+    out["trained"] = {
+        "recipe": config.recipe,
+        "step": int(step),
+        "num_steps": total,
+        "workdir": workdir,
+        "config": config_lib.to_dict(config),
+    }
+    return out

@@ -10,7 +10,10 @@ does the rest the same way on one CPU, many GPUs or a TPU pod:
   of devices or on restarts;
 - checkpoints (with the data iterator's state) are saved every
   `checkpoint.every_steps`; running the same command again resumes from the
-  latest one and ends with the same parameters as a run never stopped.
+  latest one and ends with the same parameters as a run never stopped;
+- a run resumed with another length (`train.num_steps`) keeps its learning
+  rate continuous (`optim.continued_schedule`; the lengths it was run with
+  are in WORKDIR/schedule.json), and a finished run rerun does nothing.
 """
 
 import dataclasses
@@ -21,13 +24,14 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from perceiver import checkpoint as inference_checkpoint
 from perceiver.train import checkpointing
 from perceiver.train import config as config_lib
 from perceiver.train import data as data_lib
@@ -74,8 +78,14 @@ class Task:
       num_train_examples: examples per epoch (for `train.epochs`), or None.
       load_pretrained: (params, state) -> (params, state) with published
         weights merged in, or None.
-      export_info: facts written next to the exported model (e.g. the factory
-        and its sizes), so that it can be rebuilt.
+      export_info: facts written to summary.json about the exported model
+        (e.g. the factory and its sizes).
+      eval_counts: evaluation results that are counts, not means:
+        `{reported name: metric}` reports the number of items `metric` was
+        averaged over (e.g. `{"masked_tokens": "loss"}`). `examples`, the
+        number of examples evaluated, is always reported.
+      describe: step -> the description written beside an exported
+        checkpoint (see `perceiver.checkpoint.save_description`), or None.
     """
 
     init: Callable[[jax.Array], Tuple[Any, Any]]
@@ -86,6 +96,8 @@ class Task:
     num_train_examples: Optional[int] = None
     load_pretrained: Optional[Callable[[Any, Any], Tuple[Any, Any]]] = None
     export_info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    eval_counts: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    describe: Optional[Callable[[int], Mapping[str, Any]]] = None
 
 
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, schedule: optax.Schedule):
@@ -119,8 +131,13 @@ def compile_train_step(step_fn, state_shardings, mesh, donate: bool = True):
 
 
 def compile_eval_step(eval_fn: EvalFn, params_shardings, state_shardings, mesh):
+    """`jax.jit` of `(params, state, batch) -> (eval_fn's sums, number of real examples)`."""
+
+    def step(params, state, batch):
+        return eval_fn(params, state, batch), jnp.sum(batch["example_weights"])
+
     return jax.jit(
-        eval_fn,
+        step,
         in_shardings=(params_shardings, state_shardings, parallel.batch_sharding(mesh)),
         out_shardings=parallel.replicated(mesh),
     )
@@ -158,21 +175,36 @@ def total_steps(config: config_lib.Config, task: Task) -> int:
 def evaluate(
     task: Task, eval_step, ts: TrainState, batch_size: int, mesh, max_batches: int = 0
 ) -> Dict[str, float]:
-    """Means of the task's evaluation metrics over the evaluation set."""
+    """Means of the task's evaluation metrics over the evaluation set.
+
+    Also `examples` (how many were evaluated) and the task's `eval_counts`.
+    """
     per_process = batch_size // jax.process_count()
     sharding = parallel.batch_sharding(mesh)
     sums: Dict[str, np.ndarray] = {}
-    for i, host_batch in enumerate(task.eval_loader(per_process)):
-        if max_batches and i >= max_batches:
-            break
-        padded, _ = data_lib.pad_batch(host_batch, per_process)
-        out = jax.device_get(eval_step(ts.params, ts.state, data_lib.to_global(padded, sharding)))
-        for name, (total, count) in out.items():
-            prev = sums.get(name, np.zeros(2))
-            sums[name] = prev + np.array([float(total), float(count)])
-    return {name: total / max(count, 1e-12) for name, (total, count) in sums.items()} | (
-        {"examples": float(sums[next(iter(sums))][1])} if sums else {}
-    )
+    examples = 0.0
+    batches = iter(task.eval_loader(per_process))
+    try:
+        for i, host_batch in enumerate(batches):
+            if max_batches and i >= max_batches:
+                break
+            padded, _ = data_lib.pad_batch(host_batch, per_process)
+            out, count = jax.device_get(
+                eval_step(ts.params, ts.state, data_lib.to_global(padded, sharding))
+            )
+            examples += float(count)
+            for name, (total, n) in out.items():
+                prev = sums.get(name, np.zeros(2))
+                sums[name] = prev + np.array([float(total), float(n)])
+    finally:
+        if hasattr(batches, "close"):
+            batches.close()  # stop the workers of a loader left early
+    result = {name: total / max(n, 1e-12) for name, (total, n) in sums.items()}
+    for name, metric in task.eval_counts.items():
+        if metric in sums:
+            result[name] = float(sums[metric][1])
+    result["examples"] = examples
+    return result
 
 
 def _log(message: str) -> None:
@@ -189,40 +221,106 @@ def _progress(total: int, initial: int, enabled: bool):
     return tqdm(total=total, initial=initial, disable=not show, dynamic_ncols=True, unit="step")
 
 
-def _write_config(config: config_lib.Config, workdir: str) -> None:
-    path = os.path.join(workdir, "config.json")
-    new = config_lib.to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        changed = config_lib.differences(old, new)
-        if changed:
-            lines = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            _log(f"config differs from the one in {path}: {lines}")
+def _write_json(path: str, text: str) -> None:
+    """Writes `text` to `path` atomically, on process 0."""
     if jax.process_index() == 0:
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            f.write(config_lib.to_json(config))
+            f.write(text)
         os.replace(tmp, path)
 
 
-def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]:
+def _write_config(config: config_lib.Config, workdir: str, overwrite: bool) -> None:
+    """WORKDIR/config.json (see `runconfig`); an existing one only with `overwrite`."""
+    path = os.path.join(workdir, "config.json")
+    if overwrite or not os.path.exists(path):
+        _write_json(path, config_lib.to_json(config) + "\n")
+
+
+SCHEDULE_FILE = "schedule.json"
+
+
+def schedule_segments(workdir: str, start: int, num_steps: int) -> List[Tuple[int, int]]:
+    """The `(start step, total steps)` lengths of a run resumed at `start` for `num_steps`.
+
+    Read from WORKDIR/schedule.json: lengths set at steps before `start` are
+    kept (their steps are in the checkpoint); a new total adds `(start,
+    num_steps)` (see `optim.continued_schedule`). A workdir without the file
+    is taken to have run for `num_steps` from the start.
+    """
+    path = os.path.join(workdir, SCHEDULE_FILE)
+    segments: List[Tuple[int, int]] = []
+    if os.path.exists(path):
+        with open(path) as f:
+            segments = [(int(a), int(b)) for a, b in json.load(f)["segments"]]
+    segments = [seg for seg in segments if seg[0] < start or seg[0] == 0]
+    if not segments or start == 0:
+        return [(0, num_steps)]
+    if segments[-1][1] != num_steps:
+        segments.append((start, num_steps))
+    return segments
+
+
+def check_length(workdir: str, num_steps: int) -> None:
+    """Raises ValueError if `workdir`'s checkpoints are of a step beyond `num_steps`."""
+    saved = checkpointing.saved_steps(os.path.join(workdir, "checkpoints"))
+    if saved and max(saved) > num_steps:
+        raise ValueError(
+            f"train.num_steps must be >= {max(saved)}, the step {workdir}/checkpoints already "
+            f"holds; got {num_steps}. Raise it, or give another --workdir."
+        )
+
+
+def finished_step(workdir: str, num_steps: int) -> Optional[int]:
+    """`num_steps` if `workdir` holds a run that finished them (its last checkpoint and
+    summary.json are of that step), else None."""
+    steps = checkpointing.saved_steps(os.path.join(workdir, "checkpoints"))
+    if not steps or max(steps) != num_steps:
+        return None
+    try:
+        with open(os.path.join(workdir, "summary.json")) as f:
+            done = json.load(f).get("steps")
+    except (OSError, ValueError):
+        return None  # killed after its last checkpoint: evaluation and export are left to do
+    return num_steps if done == num_steps else None
+
+
+def train(
+    config: config_lib.Config,
+    task: Task,
+    workdir: str,
+    stored_config: Optional[config_lib.Config] = None,
+) -> Dict[str, Any]:
     """Trains (or resumes training) until `total_steps`; returns a summary.
 
-    Writes into `workdir`: config.json, metrics.jsonl, checkpoints/,
-    model.pystate (inference format, at the end) and summary.json. One run
-    at a time per workdir: `perceiver train` holds a `workdir.WorkdirLock`
-    around this call; other callers should too.
+    Writes into `workdir`: config.json (`stored_config` when given, once the
+    state is restored or initialised; else `config` unless there is one),
+    schedule.json, metrics.jsonl (and TensorBoard events under tensorboard/ when
+    tensorboardX is installed), checkpoints/, model.pystate and its
+    description model.json (inference format, at the end) and summary.json.
+    One run at a time per workdir: `perceiver train` holds a
+    `workdir.WorkdirLock` around this call; other callers should too.
+
+    A run that already finished `total_steps` (its last checkpoint and
+    summary.json say so) is left as it is: the summary returned has
+    `finished: True` and nothing is evaluated, exported or written. A longer
+    `total_steps` continues the run, its learning rate continuous at the
+    resume step (see `optim.continued_schedule`).
 
     Raises:
       NonFiniteError: when the loss (checked at every step's metrics) or the
         state (checked before each save) becomes NaN or infinite; the
         non-finite state is neither saved nor exported, and the message
         names the last good checkpoint.
+      ValueError: when `total_steps` is below the step the checkpoints
+        already hold.
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    _write_config(config, workdir)
+    num_steps = total_steps(config, task)
+    check_length(workdir, num_steps)
+    if finished_step(workdir, num_steps) is not None:
+        return {"finished": True, "steps": num_steps, "recipe": config.recipe, "workdir": workdir}
 
     mesh = parallel.make_mesh(config.mesh.data_parallel)
     batch_size = config.train.batch_size
@@ -230,19 +328,31 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
     eval_batch_size = config.train.eval_batch_size or batch_size
     if task.evaluate is not None and task.eval_loader is not None:
         parallel.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
-    num_steps = total_steps(config, task)
-    optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps, batch_size)
-
-    build = initial_state(task, optimizer, config.train.seed)
-    abstract = jax.eval_shape(build)
-    shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params)
-
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         every_steps=config.checkpoint.every_steps,
         keep=config.checkpoint.keep,
         async_save=config.checkpoint.async_save,
     )
+    start_step = ckpt.latest_step() or 0
+    segments = schedule_segments(workdir, start_step, num_steps)
+    optimizer, schedule = optim.make_optimizer(config.optimizer, num_steps, batch_size, segments)
+    if len(segments) > 1 and segments[-1][0] == start_step:
+        rate = float(schedule(start_step))
+        note = "; it had decayed to 0, so the added steps change nothing" if rate == 0 else ""
+        _log(
+            f"train.num_steps {segments[-2][1]} -> {num_steps} at step {start_step}: the learning "
+            f"rate continues from {rate:.4g} and decays over the new total{note}"
+        )
+    _write_json(os.path.join(workdir, SCHEDULE_FILE), json.dumps({"segments": segments}) + "\n")
+
+    build = initial_state(task, optimizer, config.train.seed)
+    abstract = jax.eval_shape(build)
+    min_size = config.mesh.shard_min_size
+    shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params, min_size)
+    if config.mesh.shard_params:
+        _log(parallel.sharding_report(abstract.params, shardings.params, mesh, min_size))
+
     data_state = None
     if ckpt.latest_step() is not None:
         target = jax.tree_util.tree_map(
@@ -261,6 +371,8 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
             params = jax.device_put(params, shardings.params)
             model_state = jax.device_put(model_state, shardings.state)
             ts = ts._replace(params=params, state=model_state)
+    # Now that the checkpoint fits: the config the checkpoints will be of.
+    _write_config(stored_config or config, workdir, overwrite=stored_config is not None)
     num_params = optim.count_params(ts.params)
     _log(
         f"{config.recipe}: {num_params:,} parameters, {num_steps} steps of {batch_size} examples "
@@ -273,7 +385,11 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
         eval_step = compile_eval_step(task.evaluate, shardings.params, shardings.state, mesh)
 
     writer = metrics_lib.MetricsWriter(
-        workdir, resume_step=start, enabled=jax.process_index() == 0
+        workdir,
+        resume_step=start,
+        enabled=jax.process_index() == 0,
+        # Resumed at the end (killed after the last save): the final evaluation is redone.
+        redo_eval_at=start if start == num_steps and config.train.final_eval else None,
     )
     per_process = batch_size // jax.process_count()
     batches = data_lib.Prefetcher(task.train_loader(per_process, config.train.seed), data_state)
@@ -400,15 +516,21 @@ def train(config: config_lib.Config, task: Task, workdir: str) -> Dict[str, Any]
         "resumed_from": start,
         "parameters": num_params,
         "train_seconds_this_run": train_seconds,
+        "steps_this_run": step - start,
         "final_train": last_train,
         "eval": last_eval,
         "devices": mesh.size,
         "processes": jax.process_count(),
     }
     if config.checkpoint.export:
-        path = checkpointing.export(os.path.join(workdir, "model.pystate"), ts.params, ts.state)
+        description = dict(task.describe(step)) if task.describe is not None else None
+        path = checkpointing.export(
+            os.path.join(workdir, "model.pystate"), ts.params, ts.state, description=description
+        )
         summary["exported"] = path
         summary["model"] = dict(task.export_info)
+        if description is not None:
+            summary["description"] = inference_checkpoint.description_path(path)
     ckpt.close()
     writer.close()
     if jax.process_index() == 0:
@@ -436,7 +558,9 @@ def evaluate_checkpoint(
         config.optimizer, total_steps(config, task), config.train.batch_size
     )
     abstract = jax.eval_shape(initial_state(task, optimizer, config.train.seed))
-    shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params)
+    shardings = parallel.tree_shardings(
+        abstract, mesh, config.mesh.shard_params, config.mesh.shard_min_size
+    )
     target = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
