@@ -8,6 +8,13 @@ the file's opcodes on `perceiver.safe_unpickle.Reader`, which builds only
 dicts, plain values and the few numpy calls such files need
 (`ALLOWED_GLOBALS`), each checked before numpy sees it. Nothing from the file
 runs, and no array is ever a view of memory it does not own.
+
+`save` and `load` choose the format by the file's extension: a path ending
+in `.safetensors` is read and written with the safetensors package's numpy
+API (`pip install 'perceiver-io-jax[hf]'`), keyed as `SAFETENSORS_FORMAT` says, with
+its header bounded, its dtypes numeric, and the same non-finite check; any
+other path is a pickle. A description (`save_description`) sits beside
+either as `NAME.json`.
 """
 
 import functools
@@ -396,7 +403,9 @@ def loads(data: bytes, source: str = "<bytes>", *, allow_nonfinite: bool = False
 def load(path: "os.PathLike[str] | str", *, allow_nonfinite: bool = False) -> Tuple[Tree, Tree]:
     """Reads a checkpoint without running code from it.
 
-    Accepts params alone or `{'params': ..., 'state': ...}`, plain dicts or
+    A `.safetensors` file is read by the safetensors package (see
+    `SAFETENSORS_FORMAT` for its keys); any other file as a pickle. For
+    pickles: accepts params alone or `{'params': ..., 'state': ...}`, plain dicts or
     Haiku's old `FlatMapping`, arrays pickled by numpy 1.x or 2.x under any
     pickle protocol. Only dicts with str keys and numeric arrays are built
     (`perceiver.safe_unpickle`); each array's bytes are checked against its
@@ -415,8 +424,11 @@ def load(path: "os.PathLike[str] | str", *, allow_nonfinite: bool = False) -> Tu
       FileNotFoundError: if `path` does not exist.
       CheckpointError: (a ValueError) for a truncated, foreign or hostile file,
         or non-finite values, naming the file and what was refused.
+      ImportError: for a `.safetensors` file without the safetensors package.
     """
     path = os.fspath(path)
+    if is_safetensors(path):
+        return _load_safetensors(path, allow_nonfinite)
     with open(path, "rb") as f:
         data = f.read()
     return loads(data, source=path, allow_nonfinite=allow_nonfinite)
@@ -468,10 +480,12 @@ def save(
     *,
     description: Optional[Mapping[str, Any]] = None,
 ) -> None:
-    """Writes a checkpoint in the published format, atomically.
+    """Writes a checkpoint, atomically: safetensors for a `.safetensors` path, else a pickle.
 
-    Params alone when `state` is empty, else `{'params': ..., 'state': ...}`;
-    arrays become numpy arrays so that a plain `pickle.load` reads the file.
+    A `.safetensors` path gets `SAFETENSORS_FORMAT` (needs the safetensors
+    package). Any other path gets the published format: params alone when
+    `state` is empty, else `{'params': ..., 'state': ...}`; arrays become
+    numpy arrays so that a plain `pickle.load` reads the file.
     The bytes go to a temporary file in the same directory that is renamed
     over `path` only once complete, so a crash never leaves a partial file.
 
@@ -484,14 +498,21 @@ def save(
         (and leaves an existing one alone).
 
     Raises:
-      CheckpointError: if a value is not a numeric or boolean array, or the
-        description is not as `save_description` needs it.
+      CheckpointError: if a value is not a numeric or boolean array (or, for
+        safetensors, a name or dtype it cannot hold), or the description is
+        not as `save_description` needs it.
+      ImportError: for a `.safetensors` path without the safetensors package.
       OSError: if the file cannot be written; `path` is then left as it was.
     """
     path = os.fspath(path)
-    payload = _payload(params, state)  # Fails before any file is touched.
+    if is_safetensors(path):
+        data = _safetensors_bytes(params, state, path)  # Fails before any file is touched.
+        write = lambda f: f.write(data)  # noqa: E731
+    else:
+        payload = _payload(params, state)  # Fails before any file is touched.
+        write = lambda f: pickle.dump(payload, f, protocol=4)  # noqa: E731  Streamed.
     text = None if description is None else _description_text(description, path)
-    _write_atomically(path, lambda f: pickle.dump(payload, f, protocol=4))  # Streamed.
+    _write_atomically(path, write)
     if text is not None:
         _write_atomically(description_path(path), lambda f: f.write(text.encode("utf-8")))
 
@@ -512,6 +533,195 @@ def _write_atomically(path: str, write: Callable[[Any], Any]) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+# ---------------------------------------------------------------------------
+# safetensors: our trees in the format transformers and others read
+# ---------------------------------------------------------------------------
+
+SAFETENSORS_FORMAT = "perceiver-tree/1"
+"""Our trees in a `.safetensors` file: one tensor per leaf, named `MODULE/NAME`.
+
+Params are keyed `MODULE/NAME` (a Haiku module path holds '/', a leaf name
+none: the last '/' splits them); state leaves the same under the prefix
+`state/` (`state/MODULE/NAME`), in the same file, so that one file is one
+checkpoint as with pickles. The header's metadata is `{"format":
+SAFETENSORS_FORMAT}`; reading does not need it. A params module called
+`state` or under `state/` cannot be saved (it would read back as state).
+"""
+STATE_PREFIX = "state/"
+SAFETENSORS_SUFFIX = ".safetensors"
+# A header lists each tensor in ~100 bytes: 16 MB is far past any Perceiver's
+# (the MLM has ~500 leaves), and bounds what a hostile header makes us parse.
+MAX_SAFETENSORS_HEADER_BYTES = 16 << 20
+# safetensors dtype codes of numbers and booleans, the only ones we read or write.
+_SAFETENSORS_DTYPES = {
+    "BOOL": "bool",
+    "U8": "uint8",
+    "I8": "int8",
+    "U16": "uint16",
+    "I16": "int16",
+    "U32": "uint32",
+    "I32": "int32",
+    "U64": "uint64",
+    "I64": "int64",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F32": "float32",
+    "F64": "float64",
+    "C64": "complex64",
+}
+
+
+def is_safetensors(path: "os.PathLike[str] | str") -> bool:
+    """Whether `load` and `save` treat `path` as safetensors (its name ends in `.safetensors`)."""
+    return os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX)
+
+
+def _safetensors_numpy(path: str):
+    try:
+        from safetensors import numpy as st_numpy
+    except ImportError:
+        raise ImportError(
+            f"{path}: safetensors files need the safetensors package: "
+            "pip install 'perceiver-io-jax[hf]'"
+        ) from None
+    return st_numpy
+
+
+def _safetensors_header(path: str) -> Dict[str, Any]:
+    """The JSON header of a safetensors file, read with its length bounded and its dtypes checked."""
+    size = os.path.getsize(path)  # FileNotFoundError for a missing file.
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(
+                f"{path}: {size} bytes, too short for a safetensors header; not a safetensors file."
+            )
+        length = int.from_bytes(head, "little")
+        if length > MAX_SAFETENSORS_HEADER_BYTES:
+            raise CheckpointError(
+                f"{path}: declares a safetensors header of {length} bytes; at most "
+                f"{MAX_SAFETENSORS_HEADER_BYTES} allowed."
+            )
+        if 8 + length > size:
+            raise CheckpointError(
+                f"{path}: declares a safetensors header of {length} bytes, past the end of the "
+                f"{size}-byte file (truncated or not a safetensors file)."
+            )
+        raw = f.read(length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(
+            f"{path}: the safetensors header is not JSON ({safe_unpickle.short(str(e), 120)})."
+        ) from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is not a JSON object.")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = entry.get("dtype") if isinstance(entry, dict) else None
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+            raise CheckpointError(
+                f"{path}: tensor {safe_unpickle.short(name)} has dtype {safe_unpickle.short(dtype)}; "
+                f"only numbers and booleans are read ({', '.join(_SAFETENSORS_DTYPES)})."
+            )
+        if dtype == "BF16" and ml_dtypes is None:  # pragma: no cover - ml_dtypes ships with jax.
+            raise CheckpointError(f"{path}: tensor {name} is bfloat16, which needs ml_dtypes.")
+    return header
+
+
+def read_safetensors(path: "os.PathLike[str] | str") -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """`({name: array}, metadata)` of a `.safetensors` file, through safetensors' numpy loader.
+
+    The header's length is bounded and its dtypes checked before safetensors
+    reads the file (which checks shapes and offsets); every array is copied
+    into memory of its own.
+
+    Raises:
+      FileNotFoundError: for a missing file.
+      ImportError: without the safetensors package (`pip install 'perceiver-io-jax[hf]'`).
+      CheckpointError: naming the file, for a damaged or hostile one.
+    """
+    path = os.fspath(path)
+    st_numpy = _safetensors_numpy(path)
+    header = _safetensors_header(path)
+    try:
+        tensors = st_numpy.load_file(path)
+    except Exception as e:  # safetensors raises its own SafetensorError, and others.
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file "
+            f"({type(e).__name__}: {safe_unpickle.short(str(e), 150)})."
+        ) from None
+    if set(tensors) != set(header) - {"__metadata__"}:  # The file changed while we read it.
+        raise CheckpointError(f"{path}: the file changed while it was read.")
+    arrays = {}
+    for name, value in tensors.items():
+        array = np.array(value)  # Own memory, not a view of the mapped file.
+        if not _is_parameter_dtype(array.dtype):
+            raise CheckpointError(f"{path}: tensor {safe_unpickle.short(name)} has dtype {array.dtype}.")
+        arrays[name] = array
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict):
+        metadata = {}
+    return arrays, metadata
+
+
+def _load_safetensors(path: str, allow_nonfinite: bool) -> Tuple[Tree, Tree]:
+    tensors, _ = read_safetensors(path)
+    params: Tree = {}
+    state: Tree = {}
+    for key in sorted(tensors):
+        tree, rest = (state, key[len(STATE_PREFIX):]) if key.startswith(STATE_PREFIX) else (params, key)
+        module, _, name = rest.rpartition("/")
+        if not module or not name:
+            raise CheckpointError(
+                f"{path}: tensor {safe_unpickle.short(key)} is not named MODULE/NAME as our trees "
+                "are (for a transformers checkpoint directory, use `perceiver convert`)."
+            )
+        tree.setdefault(module, {})[name] = tensors[key]
+    if not allow_nonfinite:
+        bad = _nonfinite(params, "params") + _nonfinite(state, "state")
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise CheckpointError(
+                f"{path} holds non-finite values (NaN or Inf) in {len(bad)} "
+                f"{'array' if len(bad) == 1 else 'arrays'}: {shown}; a diverged or damaged model "
+                "(perceiver.checkpoint.load(path, allow_nonfinite=True) reads it anyway)."
+            )
+    return params, state
+
+
+def _safetensors_bytes(params: Mapping, state: Optional[Mapping], path: str) -> bytes:
+    """The bytes of `SAFETENSORS_FORMAT` for our trees."""
+    st_numpy = _safetensors_numpy(path)
+    flat: Dict[str, np.ndarray] = {}
+    supported = set(_SAFETENSORS_DTYPES.values())
+    for prefix, tree in (("", _memory_tree(params, "params")), (STATE_PREFIX, _memory_tree(state or {}, "state"))):
+        what = "state" if prefix else "params"
+        for module, leaves in tree.items():
+            if not module or (not prefix and (module == "state" or module.startswith(STATE_PREFIX))):
+                raise CheckpointError(
+                    f"{what} module {module!r} cannot be saved as safetensors: its keys would "
+                    f"read back as {'a bad name' if not module else 'state'}."
+                )
+            for name, array in leaves.items():
+                if not name or "/" in name:
+                    raise CheckpointError(
+                        f"{what}[{module!r}][{name!r}]: a leaf name must be non-empty and hold no '/'."
+                    )
+                if np.dtype(array.dtype).name not in supported:
+                    raise CheckpointError(
+                        f"{what}[{module!r}][{name!r}] has dtype {array.dtype}, which safetensors "
+                        "cannot hold; use a .pystate file."
+                    )
+                # C order (as safetensors needs); not ascontiguousarray, which makes 0-d arrays 1-d.
+                flat[f"{prefix}{module}/{name}"] = np.asarray(array, order="C")
+    try:
+        return st_numpy.save(flat, metadata={"format": SAFETENSORS_FORMAT})
+    except Exception as e:  # pragma: no cover - every dtype and name was checked above.
+        raise CheckpointError(f"{path}: safetensors cannot write the trees: {e}") from None
 
 
 # ---------------------------------------------------------------------------

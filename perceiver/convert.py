@@ -1,7 +1,10 @@
-"""Reading Hugging Face transformers' Perceiver checkpoints into our models.
+"""Hugging Face transformers' Perceiver checkpoints: read into our models, and written from them.
 
     model, params, state = from_hf("path/to/save_pretrained/dir")
     logits, _ = model.apply(params, state, None, images)
+    to_hf(params, state, "imagenet_classifier", {"variant": ...}, "out_dir")
+    convert("hf_dir", "ours.pystate")   # or convert("ours.pystate", "hf_dir"):
+                                        # `perceiver convert SRC DST`
 
 `from_hf` reads a directory as transformers' `save_pretrained` writes it
 (`config.json` plus `model.safetensors` or `pytorch_model.bin`, sharded or
@@ -16,7 +19,7 @@ factories' models with the sizes the config implies:
 - PerceiverForMultimodalAutoencoding -> `video_autoencoder`
 
 Neither torch nor transformers is needed: safetensors files are read with the
-`safetensors` package's numpy API (`pip install perceiver[hf]`), and
+`safetensors` package's numpy API (`pip install 'perceiver-io-jax[hf]'`), and
 `pytorch_model.bin` zip archives with our own pickle machine
 (`perceiver.safe_unpickle`), which builds only dicts and tensors: nothing from
 the file runs, every storage is read with its size checked, and no tensor is a
@@ -78,6 +81,52 @@ Our optical-flow model returns transformers' `logits` times
 factories cannot express (another activation, widening factors other than
 1, attention sizes they fix differently, an unknown head, ...) are refused
 with a ValueError naming the field and value.
+
+Writing (`to_hf`, `hf_config`, `to_hf_state_dict`) inverts the same rules
+(the reading rules' name templates list the names to write), into
+`config.json` and `model.safetensors` (the safetensors package's numpy
+API, no torch); HF -> ours -> HF gives every fixture tensor back exactly.
+transformers then computes our function, not its deviations:
+
+- GELU: the config says "gelu_new", transformers' tanh GELU, which is ours.
+- Learned classifier: transformers' decoder adds its query, one learned
+  vector the same for every input, to the cross-attention's output; `to_hf`
+  takes it from that output's bias (exact), and marks the config
+  (`FOLDED_QUERY_FIELD`) so that `from_hf` adds it back.
+- Conv-stem classifier: the padding cannot be expressed; `to_hf` refuses
+  unless `allow_deviations=True`.
+- Masked language model: the padded positions' logits still differ (their
+  queries are not masked); real positions agree.
+- Sizes transformers fixes in code (MLM decoder heads 8 and qk channels 256,
+  learned position channels 256, Fourier bands and the 224x224 resolution
+  of the classifiers, flow bands 64, video bands 32/192) must have those
+  values; other sizes are refused by a ValueError naming the size and why.
+
+Measured at the published models' sizes, random weights (every tensor, as
+`tests/make_hf_fixtures.py` draws them), batch 1, float32, CPU, torch 2.13,
+transformers 4.57.6: max |ours - transformers| / max |transformers|, with
+`python tests/make_hf_fixtures.py --measure mlm imagenet_learned
+imagenet_fourier imagenet_conv` (about 4 minutes on 2 cores):
+
+| model            | transformers' own (erf GELU)   | undone  | written by to_hf  |
+| ---------------- | ------------------------------ | ------- | ----------------- |
+| mlm              | 1.7e-4 (GELU, real positions)  | 1.5e-6  | 1.3e-6            |
+| mlm, padded      | 1.1 (query mask)               | 1.1     | 1.1 (query mask)  |
+| imagenet_learned | 6.9e-1 (query residual)        | 1.4e-6  | 1.4e-6            |
+| imagenet_fourier | 1.1e-4 (GELU)                  | 8.7e-7  | 9.4e-7            |
+| imagenet_conv    | 7.7e-3 (padding, GELU)         | 9.8e-7  | 7.7e-3 (padding)  |
+
+("undone": transformers' with its deviations patched out on the torch
+side; the MLM's padded positions stay apart, since nothing there is text.)
+The learned classifier's 0.69 comes from a decoder query drawn N(0, 1);
+its size in a trained model is that query's against the attention output.
+
+`convert(src, dst)` writes either way, choosing by what `src` is: a
+transformers directory becomes our checkpoint file (`.pystate`, or
+`.safetensors`, see `perceiver.checkpoint`) with its description (factory,
+sizes, labels) beside it, which every task and `--checkpoint` read; our
+file with its description, or a published name, becomes a transformers
+directory.
 """
 
 import json
@@ -85,7 +134,7 @@ import os
 import re
 import sys
 import zipfile
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import haiku as hk
 import numpy as np
@@ -379,7 +428,10 @@ _LAYER_MODULES = {
     "mlp.dense2": ("mlp/linear_1", "mlp/linear_1"),
 }
 _LAYER = "(?P<layer>" + "|".join(re.escape(k) for k in _LAYER_MODULES) + ")"
-_MODALITY = "(?P<m>audio|image|label)"
+_MODALITIES = ("audio", "image", "label")
+_MODALITY = "(?P<m>" + "|".join(_MODALITIES) + ")"
+# Placeholders of a rule's name template: {i} a layer index, {m} a modality.
+_PLACEHOLDERS = {"i": r"(?P<i>0|[1-9]\d*)", "m": _MODALITY}
 
 # Kinds of module, each with its leaves: transformers leaf -> our leaf.
 _LEAVES = {
@@ -396,8 +448,34 @@ _LEAVES = {
         "num_batches_tracked": None,
     },
 }
+_HF_LEAVES = tuple(sorted({leaf for leaves in _LEAVES.values() for leaf in leaves}))
 
-Rule = Tuple["re.Pattern[str]", Callable[["re.Match[str]"], Tuple[str, str]]]
+
+class Rule(NamedTuple):
+    """Transformers names `template[.LAYER].LEAF` -> `target(match) = (our module, kind)`.
+
+    `form` is 'layer' (a PerceiverLayer: `template.<layer module>.<leaf>`),
+    'module' (`template.<leaf>`) or 'pos' (the template names one bare
+    parameter). The template's `{i}` and `{m}` stand for a layer index and a
+    modality; the same template both matches names (reading) and lists them
+    (writing, `_hf_names`), so the two directions cannot disagree.
+    """
+
+    template: str
+    form: str
+    pattern: "re.Pattern[str]"
+    target: Callable[["re.Match[str]"], Tuple[str, str]]
+
+
+def _rule(template: str, form: str, target: Callable) -> Rule:
+    parts = re.split(r"\{(\w+)\}", template)
+    regex = "".join(re.escape(p) if k % 2 == 0 else _PLACEHOLDERS[p] for k, p in enumerate(parts))
+    regex += {
+        "layer": r"\." + _LAYER + r"\.(?P<leaf>\w+)",
+        "module": r"\.(?P<leaf>\w+)",
+        "pos": "(?P<leaf>)",
+    }[form]
+    return Rule(template, form, re.compile(regex), target)
 
 
 def _layer_rule(hf_prefix: str, ours: Callable[["re.Match[str]"], str], cross: bool) -> Rule:
@@ -410,29 +488,29 @@ def _layer_rule(hf_prefix: str, ours: Callable[["re.Match[str]"], str], cross: b
         kind = "norm" if "layer_norm" in module else "linear"
         return f"{ours(m)}/{module}", kind
 
-    return re.compile(hf_prefix + r"\." + _LAYER + r"\.(?P<leaf>\w+)"), target
+    return _rule(hf_prefix, "layer", target)
 
 
 def _module_rule(hf_module: str, ours: Any, kind: str) -> Rule:
-    """A whole transformers module (regex) -> our module (str, or a function of the match)."""
+    """A whole transformers module -> our module (str, or a function of the match)."""
     name = ours if callable(ours) else (lambda m, ours=ours: ours)
-    return re.compile(hf_module + r"\.(?P<leaf>\w+)"), lambda m: (name(m), kind)
+    return _rule(hf_module, "module", lambda m: (name(m), kind))
 
 
 def _pos_rule(hf_name: str, ours: Any) -> Rule:
     """One position table (a bare parameter) -> our `pos_embs`."""
     name = ours if callable(ours) else (lambda m, ours=ours: ours)
-    return re.compile(hf_name + r"(?P<leaf>)"), lambda m: (name(m), "pos")
+    return _rule(hf_name, "pos", lambda m: (name(m), "pos"))
 
 
 def _encoder_rules(ours: str) -> List[Rule]:
     return [
-        _pos_rule(r"perceiver\.embeddings\.latents", f"{ours}/~/trainable_position_encoding"),
+        _pos_rule("perceiver.embeddings.latents", f"{ours}/~/trainable_position_encoding"),
         _layer_rule(
-            r"perceiver\.encoder\.cross_attention", lambda m: f"{ours}/~/cross_attention", True
+            "perceiver.encoder.cross_attention", lambda m: f"{ours}/~/cross_attention", True
         ),
         _layer_rule(
-            r"perceiver\.encoder\.self_attends\.(?P<i>0|[1-9]\d*)",
+            "perceiver.encoder.self_attends.{i}",
             lambda m: f"{ours}/~/self_attention" + ("" if m["i"] == "0" else f"_{m['i']}"),
             False,
         ),
@@ -442,10 +520,10 @@ def _encoder_rules(ours: str) -> List[Rule]:
 def _decoder_rules(hf: str, ours: str) -> List[Rule]:
     """A transformers PerceiverBasicDecoder at `hf` -> our BasicDecoder at `ours`."""
     return [
-        _layer_rule(hf + r"\.decoding_cross_attention", lambda m: f"{ours}/cross_attention", True),
-        _module_rule(hf + r"\.final_layer", f"{ours}/output", "linear"),
+        _layer_rule(hf + ".decoding_cross_attention", lambda m: f"{ours}/cross_attention", True),
+        _module_rule(hf + ".final_layer", f"{ours}/output", "linear"),
         _pos_rule(
-            hf + r"\.output_position_encodings\.position_embeddings",
+            hf + ".output_position_encodings.position_embeddings",
             f"{ours}/~/trainable_position_encoding",
         ),
     ]
@@ -453,31 +531,31 @@ def _decoder_rules(hf: str, ours: str) -> List[Rule]:
 
 def _rules(architecture: str) -> List[Rule]:
     factory, variant = ARCHITECTURES[architecture]
-    pre = r"perceiver\.input_preprocessor"
+    pre = "perceiver.input_preprocessor"
     if factory == "masked_language_model":
         return (
             _encoder_rules("perceiver_encoder")
-            + _decoder_rules(r"perceiver\.decoder", "basic_decoder")
+            + _decoder_rules("perceiver.decoder", "basic_decoder")
             + [
-                _module_rule(pre + r"\.embeddings", "embed", "embed"),
-                _pos_rule(pre + r"\.position_embeddings\.weight", "trainable_position_encoding"),
-                _module_rule(r"embedding_decoder", "embedding_decoder", "bias"),
+                _module_rule(pre + ".embeddings", "embed", "embed"),
+                _pos_rule(pre + ".position_embeddings.weight", "trainable_position_encoding"),
+                _module_rule("embedding_decoder", "embedding_decoder", "bias"),
             ]
         )
     if factory == "imagenet_classifier":
         rules = _encoder_rules("perceiver_encoder") + _decoder_rules(
-            r"perceiver\.decoder\.decoder", "classification_decoder/~/basic_decoder"
+            "perceiver.decoder.decoder", "classification_decoder/~/basic_decoder"
         )
         if variant == "learned_position_encoding":
             net = "image_preprocessor/~_build_network_inputs"
             rules += [
-                _module_rule(pre + r"\.convnet_1x1", "image_preprocessor/~/conv2_d", "conv"),
+                _module_rule(pre + ".convnet_1x1", "image_preprocessor/~/conv2_d", "conv"),
                 _pos_rule(
-                    pre + r"\.position_embeddings\.position_embeddings",
+                    pre + ".position_embeddings.position_embeddings",
                     f"{net}/trainable_position_encoding",
                 ),
                 _module_rule(
-                    pre + r"\.positions_projection",
+                    pre + ".positions_projection",
                     f"{net}/position_encoding_projector/linear",
                     "linear",
                 ),
@@ -485,17 +563,17 @@ def _rules(architecture: str) -> List[Rule]:
         elif variant == "conv_preprocessing":
             down = "image_preprocessor/~/conv2_d_downsample/~"
             rules += [
-                _module_rule(pre + r"\.convnet\.conv", f"{down}/conv", "conv"),
-                _module_rule(pre + r"\.convnet\.batchnorm", f"{down}/batchnorm", "bn"),
+                _module_rule(pre + ".convnet.conv", f"{down}/conv", "conv"),
+                _module_rule(pre + ".convnet.batchnorm", f"{down}/batchnorm", "bn"),
             ]
         return rules
     if factory == "optical_flow":
         return (
             _encoder_rules("perceiver_encoder")
-            + _decoder_rules(r"perceiver\.decoder\.decoder", "flow_decoder/~/basic_decoder")
+            + _decoder_rules("perceiver.decoder.decoder", "flow_decoder/~/basic_decoder")
             + [
                 _module_rule(
-                    pre + r"\.conv_after_patches", "image_preprocessor/patches_linear", "linear"
+                    pre + ".conv_after_patches", "image_preprocessor/patches_linear", "linear"
                 )
             ]
         )
@@ -506,28 +584,22 @@ def _rules(architecture: str) -> List[Rule]:
     }
     return (
         _encoder_rules("encoder")
-        + _decoder_rules(r"perceiver\.decoder\.decoder", "multimodal_decoder/~/basic_decoder")
+        + _decoder_rules("perceiver.decoder.decoder", "multimodal_decoder/~/basic_decoder")
         + [
-            _pos_rule(
-                pre + r"\.padding\." + _MODALITY,
-                lambda m: f"multimodal_preprocessor/{m['m']}_padding",
-            ),
-            _pos_rule(
-                pre + r"\.mask\." + _MODALITY,
-                lambda m: f"multimodal_preprocessor/{m['m']}_mask_token",
-            ),
+            _pos_rule(pre + ".padding.{m}", lambda m: f"multimodal_preprocessor/{m['m']}_padding"),
+            _pos_rule(pre + ".mask.{m}", lambda m: f"multimodal_preprocessor/{m['m']}_mask_token"),
             _module_rule(
-                r"perceiver\.output_postprocessor\.modalities\." + _MODALITY + r"\.classifier",
+                "perceiver.output_postprocessor.modalities.{m}.classifier",
                 lambda m: f"{post[m['m']]}/linear",
                 "linear",
             ),
             _pos_rule(
-                r"perceiver\.decoder\.modalities\.label\.decoder"
-                r"\.output_position_encodings\.position_embeddings",
+                "perceiver.decoder.modalities.label.decoder"
+                ".output_position_encodings.position_embeddings",
                 "classification_decoder/~/basic_decoder/~/trainable_position_encoding",
             ),
             _pos_rule(
-                r"perceiver\.decoder\.padding\." + _MODALITY,
+                "perceiver.decoder.padding.{m}",
                 lambda m: f"multimodal_decoder/~decoder_query/{m['m']}_padding",
             ),
         ]
@@ -536,12 +608,12 @@ def _rules(architecture: str) -> List[Rule]:
 
 def _match(rules: List[Rule], name: str) -> Optional[Tuple[str, str, str]]:
     """`(our module, kind, transformers leaf)` for one tensor name, or None."""
-    for pattern, target in rules:
-        m = pattern.fullmatch(name)
+    for rule in rules:
+        m = rule.pattern.fullmatch(name)
         if m is None:
             continue
         try:
-            module, kind = target(m)
+            module, kind = rule.target(m)
         except KeyError:
             return None
         leaf = m["leaf"]
@@ -549,6 +621,27 @@ def _match(rules: List[Rule], name: str) -> Optional[Tuple[str, str, str]]:
             return None
         return module, kind, leaf
     return None
+
+
+def _hf_names(rules: List[Rule], num_layers: int) -> List[str]:
+    """Every transformers name the rules could match, with `{i}` below `num_layers`."""
+    names = []
+    for rule in rules:
+        stems = [rule.template]
+        if "{i}" in rule.template:
+            stems = [t.replace("{i}", str(i)) for t in stems for i in range(num_layers)]
+        if "{m}" in rule.template:
+            stems = [t.replace("{m}", m) for t in stems for m in _MODALITIES]
+        for stem in stems:
+            if rule.form == "pos":
+                names.append(stem)
+            elif rule.form == "module":
+                names.extend(f"{stem}.{leaf}" for leaf in _HF_LEAVES)
+            else:
+                names.extend(
+                    f"{stem}.{layer}.{leaf}" for layer in _LAYER_MODULES for leaf in _HF_LEAVES
+                )
+    return names
 
 
 def _conv_kernel(weight: np.ndarray, layout: str) -> np.ndarray:
@@ -696,26 +789,14 @@ def read_config(path: "os.PathLike[str] | str") -> Dict[str, Any]:
 def read_safetensors(file: "os.PathLike[str] | str") -> Dict[str, np.ndarray]:
     """`{name: array}` of a `.safetensors` file, through the safetensors package (no torch).
 
+    See `checkpoint.read_safetensors`: the header is bounded and its dtypes
+    checked before safetensors reads the file.
+
     Raises:
-      ImportError: without the `safetensors` package (`pip install perceiver[hf]`).
-      CheckpointError: for a file safetensors cannot read.
+      ImportError: without the `safetensors` package (`pip install 'perceiver-io-jax[hf]'`).
+      CheckpointError: for a file safetensors cannot read, naming it.
     """
-    try:
-        from safetensors import numpy as st_numpy
-    except ImportError:
-        raise ImportError(
-            "reading model.safetensors needs the safetensors package: pip install 'perceiver[hf]'."
-        ) from None
-    file = os.fspath(file)
-    try:
-        tensors = st_numpy.load_file(file)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # safetensors raises its own SafetensorError and others.
-        raise CheckpointError(
-            f"{file}: not a readable safetensors file ({type(e).__name__}: {e})."
-        ) from None
-    return {name: np.array(value) for name, value in tensors.items()}
+    return checkpoint.read_safetensors(file)[0]
 
 
 # torch storage class -> element type, as torch pickles storages.
@@ -804,6 +885,8 @@ class _TorchZip:
         data = self._bounded(f"{self.prefix}/data.pkl", MAX_PICKLE_BYTES)
         reader = safe_unpickle.Reader(self._handlers(), persistent_load=self._persistent_load)
         obj = reader.load(data)
+        if type(obj) is safe_unpickle.AttributedDict:
+            obj = dict(obj)  # The tensors only; `_metadata` is dropped.
         if type(obj) is not dict:
             raise self.error(f"the pickle holds {safe_unpickle.short(obj)}; expected a state dict")
         for name, value in obj.items():
@@ -929,14 +1012,16 @@ def _strided(flat: np.ndarray, offset: Any, size: Any, stride: Any) -> np.ndarra
 
 
 def _ordered_dict(args: tuple) -> dict:
+    # torch.save(model.state_dict()) sets the OrderedDict's `_metadata` (module
+    # versions) by BUILD: an AttributedDict keeps it apart from the tensors.
     if args == ():
-        return {}
+        return safe_unpickle.AttributedDict()
     if (
         len(args) == 1
         and type(args[0]) in (list, tuple)
         and all(type(p) in (list, tuple) and len(p) == 2 and type(p[0]) is str for p in args[0])
     ):
-        return dict(args[0])
+        return safe_unpickle.AttributedDict(args[0])
     raise safe_unpickle.UnpicklingError(
         "OrderedDict is built from something other than (str, value) pairs"
     )
@@ -1062,6 +1147,10 @@ def from_hf(
 ) -> Tuple[hk.TransformedWithState, Tree, Tree]:
     """Our model and trees for a transformers Perceiver `save_pretrained` directory.
 
+    Tensors are read as they are, except a learned classifier whose config
+    has `FOLDED_QUERY_FIELD` (written by `to_hf`): its decoder query is added
+    back to the output bias, so that ours computes what transformers does.
+
     Args:
       path: the directory (`config.json` and the weights).
       weights_name: which weights file to read (see `read_weights`).
@@ -1078,6 +1167,16 @@ def from_hf(
       CheckpointError: (a ValueError) for an unreadable or hostile file, or
         tensors that do not fit the model, with every difference listed.
     """
+    _, factory, kwargs, params, state = _read_hf(
+        path, weights_name=weights_name, conv_kernel_layout=conv_kernel_layout
+    )
+    return build(factory, kwargs), params, state
+
+
+def _read_hf(
+    path: "os.PathLike[str] | str", *, weights_name: Optional[str], conv_kernel_layout: str
+) -> Tuple[Dict[str, Any], str, Dict[str, Any], Tree, Tree]:
+    """`(config, factory, kwargs, params, state)` of a save_pretrained directory (see `from_hf`)."""
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(
@@ -1087,6 +1186,11 @@ def from_hf(
     config = read_config(path)
     factory, kwargs = hf_factory(config)
     tensors = read_weights(path, weights_name)
+    folded = config.get(FOLDED_QUERY_FIELD, False)
+    if folded not in (True, False):
+        raise _refuse(FOLDED_QUERY_FIELD, folded, "true or false")
+    if folded and kwargs.get("variant") == "learned_position_encoding":
+        tensors = _fold_decoder_query(tensors, +1)  # Written by to_hf: undo its fold.
     params, state, unused = convert_state_dict(
         config["architectures"][0], tensors, conv_kernel_layout=conv_kernel_layout
     )
@@ -1099,4 +1203,630 @@ def from_hf(
     params, state = _cast_like(want_params, params), _cast_like(want_state, state)
     checkpoint.check_tree(want_params, params, what=f"{path}: the params converted for {described}")
     checkpoint.check_tree(want_state, state, what=f"{path}: the state converted for {described}")
-    return build(factory, kwargs), params, state
+    return config, factory, kwargs, params, state
+
+
+# ---------------------------------------------------------------------------
+# Writing: our checkpoints -> transformers' save_pretrained directories
+# ---------------------------------------------------------------------------
+
+# Our factory (and imagenet variant) -> transformers' class.
+HF_ARCHITECTURES: Dict[Tuple[str, Optional[str]], str] = {v: k for k, v in ARCHITECTURES.items()}
+
+# config.json field `to_hf` sets on a learned classifier whose decoder query it
+# folded into the output bias; `from_hf` then unfolds it.
+FOLDED_QUERY_FIELD = "perceiver_decoder_query_folded"
+_QUERY = "perceiver.decoder.decoder.output_position_encodings.position_embeddings"
+_QUERY_BIAS = "perceiver.decoder.decoder.decoding_cross_attention.attention.output.dense.bias"
+
+# The tanh GELU in transformers' names: its outputs then use our activation.
+_HF_TANH_GELU = "gelu_new"
+HF_DTYPES = ("float32", "float16", "bfloat16")
+
+# Sizes transformers fixes in code: (factory, variant) -> {size: (its value, why)}.
+_HF_FIXED_SIZES: Dict[Tuple[str, Optional[str]], Dict[str, Tuple[Any, str]]] = {
+    ("masked_language_model", None): {
+        "num_heads": (
+            _HF_MLM_DECODER_HEADS,
+            "transformers fixes the decoder at 8 heads, and our model has one head count",
+        ),
+        "qk_channels": (
+            _HF_MLM_DECODER_QK,
+            "transformers fixes the decoder's at 8 * 32, and our model has one size",
+        ),
+    },
+    ("imagenet_classifier", "learned_position_encoding"): {
+        "learned_pos_channels": (
+            _HF_LEARNED_CHANNELS,
+            "transformers fixes the 1x1 conv and the position table at 256 channels",
+        ),
+    },
+    ("imagenet_classifier", "fourier_position_encoding"): {
+        "image_size": (_HF_IMAGE_SIZE, "transformers fixes the Fourier features at 224x224"),
+        "num_bands": (_HF_IMAGE_BANDS, "transformers fixes the Fourier features' bands"),
+    },
+    ("imagenet_classifier", "conv_preprocessing"): {
+        "image_size": (_HF_IMAGE_SIZE, "transformers fixes the Fourier features at 56x56"),
+        "num_bands": (_HF_IMAGE_BANDS, "transformers fixes the Fourier features' bands"),
+    },
+    ("optical_flow", None): {
+        "num_bands": (_HF_FLOW_BANDS, "transformers fixes the Fourier features' bands"),
+    },
+    ("video_autoencoder", None): {
+        "image_bands": (_HF_VIDEO_IMAGE_BANDS, "transformers fixes the image Fourier bands"),
+        "audio_bands": (_HF_VIDEO_AUDIO_BANDS, "transformers fixes the audio Fourier bands"),
+    },
+}
+# Sizes a variant's model does not use (its parameter tree and outputs ignore them).
+_UNUSED_SIZES = {
+    "learned_position_encoding": ("num_bands",),
+    "fourier_position_encoding": ("learned_pos_channels",),
+    "conv_preprocessing": ("learned_pos_channels",),
+}
+
+
+def _factory_and_sizes(
+    factory: Any, sizes: Optional[Mapping[str, Any]]
+) -> Tuple[str, Dict[str, Any]]:
+    """A factory name (or a perceiver.models factory) and its complete sizes."""
+    if callable(factory) and getattr(models, getattr(factory, "__name__", ""), None) is factory:
+        factory = factory.__name__
+    names = sorted({f for f, _ in HF_ARCHITECTURES})
+    if not isinstance(factory, str) or factory not in names:
+        raise ValueError(
+            f"factory must be one of {', '.join(names)} (or that perceiver.models function); "
+            f"got {factory!r}."
+        )
+    if sizes is not None and not isinstance(sizes, Mapping):
+        raise TypeError(
+            "sizes must be a mapping of the factory's keyword arguments; got "
+            f"{type(sizes).__name__}."
+        )
+    sizes = dict(sizes or {})
+    if factory == "imagenet_classifier" and "variant" not in sizes:
+        raise ValueError(
+            "sizes must hold 'variant' for imagenet_classifier (one of "
+            f"{', '.join(models.IMAGENET_VARIANTS)})."
+        )
+    if "image_shape" in sizes and isinstance(sizes["image_shape"], list):
+        sizes["image_shape"] = tuple(sizes["image_shape"])
+    return factory, models.factory_sizes(factory, **sizes)
+
+
+def hf_config(
+    factory: Any,
+    sizes: Optional[Mapping[str, Any]] = None,
+    *,
+    labels: Optional[Sequence[str]] = None,
+    allow_deviations: bool = False,
+    fold_query_residual: bool = True,
+) -> Dict[str, Any]:
+    """The transformers `config.json` of one of our models: the inverse of `hf_factory`.
+
+    Args:
+      factory: a `perceiver.models` factory name or function.
+      sizes: its keyword arguments (imagenet_classifier's include `variant`);
+        missing ones take the factory's defaults.
+      labels: class names for `id2label` (classifiers and the video model),
+        one per class; default `LABEL_<i>`.
+      allow_deviations: write a model transformers computes differently (the
+        conv-stem classifier's padding; see the module docstring).
+      fold_query_residual: mark a learned classifier's decoder query as folded
+        into its output bias (see `to_hf`).
+
+    Returns:
+      the config as a dict, with `hidden_act` "gelu_new" (our tanh GELU).
+
+    Raises:
+      ValueError: naming the size and why, for a model transformers cannot
+        express (sizes its classes fix in code), or a deviation not allowed.
+    """
+    factory, sizes = _factory_and_sizes(factory, sizes)
+    variant = sizes.get("variant")
+    arch = HF_ARCHITECTURES[(factory, variant)]
+    for name, (fixed, why) in _HF_FIXED_SIZES[(factory, variant)].items():
+        if sizes[name] != fixed:
+            raise ValueError(
+                f"sizes {name}={sizes[name]!r} cannot be expressed in transformers' {arch}: "
+                f"expected {fixed!r} ({why})."
+            )
+    if variant == "conv_preprocessing" and not allow_deviations:
+        raise ValueError(
+            f"transformers' {arch} pads its 7x7/2 conv (3, 3) and max-pools unpadded "
+            "(55x55 features) where ours pads as TF SAME (56x56), so its outputs differ on "
+            "every input (see perceiver.convert's docstring for how much); pass "
+            "allow_deviations=True (perceiver convert --allow-deviations) to write it anyway."
+        )
+    config: Dict[str, Any] = {
+        "architectures": [arch],
+        "model_type": "perceiver",
+        "hidden_act": _HF_TANH_GELU,
+        "attention_probs_dropout_prob": 0.0,  # The reference trains these without dropout.
+        "cross_attention_shape_for_attention": "kv",
+        "cross_attention_widening_factor": 1,
+        "self_attention_widening_factor": 1,
+        "use_query_residual": True,
+        "num_blocks": 1,
+        "num_cross_attention_heads": 1,
+        "qk_channels": None,
+        "v_channels": None,
+    }
+    num_classes = None
+    if factory == "masked_language_model":
+        config.update(
+            num_latents=sizes["num_latents"],
+            d_latents=sizes["num_latent_channels"],
+            d_model=sizes["d_model"],
+            num_self_attends_per_block=sizes["num_self_attends"],
+            num_self_attention_heads=sizes["num_heads"],
+            num_cross_attention_heads=sizes["num_heads"],
+            qk_channels=sizes["qk_channels"],
+            v_channels=sizes["num_latent_channels"],
+            vocab_size=262,
+            max_position_embeddings=sizes["max_seq_len"],
+        )
+    elif factory == "imagenet_classifier":
+        num_classes = sizes["num_classes"]
+        config.update(
+            num_latents=sizes["num_latents"],
+            d_latents=sizes["num_latent_channels"],
+            num_blocks=sizes["num_blocks"],
+            num_self_attends_per_block=sizes["num_self_attends_per_block"],
+            num_self_attention_heads=sizes["num_self_attend_heads"],
+        )
+        if variant == "learned_position_encoding":
+            config["image_size"] = sizes["image_size"]
+            if fold_query_residual:
+                config[FOLDED_QUERY_FIELD] = True
+    elif factory == "optical_flow":
+        config.update(
+            num_latents=sizes["num_latents"],
+            d_latents=sizes["num_latent_channels"],
+            num_self_attends_per_block=sizes["num_self_attends"],
+            num_self_attention_heads=sizes["num_self_attend_heads"],
+            train_size=list(sizes["image_shape"]),
+        )
+    else:
+        num_classes = sizes["num_classes"]
+        size = sizes["image_size"]
+        config.update(
+            num_latents=sizes["num_latents"],
+            d_latents=sizes["num_latent_channels"],
+            num_self_attends_per_block=sizes["num_self_attends"],
+            num_self_attention_heads=sizes["num_heads"],
+            num_frames=sizes["num_frames"],
+            image_size=size // 4,  # transformers' is the side of the 4x4 patch grid.
+            output_shape=[1, sizes["num_frames"], size, size],
+            audio_samples_per_frame=sizes["audio_samples_per_frame"],
+            samples_per_patch=sizes["samples_per_patch"],
+            output_num_channels=sizes["decoder_channels"],
+            _label_trainable_num_channels=sizes["label_query_channels"],
+        )
+    if num_classes is not None:
+        names = [f"LABEL_{i}" for i in range(num_classes)] if labels is None else list(labels)
+        if len(names) != num_classes or not all(isinstance(n, str) for n in names):
+            raise ValueError(
+                f"labels must be {num_classes} str, one per class; got {len(names)} values."
+            )
+        config["id2label"] = {str(i): n for i, n in enumerate(names)}
+        config["label2id"] = {n: i for i, n in enumerate(names)}
+    elif labels is not None:
+        raise ValueError(f"labels: {factory} has no classes to name.")
+    # The config must read back as this very model: whatever transformers
+    # cannot hold has been refused above, so a difference here is a bug.
+    back_factory, back = hf_factory(config)
+    back = models.factory_sizes(back_factory, **back)
+    unused = _UNUSED_SIZES.get(variant, ())
+    lost = sorted(k for k in sizes if k not in unused and sizes[k] != back.get(k))
+    if back_factory != factory or lost:  # pragma: no cover - a mapping bug.
+        raise ValueError(f"transformers' {arch} cannot express sizes {', '.join(lost)}.")
+    return config
+
+
+def _placements(
+    architecture: str, num_layers: int
+) -> Dict[Tuple[str, str, str], Tuple[str, str, str]]:
+    """`(tree, our module, our leaf) -> (transformers name, kind, its leaf)`, by the reading rules."""
+    rules = _rules(architecture)
+    placed: Dict[Tuple[str, str, str], Tuple[str, str, str]] = {}
+    for name in _hf_names(rules, num_layers):
+        target = _match(rules, name)
+        if target is None:
+            continue
+        module, kind, leaf = target
+        if kind == "pos":
+            ours = ("params", module, "pos_embs")
+        elif kind == "bn" and leaf in ("running_mean", "running_var"):
+            ours = ("state", f"{module}/~/{leaf[len('running_'):]}_ema", "average")
+        elif kind == "bn" and leaf == "num_batches_tracked":
+            ours = ("state", f"{module}/~/mean_ema", "counter")
+        else:
+            ours = ("params", module, _LEAVES[kind][leaf])
+        placed.setdefault(ours, (name, kind, leaf))
+    return placed
+
+
+_EMAS = ("/~/mean_ema", "/~/var_ema")
+_DERIVED = ("hidden", "counter")
+
+
+def to_hf_state_dict(
+    architecture: str,
+    params: Mapping,
+    state: Optional[Mapping] = None,
+    *,
+    num_layers: int,
+    conv_kernel_layout: str = "oihw",
+) -> Dict[str, np.ndarray]:
+    """`{transformers name: array}` of our trees: the inverse of `convert_state_dict`.
+
+    Linear `w [in, out]` -> `weight [out, in]`, conv HWIO -> OIHW (or OIWH,
+    see the module docstring), LayerNorm `scale/offset` -> `weight/bias`,
+    BatchNorm `mean_ema`/`var_ema` averages -> `running_mean/var` and the
+    counter -> `num_batches_tracked` (Haiku's `hidden` and the second counter
+    are derived, and dropped).
+
+    Args:
+      architecture: a key of `ARCHITECTURES`.
+      params, state: our trees `{module: {name: array}}`.
+      num_layers: the self-attention layers per block (`{i}` in the names).
+      conv_kernel_layout: 'oihw' or 'oiwh'.
+
+    Raises:
+      CheckpointError: listing every leaf with no place in transformers' model.
+    """
+    _validation.check_choice("architecture", architecture, ARCHITECTURES)
+    _validation.check_choice("conv_kernel_layout", conv_kernel_layout, CONV_KERNEL_LAYOUTS)
+    placed = _placements(architecture, num_layers)
+    tensors: Dict[str, np.ndarray] = {}
+    homeless = []
+    for tree_name, tree in (("params", params), ("state", state or {})):
+        for module, leaves in tree.items():
+            for leaf, value in leaves.items():
+                value = np.asarray(value)
+                where = placed.get((tree_name, module, leaf))
+                if where is None:
+                    # Haiku's EMA `hidden`, and the second counter, follow from what is written.
+                    if tree_name == "state" and module.endswith(_EMAS) and leaf in _DERIVED:
+                        continue
+                    homeless.append(
+                        f"unexpected {tree_name}/{module}/{leaf} (found {list(value.shape)})"
+                    )
+                    continue
+                name, kind, hf_leaf = where
+                if kind == "linear" and hf_leaf == "weight":
+                    value = value.T
+                elif kind == "conv" and hf_leaf == "weight":
+                    # HWIO -> OIHW undoes the reading's transpose; OIWH's reversal is its own.
+                    value = np.transpose(
+                        value, (3, 2, 1, 0) if conv_kernel_layout == "oiwh" else (3, 2, 0, 1)
+                    )
+                elif kind == "bn" and hf_leaf == "num_batches_tracked":
+                    value = np.asarray(int(value.reshape(())), np.int64)
+                elif kind == "bn":
+                    value = value.reshape(-1)
+                tensors[name] = np.asarray(value, order="C")  # Not ascontiguousarray: keeps 0-d.
+    if homeless:
+        raise checkpoint.differences_error(
+            f"{len(homeless)} leaves have no place in transformers' {architecture}", homeless
+        )
+    return tensors
+
+
+def _fold_decoder_query(tensors: Mapping[str, np.ndarray], sign: int) -> Dict[str, np.ndarray]:
+    """The learned classifier's tensors, its decoder query added to (+1) or taken from (-1) a bias.
+
+    transformers adds the decoder's query to its cross-attention output,
+    which the reference does not. That query is one learned vector, the
+    same for every input, so `bias - query` makes transformers compute the
+    reference's function exactly, and `bias + query` the converse.
+    """
+    if _QUERY not in tensors or _QUERY_BIAS not in tensors:
+        raise CheckpointError(f"a learned classifier needs {_QUERY} and {_QUERY_BIAS}.")
+    out = dict(tensors)
+    bias, query = tensors[_QUERY_BIAS], tensors[_QUERY]
+    if query.shape != (1,) + bias.shape:
+        raise CheckpointError(
+            f"{_QUERY} has shape {list(query.shape)}; expected [1, {bias.shape[0]}] "
+            f"(one query, as wide as {_QUERY_BIAS})."
+        )
+    folded = bias.astype(np.float32) + sign * query.astype(np.float32)[0]
+    out[_QUERY_BIAS] = folded.astype(bias.dtype)
+    return out
+
+
+def _hf_dtype(dtype: str) -> np.dtype:
+    _validation.check_choice("dtype", dtype, HF_DTYPES)
+    if dtype == "bfloat16":
+        if ml_dtypes is None:  # pragma: no cover - ships with jax.
+            raise ImportError("dtype='bfloat16' needs ml_dtypes (pip install ml_dtypes).")
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
+
+
+def to_hf(
+    params: Mapping,
+    state: Optional[Mapping],
+    factory: Any,
+    sizes: Optional[Mapping[str, Any]],
+    out_dir: "os.PathLike[str] | str",
+    *,
+    labels: Optional[Sequence[str]] = None,
+    dtype: Optional[str] = None,
+    conv_kernel_layout: str = "oihw",
+    allow_deviations: bool = False,
+    fold_query_residual: bool = True,
+) -> str:
+    """Writes one of our models as a directory transformers' `from_pretrained` loads.
+
+        model, params, state = models.pretrained("imagenet_fourier")
+        to_hf(params, state, "imagenet_classifier",
+              {"variant": "fourier_position_encoding"}, "hf_fourier")
+        # transformers.PerceiverForImageClassificationFourier.from_pretrained("hf_fourier")
+
+    Writes `config.json` (see `hf_config`) and `model.safetensors` (with the
+    safetensors package's numpy API: no torch), each atomically. transformers
+    then computes our function: the tanh GELU is named "gelu_new", and the
+    learned classifier's decoder query, which transformers adds to its
+    output, is taken from the output bias (`fold_query_residual`; the config
+    says so and `from_hf` undoes it). What it still computes differently is
+    in the module docstring.
+
+    Args:
+      params, state: our trees `{module: {name: array}}` (numpy or jax;
+        state None or {} for models without BatchNorm).
+      factory: a `perceiver.models` factory name or function.
+      sizes: its keyword arguments, as in a checkpoint description's
+        `sizes` (imagenet_classifier's include `variant`).
+      out_dir: the directory (made if missing; files of these names in it
+        are replaced).
+      labels: class names for `id2label` (see `hf_config`).
+      dtype: the weights' dtype in the file: 'float32' (None), 'float16' or
+        'bfloat16'.
+      conv_kernel_layout: 'oihw' (default: torch applies the kernel as ours
+        does) or 'oiwh' (transposed as transformers' conversion script wrote
+        DeepMind's; see the module docstring).
+      allow_deviations: write the conv-stem classifier, which transformers
+        pads differently, anyway.
+      fold_query_residual: for the learned classifier, fold the decoder
+        query into the output bias (default); False writes the tensors as
+        they are (transformers' outputs then differ, as for checkpoints its
+        own script converted).
+
+    Returns:
+      `out_dir`.
+
+    Raises:
+      ValueError: for a model transformers cannot express, naming the size
+        and why, or a deviation not allowed.
+      CheckpointError: if the trees do not fit the model, listing the
+        differences.
+      ImportError: without the safetensors package (`pip install 'perceiver-io-jax[hf]'`).
+      OSError: if the files cannot be written.
+    """
+    _validation.check_choice("conv_kernel_layout", conv_kernel_layout, CONV_KERNEL_LAYOUTS)
+    cast = _hf_dtype("float32" if dtype is None else dtype)
+    factory, sizes = _factory_and_sizes(factory, sizes)
+    config = hf_config(
+        factory,
+        sizes,
+        labels=labels,
+        allow_deviations=allow_deviations,
+        fold_query_residual=fold_query_residual,
+    )
+    arch = config["architectures"][0]
+    params, state = _numpy_tree(params, "params"), _numpy_tree(state or {}, "state")
+    want_params, want_state = models.parameter_shapes(factory, **sizes)
+    params, state = _cast_like(want_params, params), _cast_like(want_state, state)
+    described = f"{factory}({', '.join(f'{k}={v!r}' for k, v in sizes.items())})"
+    checkpoint.check_tree(want_params, params, what=f"the params given for {described}")
+    checkpoint.check_tree(want_state, state, what=f"the state given for {described}")
+    tensors = to_hf_state_dict(
+        arch,
+        params,
+        state,
+        num_layers=config["num_self_attends_per_block"],
+        conv_kernel_layout=conv_kernel_layout,
+    )
+    if config.get(FOLDED_QUERY_FIELD):
+        tensors = _fold_decoder_query(tensors, -1)
+    tensors = {n: v.astype(cast) if _is_float(v.dtype) else v for n, v in tensors.items()}
+    config["torch_dtype"] = cast.name
+    out_dir = os.fspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"out_dir {out_dir} exists and is not a directory.")
+    st_numpy = checkpoint._safetensors_numpy(os.path.join(out_dir, "model.safetensors"))
+    # transformers refuses safetensors files whose metadata has no "format" it knows.
+    data = st_numpy.save(tensors, metadata={"format": "pt"})
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    os.makedirs(out_dir, exist_ok=True)
+    checkpoint._write_atomically(
+        os.path.join(out_dir, "model.safetensors"), lambda f: f.write(data)
+    )
+    checkpoint._write_atomically(
+        os.path.join(out_dir, "config.json"), lambda f: f.write(text.encode())
+    )
+    return out_dir
+
+
+def _numpy_tree(tree: Any, what: str) -> Tree:
+    if not isinstance(tree, Mapping) or not all(isinstance(v, Mapping) for v in tree.values()):
+        raise TypeError(
+            f"{what} must be a mapping {{module: {{name: array}}}}; got {type(tree).__name__}."
+        )
+    return {
+        str(m): {str(n): np.asarray(v) for n, v in leaves.items()} for m, leaves in tree.items()
+    }
+
+
+# ---------------------------------------------------------------------------
+# Files both ways: `perceiver convert SRC DST`
+# ---------------------------------------------------------------------------
+
+# Published checkpoint -> the class names of its outputs, as shipped with the package.
+_PUBLISHED_LABELS = {
+    "imagenet_learned": "imagenet_labels",
+    "imagenet_fourier": "imagenet_labels",
+    "imagenet_conv": "imagenet_labels",
+    "video_autoencoding": "kinetics700_labels",
+}
+
+
+def _meaningful_labels(config: Mapping) -> Optional[List[str]]:
+    """id2label in class order, or None when absent or transformers' placeholders (LABEL_<i>)."""
+    id2label = config.get("id2label")
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        names = [id2label[k] for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return None
+    if sorted(int(k) for k in id2label) != list(range(len(names))):
+        return None
+    if not all(isinstance(n, str) for n in names) or names == [
+        f"LABEL_{i}" for i in range(len(names))
+    ]:
+        return None
+    return names
+
+
+def convert(
+    src: "os.PathLike[str] | str",
+    dst: "os.PathLike[str] | str",
+    *,
+    conv_kernel_layout: str = "oihw",
+    dtype: Optional[str] = None,
+    allow_deviations: bool = False,
+    cache_dir: Optional[str] = None,
+) -> str:
+    """Converts a checkpoint between transformers' format and ours; the direction is what `src` is.
+
+    - `src` a directory (transformers' `save_pretrained`): `dst` is our
+      checkpoint file (`.pystate`, or `.safetensors`; see
+      `checkpoint.save`), written with its description (`NAME.json`:
+      factory, sizes, labels), so that every task and `--checkpoint` take it
+      as they take our own.
+    - `src` our checkpoint file with its description, or a published name
+      (`perceiver.hub.CHECKPOINTS`, downloaded once): `dst` is a directory
+      for transformers' `from_pretrained` (see `to_hf`).
+
+    Args:
+      src, dst: as above.
+      conv_kernel_layout: see `from_hf` and `to_hf`.
+      dtype: the transformers weights' dtype (see `to_hf`); only for that
+        direction.
+      allow_deviations: see `to_hf`.
+      cache_dir: where published checkpoints are kept (see `perceiver.hub.fetch`).
+
+    Returns:
+      one line saying what was written.
+
+    Raises:
+      FileNotFoundError: if `src` is none of these.
+      ValueError: for a model the other side cannot express, or a checkpoint
+        file without a description naming its factory.
+      CheckpointError: for unreadable or ill-fitting files.
+      OSError: if `dst` cannot be written.
+    """
+    from perceiver import hub  # Light; only needed here.
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if os.path.isdir(src):
+        if dtype is not None:
+            raise ValueError(
+                "dtype applies to writing transformers' format; our checkpoints keep float32."
+            )
+        return _convert_from_hf(src, dst, conv_kernel_layout)
+    if os.path.isfile(src):
+        description = checkpoint.read_description(src)
+        factory, sizes = description.get("factory"), description.get("sizes", {})
+        if not factory:
+            raise ValueError(
+                f"{src} has no description naming its model ({checkpoint.description_path(src)} "
+                'with "factory" and "sizes", as checkpoint.save(..., description=...) writes).'
+            )
+        labels = description.get("labels")
+        what, path = src, src
+    elif src in hub.CHECKPOINTS:
+        entry = hub.get(src)
+        factory, sizes = entry.factory, dict(entry.factory_kwargs)
+        from perceiver import labels as labels_lib
+
+        labels = getattr(labels_lib, _PUBLISHED_LABELS[src])() if src in _PUBLISHED_LABELS else None
+        what, path = f"the published {src!r}", None
+    else:
+        raise FileNotFoundError(
+            f"src {src} is not a transformers save_pretrained directory, a checkpoint file, or a "
+            f"published name ({', '.join(hub.CHECKPOINTS)})."
+        )
+    if os.path.isfile(dst):
+        raise FileExistsError(f"dst {dst} is a file; transformers' format is a directory.")
+    # What transformers cannot express is refused before anything is read or downloaded.
+    hf_config(factory, sizes, labels=labels, allow_deviations=allow_deviations)
+    params, state = checkpoint.load(path or hub.fetch(src, cache_dir=cache_dir))
+    to_hf(
+        params,
+        state,
+        factory,
+        sizes,
+        dst,
+        labels=labels,
+        dtype=dtype,
+        conv_kernel_layout=conv_kernel_layout,
+        allow_deviations=allow_deviations,
+    )
+    arch = read_config(dst)["architectures"][0]
+    return (
+        f"wrote {os.path.join(dst, 'config.json')} and {os.path.join(dst, 'model.safetensors')} "
+        f"from {what}: transformers.{arch}.from_pretrained({dst!r}) loads it"
+    )
+
+
+def _convert_from_hf(src: str, dst: str, conv_kernel_layout: str) -> str:
+    if not os.path.isfile(os.path.join(src, "config.json")):
+        raise FileNotFoundError(
+            f"src {src} is a directory without config.json; expected transformers' "
+            "save_pretrained output."
+        )
+    if os.path.isdir(dst):
+        raise IsADirectoryError(
+            f"dst {dst} is a directory; give our checkpoint's file name (NAME.pystate or "
+            "NAME.safetensors)."
+        )
+    config, factory, sizes, params, state = _read_hf(
+        src, weights_name=None, conv_kernel_layout=conv_kernel_layout
+    )
+    arch = config["architectures"][0]
+    description: Dict[str, Any] = {
+        "factory": factory,
+        "sizes": sizes,
+        "description": f"transformers' {arch} converted from {os.path.abspath(src)}",
+        "converted_from": {
+            "format": "transformers",
+            "architecture": arch,
+            "hidden_act": _field(config, "hidden_act"),
+            "conv_kernel_layout": conv_kernel_layout,
+        },
+    }
+    labels = _meaningful_labels(config)
+    if labels is not None and factory in ("imagenet_classifier", "video_autoencoder"):
+        description["labels"] = labels
+    if factory == "masked_language_model":
+        description["tokenizer"] = {"kind": "bytes"}
+    checkpoint.save(dst, params, state, description=description)
+    return (
+        f"wrote {dst} and {checkpoint.description_path(dst)} ({factory}"
+        f"{', ' + sizes['variant'] if 'variant' in sizes else ''}) from transformers' {arch}"
+    )
+
+
+def command(args: Any) -> str:
+    """`perceiver convert SRC DST`: the CLI's command (see `convert`); returns what it prints."""
+    return convert(
+        args.src,
+        args.dst,
+        conv_kernel_layout=args.conv_kernel_layout,
+        dtype=args.dtype,
+        allow_deviations=args.allow_deviations,
+        cache_dir=args.cache_dir,
+    )

@@ -10,7 +10,8 @@ pickle opcodes itself, on a machine that knows only:
   lists, and dicts whose keys are str;
 - the few globals a caller registers (`Reader(handlers=...)`); a handler gets
   already-built plain values and returns one, and a global is never called or
-  modified by the file directly.
+  modified by the file directly. A handler may return an `AttributedDict`,
+  the one mapping that also takes a BUILD (of named attributes, kept apart).
 
 Everything else (INST/OBJ/NEWOBJ, extension codes, persistent ids unless a
 hook is given, out-of-band buffers, sets, unknown opcodes) is refused with
@@ -63,6 +64,44 @@ class Pending:
 
     def build(self, state: Any) -> None:
         raise UnpicklingError(f"{type(self).__name__} takes no BUILD state.")
+
+
+class AttributedDict(dict, Pending):
+    """A dict a handler returns for a mapping class whose pickles may set attributes.
+
+    Pickling a dict subclass's instance writes its items, then its instance
+    attributes as one BUILD: `torch.save(model.state_dict())` gives the
+    OrderedDict a `_metadata` attribute (module versions) that way. This
+    dict takes items as a plain one does, and at most one BUILD whose state
+    is a dict of the attribute names allowed; that state is kept apart in
+    `attributes`, never among the items. Every other BUILD is refused.
+
+    Args:
+      items: the initial items (str keys, checked by the caller).
+      allowed: the attribute names a BUILD may set.
+    """
+
+    def __init__(self, items: Any = (), allowed: Tuple[str, ...] = ("_metadata",)):
+        super().__init__(items)
+        self.allowed = frozenset(allowed)
+        self.attributes: Optional[Dict[str, Any]] = None
+
+    def build(self, state: Any) -> None:
+        if self.attributes is not None:
+            raise UnpicklingError("the pickle sets the attributes of a mapping twice.")
+        # Only what pickle writes for instance attributes: a dict, not (dict, slots).
+        if type(state) is not dict:
+            raise UnpicklingError(
+                f"the pickle sets the attributes of a mapping from {short(state)}; "
+                "only a dict of attribute names is allowed."
+            )
+        unknown = sorted(set(state) - self.allowed)
+        if unknown:
+            raise UnpicklingError(
+                f"the pickle sets attribute {short(unknown[0])} of a mapping; only "
+                f"{', '.join(sorted(self.allowed))} may be set."
+            )
+        self.attributes = dict(state)
 
 
 Handler = Callable[[Tuple[Any, ...]], Any]
@@ -131,7 +170,7 @@ class Reader:
             raise UnpicklingError(f"the pickle builds more than {MAX_ITEMS} container entries.")
 
     def _set_item(self, target: Any, key: Any, value: Any) -> None:
-        if type(target) is not dict:
+        if type(target) is not dict and type(target) is not AttributedDict:
             raise UnpicklingError(f"SETITEM on {short(target)}; only dicts take items.")
         if type(key) is not str:
             raise UnpicklingError(f"a dict key is {short(key)}; only str keys are allowed.")

@@ -7,6 +7,8 @@ release whose `save_pretrained(safe_serialization=False)` still writes
 
     pip install torch==2.13.0 transformers==4.57.6
     python tests/make_hf_fixtures.py            # writes tests/data/hf/
+    python tests/make_hf_fixtures.py --measure mlm imagenet_learned imagenet_fourier imagenet_conv
+                                                # transformers vs ours at the published sizes
 
 For each of the six architectures it builds a tiny random model (every
 parameter drawn at random, rounded to float16 values so that the float16
@@ -241,14 +243,119 @@ def make(name: str, out_dir: str, seed: int) -> None:
     print(name, sizes)
 
 
+def make_state_dict_bin(out_dir: str) -> None:
+    """`torch_state_dict.bin`: a plain `torch.save(module.state_dict())`, whose OrderedDict
+    carries torch's `_metadata` attribute (set by a pickle BUILD), unlike save_pretrained's."""
+    module = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2))
+    with torch.no_grad():
+        for i, t in enumerate(module.state_dict().values()):
+            t.copy_(torch.arange(t.numel(), dtype=t.dtype).reshape(t.shape) + 10 * i)
+    torch.save(module.state_dict(), os.path.join(out_dir, "torch_state_dict.bin"))
+
+
+# Published checkpoint -> the fixture name of its architecture.
+PUBLISHED = {
+    "mlm": "mlm",
+    "imagenet_learned": "learned",
+    "imagenet_fourier": "fourier",
+    "imagenet_conv": "conv",
+    "flow": "flow",
+    "video_autoencoding": "video",
+}
+
+
+def _published_inputs(name: str, rng: np.random.Generator, config: PerceiverConfig):
+    """Batch-1 inputs at a published model's sizes: `(our args, transformers kwargs, real)`."""
+    t = torch.from_numpy
+    if name == "mlm":
+        length = config.max_position_embeddings
+        tokens = rng.integers(0, 262, (1, length)).astype(np.int32)
+        mask = np.ones_like(tokens)
+        mask[:, 3 * length // 4 :] = 0  # A quarter padding.
+        kwargs = dict(inputs=t(tokens).long(), attention_mask=t(mask).float())
+        return (tokens, mask), kwargs, mask.astype(bool)
+    if name == "flow":
+        frames = quantized(rng, (1, 2) + tuple(config.train_size) + (3,))
+        return (frames,), dict(inputs=t(patches_for_flow(frames))), None
+    images = quantized(rng, (1, 224, 224, 3))
+    return (images,), dict(inputs=t(images).permute(0, 3, 1, 2)), None
+
+
+def measure(names, seed: int = 0) -> None:
+    """Prints how far transformers' outputs are from ours at the published sizes.
+
+    For each published model: a transformers model of its sizes with random
+    weights (`randomize`) and the published configs' erf GELU, read by
+    `convert.from_hf`; then ours written back by `convert.to_hf` (tanh GELU,
+    folded decoder query) and loaded with `from_pretrained`. Each line gives
+    max|ours - theirs| / max|theirs| (batch 1, float32, CPU), on real
+    positions for the MLM (and on its padded ones apart).
+    """
+    import tempfile
+
+    import jax
+
+    from perceiver import convert, hub
+
+    torch.set_grad_enabled(False)
+    for name in names:
+        short = PUBLISHED[name]
+        entry = hub.get(name)
+        sizes = dict(entry.factory_kwargs)
+        ours_config = convert.hf_config(entry.factory, sizes, allow_deviations=True)
+        # As transformers' published configs: the erf GELU, the query as it is.
+        published = dict(ours_config, hidden_act="gelu")
+        published.pop(convert.FOLDED_QUERY_FIELD, None)
+        config = PerceiverConfig(**published)
+        cls = getattr(transformers, published["architectures"][0])
+        theirs = cls(copy.deepcopy(config)).eval()
+        randomize(theirs, seed)
+        ours_args, hf_kwargs, real = _published_inputs(short, np.random.default_rng(seed), config)
+        with tempfile.TemporaryDirectory() as tmp:
+            theirs.save_pretrained(os.path.join(tmp, "hf"))
+            model, params, state = convert.from_hf(os.path.join(tmp, "hf"))
+            ours = np.asarray(jax.jit(model.apply)(params, state, None, *ours_args)[0])
+            if short == "flow":
+                ours = ours / 20.0  # models.FLOW_OUTPUT_SCALE
+            factory, kwargs = convert.hf_factory(published)
+            convert.to_hf(
+                params, state, factory, kwargs, os.path.join(tmp, "out"), allow_deviations=True
+            )
+            exported = cls.from_pretrained(os.path.join(tmp, "out")).eval()
+            outputs = {
+                "transformers' own (erf GELU, as published)": theirs,
+                "deviations undone (fixture script)": undo_deviations(theirs, short, config),
+                "written by to_hf": exported,
+            }
+            for what, hf_model in outputs.items():
+                out = hf_model(**hf_kwargs).logits.numpy()
+                diff = np.abs(ours - out)
+                scale = np.max(np.abs(out if real is None else out[real]))
+                line = f"{name:17s} {what:44s} {np.max(diff if real is None else diff[real]) / scale:.1e}"
+                if real is not None:
+                    line += f"  (padded positions: {np.max(diff[~real]) / scale:.1e})"
+                print(line, flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=os.path.join(HERE, "data", "hf"))
     parser.add_argument("--only", nargs="*", choices=sorted(SPECS), help="architectures to make")
+    parser.add_argument(
+        "--measure",
+        nargs="+",
+        choices=sorted(PUBLISHED),
+        help="instead: measure transformers against ours at these published models' sizes",
+    )
     args = parser.parse_args()
+    if args.measure:
+        measure(args.measure)
+        return
     for seed, name in enumerate(sorted(SPECS)):
         if not args.only or name in args.only:
             make(name, args.out, seed)
+    if not args.only:
+        make_state_dict_bin(args.out)
 
 
 if __name__ == "__main__":

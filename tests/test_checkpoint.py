@@ -756,3 +756,133 @@ def test_refuses_jax_array_rebuilt_with_another_function(tmp_path):
     with pytest.raises(CheckpointError, match="something other than numpy's _reconstruct"):
         checkpoint.loads(craft({"m": {"w": rebuild}}))
     assert not target.exists()
+
+
+# ---------------------------------------------------------------------------
+# safetensors: chosen by the file's extension
+# ---------------------------------------------------------------------------
+
+import re  # noqa: E402  (with the tests it serves)
+
+
+
+def _needs_safetensors():
+    return pytest.importorskip("safetensors.numpy", reason="needs safetensors (pip install 'perceiver-io-jax[hf]')")
+
+
+def _bf16_tree():
+    import ml_dtypes
+
+    params, state = small_tree()
+    params["linear"]["w16"] = np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16)
+    params["module/~/nested"] = {"w": np.ones((2, 2), np.float64)[:, ::-1]}  # Not C-contiguous.
+    return params, state
+
+
+def test_safetensors_round_trip_with_bfloat16_and_state(tmp_path):
+    st_numpy = _needs_safetensors()
+    params, state = _bf16_tree()
+    path = tmp_path / "model.safetensors"
+    checkpoint.save(path, params, state, description={"factory": "optical_flow"})
+    loaded, loaded_state = checkpoint.load(path)
+    for want, got in ((params, loaded), (state, loaded_state)):
+        assert got.keys() == want.keys()
+        for module in want:
+            assert got[module].keys() == want[module].keys()
+            for name, value in want[module].items():
+                assert got[module][name].dtype == value.dtype and got[module][name].shape == value.shape
+                np.testing.assert_array_equal(got[module][name], value)
+    assert loaded_state["batchnorm/~/mean_ema"]["counter"].shape == ()  # 0-d stays 0-d.
+    assert checkpoint.read_description(path)["factory"] == "optical_flow"
+    # The keys, as any safetensors reader sees them.
+    raw = st_numpy.load_file(str(path))
+    assert "linear/w" in raw and "module/~/nested/w" in raw
+    assert "state/batchnorm/~/mean_ema/counter" in raw
+    assert path.read_bytes()[:1] != b"\x80"  # Not a pickle.
+
+
+def test_save_chooses_the_format_by_extension(tmp_path):
+    _needs_safetensors()
+    params, state = small_tree()
+    checkpoint.save(tmp_path / "a.pystate", params, state)
+    checkpoint.save(tmp_path / "b.SafeTensors", params, state)
+    assert (tmp_path / "a.pystate").read_bytes()[:1] == b"\x80"
+    header = (tmp_path / "b.SafeTensors").read_bytes()
+    assert json.loads(header[8 : 8 + int.from_bytes(header[:8], "little")])["__metadata__"] == {
+        "format": checkpoint.SAFETENSORS_FORMAT
+    }
+    assert checkpoint.load(tmp_path / "b.SafeTensors")[0].keys() == params.keys()
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [
+        ({"state/linear": {"w": np.zeros(2)}}, "module 'state/linear' cannot be saved as safetensors"),
+        ({"linear": {"w": np.zeros(2, np.complex128)}}, "dtype complex128, which safetensors cannot hold"),
+        ({"linear": {"a/b": np.zeros(2)}}, "a leaf name must be non-empty and hold no '/'"),
+    ],
+)
+def test_safetensors_refuses_trees_it_cannot_hold_before_writing(tmp_path, params, match):
+    _needs_safetensors()
+    with pytest.raises(CheckpointError, match=re.escape(match)):
+        checkpoint.save(tmp_path / "m.safetensors", params)
+    assert os.listdir(tmp_path) == []
+
+
+def _safetensors_file(path, header, data=b"", length=None):
+    raw = json.dumps(header).encode()
+    length = len(raw) if length is None else length
+    path.write_bytes(length.to_bytes(8, "little") + raw + data)
+    return path
+
+
+def _hostile_safetensors(tmp):
+    f32 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    zeros = b"\0" * 8
+    nan = np.array([1.0, np.nan], np.float32).tobytes()
+    return {
+        "length_past_file": (_safetensors_file(tmp / "a.safetensors", {"m/w": f32}, zeros, 10**6), "past the end of the"),
+        "huge_header": (_safetensors_file(tmp / "b.safetensors", {"m/w": f32}, zeros, 1 << 40), "at most 16777216 allowed"),
+        "object_dtype": (_safetensors_file(tmp / "c.safetensors", {"m/w": dict(f32, dtype="O")}, zeros), "has dtype 'O'; only numbers"),
+        "float8_dtype": (_safetensors_file(tmp / "d.safetensors", {"m/w": dict(f32, dtype="F8_E4M3", data_offsets=[0, 2])}, b"\0\0"), "has dtype 'F8_E4M3'"),
+        "overlapping": (
+            _safetensors_file(tmp / "e.safetensors", {"m/w": f32, "m/v": dict(f32, data_offsets=[4, 12])}, b"\0" * 12),
+            "not a readable safetensors file",
+        ),
+        "short_data": (_safetensors_file(tmp / "f.safetensors", {"m/w": dict(f32, shape=[4], data_offsets=[0, 16])}, zeros), "not a readable safetensors file"),
+        "not_json": (_safetensors_file(tmp / "g.safetensors", {}, b"", 0), "header is not JSON"),
+        "tiny_file": (tmp / "h.safetensors", "too short for a safetensors header"),
+        "nan": (_safetensors_file(tmp / "i.safetensors", {"m/w": f32}, nan), "holds non-finite values (NaN or Inf) in 1 array: params['m']['w'] (1 of 2)"),
+        "not_our_names": (_safetensors_file(tmp / "j.safetensors", {"perceiver.embeddings.latents": f32}, zeros), "is not named MODULE/NAME"),
+    }
+
+
+def test_hostile_safetensors_are_refused_naming_the_file(tmp_path):
+    _needs_safetensors()
+    (tmp_path / "h.safetensors").write_bytes(b"\x05\0\0")
+    cases = _hostile_safetensors(tmp_path)
+    for name, (path, message) in cases.items():
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.load(path)
+        text = str(e.value)
+        assert text.startswith(str(path)), (name, text)
+        assert message in text, (name, text)
+        assert len(text) < 400, (name, text)
+    assert len(cases) == 10
+    params, _ = checkpoint.load(cases["nan"][0], allow_nonfinite=True)  # As for pickles.
+    assert np.isnan(params["m"]["w"][1])
+
+
+def test_safetensors_without_the_package_names_the_extra(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # `import safetensors` now fails.
+    monkeypatch.setitem(sys.modules, "safetensors.numpy", None)
+    for call in (
+        lambda: checkpoint.load(tmp_path / "m.safetensors"),
+        lambda: checkpoint.save(tmp_path / "m.safetensors", *small_tree()),
+    ):
+        with pytest.raises(ImportError, match=re.escape("pip install 'perceiver-io-jax[hf]'")) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert os.listdir(tmp_path) == []

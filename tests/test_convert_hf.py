@@ -35,7 +35,7 @@ try:
 except ImportError:
     HAVE_SAFETENSORS = False
 needs_safetensors = pytest.mark.skipif(
-    not HAVE_SAFETENSORS, reason="needs safetensors (pip install perceiver[hf])"
+    not HAVE_SAFETENSORS, reason="needs safetensors (pip install 'perceiver-io-jax[hf]')"
 )
 
 # How far transformers' own outputs are from ours, as max|diff| / max|theirs|:
@@ -460,6 +460,76 @@ def test_hostile_bins_are_refused(tmp_path, monkeypatch):
         seen.add(name)
     assert len(seen) == 11
     assert calls == []  # Nothing from the files ran.
+
+
+def test_plain_torch_save_of_a_state_dict_reads_without_its_metadata():
+    # torch.save(module.state_dict()): the OrderedDict gets `_metadata` by a BUILD.
+    path = os.path.join(DATA, "torch_state_dict.bin")
+    with zipfile.ZipFile(path) as zf:
+        pickled = zf.read(next(n for n in zf.namelist() if n.endswith("/data.pkl")))
+    assert b"_metadata" in pickled and pickled.rstrip(b".").endswith(b"b")  # Ends in BUILD.
+    tensors = convert.read_torch_bin(path)
+    assert sorted(tensors) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    np.testing.assert_array_equal(tensors["0.weight"], np.arange(6).reshape(2, 3))
+    np.testing.assert_array_equal(tensors["1.bias"], [30, 31])
+
+
+_ORDERED_DICT = _global("collections", "OrderedDict") + b")R"
+_METADATA = (
+    b"}"
+    + _str("_metadata")
+    + _ORDERED_DICT
+    + b"("
+    + _str("")
+    + b"}"
+    + _str("version")
+    + _int(1)
+    + b"su"
+    + b"s"
+)
+
+
+def _state_dict_with_build(build_state, entries=None, target=_ORDERED_DICT):
+    """A state dict pickled as torch does: OrderedDict(), its items, then BUILD(build_state)."""
+    entries = {"x": _tensor("0", 6, 0, (6,), (1,))} if entries is None else entries
+    items = b"(" + b"".join(_str(k) + v for k, v in entries.items()) + b"u"
+    return b"\x80\x02" + target + items + build_state + b"b."
+
+
+def test_handmade_state_dict_with_metadata_reads(tmp_path):
+    path = _write_bin(
+        tmp_path / "ok.bin", _state_dict_with_build(_METADATA), {"0": _good_storage()}
+    )
+    tensors = convert.read_torch_bin(path)
+    assert list(tensors) == ["x"] and type(tensors) is dict  # `_metadata` kept out of the tensors.
+    np.testing.assert_array_equal(tensors["x"], np.arange(6))
+
+
+@pytest.mark.parametrize(
+    "build_state, target, message",
+    [
+        # Another attribute besides _metadata.
+        (
+            b"}" + _str("_metadata") + b"}s" + _str("evil") + _int(1) + b"s",
+            _ORDERED_DICT,
+            "sets attribute 'evil'",
+        ),
+        # (state, slotstate), as pickle writes for __slots__.
+        (b"}" + b"}" + b"\x86", _ORDERED_DICT, "from a tuple; only a dict"),
+        (_str("_metadata"), _ORDERED_DICT, "from '_metadata'; only a dict"),
+        # Two BUILDs on one mapping.
+        (_METADATA + b"b" + _METADATA, _ORDERED_DICT, "sets the attributes of a mapping twice"),
+        # A plain dict (EMPTY_DICT) takes no BUILD at all.
+        (_METADATA, b"}", "tries to set the state of a dict"),
+    ],
+    ids=["other_attribute", "slot_state", "str_state", "two_builds", "plain_dict"],
+)
+def test_bin_builds_other_than_one_metadata_are_refused(tmp_path, build_state, target, message):
+    pickled = _state_dict_with_build(build_state, target=target)
+    path = _write_bin(tmp_path / "bad.bin", pickled, {"0": _good_storage()})
+    with pytest.raises(CheckpointError, match=re.escape(message)) as e:
+        convert.read_torch_bin(path)
+    assert str(e.value).startswith(str(path))
 
 
 def test_from_hf_refuses_a_hostile_bin(tmp_path):
