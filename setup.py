@@ -25,7 +25,7 @@ EXTRAS = {
     # Running the notebooks in colabs/.
     "notebook": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6", "matplotlib>=3.7"],
     # Training: data loading and sharded, resumable checkpoints.
-    "train": ["grain>=0.2", "orbax-checkpoint>=0.6", "tqdm>=4.60", "pillow>=10"],
+    "train": ["grain>=0.2", "orbax-checkpoint>=0.6", "tqdm>=4.60", "pillow>=10", "tensorboardX>=2.6", "matplotlib>=3.7"],
     # Reading Hugging Face transformers checkpoints (perceiver.convert.from_hf).
     "hf": ["safetensors>=0.4"],
 }
@@ -33,7 +33,7 @@ EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2"]
 
 setup(
-    name="perceiver",
+    name="perceiver-io-jax",  # "perceiver" on PyPI is another project; the import name stays perceiver
     version=_version(),
     description="Perceiver and Perceiver IO in JAX/Haiku, faithful to DeepMind's reference",
     long_description=(HERE / "README.md").read_text(),

@@ -4,9 +4,15 @@
     perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--checkpoint NAME_OR_PATH]
     perceiver autoencode VIDEO -o OUT.mp4 [--audio-out OUT.wav] [--labels-out L.json]
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
-    perceiver classify IMAGE... [--top-k 5] [--json OUT.json]
+    perceiver classify IMAGE... [--top-k 5] [--json OUT.json] [--checkpoint NAME_OR_PATH]
+    perceiver classify-text "some text" ... --checkpoint FILE [--top-k 5] [--json OUT.json]
     perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
+    perceiver plot WORKDIR [-o curves.png]
+    perceiver convert SRC DST        # Hugging Face transformers directory <-> our checkpoint
     perceiver list | fetch NAME | check NAME
+
+A checkpoint file's description beside it (NAME.json, which `perceiver train
+--export` writes) gives its model's sizes, task options and class names.
 
 Bad input (a missing or unreadable file, frames of different sizes, an
 unknown checkpoint, an output path that cannot be written) ends with one line
@@ -63,17 +69,38 @@ def _check_flow(model, params, state, image_shape, shift=(3, -2)) -> str:
     )
 
 
-def _cmd_list(args) -> str:
-    from perceiver import hub
+def _megabytes(path: pathlib.Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
 
-    return "\n".join(f"{e.name:20s} {e.url}" for e in hub.CHECKPOINTS.values())
+
+def _cmd_list(args) -> str:
+    """The published checkpoints, which of them are cached (with sizes), and the shipped model."""
+    from perceiver import checkpoint, hub
+
+    cache = pathlib.Path(args.cache_dir).expanduser() if args.cache_dir else hub.cache_dir()
+    lines = [f"published checkpoints (`perceiver fetch NAME` downloads one into {cache}):"]
+    for entry in hub.CHECKPOINTS.values():
+        cached = cache / entry.filename
+        where = f"cached, {_megabytes(cached)}" if cached.is_file() else "not cached"
+        lines.append(f"  {entry.name:20s} {where:18s} {entry.description}")
+    shipped = pathlib.Path(_bundled_flow_model())
+    about = checkpoint.read_description(shipped).get("description", "")
+    lines.append("shipped with the package (what `perceiver flow` and `demo` use while flow is not cached):")
+    lines.append(f"  {'flow_small':20s} {_megabytes(shipped):18s} {shipped}")
+    if about:
+        import textwrap
+
+        lines.append(f"  {'':20s} {'':18s} {textwrap.shorten(about, 100, placeholder=' ...')}")
+    return "\n".join(lines)
 
 
 def _cmd_fetch(args) -> str:
-    from perceiver import hub
+    from perceiver import _progress, hub
 
     # --force replaces a cached file that fails to load; a download is checked before it is kept.
-    return str(hub.fetch(args.name, cache_dir=args.cache_dir, force=args.force))
+    return str(hub.fetch(
+        args.name, cache_dir=args.cache_dir, force=args.force, progress=_progress.shown(True)
+    ))
 
 
 def _cmd_check(args) -> str:
@@ -220,30 +247,6 @@ def _checkpoint_source(value: Optional[str], default: str) -> str:
     raise UserError(f"unknown checkpoint {value!r}: give a file path or one of {known}")
 
 
-def _sidecar(source: str) -> dict:
-    """Options stored beside a checkpoint file as `NAME.json` ({} if none).
-
-    A checkpoint of a non-published size needs its model's size keywords,
-    e.g. `{"sizes": {"image_shape": [64, 96], ...}, "task": {"min_overlap": 8}}`.
-    """
-    path = os.path.splitext(source)[0] + ".json"
-    if not os.path.isfile(source) or not os.path.isfile(path):
-        return {}
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} (the options of {source}) is unreadable: {e}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{path} must hold a JSON object; got {type(config).__name__}")
-    return config
-
-
-def _sizes(config: dict) -> dict:
-    sizes = dict(config.get("sizes", {}))
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}
-
-
 def _bundled_flow_model() -> str:
     """The small flow model shipped in perceiver/data (see its .json)."""
     from importlib import resources
@@ -273,7 +276,8 @@ def _flow_estimator(checkpoint: Optional[str], cache_dir: Optional[str]):
         source = _default_flow_source(cache_dir)
     else:
         source = _checkpoint_source(checkpoint, "flow")
-    return flow_lib.OpticalFlow.from_pretrained(source, cache_dir=cache_dir, **_task_options(source))
+    # The task reads the file's description (sizes, min_overlap), as from Python.
+    return flow_lib.OpticalFlow.from_pretrained(source, cache_dir=cache_dir)
 
 
 _DEMO_IMAGES = ("frame1.png", "frame2.png", "flow.png", "true_flow.png")
@@ -286,7 +290,9 @@ def _cmd_demo(args) -> str:
     from perceiver.train import synthetic_flow
 
     _check_output_folder("-o", args.outdir, _DEMO_IMAGES + ("flow.flo",))
-    scene = _sidecar(_bundled_flow_model()).get("scene", {})
+    from perceiver import checkpoint
+
+    scene = checkpoint.read_description(_bundled_flow_model()).get("scene", {})
     spec = synthetic_flow.FlowSceneSpec(image_shape=(96, 128), **scene)
     pair = synthetic_flow.make_pair(spec, seed=args.seed, index=0)
     frames = np.round((pair["frames"] + 1) * 127.5).clip(0, 255).astype(np.uint8)
@@ -322,6 +328,8 @@ def _cmd_flow(args) -> str:
     from perceiver.tasks import flow as flow_lib
 
     _check_outputs([("-o", args.output, "image"), ("--flo", args.flo, None)])
+    if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
+        raise UserError(f"--max-flow must be a positive number of pixels; got {args.max_flow}")
     first, second = _read_image(args.frame1), _read_image(args.frame2)
     if first.shape != second.shape:
         raise UserError(
@@ -330,7 +338,8 @@ def _cmd_flow(args) -> str:
         )
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
     flow = estimator(first, second, progress=True)
-    color = flow_lib.flow_to_color(flow)
+    # A fixed --max-flow gives several pairs one colour scale; default: this flow's largest.
+    color = flow_lib.flow_to_color(flow, max_flow=args.max_flow)
     writes = [(args.output, lambda p: media.write_image(p, color))]
     if args.flo:
         writes.append((args.flo, lambda p: flow_lib.write_flo(p, flow)))
@@ -341,12 +350,6 @@ def _cmd_flow(args) -> str:
         f"flow {flow.shape[1]}x{flow.shape[0]}: mean |flow| {magnitude.mean():.2f} px, "
         f"max {magnitude.max():.2f} px; wrote {', '.join(written)}"
     )
-
-
-def _task_options(source: str) -> dict:
-    """Keyword arguments for a task's from_pretrained, from the sidecar file."""
-    config = _sidecar(source)
-    return {**config.get("task", {}), **_sizes(config)}
 
 
 def _cmd_autoencode(args) -> str:
@@ -368,10 +371,10 @@ def _cmd_autoencode(args) -> str:
     if not fps > 0:
         raise UserError(f"{args.video} gives no frame rate, which its audio and output need")
     source = _checkpoint_source(args.checkpoint, "video_autoencoding")
-    options = _task_options(source)
-    if args.chunk_size is not None:
-        options["chunk_size"] = args.chunk_size
-    model = video_lib.VideoAutoencoder.from_pretrained(source, cache_dir=args.cache_dir, **options)
+    # Sizes and options come from the file's description; --chunk-size overrides it.
+    model = video_lib.VideoAutoencoder.from_pretrained(
+        source, cache_dir=args.cache_dir, chunk_size=args.chunk_size
+    )
     frames = video_lib.center_crop_and_resize(frames, model.image_size)
     if audio is not None:
         audio = video_lib.prepare_audio(audio, rate, fps, model.audio_samples_per_frame)
@@ -428,9 +431,7 @@ def _cmd_fill_mask(args) -> str:
     if empty:
         raise UserError(f"no {args.placeholder!r} placeholder to fill in {empty[0]!r}")
     source = _checkpoint_source(args.checkpoint, "mlm")
-    model = text_lib.MaskedLanguageModel.from_pretrained(
-        source, cache_dir=args.cache_dir, **_task_options(source)
-    )
+    model = text_lib.MaskedLanguageModel.from_pretrained(source, cache_dir=args.cache_dir)
     results = model.fill(list(args.texts), spans)
     if args.json:
         filled = [
@@ -454,6 +455,38 @@ def _cmd_fill_mask(args) -> str:
     return "\n".join(r.text for r in results)
 
 
+def _cmd_classify_text(args) -> str:
+    from perceiver.tasks import text_classification
+
+    _check_outputs([("--json", args.json, None)])
+    _check_positive("--top-k", args.top_k)
+    if not args.checkpoint:
+        raise UserError(
+            "classify-text needs --checkpoint FILE: a text classifier exported by "
+            "`perceiver train --config finetune_text ... --export FILE` (none is published)"
+        )
+    from perceiver import hub
+
+    # A published name is refused by the task itself, saying what to do instead.
+    if args.checkpoint not in hub.CHECKPOINTS and not os.path.exists(args.checkpoint):
+        raise UserError(f"no such checkpoint file: {args.checkpoint}")
+    model = text_classification.TextClassifier.from_pretrained(
+        args.checkpoint, cache_dir=args.cache_dir
+    )
+    results = model.classify(list(args.texts), top_k=args.top_k)
+    if args.json:
+        classes = [
+            {"text": text, "labels": [[name, float(p)] for name, p in labels]}
+            for text, labels in zip(args.texts, results)
+        ]
+        _write_all([(args.json, lambda p: _write_json(p, classes))])
+    lines = []
+    for text, labels in zip(args.texts, results):
+        lines.append(text if len(text) <= 70 else text[:67] + "...")
+        lines.extend(f"  {p:6.3f}  {name}" for name, p in labels)
+    return "\n".join(lines)
+
+
 def _cmd_classify(args) -> str:
     from perceiver.tasks import imagenet as imagenet_lib
 
@@ -461,9 +494,8 @@ def _cmd_classify(args) -> str:
     _check_positive("--top-k", args.top_k)
     images = [_read_image(path) for path in args.images]
     source = _checkpoint_source(args.checkpoint, "imagenet_conv")
-    model = imagenet_lib.ImageClassifier.from_pretrained(
-        source, cache_dir=args.cache_dir, **_task_options(source)
-    )
+    # A description's labels (e.g. the training folders' names) name the classes.
+    model = imagenet_lib.ImageClassifier.from_pretrained(source, cache_dir=args.cache_dir)
     results = model.classify(images, top_k=args.top_k)
     if args.json:
         classes = [
@@ -491,7 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceiver", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("list", help="list the published checkpoints")
+    sub = commands.add_parser(
+        "list", help="list the published checkpoints, which are cached, and the shipped model"
+    )
+    _add_cache_dir(sub)
     for command, text in (
         ("fetch", "download a published checkpoint into the cache"),
         ("check", "download, verify and run a published checkpoint"),
@@ -509,6 +544,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("frame2", help="second image, same size")
     sub.add_argument("-o", "--output", required=True, help="flow as a colour image (PNG)")
     sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file")
+    sub.add_argument(
+        "--max-flow",
+        type=float,
+        metavar="PX",
+        help="flow length in pixels drawn at full colour, the same for every pair (default: "
+        "the largest in this flow)",
+    )
     sub.add_argument(
         "--checkpoint",
         help="checkpoint name or path (default: flow if downloaded, else the shipped small model)",
@@ -547,14 +589,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="train or fine-tune with a named recipe (see `perceiver train --help`)",
         add_help=False,
     )
+    commands.add_parser(
+        "plot", help="draw a training run's curves into a PNG (perceiver plot WORKDIR -o curves.png)",
+        add_help=False,
+    )
 
-    sub = commands.add_parser("classify", help="ImageNet classes of images")
+    sub = commands.add_parser(
+        "classify", help="classes of images: ImageNet's, or the labels of your model's description"
+    )
     sub.add_argument("images", nargs="+", help="images (PNG, JPEG, ...)")
     sub.add_argument("--top-k", type=int, default=5, help="classes per image (default 5)")
     sub.add_argument("--json", help="write the labels and probabilities as JSON")
     sub.add_argument(
         "--checkpoint",
         help="imagenet_conv (default), imagenet_fourier, imagenet_learned, or a path",
+    )
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser("classify-text", help="classes of texts, with a text classifier you trained")
+    sub.add_argument("texts", nargs="+", help="texts to classify")
+    sub.add_argument(
+        "--checkpoint", help="the exported classifier (perceiver train --config finetune_text --export FILE)"
+    )
+    sub.add_argument("--top-k", type=int, default=5, help="classes per text (default 5)")
+    sub.add_argument("--json", help="write the labels and probabilities as JSON")
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser(
+        "convert", help="convert a checkpoint between transformers' format and ours (either way)"
+    )
+    sub.add_argument(
+        "src",
+        help="a transformers save_pretrained folder, or our checkpoint file (with its NAME.json) "
+        "or a published name",
+    )
+    sub.add_argument(
+        "dst",
+        help="our checkpoint file to write (.pystate or .safetensors, with NAME.json), or the "
+        "folder for transformers' from_pretrained",
+    )
+    sub.add_argument(
+        "--conv-kernel-layout", choices=("oihw", "oiwh"), default="oihw",
+        help="oiwh: the conv kernel transposed as transformers' conversion script wrote "
+        "DeepMind's (default oihw, as torch applies it)",
+    )
+    sub.add_argument(
+        "--dtype", choices=("float32", "float16", "bfloat16"),
+        help="the transformers weights' dtype (default float32)",
+    )
+    sub.add_argument(
+        "--allow-deviations", action="store_true",
+        help="write the conv-stem classifier, whose padding transformers cannot express",
     )
     _add_cache_dir(sub)
     return parser
@@ -569,6 +654,9 @@ COMMANDS: Dict[str, Callable] = {
     "autoencode": _cmd_autoencode,
     "fill-mask": _cmd_fill_mask,
     "classify": _cmd_classify,
+    "classify-text": _cmd_classify_text,
+    # perceiver.convert (jax, haiku) is imported only when the command runs.
+    "convert": lambda args: __import__("perceiver.convert", fromlist=["command"]).command(args),
 }
 
 
@@ -594,6 +682,11 @@ def _main(argv: Sequence[str]) -> int:
         from perceiver.train import main as train_main
 
         return train_main.main(argv[1:])
+    if argv[:1] == ["plot"]:
+        # A training run's curves: part of training, with its own parser.
+        from perceiver.train import plot
+
+        return plot.main(argv[1:])
     args = build_parser().parse_args(argv)
     from perceiver import checkpoint, hub
 

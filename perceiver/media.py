@@ -2,7 +2,7 @@
 
 Images (PNG, JPEG, GIF, ...) go through Pillow, MP4 video and its audio
 through PyAV (FFmpeg), WAV through the standard library's `wave`. Pillow and
-PyAV are optional: install them with `pip install 'perceiver[media]'`.
+PyAV are optional: install them with `pip install 'perceiver-io-jax[media]'`.
 
 Conventions: images and frames are uint8 RGB, `[H, W, 3]` and `[T, H, W, 3]`;
 audio is float32 `[samples, channels]` in [-1, 1].
@@ -28,7 +28,7 @@ import numpy as np
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-_INSTALL_HINT = "install the media extra: pip install 'perceiver[media]'"
+_INSTALL_HINT = "install the media extra: pip install 'perceiver-io-jax[media]'"
 _GIF_SUFFIXES = (".gif",)
 # The extensions write_video writes: containers that take H.264 and AAC (and GIF).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi") + _GIF_SUFFIXES

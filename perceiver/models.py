@@ -1,9 +1,11 @@
-"""The six published Perceiver IO models, one factory each.
+"""The six published Perceiver IO models, one factory each, and a text classifier.
 
 Each factory assembles the model the way DeepMind's notebooks do and returns
 an `hk.TransformedWithState`; defaults are the published sizes, so the
 parameter trees equal the published checkpoints'. Keyword arguments shrink
-the model (for tests, or new models of the same shape).
+the model (for tests, or new models of the same shape). `text_classifier`
+is the byte MLM's embedding and encoder with a classification decoder: the
+model the `finetune_text` training recipe trains.
 
     model, params, state = pretrained('imagenet_fourier')
     logits, _ = model.apply(params, state, None, images)  # [B, 1000]
@@ -163,6 +165,70 @@ def masked_language_model(**sizes) -> hk.TransformedWithState:
     return _masked_language_model(**sizes).model
 
 
+def _text_classifier(
+    num_classes: int,
+    *,
+    max_seq_len: int = 2048,
+    d_model: int = 768,
+    num_latents: int = 256,
+    num_latent_channels: int = 1280,
+    num_self_attends: int = 26,
+    num_heads: int = 8,
+    qk_channels: int = 256,
+) -> _Built:
+    _validation.check_positive_int("num_classes", num_classes)
+    encoder_kwargs = mlm_encoder_kwargs(
+        num_latents=num_latents,
+        num_latent_channels=num_latent_channels,
+        num_self_attends=num_self_attends,
+        num_heads=num_heads,
+        qk_channels=qk_channels,
+    )
+
+    def forward(inputs, input_mask, is_training=False):
+        # The MLM's modules in the MLM's order, so that its checkpoint fills
+        # everything but the new decoder ('classification_decoder').
+        x, _ = embed_bytes(inputs, input_mask, max_seq_len=max_seq_len, d_model=d_model)
+        decoder = perceiver.ClassificationDecoder(
+            num_classes,
+            num_z_channels=num_latent_channels,
+            position_encoding_type="trainable",
+            trainable_position_encoding_kwargs=dict(
+                num_channels=num_latent_channels, init_scale=0.02
+            ),
+            use_query_residual=True,
+        )
+        model = perceiver.Perceiver(
+            encoder=perceiver.PerceiverEncoder(**encoder_kwargs), decoder=decoder
+        )
+        return model(x, is_training=is_training, input_mask=input_mask)
+
+    tokens = np.zeros((1, max_seq_len), np.int32)
+    return _Built(hk.transform_with_state(forward), (tokens, np.ones_like(tokens)))
+
+
+def text_classifier(num_classes: int, **sizes) -> hk.TransformedWithState:
+    """The byte MLM's embedding and encoder with a classification decoder.
+
+    What the `finetune_text` recipe trains: embedding ('embed'), input
+    positions ('trainable_position_encoding') and encoder
+    ('perceiver_encoder') have the MLM's names and shapes; one learned query
+    ('classification_decoder') cross-attends to the latents.
+
+    `apply(params, state, rng, inputs, input_mask, is_training=False)`: tokens
+    `[B, T]` int (`BytesTokenizer`, T <= max_seq_len) and mask `[B, T]` (1 for
+    real tokens, 0 for padding) -> logits `[B, num_classes]`.
+
+    Args:
+      num_classes: the number of classes.
+      **sizes: as `masked_language_model` (max_seq_len=2048, d_model=768, ...).
+
+    Raises:
+      ValueError: for num_classes < 1.
+    """
+    return _text_classifier(num_classes, **sizes).model
+
+
 # ---------------------------------------------------------------------------
 # ImageNet classification
 # ---------------------------------------------------------------------------
@@ -249,6 +315,12 @@ def _imagenet_classifier(
             decoder=perceiver.ClassificationDecoder(num_classes, **decoder_kwargs),
             input_preprocessor=io_processors.ImagePreprocessor(**prep_kwargs),
         )
+        if variant == "conv_preprocessing" and hk.running_init():
+            # The stem's BatchNorm creates its moving averages only in training
+            # mode (evaluation reads them), so `init` always runs as training.
+            # Nothing else here differs between the modes (no dropout), so the
+            # parameters and state equal those of init(..., is_training=True).
+            is_training = True
         return model(images, is_training=is_training)
 
     images = np.zeros((1, image_size, image_size, 3), np.float32)
@@ -601,19 +673,52 @@ _BUILDERS: Dict[str, Callable[..., _Built]] = {
     "imagenet_classifier": _imagenet_classifier,
     "optical_flow": _optical_flow,
     "video_autoencoder": _video_autoencoder,
+    "text_classifier": _text_classifier,
+}
+FACTORIES: Tuple[str, ...] = tuple(_BUILDERS)
+# The public factory functions, so that callers may pass one instead of its name.
+_FACTORY_FUNCTIONS: Dict[Callable, str] = {
+    masked_language_model: "masked_language_model",
+    imagenet_classifier: "imagenet_classifier",
+    optical_flow: "optical_flow",
+    video_autoencoder: "video_autoencoder",
+    text_classifier: "text_classifier",
 }
 
 
-def parameter_shapes(factory: str, **kwargs) -> Tuple[Mapping, Mapping]:
+def factory_name(factory: "str | Callable") -> str:
+    """The name of a factory given by name ('optical_flow') or as the function (`optical_flow`).
+
+    Raises:
+      ValueError: for an unknown name.
+      TypeError: for anything else than a name or one of this module's factories.
+    """
+    if isinstance(factory, str):
+        _validation.check_choice("factory", factory, FACTORIES)
+        return factory
+    try:
+        return _FACTORY_FUNCTIONS[factory]
+    except (KeyError, TypeError):  # TypeError: an unhashable value
+        raise TypeError(
+            f"factory must be a factory name ({', '.join(FACTORIES)}) or one of those "
+            f"functions of perceiver.models; got {factory!r}."
+        ) from None
+
+
+def parameter_shapes(factory: "str | Callable", **kwargs) -> Tuple[Mapping, Mapping]:
     """`(params, state)` of a factory's model as `jax.ShapeDtypeStruct`s (no compute).
 
     Args:
-      factory: a factory name ('masked_language_model', 'imagenet_classifier',
-        'optical_flow', 'video_autoencoder').
+      factory: a factory, by name ('masked_language_model',
+        'imagenet_classifier', 'optical_flow', 'video_autoencoder',
+        'text_classifier') or as the function (`models.optical_flow`).
       **kwargs: the factory's arguments.
+
+    Raises:
+      ValueError, TypeError: for an unknown factory (see `factory_name`) or
+        arguments the factory does not take.
     """
-    _validation.check_choice("factory", factory, tuple(_BUILDERS))
-    built = _BUILDERS[factory](**kwargs)
+    built = _BUILDERS[factory_name(factory)](**kwargs)
     return jax.eval_shape(
         lambda: built.model.init(jax.random.PRNGKey(0), *built.example_inputs, is_training=True)
     )
@@ -633,7 +738,7 @@ def pretrained(
         (For a file of your own, use `load_for`.)
       cache_dir: where checkpoints are kept (default `$PERCEIVER_CACHE` or
         ~/.cache/perceiver).
-      progress: show a download progress bar.
+      progress: show a download progress bar (only when stderr is a terminal).
 
     Returns:
       `(model, params, state)`.
@@ -645,8 +750,10 @@ def pretrained(
     """
     from perceiver import hub  # Imported late: hub is only needed here.
 
+    from perceiver import _progress
+
     entry = hub.get(name)
-    path = hub.fetch(name, cache_dir=cache_dir, progress=progress)
+    path = hub.fetch(name, cache_dir=cache_dir, progress=_progress.shown(progress))
     try:
         return load_for(entry.factory, path, **dict(entry.factory_kwargs))
     except checkpoint.CheckpointError as e:
@@ -654,15 +761,20 @@ def pretrained(
 
 
 def load_for(
-    factory: str, path, **kwargs
+    factory: "str | Callable", path, **kwargs
 ) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
     """Builds a factory's model and loads a checkpoint file for it, checked.
+
+    Args:
+      factory: a factory, by name or as the function (see `parameter_shapes`).
+      path: the checkpoint file.
+      **kwargs: the factory's arguments.
 
     Raises:
       perceiver.checkpoint.CheckpointError: listing every missing, unexpected
         and mis-shaped parameter when the file does not fit.
     """
-    _validation.check_choice("factory", factory, tuple(_BUILDERS))
+    factory = factory_name(factory)
     params, state = checkpoint.load(path)
     want_params, want_state = parameter_shapes(factory, **kwargs)
     differences = checkpoint.tree_differences(want_params, params) + [
@@ -670,7 +782,7 @@ def load_for(
     ]
     if differences:
         raise checkpoint.differences_error(
-            f"{path} does not fit {factory}({_format_kwargs(kwargs)})", differences
+            f"{path} does not fit {factory}({_format_kwargs(kwargs)})", differences, shown=8
         )
     model = _BUILDERS[factory](**kwargs).model
     return model, params, state
@@ -692,23 +804,29 @@ class VideoAutoencoderParts(NamedTuple):
     decode: Callable
 
 
-def factory_sizes(factory: str, **kwargs) -> Dict[str, Any]:
+def factory_arguments(factory: "str | Callable") -> Tuple[str, ...]:
+    """The names of a factory's arguments (by name or function, see `parameter_shapes`)."""
+    return tuple(inspect.signature(_BUILDERS[factory_name(factory)]).parameters)
+
+
+def factory_sizes(factory: "str | Callable", **kwargs) -> Dict[str, Any]:
     """A factory's arguments with its defaults filled in.
 
     `factory_sizes('video_autoencoder', num_frames=4)` gives every size of
     that model, e.g. its image_size (224) and num_classes (700).
 
     Args:
-      factory: a factory name ('masked_language_model', 'imagenet_classifier',
-        'optical_flow', 'video_autoencoder').
+      factory: a factory, by name ('masked_language_model',
+        'imagenet_classifier', 'optical_flow', 'video_autoencoder',
+        'text_classifier') or as the function.
       **kwargs: some of the factory's arguments.
 
     Raises:
       ValueError: for an unknown factory.
       TypeError: for an argument the factory does not take, or a missing one
-        (imagenet_classifier's variant).
+        (imagenet_classifier's variant, text_classifier's num_classes).
     """
-    _validation.check_choice("factory", factory, tuple(_BUILDERS))
+    factory = factory_name(factory)
     signature = inspect.signature(_BUILDERS[factory])
     try:
         bound = signature.bind(**kwargs)

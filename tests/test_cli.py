@@ -1,5 +1,6 @@
 """The `perceiver` command line, offline: the cache is filled by the tests."""
 
+import io
 import shutil
 import subprocess
 import sys
@@ -20,11 +21,17 @@ def cache(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_list(capsys):
+def test_list_shows_what_is_cached_and_the_shipped_model(cache, capsys):
+    shutil.copy(ref.checkpoint_path("flow"), cache / hub.get("flow").filename)
     assert cli.main(["list"]) == 0
-    out = capsys.readouterr().out
-    for name in hub.CHECKPOINTS:
-        assert name in out
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line for line in lines if line.startswith("  ") and line.split()}
+    assert set(hub.CHECKPOINTS) <= set(rows)
+    size = (cache / hub.get("flow").filename).stat().st_size / 1e6
+    assert f"cached, {size:.1f} MB" in rows["flow"]
+    assert all("not cached" in rows[name] for name in hub.CHECKPOINTS if name != "flow")
+    assert cli._bundled_flow_model() in rows["flow_small"] and " MB " in rows["flow_small"]
+    assert str(cache) in lines[0]
 
 
 def test_fetch_cached(cache, capsys):
@@ -283,6 +290,50 @@ def test_demo_runs_the_shipped_model_offline(tmp_path, cache, capsys):
         assert (tmp_path / "demo" / name).is_file()
 
 
+def test_progress_bars_only_on_a_terminal(small_flow, tmp_path, cache, monkeypatch, capsys):
+    """Into a log (stderr not a terminal) `perceiver flow` draws no bar, as training does."""
+    pytest.importorskip("tqdm")
+    from perceiver import _progress
+
+    a, b = _frames(tmp_path)
+    assert cli.main(["flow", a, b, "-o", str(tmp_path / "f.png"), "--checkpoint", str(small_flow)]) == 0
+    err = capsys.readouterr().err
+    assert "flow tiles" not in err and "\r" not in err
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert _progress.shown(True) and not _progress.shown(False)
+    assert list(_progress.track(range(3), 3, "flow tiles", True)) == [0, 1, 2]
+    assert "flow tiles" in sys.stderr.getvalue()
+
+
+class _Fetched(Exception):
+    pass
+
+
+def test_downloads_draw_no_bar_into_a_log(cache, monkeypatch):
+    from perceiver.tasks import flow as flow_lib
+
+    asked = []
+
+    def fetch(name, cache_dir=None, progress=True, **kwargs):
+        asked.append(progress)
+        raise _Fetched
+
+    monkeypatch.setattr(hub, "fetch", fetch)
+    for call in (
+        lambda: cli.main(["fetch", "flow"]),
+        lambda: models.pretrained("flow"),
+        lambda: flow_lib.OpticalFlow.from_pretrained("flow"),
+    ):
+        with pytest.raises(_Fetched):
+            call()
+    assert asked == [False, False, False]
+
+
 def test_flow_defaults_to_published_model_when_cached(tmp_path, cache, monkeypatch):
     assert cli._default_flow_source(None).endswith("flow_small.pystate")
     (cache / hub.get("flow").filename).write_bytes(b"")
@@ -312,8 +363,15 @@ def no_models(monkeypatch):
     """Every task's model loader fails the test: checks must come before them."""
     from perceiver.tasks import imagenet, text, video
 
+    from perceiver.tasks import text_classification
+
     monkeypatch.setattr(cli, "_flow_estimator", _no_model)
-    for task in (video.VideoAutoencoder, text.MaskedLanguageModel, imagenet.ImageClassifier):
+    for task in (
+        video.VideoAutoencoder,
+        text.MaskedLanguageModel,
+        imagenet.ImageClassifier,
+        text_classification.TextClassifier,
+    ):
         monkeypatch.setattr(task, "from_pretrained", _no_model)
 
 
@@ -355,6 +413,10 @@ BAD_OUTPUTS = {
     ),
     "fill-json": (lambda d, a, b, v: ["fill-mask", "a__", "--json", f"{d}/no/o.json"], "--json"),
     "classify-json": (lambda d, a, b, v: ["classify", a, "--json", d], "is a directory"),
+    "classify-text-json": (
+        lambda d, a, b, v: ["classify-text", "hi", "--json", f"{d}/no/o.json", "--checkpoint", a],
+        "--json",
+    ),
     "demo-file": (lambda d, a, b, v: ["demo", "-o", a], "is not a folder"),
     "demo-under-file": (lambda d, a, b, v: ["demo", "-o", f"{a}/sub"], "cannot make it"),
 }
@@ -389,6 +451,11 @@ def test_output_folder_must_be_writable(tmp_path, cache, no_models, monkeypatch,
         (["flow", "{d}/bomb.png", "{a}", "-o", "{d}/f.png"], "bomb.png"),
         (["autoencode", "{d}/silent.mp4", "-o", "{d}/o.gif"], "no video stream"),
         (["fill-mask", ""], "no '_' placeholder"),
+        (["flow", "{a}", "{a}", "-o", "{d}/f.png", "--max-flow", "0"], "--max-flow must be a positive"),
+        (["flow", "{a}", "{a}", "-o", "{d}/f.png", "--max-flow", "nan"], "--max-flow must be a positive"),
+        (["classify-text", "hi"], "classify-text needs --checkpoint FILE"),
+        (["classify-text", "hi", "--checkpoint", "{d}/none.pystate"], "no such checkpoint file"),
+        (["classify-text", "hi", "--checkpoint", "{a}", "--top-k", "0"], "--top-k must be >= 1"),
     ],
 )
 def test_hostile_input_is_one_line_before_any_model(
@@ -517,3 +584,10 @@ def test_ctrl_c_in_train_is_status_130(monkeypatch, capsys):
     monkeypatch.setattr(train_main, "main", interrupt)
     assert cli.main(["train", "--config", "flow"]) == 130
     assert capsys.readouterr().err == "perceiver: interrupted\n"
+
+
+def test_plot_is_a_top_level_command(tmp_path, capsys):
+    # `perceiver plot WORKDIR` reaches the training plotter, which says what it lacks.
+    assert cli.main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics" in err[0], err

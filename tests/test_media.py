@@ -266,7 +266,7 @@ def test_truncated_png_is_a_value_error(tmp_path):
 def test_missing_pillow_asks_for_the_media_extra(tmp_path, monkeypatch):
     media.write_image(tmp_path / "a.png", np.zeros((2, 2, 3), np.uint8))
     monkeypatch.setitem(sys.modules, "PIL", None)  # Makes `import PIL` fail.
-    with pytest.raises(ImportError, match=r"perceiver\[media\]"):
+    with pytest.raises(ImportError, match=r"perceiver-io-jax\[media\]"):
         media.read_image(tmp_path / "a.png")
 
 

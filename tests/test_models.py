@@ -108,3 +108,66 @@ def test_factories_train_mode_with_key_differs_only_by_dropout():
 def test_parameter_shapes_rejects_unknown_factory():
     with pytest.raises(ValueError, match="factory"):
         models.parameter_shapes("resnet50")
+
+
+def test_parameter_shapes_takes_the_factory_function_or_its_name():
+    sizes = ref.SMALL_FACTORIES["flow"][1]
+    by_function = models.parameter_shapes(models.optical_flow, **sizes)
+    assert by_function == models.parameter_shapes("optical_flow", **sizes)
+    assert ref.tree_spec(by_function[0]) == ref.param_trees()["flow"]["small"]["params"]
+    assert models.factory_sizes(models.optical_flow)["num_latents"] == 2048
+    with pytest.raises(TypeError, match="factory must be a factory name"):
+        models.parameter_shapes(len)
+
+
+def _conv_model():
+    sizes = dict(ref.SMALL_FACTORIES["imagenet_conv"][1])
+    return models.imagenet_classifier(sizes.pop("variant"), **sizes), sizes["image_size"]
+
+
+def test_conv_classifier_inits_in_evaluation_mode_as_in_training():
+    """BatchNorm state exists after init(rng, images) alone, with the recorded tree."""
+    model, size = _conv_model()
+    images = np.zeros((2, size, size, 3), np.float32)
+    key = jax.random.PRNGKey(3)
+    # Traced, not computed: the tree is what init builds.
+    params, state = jax.eval_shape(lambda: model.init(key, images))
+    trained = jax.eval_shape(lambda: model.init(key, images, is_training=True))
+    recorded = ref.param_trees()["imagenet_conv"]["small"]
+    assert ref.tree_spec(params) == recorded["params"]
+    assert ref.tree_spec(state) == recorded["state"]
+    assert (params, state) == trained  # shapes and dtypes
+    # Applying is untouched: evaluation mode still reads the moving averages.
+    _, ckpt_params, ckpt_state = _small("imagenet_conv")
+    inputs, expected = ref.recorded("imagenet_conv")
+    out, _ = jax.jit(model.apply)(ckpt_params, ckpt_state, None, inputs["images"])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def test_text_classifier_is_the_finetune_recipes_model():
+    """The factory the description names builds the tree `finetune_text` trains, same function."""
+    from perceiver.train import finetune
+
+    sizes = ref.SMALL_FACTORIES["mlm"][1]
+    ours = models.text_classifier(num_classes=3, **sizes)
+    recipe = finetune.text_classifier(3, **sizes)
+    tokens = np.full((2, 10), 9, np.int32)
+    mask = np.ones_like(tokens)
+    key = jax.random.PRNGKey(1)
+    trees = [jax.eval_shape(lambda m=m: m.init(key, tokens, mask, is_training=True)) for m in (ours, recipe)]
+    assert trees[0] == trees[1]
+    assert models.parameter_shapes(models.text_classifier, num_classes=3, **sizes)[0] == trees[0][0]
+    rng = np.random.default_rng(0)
+    params = jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(s.dtype), trees[0][0])
+    state = trees[0][1]
+    mask[1, 6:] = 0  # padding is masked out alike
+    out, _ = jax.jit(ours.apply)(params, state, None, tokens, mask)
+    expected, _ = jax.jit(recipe.apply)(params, state, None, tokens, mask)
+    assert out.shape == (2, 3)
+    np.testing.assert_array_equal(out, expected)
+    # Its embedding and encoder are the MLM's, so the MLM's checkpoint fills them.
+    mlm_params, _ = models.parameter_shapes("masked_language_model", **sizes)
+    shared = {m for m in params if not m.startswith("classification_decoder")}
+    assert shared and shared <= set(mlm_params)
+    with pytest.raises(TypeError, match="num_classes"):
+        models.factory_sizes("text_classifier")

@@ -164,3 +164,57 @@ def test_notebooks_have_no_model_code():
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
         for forbidden in ("hk.", "haiku", "perceiver.perceiver", "io_processors", "pickle"):
             assert forbidden not in code, (path.name, forbidden)
+
+
+def _install_cell(path):
+    """The source of a notebook's install cell: the code cell before the parameters."""
+    import nbformat
+
+    nb = nbformat.read(str(path), as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[1].get("metadata", {}).get("tags", []), path.name
+    return code[0].source
+
+
+def _run_install_cell(source, monkeypatch, installed=False, **overrides):
+    """Runs an install cell as in Colab (no package installed); returns the pip commands."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    monkeypatch.setattr(subprocess, "check_call", lambda argv: calls.append(argv))
+
+    def distribution(name):
+        if installed and name == "perceiver-io-jax":
+            return object()
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    for name, value in overrides.items():  # as a user edits the cell
+        source = source.replace(f'{name} = ""', f"{name} = {value!r}")
+    exec(compile(source, "install cell", "exec"), {})
+    return calls
+
+
+@pytest.mark.parametrize("path", sorted(COLABS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_install_cell_installs_this_project_never_pypis_perceiver(path, tmp_path, monkeypatch):
+    source = _install_cell(path)
+    # A copy of the repository beside the notebook (e.g. after `git clone`).
+    copy = tmp_path / "perceiver"
+    (copy / "perceiver").mkdir(parents=True)
+    (copy / "setup.py").write_text("")
+    (copy / "perceiver" / "models.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    (local,) = _run_install_cell(source, monkeypatch)
+    assert local[-1] == f"perceiver-io-jax[media,notebook] @ {copy.resolve().as_uri()}"
+    url = "git+https://example.org/owner/repo.git"
+    (remote,) = _run_install_cell(source, monkeypatch, PERCEIVER_SOURCE=url)
+    assert remote[-1] == f"perceiver-io-jax[media,notebook] @ {url}"
+    assert local[:-1] == remote[:-1] and "install" in local
+    assert _run_install_cell(source, monkeypatch, installed=True) == []  # already there
+    (tmp_path / "elsewhere" / "deeper").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")  # no copy here nor above
+    with pytest.raises(RuntimeError, match="Set PERCEIVER_SOURCE"):
+        _run_install_cell(source, monkeypatch)

@@ -181,3 +181,17 @@ def test_from_pretrained_infers_variant_of_a_file():
         imagenet.ImageClassifier.from_pretrained(
             "imagenet_conv", variant="learned_position_encoding"
         )
+
+
+def test_min_crop_size_keeps_small_images_whole_as_training_evaluates_them():
+    """An 8x8 digit at a 32-pixel model: the trainer's eval crop keeps it whole, so does the task."""
+    image = np.arange(8 * 10 * 3, dtype=np.float32).reshape(8, 10, 3)
+    assert imagenet.center_crop(image, 0.5).shape[:2] == (4, 4)
+    np.testing.assert_array_equal(imagenet.center_crop(image, 0.5, min_side=32), image[:, 1:9])
+    assert imagenet.center_crop(np.zeros((100, 80, 3)), 0.5, min_side=32).shape[:2] == (40, 40)
+    whole = imagenet.preprocess(image, 32, crop_fraction=0.5, min_crop_size=32)
+    np.testing.assert_array_equal(whole, imagenet.preprocess(image[:, 1:9], 32, crop_fraction=1.0))
+    variant, sizes = small("imagenet_fourier")
+    params, state = checkpoint.load(ref.checkpoint_path("imagenet_fourier"))
+    with pytest.raises(ValueError, match="min_crop_size must be an int >= 0"):
+        imagenet.ImageClassifier(params, state, variant=variant, min_crop_size=-1, **sizes)

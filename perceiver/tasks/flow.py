@@ -91,13 +91,12 @@ class OpticalFlow:
           TypeError: for an unknown size keyword.
           ValueError: for a bad min_overlap or batch_size.
         """
-        from perceiver import checkpoint, models
+        from perceiver import models
+        from perceiver.tasks import _loading
 
         self._setup(_tile_shape_of(sizes), min_overlap, batch_size)
         state = {} if state is None else state
-        want_params, want_state = models.parameter_shapes("optical_flow", **sizes)
-        checkpoint.check_tree(want_params, params, "params")
-        checkpoint.check_tree(want_state, state, "state")
+        _loading.check_fits("optical_flow", params, state, **sizes)
         self._init_model(models.optical_flow(**sizes), params, state, sizes)
 
     def _init_model(self, model, params, state, sizes) -> None:
@@ -142,32 +141,42 @@ class OpticalFlow:
         *,
         cache_dir: Optional[PathLike] = None,
         progress: bool = True,
-        min_overlap: int = 20,
-        batch_size: int = 1,
+        min_overlap: Optional[int] = None,
+        batch_size: Optional[int] = None,
         **sizes,
     ) -> "OpticalFlow":
         """The published flow model, or a checkpoint file of a flow model.
+
+        A file's description (`NAME.json` beside `NAME.pystate`, see
+        `perceiver.checkpoint.save_description`) gives its sizes and task
+        options (`min_overlap`, `batch_size`); keywords given here override
+        it. The shipped small model loads with
+        `from_pretrained(<path of perceiver/data/flow_small.pystate>)`.
 
         Args:
           name_or_path: a checkpoint name in `perceiver.hub.CHECKPOINTS` of an
             optical-flow model ('flow', downloaded on first use), or the path
             of a checkpoint file.
           cache_dir: where downloaded checkpoints are kept.
-          progress: show a download progress bar.
-          min_overlap, batch_size: as for the constructor.
+          progress: show a download progress bar (only when stderr is a
+            terminal).
+          min_overlap, batch_size: as for the constructor; None: the
+            description's, else 20 and 1.
           **sizes: the model's `perceiver.models.optical_flow` keywords (for a
-            file of a model with other sizes).
+            file of a model with other sizes than its description gives).
 
         Raises:
           ValueError: for a registry name of another kind of model, or a name
             that is neither known nor a file.
           FileNotFoundError: for a path to no file.
-          perceiver.checkpoint.CheckpointError: if the file does not fit.
+          perceiver.checkpoint.CheckpointError: if the file does not fit, or
+            its description is of another kind of model (naming its task).
           perceiver.hub.FetchError: if the download fails.
         """
         from perceiver import checkpoint, hub, models
+        from perceiver.tasks import _loading
 
-        if isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS:
+        if _loading.is_published(name_or_path):
             entry = hub.get(name_or_path)
             if entry.factory != "optical_flow":
                 flow_names = [n for n, e in hub.CHECKPOINTS.items() if e.factory == "optical_flow"]
@@ -176,15 +185,19 @@ class OpticalFlow:
                     f"optical-flow one; use one of: {', '.join(flow_names)}."
                 )
             sizes = {**dict(entry.factory_kwargs), **sizes}
+        description = _loading.read_description(name_or_path, "optical_flow")
+        sizes = description.sizes_with(sizes)
         estimator = cls.__new__(cls)
-        estimator._setup(_tile_shape_of(sizes), min_overlap, batch_size)
-        path = hub.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
+        estimator._setup(
+            _tile_shape_of(sizes),
+            description.option("min_overlap", min_overlap, 20),
+            description.option("batch_size", batch_size, 1),
+        )
+        path = _loading.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
         try:
             model, params, state = models.load_for("optical_flow", path, **sizes)
         except checkpoint.CheckpointError as e:
-            if isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS:
-                raise hub.bad_cache_error(name_or_path, path, e) from None  # How to replace it.
-            raise
+            raise _loading.mismatch(name_or_path, path, e, description) from None
         estimator._init_model(model, params, state, sizes)
         return estimator
 

@@ -27,10 +27,10 @@ import numpy as np
 
 from perceiver import _validation
 from perceiver import checkpoint
-from perceiver import hub
 from perceiver import labels as labels_lib
 from perceiver import media
 from perceiver import models
+from perceiver.tasks import _loading
 
 MEAN_RGB = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 STDDEV_RGB = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -44,13 +44,19 @@ _CHECKPOINT_VARIANTS = {
 }
 
 
-def center_crop(image: np.ndarray, crop_fraction: float = CROP_FRACTION) -> np.ndarray:
+def center_crop(
+    image: np.ndarray, crop_fraction: float = CROP_FRACTION, min_side: int = 0
+) -> np.ndarray:
     """The centred square of side `int(crop_fraction * min(H, W))` of `[H, W, C]`.
 
-    Offsets round up, as in DeepMind's pipeline: `(H - side + 1) // 2`.
+    Offsets round up, as in DeepMind's pipeline: `(H - side + 1) // 2`. With
+    `min_side`, the side is at least that many pixels (at most the shorter
+    side), as the trainer's automatic evaluation crop keeps small images whole.
     """
     height, width = image.shape[:2]
     side = max(1, int(np.float32(crop_fraction) * np.float32(min(height, width))))
+    if min_side:
+        side = min(min(height, width), max(side, int(min_side)))
     top = (height - side + 1) // 2
     left = (width - side + 1) // 2
     return image[top : top + side, left : left + side]
@@ -76,7 +82,7 @@ def resize_bicubic(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def preprocess(
-    image, image_size: int = 224, crop_fraction: float = CROP_FRACTION
+    image, image_size: int = 224, crop_fraction: float = CROP_FRACTION, min_crop_size: int = 0
 ) -> np.ndarray:
     """Centre-crops, resizes and normalises one image for the classifier.
 
@@ -85,6 +91,8 @@ def preprocess(
         on that scale), e.g. `np.asarray(PIL.Image.open(path).convert('RGB'))`.
       image_size: side of the output (the model's, 224).
       crop_fraction: fraction of the shorter side kept by the centre crop.
+      min_crop_size: the least side of the crop in pixels (0: none; never
+        more than the shorter side).
 
     Returns:
       `[image_size, image_size, 3]` float32, `(pixel - MEAN_RGB) / STDDEV_RGB`.
@@ -105,7 +113,7 @@ def preprocess(
     # The whole image, not just the crop: NaN anywhere means a broken input.
     media.check_finite("image", image)
     _validation.check_positive_int("image_size", image_size)
-    crop = center_crop(image, crop_fraction).astype(np.float32)
+    crop = center_crop(image, crop_fraction, min_crop_size).astype(np.float32)
     if crop.shape[:2] != (image_size, image_size):
         crop = resize_bicubic(crop, image_size)
     return ((crop - np.float32(MEAN_RGB)) / np.float32(STDDEV_RGB)).astype(np.float32)
@@ -117,9 +125,11 @@ class ImageClassifier:
     Attributes:
       variant: the model variant.
       image_size: the side of the model's input (224).
-      class_names: the name of each class (ImageNet's for 1000 classes,
-        else the indices as str).
+      class_names: the name of each class (the labels given, else
+        ImageNet's for 1000 classes, else the indices as str).
       batch_size: most images per call.
+      crop_fraction: the share of the shorter side the centre crop keeps.
+      min_crop_size: the least side of the centre crop (0: none).
     """
 
     def __init__(
@@ -129,6 +139,9 @@ class ImageClassifier:
         *,
         variant: str,
         batch_size: int = 8,
+        labels: Optional[Sequence[str]] = None,
+        crop_fraction: float = CROP_FRACTION,
+        min_crop_size: int = 0,
         **sizes,
     ):
         """Wraps parameters of `perceiver.models.imagenet_classifier(variant, **sizes)`.
@@ -139,10 +152,18 @@ class ImageClassifier:
           variant: 'learned_position_encoding', 'fourier_position_encoding'
             or 'conv_preprocessing'.
           batch_size: most images per call.
+          labels: the name of each class, in the order of the logits (e.g.
+            the folder names a model was trained on); None: ImageNet's for
+            1000 classes, else the indices as str.
+          crop_fraction: the share of the shorter side kept by the centre
+            crop, in (0, 1].
+          min_crop_size: the least side of the centre crop in pixels (0:
+            none), e.g. the model's image size to keep small images whole.
           **sizes: `imagenet_classifier`'s size keywords.
 
         Raises:
-          ValueError: for an unknown variant.
+          ValueError: for an unknown variant, labels that do not name each
+            class, or a crop_fraction outside (0, 1].
           TypeError: for an unknown size keyword or a non-int batch_size.
           perceiver.checkpoint.CheckpointError: if params or state do not fit
             the model, listing every difference.
@@ -150,18 +171,27 @@ class ImageClassifier:
         config = models.factory_sizes("imagenet_classifier", variant=variant, **sizes)
         _validation.check_choice("variant", variant, models.IMAGENET_VARIANTS)
         _validation.check_positive_int("batch_size", batch_size)
+        if isinstance(crop_fraction, bool) or not isinstance(crop_fraction, (int, float)) or not (
+            0 < crop_fraction <= 1
+        ):
+            raise ValueError(f"crop_fraction must be a number in (0, 1]; got {crop_fraction!r}.")
+        if isinstance(min_crop_size, bool) or not isinstance(min_crop_size, (int, np.integer)) or (
+            min_crop_size < 0
+        ):
+            raise ValueError(f"min_crop_size must be an int >= 0; got {min_crop_size!r}.")
+        named = _loading.Description().class_names(labels, config["num_classes"])
         state = {} if state is None else state
-        want_params, want_state = models.parameter_shapes(
-            "imagenet_classifier", variant=variant, **sizes
-        )
-        checkpoint.check_tree(want_params, params, "params")
-        checkpoint.check_tree(want_state, state, "state")
+        _loading.check_fits("imagenet_classifier", params, state, variant=variant, **sizes)
         self.variant = variant
         self.image_size: int = config["image_size"]
         self.batch_size = batch_size
+        self.crop_fraction = float(crop_fraction)
+        self.min_crop_size = int(min_crop_size)
         num_classes = config["num_classes"]
-        if num_classes == 1000:
-            self.class_names: Tuple[str, ...] = labels_lib.imagenet_labels()
+        if named is not None:
+            self.class_names: Tuple[str, ...] = named
+        elif num_classes == 1000:
+            self.class_names = labels_lib.imagenet_labels()
         else:  # Another model: name classes by index.
             self.class_names = tuple(str(i) for i in range(num_classes))
         self._params = jax.device_put(params)
@@ -184,54 +214,81 @@ class ImageClassifier:
         variant: Optional[str] = None,
         cache_dir: Optional[str] = None,
         progress: bool = True,
-        batch_size: int = 8,
+        batch_size: Optional[int] = None,
+        labels: Optional[Sequence[str]] = None,
+        crop_fraction: Optional[float] = None,
+        min_crop_size: Optional[int] = None,
         **sizes,
     ) -> "ImageClassifier":
         """A published classifier (downloaded once), or a checkpoint file of one.
 
+        A file's description (`NAME.json` beside it, see
+        `perceiver.checkpoint.save_description`) gives its sizes (the variant
+        among them), class names (`labels`, e.g. the training folders') and
+        `task.batch_size`, `task.crop_fraction`, `task.min_crop_size` (the
+        evaluation crop of training); keywords given here override it.
+
         Args:
           name: 'imagenet_conv' (the most accurate), 'imagenet_fourier',
             'imagenet_learned', or the path of a checkpoint.
-          variant: the model variant; for a path, None tries each variant
-            and takes the one whose parameter tree fits.
+          variant: the model variant; for a path, None takes the
+            description's, else tries each variant and takes the one whose
+            parameter tree fits.
           cache_dir: where downloads are kept (see `perceiver.hub.fetch`).
-          progress: show a download progress bar.
-          batch_size: as in the constructor.
-          **sizes: the sizes the checkpoint was made for (default: published).
+          progress: show a download progress bar (only when stderr is a
+            terminal).
+          batch_size, labels, crop_fraction, min_crop_size: as in the
+            constructor; None: the description's, else the constructor's
+            defaults.
+          **sizes: the sizes the checkpoint was made for (default: its
+            description's, else the published ones).
 
         Raises:
           ValueError: if variant contradicts a published name.
           perceiver.checkpoint.CheckpointError: if the file fits no variant
-            (or not the one given).
+            (or not the one given), showing the differences of the closest;
+            or its description is of another model or names another number
+            of classes.
         """
-        if isinstance(name, str) and name in _CHECKPOINT_VARIANTS:
+        description = _loading.read_description(name, "imagenet_classifier")
+        sizes = description.sizes_with(sizes)
+        # The variant is a factory argument (sizes); older sidecars put it in task.
+        described_variant = sizes.pop("variant", None) or description.task.get("variant")
+        if _loading.is_published(name) and name in _CHECKPOINT_VARIANTS:
             if variant is not None and variant != _CHECKPOINT_VARIANTS[name]:
                 raise ValueError(
                     f"checkpoint {name!r} is variant {_CHECKPOINT_VARIANTS[name]!r}; got "
                     f"variant={variant!r}."
                 )
             variant = _CHECKPOINT_VARIANTS[name]
-        path = hub.fetch(name, cache_dir=cache_dir, progress=progress)
+        variant = variant or described_variant
+        options = dict(
+            batch_size=description.option("batch_size", batch_size, 8),
+            crop_fraction=description.option("crop_fraction", crop_fraction, CROP_FRACTION),
+            min_crop_size=description.option("min_crop_size", min_crop_size, 0),
+        )
+        _check_normalisation(description)
+        num_classes = models.factory_sizes(
+            "imagenet_classifier", variant=variant or models.IMAGENET_VARIANTS[0], **sizes
+        )["num_classes"]
+        options["labels"] = description.class_names(labels, num_classes)
+        path = _loading.fetch(name, cache_dir=cache_dir, progress=progress)
         try:
             params, state = checkpoint.load(path)
-            candidates = models.IMAGENET_VARIANTS if variant is None else (variant,)
-            errors = []
-            for candidate in candidates:
-                try:
-                    return cls(params, state, variant=candidate, batch_size=batch_size, **sizes)
-                except checkpoint.CheckpointError as e:
-                    errors.append(f"as {candidate}: {e}")
-            raise checkpoint.CheckpointError(
-                f"{path} fits no ImageNet classifier:\n" + "\n".join(errors)
-            )
         except checkpoint.CheckpointError as e:
-            if isinstance(name, str) and name in hub.CHECKPOINTS:
-                raise hub.bad_cache_error(name, path, e) from None  # How to replace it.
-            raise
+            raise _loading.mismatch(name, path, e) from None
+        candidates = models.IMAGENET_VARIANTS if variant is None else (variant,)
+        for candidate in candidates:
+            try:
+                return cls(params, state, variant=candidate, **options, **sizes)
+            except checkpoint.CheckpointError:
+                pass
+        error = _misfit_error(path, candidates, params, state, sizes)
+        raise _loading.mismatch(name, path, error, description) from None
 
     def preprocess(self, image) -> np.ndarray:
-        """`preprocess` (module function) at this model's image size: `[S, S, 3]` float32."""
-        return preprocess(image, self.image_size)
+        """`preprocess` (module function) at this model's image size and crop: `[S, S, 3]` float32."""
+        return preprocess(image, self.image_size, self.crop_fraction, self.min_crop_size)
 
     def probabilities(self, images) -> np.ndarray:
         """Class probabilities `[N, num_classes]` of one image or a list of them.
@@ -298,3 +355,52 @@ class ImageClassifier:
             order = np.argsort(-probs, kind="stable")[:top_k]
             results.append([(self.class_names[i], float(probs[i])) for i in order])
         return results
+
+
+def _misfit_error(
+    path, variants: Sequence[str], params: Mapping, state: Mapping, sizes: Mapping
+) -> checkpoint.CheckpointError:
+    """Why `params, state` fit none of `variants`: the closest variant's differences, counted.
+
+    The message stays short whatever the number of variants (the closest
+    one's first differences, and each other's count); `.differences` lists
+    all of the closest one's.
+    """
+    found = []
+    for variant in variants:
+        want_params, want_state = models.parameter_shapes(
+            "imagenet_classifier", variant=variant, **sizes
+        )
+        lines = checkpoint.tree_differences(want_params, params) + [
+            "state: " + line for line in checkpoint.tree_differences(want_state, state)
+        ]
+        found.append((len(lines), variant, lines))
+    _, closest, lines = min(found)
+    arguments = ", ".join(f"{k}={v!r}" for k, v in dict(variant=closest, **sizes).items())
+    if len(variants) == 1:
+        header = f"{path} does not fit imagenet_classifier({arguments})"
+    else:
+        others = "; ".join(f"as {v}: {n} differences" for n, v, _ in sorted(found)[1:])
+        header = (
+            f"{path} fits no ImageNet classifier ({others}); the closest is "
+            f"imagenet_classifier({arguments})"
+        )
+    return checkpoint.differences_error(header, lines, shown=_loading.SHOWN)
+
+
+def _check_normalisation(description: "_loading.Description") -> None:
+    """Refuses a description whose input scaling is not this task's (ImageNet's mean and std)."""
+    for key, ours in (("mean_rgb", MEAN_RGB), ("stddev_rgb", STDDEV_RGB)):
+        given = description.task.get(key)
+        if given is None:
+            continue
+        try:
+            same = np.shape(given) == (3,) and np.allclose(np.asarray(given, np.float64), ours, rtol=1e-6)
+        except (TypeError, ValueError):  # not numbers
+            same = False
+        if not same:
+            raise checkpoint.CheckpointError(
+                f"{description.source}: task.{key} must be ImageNet's {list(ours)}, which this "
+                f"task normalises with; got {given!r}."
+            )
+

@@ -29,7 +29,6 @@ import numpy as np
 
 from perceiver import _validation
 from perceiver import bytes_tokenizer
-from perceiver import checkpoint
 from perceiver.tasks import _loading
 from perceiver import models
 
@@ -169,9 +168,7 @@ class MaskedLanguageModel:
         config = models.factory_sizes("masked_language_model", **sizes)
         _validation.check_positive_int("batch_size", batch_size)
         state = {} if state is None else state
-        want_params, want_state = models.parameter_shapes("masked_language_model", **sizes)
-        checkpoint.check_tree(want_params, params, "params")
-        checkpoint.check_tree(want_state, state, "state")
+        _loading.check_fits("masked_language_model", params, state, **sizes)
         self.max_seq_len: int = config["max_seq_len"]
         self.batch_size = batch_size
         self.tokenizer = bytes_tokenizer.BytesTokenizer()
@@ -203,26 +200,38 @@ class MaskedLanguageModel:
         *,
         cache_dir: Optional[str] = None,
         progress: bool = True,
-        batch_size: int = 8,
+        batch_size: Optional[int] = None,
         **sizes,
     ) -> "MaskedLanguageModel":
         """The published model (downloaded once), or a checkpoint file of one.
 
+        A file's description (`NAME.json` beside it, see
+        `perceiver.checkpoint.save_description`) gives its sizes and
+        `task.batch_size`; keywords given here override it.
+
         Args:
           name_or_path: 'mlm' or the path of a checkpoint.
           cache_dir: where downloads are kept (see `perceiver.hub.fetch`).
-          progress: show a download progress bar.
-          batch_size: as in the constructor.
-          **sizes: the sizes the checkpoint was made for (default: published).
+          progress: show a download progress bar (only when stderr is a
+            terminal).
+          batch_size: as in the constructor; None: the description's, else 8.
+          **sizes: the sizes the checkpoint was made for (default: its
+            description's, else the published ones).
 
         Raises:
-          perceiver.checkpoint.CheckpointError: if the file does not fit.
+          perceiver.checkpoint.CheckpointError: if the file does not fit, or
+            its description is of another model or another tokenizer.
         """
+        description = _loading.read_description(name_or_path, "masked_language_model")
+        description.check_bytes_tokenizer()
+        sizes = description.sizes_with(sizes)
+        batch_size = description.option("batch_size", batch_size, 8)
         return _loading.build_from_checkpoint(
             lambda params, state: cls(params, state, batch_size=batch_size, **sizes),
             name_or_path,
             cache_dir=cache_dir,
             progress=progress,
+            description=description,
         )
 
     def fill(

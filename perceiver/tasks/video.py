@@ -23,7 +23,6 @@ import numpy as np
 
 from perceiver import _progress
 from perceiver import _validation
-from perceiver import checkpoint
 from perceiver.tasks import _loading
 from perceiver import labels as labels_lib
 from perceiver import media
@@ -222,6 +221,7 @@ class VideoAutoencoder:
         state: Optional[Mapping] = None,
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        labels: Optional[Sequence[str]] = None,
         **sizes,
     ):
         """Wraps parameters of `perceiver.models.video_autoencoder(**sizes)`.
@@ -231,20 +231,20 @@ class VideoAutoencoder:
           state: its state (the published model has none).
           chunk_size: image plus audio queries decoded per call (>= 2); bounds
             the decoder's memory.
+          labels: the name of each class; None: Kinetics-700's for 700
+            classes, else the indices as str.
           **sizes: `video_autoencoder`'s size keywords, for a model of other
             sizes than the published one.
 
         Raises:
           TypeError: for an unknown size keyword or a non-int chunk_size.
-          ValueError: if chunk_size < 2.
+          ValueError: if chunk_size < 2, or labels do not name each class.
           perceiver.checkpoint.CheckpointError: if params or state do not fit
             the model, listing every difference.
         """
         self.config: Dict[str, Any] = models.factory_sizes("video_autoencoder", **sizes)
         state = {} if state is None else state
-        want_params, want_state = models.parameter_shapes("video_autoencoder", **sizes)
-        checkpoint.check_tree(want_params, params, "params")
-        checkpoint.check_tree(want_state, state, "state")
+        _loading.check_fits("video_autoencoder", params, state, **sizes)
         _validation.check_positive_int("chunk_size", chunk_size)
         if chunk_size < 2:
             raise ValueError(
@@ -260,8 +260,11 @@ class VideoAutoencoder:
             self.num_frames * self.audio_samples_per_frame // self.samples_per_patch
         )
         num_classes = self.config["num_classes"]
-        if num_classes == 700:
-            self.class_names: Tuple[str, ...] = labels_lib.kinetics700_labels()
+        named = _loading.Description().class_names(labels, num_classes)
+        if named is not None:
+            self.class_names: Tuple[str, ...] = named
+        elif num_classes == 700:
+            self.class_names = labels_lib.kinetics700_labels()
         else:  # Another model: name classes by index.
             self.class_names = tuple(str(i) for i in range(num_classes))
 
@@ -297,26 +300,46 @@ class VideoAutoencoder:
         *,
         cache_dir: Optional[str] = None,
         progress: bool = True,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: Optional[int] = None,
+        labels: Optional[Sequence[str]] = None,
         **sizes,
     ) -> "VideoAutoencoder":
         """The published model (downloaded once), or a checkpoint file of one.
 
+        A file's description (`NAME.json` beside it, see
+        `perceiver.checkpoint.save_description`) gives its sizes,
+        `task.chunk_size` and class names (`labels`); keywords given here
+        override it.
+
         Args:
           name_or_path: 'video_autoencoding' or the path of a checkpoint.
           cache_dir: where downloads are kept (see `perceiver.hub.fetch`).
-          progress: show a download progress bar.
-          chunk_size: as in the constructor.
-          **sizes: the sizes the checkpoint was made for (default: published).
+          progress: show a download progress bar (only when stderr is a
+            terminal).
+          chunk_size: as in the constructor; None: the description's, else
+            `DEFAULT_CHUNK_SIZE`.
+          labels: class names, one per class; None: the description's.
+          **sizes: the sizes the checkpoint was made for (default: its
+            description's, else the published ones).
 
         Raises:
-          perceiver.checkpoint.CheckpointError: if the file does not fit.
+          perceiver.checkpoint.CheckpointError: if the file does not fit, or
+            its description is of another model or names another number of
+            classes.
         """
+        description = _loading.read_description(name_or_path, "video_autoencoder")
+        sizes = description.sizes_with(sizes)
+        chunk_size = description.option("chunk_size", chunk_size, DEFAULT_CHUNK_SIZE)
+        num_classes = models.factory_sizes("video_autoencoder", **sizes)["num_classes"]
+        labels = description.class_names(labels, num_classes)
         return _loading.build_from_checkpoint(
-            lambda params, state: cls(params, state, chunk_size=chunk_size, **sizes),
+            lambda params, state: cls(
+                params, state, chunk_size=chunk_size, labels=labels, **sizes
+            ),
             name_or_path,
             cache_dir=cache_dir,
             progress=progress,
+            description=description,
         )
 
     # -- The two compiled steps, public so that they can be used (or counted) alone.

@@ -6,10 +6,8 @@ from typing import Any, List, Mapping, Sequence, Tuple
 import haiku as hk
 import numpy as np
 
-from perceiver import _validation
 from perceiver import checkpoint
 from perceiver import models
-from perceiver import perceiver
 
 
 def text_classifier(
@@ -39,29 +37,17 @@ def text_classifier(
       **sizes: as `perceiver.models.masked_language_model` (defaults: the
         published model's).
     """
-    _validation.check_positive_int("num_classes", num_classes)
-    encoder_kwargs = models.mlm_encoder_kwargs(
+    # One definition of the model, so that an export rebuilds with the factory.
+    return models.text_classifier(
+        num_classes,
+        max_seq_len=max_seq_len,
+        d_model=d_model,
         num_latents=num_latents,
         num_latent_channels=num_latent_channels,
         num_self_attends=num_self_attends,
         num_heads=num_heads,
         qk_channels=qk_channels,
     )
-
-    def forward(inputs, input_mask, is_training=False):
-        x, _ = models.embed_bytes(inputs, input_mask, max_seq_len=max_seq_len, d_model=d_model)
-        encoder = perceiver.PerceiverEncoder(**encoder_kwargs)
-        decoder = perceiver.ClassificationDecoder(
-            num_classes,
-            num_z_channels=num_latent_channels,
-            position_encoding_type="trainable",
-            trainable_position_encoding_kwargs=dict(num_channels=num_latent_channels, init_scale=0.02),
-            use_query_residual=True,
-        )
-        model = perceiver.Perceiver(encoder=encoder, decoder=decoder)
-        return model(x, is_training=is_training, input_mask=input_mask)
-
-    return hk.transform_with_state(forward)
 
 
 def _is_fresh(module: str, fresh: Sequence[str]) -> bool:
