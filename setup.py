@@ -30,7 +30,8 @@ EXTRAS = {
     "hf": ["safetensors>=0.4"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
-EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2"]
+# pytest-xdist: the suite runs on two processes (`-n 2`), as the README says.
+EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5"]
 
 setup(
     name="perceiver-io-jax",  # "perceiver" on PyPI is another project; the import name stays perceiver

@@ -864,6 +864,7 @@ _FRESH_IMPORT_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh interpreter; the in-process check runs by default
 def test_fresh_import_and_run_emits_no_deprecation_warning_from_package():
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_REPO_ROOT)
     proc = subprocess.run(

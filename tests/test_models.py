@@ -62,6 +62,7 @@ def test_flow_rejects_wrong_frames():
         model.apply(params, state, None, np.zeros((2, 12, 16, 3), np.float32))
 
 
+@pytest.mark.slow  # 19 s; test_task_video checks chunked decoding at small size
 def test_video_full_decode_equals_chunks():
     """Decoding all outputs at once equals concatenated chunks of subsampled outputs."""
     model, params, state = _small("video_autoencoding")

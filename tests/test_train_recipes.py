@@ -82,7 +82,11 @@ def _check_recipe(recipe, workdir, overrides):
     _run_exported(recipe, workdir)
 
 
-@pytest.mark.parametrize("recipe", sorted(MICRO))
+# The fine-tuning recipes also train end to end in test_own_models (by default).
+@pytest.mark.parametrize(
+    "recipe",
+    [pytest.param(r, marks=pytest.mark.slow) if r.startswith("finetune") else r for r in sorted(MICRO)],
+)
 def test_recipe_micro_runs_and_learns(recipe, tmp_path):
     _check_recipe(recipe, tmp_path / recipe, COMMON + MICRO[recipe])
 
@@ -151,6 +155,7 @@ EQUIVALENCE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # 43 s; the 2-device sharding test in test_train_workflow runs by default
 def test_eight_device_data_parallel_step_equals_one_device(tmp_path):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
