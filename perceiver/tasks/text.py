@@ -105,6 +105,29 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
     return next(b for b in buckets if b >= n)
 
 
+def padded_batches(tokens: Sequence[np.ndarray], buckets: Sequence[int], batch_size: int, pad: int):
+    """Yields `(indices, ids [R, L], mask [R, L])` covering every token row once.
+
+    Rows are grouped by length bucket L and batches padded to a power of two
+    rows R (at most batch_size), so that few shapes are compiled; padding is
+    masked out. `indices` are the rows of `tokens` in the first len(indices)
+    rows of the batch.
+    """
+    by_bucket = {}
+    for i, t in enumerate(tokens):
+        by_bucket.setdefault(_bucket(max(len(t), 1), buckets), []).append(i)
+    for length, members in sorted(by_bucket.items()):
+        for first in range(0, len(members), batch_size):
+            batch = members[first : first + batch_size]
+            rows = min(1 << (len(batch) - 1).bit_length(), batch_size)
+            ids = np.full((rows, length), pad, np.int32)
+            mask = np.zeros((rows, length), np.int32)
+            for row, i in enumerate(batch):
+                ids[row, : len(tokens[i])] = tokens[i]
+                mask[row, : len(tokens[i])] = 1
+            yield batch, ids, mask
+
+
 def _check_spans(index: int, text: str, spans) -> List[Span]:
     what = f"spans[{index}]"
     if isinstance(spans, np.ndarray):
@@ -330,21 +353,9 @@ class MaskedLanguageModel:
                 t[start:end] = self.tokenizer.mask_token
             tokens.append(t)
         results: List[Optional[Tuple[np.ndarray, ...]]] = [None] * len(tokens)
-        by_bucket = {}
-        for i, t in enumerate(tokens):
-            by_bucket.setdefault(_bucket(max(len(t), 1), self.buckets), []).append(i)
-        for length, members in sorted(by_bucket.items()):
-            for first in range(0, len(members), self.batch_size):
-                batch = members[first : first + self.batch_size]
-                # Batch sizes are rounded up to a power of two (at most
-                # batch_size) so that few shapes are compiled.
-                rows = min(1 << (len(batch) - 1).bit_length(), self.batch_size)
-                ids = np.full((rows, length), self.tokenizer.pad_token, np.int32)
-                mask = np.zeros((rows, length), np.int32)
-                for row, i in enumerate(batch):
-                    ids[row, : len(tokens[i])] = tokens[i]
-                    mask[row, : len(tokens[i])] = 1
-                best, probs = jax.device_get(self._predict(self._params, self._state, ids, mask))
-                for row, i in enumerate(batch):
-                    results[i] = (best[row, : len(tokens[i])], probs[row, : len(tokens[i])])
+        pad = self.tokenizer.pad_token
+        for batch, ids, mask in padded_batches(tokens, self.buckets, self.batch_size, pad):
+            best, probs = jax.device_get(self._predict(self._params, self._state, ids, mask))
+            for row, i in enumerate(batch):
+                results[i] = (best[row, : len(tokens[i])], probs[row, : len(tokens[i])])
         return results

@@ -188,22 +188,10 @@ class TextClassifier:
                 raise TypeError(f"texts[{i}] must be a str; got {type(text).__name__}.")
             tokens.append(self.tokenizer.to_int(text)[: self.seq_len])
         out = np.zeros((len(tokens), self.num_classes), np.float32)
-        by_bucket = {}
-        for i, t in enumerate(tokens):
-            by_bucket.setdefault(text_lib._bucket(max(len(t), 1), self.buckets), []).append(i)
-        for length, members in sorted(by_bucket.items()):
-            for first in range(0, len(members), self.batch_size):
-                batch = members[first : first + self.batch_size]
-                # Rows are padded to a power of two (at most batch_size), so
-                # that few shapes are compiled; padding is masked out.
-                rows = min(1 << (len(batch) - 1).bit_length(), self.batch_size)
-                ids = np.full((rows, length), self.tokenizer.pad_token, np.int32)
-                mask = np.zeros((rows, length), np.int32)
-                for row, i in enumerate(batch):
-                    ids[row, : len(tokens[i])] = tokens[i]
-                    mask[row, : len(tokens[i])] = 1
-                probs = np.asarray(self._probabilities(self._params, self._state, ids, mask))
-                out[batch] = probs[: len(batch)]
+        pad = self.tokenizer.pad_token
+        for batch, ids, mask in text_lib.padded_batches(tokens, self.buckets, self.batch_size, pad):
+            probs = np.asarray(self._probabilities(self._params, self._state, ids, mask))
+            out[batch] = probs[: len(batch)]
         return out
 
     def classify(

@@ -3,51 +3,15 @@
 import os
 from typing import Any, List, Mapping, Sequence, Tuple
 
-import haiku as hk
 import numpy as np
 
 from perceiver import checkpoint
 from perceiver import models
 
 
-def text_classifier(
-    num_classes: int,
-    *,
-    max_seq_len: int = 2048,
-    d_model: int = 768,
-    num_latents: int = 256,
-    num_latent_channels: int = 1280,
-    num_self_attends: int = 26,
-    num_heads: int = 8,
-    qk_channels: int = 256,
-) -> hk.TransformedWithState:
-    """The published byte MLM's embedding and encoder with a classification decoder.
-
-    Embedding ('embed'), input positions ('trainable_position_encoding') and
-    encoder ('perceiver_encoder') have the MLM's names and shapes, so its
-    checkpoint loads into them; the MLM's decoder is replaced by one
-    learned query ('classification_decoder') cross-attending to the latents.
-
-    `apply(params, state, rng, inputs, input_mask, is_training=False)`: tokens
-    `[B, T]` (T <= max_seq_len), mask `[B, T]` (1 = real token) -> logits
-    `[B, num_classes]`.
-
-    Args:
-      num_classes: classes of the new head.
-      **sizes: as `perceiver.models.masked_language_model` (defaults: the
-        published model's).
-    """
-    # One definition of the model, so that an export rebuilds with the factory.
-    return models.text_classifier(
-        num_classes,
-        max_seq_len=max_seq_len,
-        d_model=d_model,
-        num_latents=num_latents,
-        num_latent_channels=num_latent_channels,
-        num_self_attends=num_self_attends,
-        num_heads=num_heads,
-        qk_channels=qk_channels,
-    )
+# What the finetune_text recipe trains; one definition, so that an export
+# rebuilds with the factory its description names.
+text_classifier = models.text_classifier
 
 
 def _is_fresh(module: str, fresh: Sequence[str]) -> bool:
