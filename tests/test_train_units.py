@@ -1,5 +1,6 @@
 """Training library: losses, optimiser pieces, configs, data, synthetic flow."""
 
+import itertools
 import json
 
 import jax
@@ -573,3 +574,41 @@ def test_published_checkpoints_fine_tune_cleanly():
         fake(new), fake(trees["mlm"]["full"]["params"]), fresh=text_new)
     assert {d.split("/")[0] for d in dropped} == {"basic_decoder", "embedding_decoder"}
     assert {m.split("/")[0] for m in loaded} == {"embed", "trainable_position_encoding", "perceiver_encoder"}
+
+
+class _Records:
+    """Record i is {'x': i}: which records a batch holds is visible in it."""
+
+    def __len__(self):
+        return 23
+
+    def __getitem__(self, i):
+        return {"x": np.int64(i)}
+
+    def __repr__(self):
+        return "_Records()"
+
+
+@pytest.mark.parametrize("shuffle,num_epochs,drop", [(True, None, True), (False, 1, False), (True, 1, False)])
+def test_processes_read_contiguous_rows_of_the_same_global_batches(monkeypatch, shuffle, num_epochs, drop):
+    def loader(index, count, per_process):
+        monkeypatch.setattr(jax, "process_index", lambda: index)
+        monkeypatch.setattr(jax, "process_count", lambda: count)
+        made = data.make_loader(
+            _Records(), [], batch_size=per_process, seed=5, shuffle=shuffle,
+            num_epochs=num_epochs, drop_remainder=drop,
+        )
+        return [b["x"].tolist() for b in itertools.islice(iter(made), 8)]
+
+    single = loader(0, 1, 6)
+    shares = [loader(k, 3, 2) for k in range(3)]
+    assert [len(s) for s in shares] == [len(single)] * 3
+    for i, whole in enumerate(single):
+        joined = sum((s[i] for s in shares), [])
+        if len(whole) == 6:  # a full batch: the same records in the same order
+            assert joined == whole
+        else:  # the last partial batch: trimmed to a multiple of 3, split evenly
+            assert joined == whole[: len(whole) - len(whole) % 3]
+            assert len({len(s[i]) for s in shares}) == 1
+    if not shuffle:
+        assert single[0] == list(range(6)) and single[-1] == [18, 19, 20, 21, 22]

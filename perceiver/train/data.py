@@ -6,9 +6,12 @@ reads the same batches whatever happens. Batch i is always made of the
 sampler's records `i*B .. i*B+B-1`, whatever the number of worker processes
 (`data.workers`): each worker builds whole batches and grain hands them back
 in order, so the workers only change the speed. The loader's position (the
-next batch) is saved with each checkpoint and restored with it. Each process
-reads its own share of every global batch (`ShardByJaxProcess`); `to_global`
-assembles the shares into one array sharded over the device mesh.
+next batch) is saved with each checkpoint and restored with it. With several
+processes (`jax.distributed`) every process walks the same global order and
+reads its contiguous rows of each global batch; `to_global` assembles the
+rows into one array sharded over the device mesh, so a run sees the same
+batches on 1 process as on N (batch operations such as MixUp act on each
+process's rows).
 """
 
 import json
@@ -36,25 +39,32 @@ class _MakeBatch:
         self.sampler = sampler
         self.operations = list(operations)
         self.batch_operations = list(batch_operations)
-        self.group = group  # records per batch before the batch operations
+        self.group = group  # this process's records per batch before the batch operations
         self.shard = shard  # (index, count) of this process's share
         self.seed = seed
-        self.num_records = len(sampler) // shard[1]
+        count = shard[1]
+        # Every process walks the same global order; a last partial batch is
+        # trimmed to a multiple of the process count (dropping fewer than
+        # count records) so that every process gets an equal share of it.
+        self.num_records = len(sampler) - len(sampler) % count  # global
+        self.global_group = group * count
 
     def _element(self, position: int) -> Any:
-        index, count = self.shard
-        # As grain's DataLoader reads a sharded sampler: this process's k-th
-        # record is the sampler's entry k * count + index.
-        meta = self.sampler[position * count + index]
+        meta = self.sampler[position]
         element = self.source[meta.record_key]
         for op in self.operations:
             element = _apply(op, element, meta.rng)
         return element
 
+    def positions(self, i: int) -> range:
+        """The sampler positions of this process's share of batch `i`: contiguous rows of the global batch."""
+        index, count = self.shard
+        first = int(i) * self.global_group
+        share = (min(first + self.global_group, self.num_records) - first) // count
+        return range(first + index * share, first + (index + 1) * share)
+
     def __call__(self, i: int) -> Any:
-        first = int(i) * self.group
-        last = min(first + self.group, self.num_records)
-        elements = [self._element(p) for p in range(first, last)]
+        elements = [self._element(p) for p in self.positions(i)]
         batch = jax.tree_util.tree_map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *elements)
         if self.batch_operations:
             # A stream of its own per batch, apart from the examples' streams.
@@ -191,11 +201,12 @@ def make_loader(
     batch_operations: Sequence[Any] = (),
     pre_batch: int = 0,
 ) -> Loader:
-    """A loader of batches of this process's share of `source`.
+    """A loader of this process's rows of each global batch of `source`.
 
-    Batch i holds the sampler's records `i * n .. i * n + n - 1` (n =
-    `pre_batch or batch_size`), with the same per-example randomness, for
-    any `worker_count`.
+    Global batch i holds the sampler's records `i * G .. i * G + G - 1` (G =
+    `pre_batch or batch_size` times the process count), with the same
+    per-example randomness, for any `worker_count` and process count;
+    process k reads rows `k * n .. k * n + n - 1` of it.
 
     Args:
       source: a random-access source (`__len__`, `__getitem__`, stable `__repr__`).
@@ -210,14 +221,10 @@ def make_loader(
       pre_batch: batch this many instead of batch_size before
         `batch_operations` (MixUp/CutMix turn 2B examples into B).
     """
-    # With several processes every shard gets the same number of records
-    # (dropping fewer than process_count), so that all processes run the same
-    # number of (collective) steps, evaluation included.
     several = jax.process_count() > 1
-    shard_options = grain.ShardByJaxProcess(drop_remainder=True) if several else grain.NoSharding()
     sampler = grain.IndexSampler(
         num_records=len(source),
-        shard_options=shard_options,
+        shard_options=grain.NoSharding(),
         shuffle=shuffle,
         num_epochs=num_epochs,
         seed=seed,
@@ -225,13 +232,13 @@ def make_loader(
     shard = (jax.process_index(), jax.process_count()) if several else (0, 1)
     group = pre_batch or batch_size
     make_batch = _MakeBatch(source, sampler, operations, batch_operations, group, shard, seed)
-    records = make_batch.num_records
+    records, global_group = make_batch.num_records, make_batch.global_group
     if num_epochs is None:
-        num_batches = sys.maxsize // group
+        num_batches = sys.maxsize // global_group
     elif drop_remainder:
-        num_batches = records // group
+        num_batches = records // global_group
     else:
-        num_batches = -(-records // group)
+        num_batches = -(-records // global_group)
     description = (
         f"Loader(source={source!r}, sampler={sampler!r}, batch={group}, "
         f"drop_remainder={drop_remainder}, shard={shard})"
