@@ -25,6 +25,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
+from perceiver import _progress
+
 BASE_URL = "https://storage.googleapis.com/perceiver_io"
 _CHUNK = 1 << 20
 # At most this many characters of what a server sent go into a message.
@@ -194,7 +196,8 @@ def fetch(
       name_or_path: a name in `CHECKPOINTS`, or the path of an existing file
         (returned as is).
       cache_dir: where checkpoints are kept (default `cache_dir()`).
-      progress: show a progress bar on stderr while downloading.
+      progress: show a progress bar on stderr while downloading (only when
+        stderr is a terminal).
       timeout: seconds to wait for the connection and for each read.
       force: download again even when the file is cached; the cached file is
         replaced only once the new one passes the checks.
@@ -512,7 +515,8 @@ class _NoProgress:
 
 
 def _progress_bar(total: Optional[int], desc: str, enabled: bool):
-    if not enabled:
+    # As everywhere else: a bar redrawn with carriage returns is noise in a log.
+    if not _progress.shown(enabled):
         return _NoProgress()
     try:
         from tqdm import tqdm  # Optional: nicer when present.

@@ -221,7 +221,13 @@ def test_download_without_content_length(server, tmp_path):
     assert path.read_bytes() == _payload(100_000)
 
 
+def _terminal(monkeypatch):
+    """Bars are drawn only on a terminal; under pytest stderr is captured."""
+    monkeypatch.setattr(hub._progress, "shown", lambda requested: requested)
+
+
 def test_progress_text_without_tqdm(server, monkeypatch, capsys):
+    _terminal(monkeypatch)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails.
     entry = hub.CHECKPOINTS["imagenet_learned"]
     server.files[entry.filename] = _payload()
@@ -236,6 +242,14 @@ def test_progress_false_is_silent(server, capsys):
     entry = hub.CHECKPOINTS["imagenet_learned"]
     server.files[entry.filename] = _payload()
     hub.fetch("imagenet_learned", progress=False, timeout=TIMEOUT, verify=_accept)
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_is_left_out_of_logs(server, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    entry = hub.CHECKPOINTS["imagenet_learned"]
+    server.files[entry.filename] = _payload()
+    hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)  # stderr captured: no tty
     assert capsys.readouterr() == ("", "")
 
 
@@ -335,6 +349,7 @@ def test_missing_path(server, tmp_path):
 
 
 def test_progress_uses_tqdm_when_installed(server, monkeypatch):
+    _terminal(monkeypatch)
     calls = []
 
     class FakeTqdm:
