@@ -7,13 +7,16 @@ T = TypeVar("T")
 
 
 def shown(requested: bool) -> bool:
-    """Whether to draw a progress bar that was `requested`: only when stderr is a terminal.
+    """Whether to draw a progress bar that was `requested`: only on a terminal or in a notebook.
 
     A bar redraws itself with carriage returns; written into a log file or a
-    pipe it is noise, so there it is left out (as training does).
+    pipe it is noise, so there it is left out (as training does). A Jupyter
+    kernel's stderr is no terminal, but its output cells draw the bar well.
     """
     if not requested:
         return False
+    if "ipykernel" in sys.modules:
+        return True
     try:
         return bool(sys.stderr.isatty())
     except (AttributeError, ValueError):  # no stderr, or a closed one
