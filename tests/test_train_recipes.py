@@ -1,10 +1,17 @@
-"""Training recipes end to end: each runs and learns, 8 devices equal 1, kill and resume."""
+"""Training recipes: configs as recorded, each runs and learns, 8 devices equal 1, kill and resume.
 
+The recorded configs (tests/data/recipe_configs.json) are rewritten, after a
+deliberate change to a recipe, by `python tests/test_train_recipes.py --write-golden`.
+"""
+
+import dataclasses
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -20,6 +27,7 @@ from perceiver import checkpoint, models  # noqa: E402
 from perceiver.train import finetune, main, metrics  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GOLDEN = os.path.join(REPO, "tests", "data", "recipe_configs.json")
 # Halves XLA's CPU compile time; runs compared with each other use the same flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -35,6 +43,216 @@ MICRO = {
 # Halves XLA's CPU compile time at little cost in speed; for the subprocesses.
 FAST_LLVM = "--xla_llvm_disable_expensive_passes=true"
 COMMON = ["train.progress=false", "checkpoint.every_steps=1000", "optimizer.warmup_steps=5", "train.log_every=100"]
+
+
+# ---------------------------------------------------------------------------
+# Every recipe's config, as recorded
+# ---------------------------------------------------------------------------
+
+
+def _error(fn, *args, **kwargs) -> str:
+    """`'TypeName: message'` of what `fn(*args, **kwargs)` raises."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:  # noqa: BLE001 (any error is recorded, and compared)
+        return f"{type(e).__name__}: {e}"
+    raise AssertionError(f"{fn.__name__}{args} raised nothing")
+
+
+def _bad_configs():
+    """(case, recipe, tiny, change) refused by `recipes.validate`: every relation it checks."""
+
+    def field(section, name, value):
+        return lambda cfg: setattr(getattr(cfg, section), name, value)
+
+    def both(*changes):
+        return lambda cfg: [c(cfg) for c in changes]
+
+    return [
+        ("unknown recipe", "flow", False, lambda cfg: setattr(cfg, "recipe", "nope")),
+        ("unknown model key", "imagenet", False, lambda cfg: cfg.model.update(bogus=1)),
+        ("model size out of range", "mlm", False, lambda cfg: cfg.model.update(num_latents=0)),
+        ("bad variant", "imagenet", True, lambda cfg: cfg.model.update(variant="nope")),
+        ("field out of range", "finetune_text", False, field("optimizer", "base_lr", -1.0)),
+        ("flow without steps", "flow_small", True, field("train", "num_steps", 0)),
+        ("neither steps nor epochs", "imagenet", False, field("train", "epochs", 0.0)),
+        ("warm-up past the end", "mlm", True, field("optimizer", "warmup_steps", 1000)),
+        ("seq_len past the model", "finetune_text", True, field("data", "seq_len", 65)),
+        ("crop_area reversed", "finetune_image", False, field("data", "crop_area", (0.5, 0.2))),
+        ("objects reversed", "flow", False, both(field("data", "min_objects", 3), field("data", "max_objects", 2))),
+        ("sizes reversed", "flow", True, field("data", "max_object_size", 0.1)),
+        ("frequencies reversed", "flow_small", False, field("data", "max_frequency", 0.01)),
+    ]
+
+
+def _unbuildable_configs():
+    """(case, recipe, change, pretrained) refused by `recipes.build_task` before any data is made."""
+
+    def field(section, name, value):
+        return lambda cfg: setattr(getattr(cfg, section), name, value)
+
+    return [
+        ("imagenet without data", "imagenet", lambda cfg: None, True),
+        ("finetune_image without a checkpoint", "finetune_image", field("task", "pretrained", ""), True),
+        ("finetune_text without a checkpoint", "finetune_text", field("task", "pretrained", ""), True),
+        ("finetune_text without data", "finetune_text", lambda cfg: None, False),
+        ("mlm without data", "mlm", lambda cfg: None, True),
+    ]
+
+
+def recipes_snapshot():
+    """Everything the recipes define, as JSON: names, model rules, sizes, configs, descriptions, errors.
+
+    Each config leaf is kept as `[repr(value), repr(rule)]`, so an int that
+    became a float, a tuple that became a list or a changed range shows.
+    """
+    from perceiver.train import config as config_lib
+    from perceiver.train import recipes, trainer
+
+    snapshot = {
+        # Listed in this order (help, error messages); every table covers the same recipes.
+        "names": list(recipes.CONFIGS),
+        "tables": {k: sorted(getattr(recipes, k)) for k in ("CONFIGS", "BUILDERS", "FACTORIES", "DESCRIBERS")},
+        "factories": dict(recipes.FACTORIES),
+        "model_rules": {
+            factory: {k: repr(config_lib.rule(v)) for k, v in rules.items()}
+            for factory, rules in recipes.MODEL_RULES.items()
+        },
+        "sizes": {
+            name: repr(getattr(recipes, name))
+            for name in (
+                "IMAGENET_MODEL", "TINY_IMAGE_MODEL", "MLM_MODEL", "TINY_MLM_MODEL", "FLOW_MODEL",
+                "FLOW_SMALL_MODEL", "TINY_FLOW_SMALL_MODEL", "TINY_FLOW_MODEL",
+            )
+        },
+        "configs": {},
+    }
+    # A stand-in task: what `describe` reads (class names, examples per epoch).
+    task = trainer.Task(init=None, loss=None, train_loader=None, num_train_examples=1000,
+                        export_info={"classes": ["cat", "dog"]})
+    for name in recipes.CONFIGS:
+        for tiny in (False, True):
+            cfg = recipes.get_config(name, tiny)
+            sections = {"model": recipes.MODEL_RULES[recipes.FACTORIES[name]]}
+            entry = {
+                "sections": {f.name: type(getattr(cfg, f.name)).__name__ for f in dataclasses.fields(cfg)},
+                "fields": {
+                    key: [repr(value), repr(rule)]
+                    for key, value, rule, _ in config_lib.field_rules(cfg, sections)
+                },
+            }
+            if cfg.model.get("num_classes") == 0:
+                cfg.model["num_classes"] = 3  # as `build_task` fills it in: two named, one not
+            entry["description"] = recipes.describe(cfg, task, 7, "/runs/x")
+            snapshot["configs"][f"{name}{' --tiny' if tiny else ''}"] = entry
+    errors = {"get_config unknown": _error(recipes.get_config, "nope")}
+    for case, name, tiny, change in _bad_configs():
+        cfg = recipes.get_config(name, tiny)
+        change(cfg)
+        errors[case] = _error(recipes.validate, cfg)
+    with tempfile.TemporaryDirectory() as workdir:
+        for case, name, change, pretrained in _unbuildable_configs():
+            cfg = recipes.get_config(name)
+            change(cfg)
+            errors[case] = _error(recipes.build_task, cfg, workdir, pretrained)
+    snapshot["errors"] = errors
+    # JSON's own types: what the recorded file holds.
+    return json.loads(json.dumps(snapshot))
+
+
+def test_recipes_define_what_was_recorded():
+    with open(GOLDEN) as f:
+        want = json.load(f)
+    got = recipes_snapshot()
+    for key in ("names", "tables", "factories", "model_rules", "sizes", "errors"):
+        assert got[key] == want[key], key
+    assert list(got["configs"]) == list(want["configs"])
+    for name, entry in want["configs"].items():
+        for part in entry:
+            assert got["configs"][name][part] == entry[part], (name, part)
+    assert got == want
+
+
+NEW_RECIPE = textwrap.dedent(
+    """
+    from perceiver.train.recipes._registry import register
+    from perceiver.train.recipes.flow import flow_config
+    from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW
+
+
+    @register("flow_narrow", OPTICAL_FLOW)
+    def flow_narrow_config(tiny: bool = False):
+        config = flow_config(tiny=True)
+        config.recipe = "flow_narrow"
+        config.model["num_latents"] = 8
+        return config
+    """
+)
+
+
+def test_a_new_recipe_is_one_new_file(tmp_path):
+    # A copy of the package with one file added to perceiver/train/recipes/, nothing else changed.
+    shutil.copytree(os.path.join(REPO, "perceiver"), tmp_path / "perceiver",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pystate", "*.npz"))
+    (tmp_path / "perceiver" / "train" / "recipes" / "flow_narrow.py").write_text(NEW_RECIPE)
+    script = (
+        "import json, sys; from perceiver.train import main, recipes; "
+        "print(json.dumps(list(recipes.CONFIGS))); "
+        "sys.exit(main.main(['--config', 'flow_narrow', '--workdir', 'w', '--print-config', 'data.max_objects=7']))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    names, printed = result.stdout.split("\n", 1)
+    # Listed after the six, found by name, validated by its kind's rules.
+    assert json.loads(names) == ["imagenet", "finetune_image", "finetune_text", "mlm", "flow", "flow_small",
+                                 "flow_narrow"]
+    printed = json.loads(printed)
+    assert printed["recipe"] == "flow_narrow" and printed["model"]["num_latents"] == 8
+    assert printed["data"]["max_objects"] == 7
+    refused = subprocess.run(
+        [sys.executable, "-m", "perceiver.train.main", "--config", "flow_narrow", "--workdir", "w",
+         "--print-config", "train.num_steps=0"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert refused.returncode == 2
+    assert "train.num_steps must be >= 1 for the flow recipes" in refused.stderr, refused.stderr
+
+
+def test_register_refuses_a_second_recipe_of_one_name_and_a_kind_that_is_not_one():
+    from perceiver.train import recipes
+
+    def other_flow_config(tiny=False):
+        return None
+
+    with pytest.raises(ValueError, match=r"recipe 'flow' is registered twice: by perceiver.train.recipes.flow"
+                       r".flow_config and .*other_flow_config\."):
+        recipes.register("flow", recipes.RECIPES["flow"].kind)(other_flow_config)
+    with pytest.raises(TypeError, match="kind must be a TaskKind; got str"):
+        recipes.register("other", "optical_flow")
+    assert "other" not in recipes.CONFIGS and recipes.CONFIGS["flow"] is recipes.flow_config
+
+
+def test_the_names_of_the_single_recipes_module_are_still_there():
+    from perceiver.train import recipes
+
+    names = """BUILDERS CONFIGS DESCRIBERS FACTORIES MODEL_RULES get_config validate build_task describe
+    flow_scene_spec imagenet_config finetune_image_config finetune_text_config mlm_config flow_config
+    flow_small_config IMAGENET_MODEL TINY_IMAGE_MODEL MLM_MODEL TINY_MLM_MODEL FLOW_MODEL TINY_FLOW_MODEL
+    FLOW_SMALL_MODEL TINY_FLOW_SMALL_MODEL ImageData ClassificationTask TextData MlmTask FlowData FlowTask
+    Config CheckpointConfig OptimizerConfig TrainConfig Task Interval SEED ranged _classification_fns"""
+    assert [n for n in names.split() if not hasattr(recipes, n)] == []
+
+
+def test_recipes_register_themselves_in_their_listed_order():
+    from perceiver.train import recipes
+
+    listed = ["imagenet", "finetune_image", "finetune_text", "mlm", "flow", "flow_small"]
+    assert list(recipes.CONFIGS) == listed
+    for name in listed:
+        assert recipes.CONFIGS[name] is getattr(recipes, f"{name}_config")
+        assert recipes.get_config(name).recipe == name == recipes.get_config(name, tiny=True).recipe
 
 
 def _train_losses(workdir):
@@ -273,3 +491,12 @@ def test_shipped_flow_small_beats_zero_flow_on_held_out_pairs():
     epe = np.sqrt(((np.asarray(flow) - truth) ** 2).sum(-1)).mean()
     zero = np.sqrt((truth**2).sum(-1)).mean()
     assert epe < 0.75 * zero, (epe, zero)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--write-golden"]:
+        sys.exit("usage: python tests/test_train_recipes.py --write-golden")
+    with open(GOLDEN, "w") as f:
+        json.dump(recipes_snapshot(), f, indent=1)
+        f.write("\n")
+    print("wrote", GOLDEN)

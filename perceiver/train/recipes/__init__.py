@@ -1,0 +1,150 @@
+"""The training recipes, as configs in code, each runnable by name.
+
+    imagenet        ImageNet classification with the reference's hyper-parameters
+    finetune_image  a published ImageNet model on a new image folder, new head
+    finetune_text   text classification from the published byte MLM, new decoder
+    mlm             masked byte language model pre-training on a text corpus
+    flow            optical flow from scratch on synthetic pairs
+    flow_small      the small flow model shipped as perceiver/data/flow_small.pystate
+
+`get_config(name, tiny=False)` returns a `Config`; `build_task(config,
+workdir)` the `Task` the trainer runs; `describe(config, task, step)` the
+description written beside an exported checkpoint (factory, sizes, task
+settings, labels), one function per kind of task. Tiny variants run in
+about a minute on a laptop CPU and generate their data (and, to fine-tune, a
+stand-in pretrained checkpoint) under WORKDIR/generated.
+
+Layout: one module per recipe in this folder (NAME.py: its config function,
+its model sizes, its tiny variant), registered by `@register(NAME, KIND)`;
+every module here not named '_*' is imported, so a new recipe is one new file.
+The kinds of task (`TaskKind`: config sections, model size rules, task
+builder, checkpoint description) are in `tasks/`, one module per modality.
+"""
+
+import os
+from typing import Any, Dict
+
+from perceiver.train import config as config_lib
+from perceiver.train import trainer
+from perceiver.train.config import SEED, CheckpointConfig, Config, Interval, OptimizerConfig  # noqa: F401
+from perceiver.train.config import TrainConfig, ranged  # noqa: F401
+from perceiver.train.recipes import _registry
+from perceiver.train.recipes._registry import BUILDERS, CONFIGS, DESCRIBERS, FACTORIES  # noqa: F401
+from perceiver.train.recipes._registry import MODEL_RULES, RECIPES, Recipe, TaskKind, register  # noqa: F401
+from perceiver.train.recipes.tasks.common import ClassificationTask  # noqa: F401
+from perceiver.train.recipes.tasks.common import classification_fns as _classification_fns  # noqa: F401
+from perceiver.train.recipes.tasks.flow import FlowData, FlowTask, flow_scene_spec  # noqa: F401
+from perceiver.train.recipes.tasks.image import ImageData  # noqa: F401
+from perceiver.train.recipes.tasks.text import MlmTask, TextData  # noqa: F401
+from perceiver.train.trainer import Task
+
+_registry.discover(__name__, __path__)
+
+# The recipes' names from the days of one recipes module, still importable from here
+# (a new recipe needs no line here: `get_config` finds it).
+from perceiver.train.recipes.finetune_image import finetune_image_config  # noqa: E402, F401
+from perceiver.train.recipes.finetune_text import finetune_text_config  # noqa: E402, F401
+from perceiver.train.recipes.flow import FLOW_MODEL, TINY_FLOW_MODEL, flow_config  # noqa: E402, F401
+from perceiver.train.recipes.flow_small import FLOW_SMALL_MODEL, TINY_FLOW_SMALL_MODEL  # noqa: E402, F401
+from perceiver.train.recipes.flow_small import flow_small_config  # noqa: E402, F401
+from perceiver.train.recipes.imagenet import IMAGENET_MODEL, TINY_IMAGE_MODEL, imagenet_config  # noqa: E402, F401
+from perceiver.train.recipes.mlm import MLM_MODEL, TINY_MLM_MODEL, mlm_config  # noqa: E402, F401
+
+
+def get_config(name: str, tiny: bool = False) -> Config:
+    """The named recipe's config (its tiny variant with `tiny`).
+
+    Raises:
+      ValueError: for an unknown name.
+    """
+    if name not in CONFIGS:
+        raise ValueError(f"unknown recipe {name!r}; choose from {', '.join(CONFIGS)}.")
+    return CONFIGS[name](tiny)
+
+
+def validate(config: Config) -> Config:
+    """Checks every field against its range, and the fields that bound each other.
+
+    Runs before any data or model is built, so a bad value fails at once.
+
+    Returns:
+      `config`.
+
+    Raises:
+      ValueError: naming the field (its dotted key), the range or relation
+        expected and the value that came.
+    """
+    if config.recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {config.recipe!r}; choose from {', '.join(RECIPES)}.")
+    kind = RECIPES[config.recipe].kind
+    config_lib.validate(config, {"model": kind.model_rules})
+    t, o = config.train, config.optimizer
+    if t.num_steps == 0 and kind.steps_only:
+        raise ValueError(f"train.num_steps must be >= 1 for {kind.steps_only}; got 0.")
+    if t.num_steps == 0 and t.epochs == 0:
+        raise ValueError("set train.num_steps (>= 1) or train.epochs (> 0); got 0 for both.")
+    if o.schedule == "cosine" and t.num_steps and o.warmup_steps > t.num_steps:
+        raise ValueError(
+            f"optimizer.warmup_steps must be <= train.num_steps ({t.num_steps}); got {o.warmup_steps}."
+        )
+    if kind.check is not None:
+        kind.check(config)
+    return config
+
+
+def build_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
+    """The `Task` of `config.recipe`, with its data (generated under `workdir` if asked).
+
+    Fills in what the data decide (`model.num_classes` 0: one per class)
+    and sets the task's `describe` (see `describe`).
+
+    Args:
+      config: a recipe's config; changed in place as said.
+      workdir: the run's folder.
+      pretrained: load `task.pretrained` into a fresh model (training);
+        False for evaluating or exporting a checkpoint, which holds them.
+
+    Raises:
+      ValueError: for an unknown recipe, a field out of its range (see
+        `validate`) or missing data settings.
+      FileNotFoundError: for a pretrained checkpoint that is neither a file
+        nor in the cache and cannot be downloaded.
+    """
+    validate(config)
+    task = BUILDERS[config.recipe](config, workdir, pretrained)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    task.describe = lambda step: describe(config, task, step, workdir)
+    return task
+
+
+def describe(config: Config, task: Task, step: int, workdir: str = "") -> Dict[str, Any]:
+    """The description of a checkpoint of step `step` (see `perceiver.checkpoint.save_description`).
+
+    `factory` and `sizes` rebuild the model: `getattr(perceiver.models,
+    factory)(**sizes)` has the checkpoint's parameter tree. Also `task`
+    (settings needed at inference),
+    `labels`, `tokenizer` (text), one line of `description`, and `trained`:
+    the recipe, step and full config.
+
+    Args:
+      config: the run's config, as `build_task` completed it.
+      task: its task (for the class names).
+      step: the checkpoint's step.
+      workdir: the run's folder, named in the description.
+    """
+    out = DESCRIBERS[config.recipe](config, task)
+    try:
+        total = trainer.total_steps(config, task)
+    except ValueError:
+        total = None
+    of = f" of {total}" if total else ""
+    where = f", workdir {workdir}" if workdir else ""
+    out["description"] = f"perceiver train --config {config.recipe}: step {step}{of}{where}"
+    out["trained"] = {
+        "recipe": config.recipe,
+        "step": int(step),
+        "num_steps": total,
+        "workdir": workdir,
+        "config": config_lib.to_dict(config),
+    }
+    return out
