@@ -1,7 +1,8 @@
 """The `perceiver` command: run the published models' tasks on your files.
 
     perceiver demo [-o DIR]        # flow of a synthetic pair with known motion, offline
-    perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--checkpoint NAME_OR_PATH]
+    perceiver flow FRAME1 FRAME2 -o FLOW.png [--flo FLOW.flo] [--levels N] [--checkpoint NAME_OR_PATH]
+    perceiver flow VIDEO -o FLOW.mp4 [--max-frames N]   # flow of each consecutive frame pair
     perceiver autoencode VIDEO -o OUT.mp4 [--audio-out OUT.wav] [--labels-out L.json]
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
     perceiver classify IMAGE... [--top-k 5] [--json OUT.json] [--checkpoint NAME_OR_PATH]
@@ -327,9 +328,12 @@ def _cmd_flow(args) -> str:
     from perceiver import media
     from perceiver.tasks import flow as flow_lib
 
+    if args.frame2 is None:
+        return _cmd_flow_video(args)
+    if args.max_frames is not None:
+        raise UserError("--max-frames is for a video; two images give one pair")
     _check_outputs([("-o", args.output, "image"), ("--flo", args.flo, None)])
-    if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
-        raise UserError(f"--max-flow must be a positive number of pixels; got {args.max_flow}")
+    _check_flow_options(args)
     first, second = _read_image(args.frame1), _read_image(args.frame2)
     if first.shape != second.shape:
         raise UserError(
@@ -337,7 +341,7 @@ def _cmd_flow(args) -> str:
             f"{args.frame2} is {second.shape[1]}x{second.shape[0]} (width x height)"
         )
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
-    flow = estimator(first, second, progress=True)
+    flow = estimator(first, second, levels=args.levels, progress=True)
     # A fixed --max-flow gives several pairs one colour scale; default: this flow's largest.
     color = flow_lib.flow_to_color(flow, max_flow=args.max_flow)
     writes = [(args.output, lambda p: media.write_image(p, color))]
@@ -346,9 +350,60 @@ def _cmd_flow(args) -> str:
     _write_all(writes)
     written = [path for path, _ in writes]
     magnitude = np.linalg.norm(flow, axis=-1)
+    levels = args.levels or estimator.levels_for(*flow.shape[:2])
     return (
-        f"flow {flow.shape[1]}x{flow.shape[0]}: mean |flow| {magnitude.mean():.2f} px, "
-        f"max {magnitude.max():.2f} px; wrote {', '.join(written)}"
+        f"flow {flow.shape[1]}x{flow.shape[0]} ({levels} pyramid level{'s' * (levels > 1)}): "
+        f"mean |flow| {magnitude.mean():.2f} px, max {magnitude.max():.2f} px; "
+        f"wrote {', '.join(written)}"
+    )
+
+
+def _check_flow_options(args) -> None:
+    if args.max_flow is not None and not (np.isfinite(args.max_flow) and args.max_flow > 0):
+        raise UserError(f"--max-flow must be a positive number of pixels; got {args.max_flow}")
+    _check_positive("--levels", args.levels)
+    _check_positive("--max-frames", args.max_frames, least=2)
+
+
+def _cmd_flow_video(args) -> str:
+    """The flow of each pair of consecutive frames of a video, as a colour video."""
+    from perceiver import media
+    from perceiver.tasks import flow as flow_lib
+
+    if args.flo:
+        raise UserError("--flo writes the flow of one pair; give two images (FRAME1 FRAME2)")
+    _check_outputs([("-o", args.output, "video")])
+    _check_flow_options(args)
+    if not os.path.exists(args.frame1):
+        raise UserError(f"no such video: {args.frame1}")
+    try:
+        media.check_video_suffix(args.frame1)
+    except ValueError:
+        raise UserError(
+            f"{args.frame1}: one input is read as a video ({', '.join(media.VIDEO_SUFFIXES)}); "
+            "for two images give FRAME1 FRAME2"
+        ) from None
+    frames, fps, _, _ = media.read_video(args.frame1, max_frames=args.max_frames)
+    if len(frames) < 2:
+        raise UserError(f"{args.frame1} has {len(frames)} frame; flow needs at least 2")
+    if not fps > 0:
+        fps = 25.0  # a container without a rate: the output plays at PAL's
+    estimator = _flow_estimator(args.checkpoint, args.cache_dir)
+    flows = estimator.sequence(frames, levels=args.levels, progress=True)
+    magnitude = np.linalg.norm(flows, axis=-1)
+    # One colour scale for the whole video, so that frames can be compared.
+    max_flow = args.max_flow or max(float(magnitude.max()), 1e-6)
+    colors = flow_lib.flow_to_color(flows, max_flow=max_flow)
+    if not args.output.lower().endswith(".gif"):
+        # H.264 needs even sides: repeat the last row or column where one is odd.
+        height, width = colors.shape[1:3]
+        colors = np.pad(colors, [(0, 0), (0, height % 2), (0, width % 2), (0, 0)], mode="edge")
+    _write_all([(args.output, lambda p: media.write_video(p, colors, fps))])
+    levels = args.levels or estimator.levels_for(*flows.shape[1:3])
+    return (
+        f"flow of {len(flows)} frame pairs {flows.shape[2]}x{flows.shape[1]} ({levels} pyramid "
+        f"level{'s' * (levels > 1)}): mean |flow| {magnitude.mean():.2f} px, max "
+        f"{magnitude.max():.2f} px (drawn at full colour: {max_flow:.2f} px); wrote {args.output}"
     )
 
 
@@ -539,18 +594,30 @@ def build_parser() -> argparse.ArgumentParser:
                 "--force", action="store_true", help="download again even if cached (replaces a bad file)"
             )
 
-    sub = commands.add_parser("flow", help="optical flow between two images")
-    sub.add_argument("frame1", help="first image (PNG, JPEG, ...)")
-    sub.add_argument("frame2", help="second image, same size")
-    sub.add_argument("-o", "--output", required=True, help="flow as a colour image (PNG)")
-    sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file")
+    sub = commands.add_parser(
+        "flow", help="optical flow between two images, or of each frame pair of a video"
+    )
+    sub.add_argument("frame1", help="first image (PNG, JPEG, ...), or a video (MP4, GIF, ...)")
+    sub.add_argument("frame2", nargs="?", help="second image, same size (none for a video)")
+    sub.add_argument(
+        "-o", "--output", required=True,
+        help="flow as a colour image (PNG), or for a video a colour video (MP4, GIF)",
+    )
+    sub.add_argument("--flo", help="also write the flow as a Middlebury .flo file (two images)")
     sub.add_argument(
         "--max-flow",
         type=float,
         metavar="PX",
         help="flow length in pixels drawn at full colour, the same for every pair (default: "
-        "the largest in this flow)",
+        "the largest in this flow, or in the whole video)",
     )
+    sub.add_argument(
+        "--levels",
+        type=int,
+        help="coarse-to-fine pyramid levels; 1 is single-scale (default: from the image size "
+        "and the model's trained range)",
+    )
+    sub.add_argument("--max-frames", type=int, help="for a video: read at most this many frames")
     sub.add_argument(
         "--checkpoint",
         help="checkpoint name or path (default: flow if downloaded, else the shipped small model)",

@@ -538,7 +538,7 @@ def test_a_failed_write_leaves_no_partial_output(tmp_path, cache, monkeypatch, c
     from perceiver.tasks import flow as flow_lib
 
     a, b = _frames(tmp_path)
-    _fake_flow(monkeypatch, lambda x, y, progress: np.zeros(x.shape[:2] + (2,), np.float32))
+    _fake_flow(monkeypatch, lambda x, y, **options: np.zeros(x.shape[:2] + (2,), np.float32))
 
     def full_disk(path, flow):
         with open(path, "wb") as f:
@@ -567,7 +567,7 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, cache, monkeypatch, capsys,
     if when == "computing":
         _fake_flow(monkeypatch, interrupt)
     else:
-        _fake_flow(monkeypatch, lambda x, y, progress: np.zeros(x.shape[:2] + (2,), np.float32))
+        _fake_flow(monkeypatch, lambda x, y, **options: np.zeros(x.shape[:2] + (2,), np.float32))
         monkeypatch.setattr(flow_lib, "write_flo", interrupt)
     code = cli.main(["flow", a, b, "-o", str(tmp_path / "f.png"), "--flo", str(tmp_path / "f.flo")])
     assert code == 130

@@ -418,7 +418,8 @@ def _rebuilt_shapes(description):
 
 def test_training_exports_a_description_that_rebuilds_the_model(finished):
     description = checkpoint.read_description(finished / "model.pystate")
-    assert description["factory"] == "optical_flow" and description["task"] == {"min_overlap": 4}
+    assert description["factory"] == "optical_flow"
+    assert description["task"] == {"min_overlap": 2, "batch_size": 128, "max_flow": 2.0}
     params, state = checkpoint.load(finished / "model.pystate")
     want_params, want_state = _rebuilt_shapes(description)
     assert checkpoint.tree_differences(want_params, params) == []

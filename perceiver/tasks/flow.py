@@ -1,26 +1,36 @@
 """Optical flow between two images of any size, and tools to look at flow.
 
 The Perceiver IO flow model sees frames of one fixed size (368 x 496 for the
-published checkpoint). `OpticalFlow` covers a larger image with overlapping
-tiles of that size, runs the model on batches of tiles, and blends the tiles'
-flows with weights that fall off towards each tile's border, as DeepMind's
+published checkpoint) and predicts, in one shot, motions within the range it
+was trained on. `OpticalFlow` covers a larger image with overlapping tiles of
+that size, runs the model on batches of tiles, and blends the tiles' flows
+with weights that fall off towards each tile's border, as DeepMind's
 notebook does; an image smaller than a tile is padded.
+
+Larger motions are reached coarse to fine: an image pyramid (each level half
+the size of the one below), the flow of the coarsest level, then at each
+finer level the flow so far upsampled (twice the size and twice the values),
+frame 2 warped by it towards frame 1, and the residual motion predicted and
+added. The number of levels follows from the image size and the model's
+trained range (`max_flow`); `levels=1` is the single-scale flow.
 
     estimator = OpticalFlow.from_pretrained('flow')
     flow = estimator(frame1, frame2)             # [H, W, 2] pixels (dx, dy)
+    flows = estimator.sequence(frames)           # [T - 1, H, W, 2], pairs of a video
     media.write_image('flow.png', flow_to_color(flow))
     write_flo('flow.flo', flow)
 
-Also here: the Middlebury colour coding of flow (`flow_to_color`), the
-Middlebury `.flo` file format (`read_flo`, `write_flo`) and the end-point
-error (`end_point_error`).
+Also here: the pyramid's parts (`downsample`, `upsample_flow`, `warp`), the
+Middlebury colour coding of flow (`flow_to_color`), the Middlebury `.flo`
+file format (`read_flo`, `write_flo`) and the end-point error
+(`end_point_error`).
 """
 
 import inspect
 import itertools
 import os
 import pathlib
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -36,6 +46,15 @@ _FLO_HEADER = np.dtype([("magic", "<f4"), ("width", "<i4"), ("height", "<i4")])
 # A sanity bound on .flo sizes, so that a corrupt header fails cleanly.
 _FLO_MAX_SIDE = 1 << 16
 
+# Automatic levels: the pyramid reaches motions up to this fraction of the
+# image's longer side (the stereo pairs and videos we measured move less) ...
+EXPECTED_MOTION = 1 / 8
+# ... but stops before a level's shorter side falls below this many pixels.
+MIN_LEVEL_SIDE = 16
+# The published model was trained on AutoFlow, with motions of up to ~100 px
+# at 368 x 496: single-scale below ~800 px, coarse to fine above.
+PUBLISHED_MAX_FLOW = 100.0
+
 
 def _tile_shape_of(sizes: Mapping) -> Tuple[int, ...]:
     """The frame size of `perceiver.models.optical_flow(**sizes)`."""
@@ -48,15 +67,20 @@ def _tile_shape_of(sizes: Mapping) -> Tuple[int, ...]:
 class OpticalFlow:
     """Estimates optical flow between two RGB images of any size.
 
-    Each distinct tile is computed once, `batch_size` tiles per call of one
-    jit-compiled function (the last batch padded), so XLA compiles once per
-    number of tiles per call: `min(batch_size, tiles in the image)`.
+    Each distinct tile is computed once, up to `batch_size` tiles per call of
+    one jit-compiled function; a call's batch is `batch_size` or, for the
+    last tiles of a level, the next power of two above their number (padded
+    with zero tiles), so XLA compiles for at most a handful of batch shapes,
+    whatever the image sizes and levels.
 
     Attributes:
       tile_shape: `(h, w)`, the size of the frames the model sees.
       min_overlap: the least number of pixels by which neighbouring tiles
         overlap.
       batch_size: the most tiles per model call.
+      max_flow: the largest motion (pixels) the model resolves in one shot,
+        its trained range; it sets the number of pyramid levels (None: one
+        level unless `levels` is given).
       params, state: the model's parameters and state (None for
         `from_function`).
       sizes: the `perceiver.models.optical_flow` keywords of the model.
@@ -69,6 +93,7 @@ class OpticalFlow:
         *,
         min_overlap: int = 20,
         batch_size: int = 1,
+        max_flow: Optional[float] = None,
         **sizes,
     ):
         """Wraps a flow model's parameters.
@@ -82,6 +107,8 @@ class OpticalFlow:
             published model is already a large computation (its decoder
             attends from 182,528 queries), and memory grows with each tile
             in a call.
+          max_flow: the model's trained range in pixels (see the attribute);
+            None: single-scale unless `levels` is given.
           **sizes: the keyword arguments of `perceiver.models.optical_flow`
             (image_shape, num_latents, ...); default: the published model.
 
@@ -89,12 +116,12 @@ class OpticalFlow:
           perceiver.checkpoint.CheckpointError: if `params` do not fit the
             model, listing every difference.
           TypeError: for an unknown size keyword.
-          ValueError: for a bad min_overlap or batch_size.
+          ValueError: for a bad min_overlap, batch_size or max_flow.
         """
         from perceiver import models
         from perceiver.tasks import _loading
 
-        self._setup(_tile_shape_of(sizes), min_overlap, batch_size)
+        self._setup(_tile_shape_of(sizes), min_overlap, batch_size, max_flow)
         state = {} if state is None else state
         _loading.check_fits("optical_flow", params, state, **sizes)
         self._init_model(models.optical_flow(**sizes), params, state, sizes)
@@ -110,12 +137,12 @@ class OpticalFlow:
             flow, _ = model.apply(params, state, None, tiles)
             return flow
 
-        # One compiled function for every call; XLA compiles it once per
-        # batch shape, which is fixed for a given number of tiles.
+        # One compiled function for every call, every level and every image;
+        # XLA compiles it once per batch shape (see the class docstring).
         jitted = jax.jit(apply)
         self._tile_fn = lambda tiles: jitted(self.params, self.state, tiles)
 
-    def _setup(self, tile_shape, min_overlap, batch_size) -> None:
+    def _setup(self, tile_shape, min_overlap, batch_size, max_flow=None) -> None:
         from perceiver import _validation
 
         if len(tile_shape) != 2:
@@ -130,9 +157,16 @@ class OpticalFlow:
                 f"min_overlap must be in [0, {min(tile_shape)}) for tiles of shape "
                 f"{tuple(tile_shape)}; got {min_overlap}."
             )
+        if max_flow is not None and (
+            isinstance(max_flow, bool)
+            or not isinstance(max_flow, (int, float, np.integer, np.floating))
+            or not (np.isfinite(max_flow) and max_flow > 0)
+        ):
+            raise ValueError(f"max_flow must be a positive number of pixels or None; got {max_flow!r}.")
         self.tile_shape = (int(tile_shape[0]), int(tile_shape[1]))
         self.min_overlap = int(min_overlap)
         self.batch_size = int(batch_size)
+        self.max_flow = None if max_flow is None else float(max_flow)
 
     @classmethod
     def from_pretrained(
@@ -143,14 +177,15 @@ class OpticalFlow:
         progress: bool = True,
         min_overlap: Optional[int] = None,
         batch_size: Optional[int] = None,
+        max_flow: Optional[float] = None,
         **sizes,
     ) -> "OpticalFlow":
         """The published flow model, or a checkpoint file of a flow model.
 
         A file's description (`NAME.json` beside `NAME.pystate`, see
         `perceiver.checkpoint.save_description`) gives its sizes and task
-        options (`min_overlap`, `batch_size`); keywords given here override
-        it. The shipped small model loads with
+        options (`min_overlap`, `batch_size`, `max_flow`); keywords given
+        here override it. The shipped small model loads with
         `from_pretrained(<path of perceiver/data/flow_small.pystate>)`.
 
         Args:
@@ -162,6 +197,8 @@ class OpticalFlow:
             terminal).
           min_overlap, batch_size: as for the constructor; None: the
             description's, else 20 and 1.
+          max_flow: as for the constructor; None: the description's, else
+            PUBLISHED_MAX_FLOW for a published model and None for a file.
           **sizes: the model's `perceiver.models.optical_flow` keywords (for a
             file of a model with other sizes than its description gives).
 
@@ -176,6 +213,7 @@ class OpticalFlow:
         from perceiver import checkpoint, hub, models
         from perceiver.tasks import _loading
 
+        default_range = None
         if _loading.is_published(name_or_path):
             entry = hub.get(name_or_path)
             if entry.factory != "optical_flow":
@@ -185,6 +223,7 @@ class OpticalFlow:
                     f"optical-flow one; use one of: {', '.join(flow_names)}."
                 )
             sizes = {**dict(entry.factory_kwargs), **sizes}
+            default_range = PUBLISHED_MAX_FLOW
         description = _loading.read_description(name_or_path, "optical_flow")
         sizes = description.sizes_with(sizes)
         estimator = cls.__new__(cls)
@@ -192,6 +231,7 @@ class OpticalFlow:
             _tile_shape_of(sizes),
             description.option("min_overlap", min_overlap, 20),
             description.option("batch_size", batch_size, 1),
+            description.option("max_flow", max_flow, default_range),
         )
         path = _loading.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
         try:
@@ -209,15 +249,16 @@ class OpticalFlow:
         *,
         min_overlap: int = 20,
         batch_size: int = 1,
+        max_flow: Optional[float] = None,
     ) -> "OpticalFlow":
         """An estimator whose model is any function of a batch of tiles.
 
         Args:
           tile_fn: maps tiles `[N, 2, h, w, 3]` float32 (both frames, scaled
-            to [-1, 1]) to flow `[N, h, w, 2]`. N is always the same for one
-            image; the last batch is padded with zero tiles.
+            to [-1, 1]) to flow `[N, h, w, 2]`. Batches that are not full
+            are padded with zero tiles.
           tile_shape: `(h, w)`.
-          min_overlap, batch_size: as for the constructor.
+          min_overlap, batch_size, max_flow: as for the constructor.
         """
         if not callable(tile_fn):
             raise TypeError(f"tile_fn must be callable; got {type(tile_fn).__name__}.")
@@ -225,7 +266,7 @@ class OpticalFlow:
         estimator.params = estimator.state = None
         estimator.sizes = {}
         estimator._tile_fn = tile_fn
-        estimator._setup(tuple(tile_shape), min_overlap, batch_size)
+        estimator._setup(tuple(tile_shape), min_overlap, batch_size, max_flow)
         return estimator
 
     def tile_origins(self, height: int, width: int) -> List[Tuple[int, int]]:
@@ -238,12 +279,35 @@ class OpticalFlow:
         xs = _starts(max(width, self.tile_shape[1]), self.tile_shape[1], self.min_overlap)
         return list(itertools.product(ys, xs))
 
-    def __call__(self, image1, image2, *, progress: bool = False) -> np.ndarray:
+    def levels_for(self, height: int, width: int) -> int:
+        """The number of pyramid levels used for an image of this size.
+
+        Enough levels that a motion of EXPECTED_MOTION times the longer side
+        is within `max_flow` at the coarsest level, but no level with a
+        side shorter than MIN_LEVEL_SIDE (the first always counts); 1 when
+        `max_flow` is None.
+        """
+        if self.max_flow is None:
+            return 1
+        reach = EXPECTED_MOTION * max(height, width)
+        levels = 1
+        while reach / 2 ** (levels - 1) > self.max_flow:
+            height, width = (height + 1) // 2, (width + 1) // 2
+            if min(height, width) < MIN_LEVEL_SIDE:
+                break
+            levels += 1
+        return levels
+
+    def __call__(
+        self, image1, image2, *, levels: Optional[int] = None, progress: bool = False
+    ) -> np.ndarray:
         """The optical flow from `image1` to `image2`.
 
         Args:
           image1, image2: RGB `[H, W, 3]`, uint8 or float in [0, 255], of the
             same shape.
+          levels: pyramid levels (1: single-scale, the model's own range);
+            None: `levels_for(H, W)`.
           progress: show a progress bar over batches of tiles (needs tqdm).
 
         Returns:
@@ -252,7 +316,7 @@ class OpticalFlow:
 
         Raises:
           ValueError: for images of bad or different shapes, or holding NaN
-            or Inf (before any tile is computed).
+            or Inf (before any tile is computed), or a bad `levels`.
           TypeError: for a non-numeric dtype.
         """
         first = _normalised("image1", image1)
@@ -262,36 +326,274 @@ class OpticalFlow:
                 f"image1 and image2 must have the same shape; got {first.shape} and "
                 f"{second.shape}."
             )
-        height, width = first.shape[:2]
+        levels = self._check_levels(levels, first.shape[:2])
+        return self._flows([(first, second)], levels, progress)[0]
+
+    def sequence(
+        self,
+        frames,
+        *,
+        levels: Optional[int] = None,
+        pairs_per_batch: int = 8,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """The flow between each pair of consecutive frames of a video.
+
+        Args:
+          frames: `[T, H, W, 3]` (T >= 2), uint8 or float in [0, 255]; or an
+            iterable of such `[H, W, 3]` frames.
+          levels: as for `__call__`.
+          pairs_per_batch: how many pairs share one pass (their tiles are
+            batched together); more pairs fill batches better and hold more
+            memory.
+          progress: show a progress bar over pairs (needs tqdm).
+
+        Returns:
+          float32 `[T - 1, H, W, 2]`: flow t is from frame t to frame t + 1.
+
+        Raises:
+          ValueError: for fewer than 2 frames, frames of different shapes or
+            bad values (as for `__call__`).
+        """
+        flows = list(
+            self.iter_sequence(frames, levels=levels, pairs_per_batch=pairs_per_batch, progress=progress)
+        )
+        if not flows:
+            raise ValueError("frames must hold at least 2 frames; got fewer.")
+        return np.stack(flows)
+
+    def iter_sequence(
+        self,
+        frames: Iterable,
+        *,
+        levels: Optional[int] = None,
+        pairs_per_batch: int = 8,
+        progress: bool = False,
+        total: Optional[int] = None,
+    ) -> Iterator[np.ndarray]:
+        """`sequence`, one flow `[H, W, 2]` at a time, reading frames as it goes.
+
+        Args:
+          frames, levels, pairs_per_batch, progress: as for `sequence`.
+          total: the number of frames, for the progress bar (default:
+            `len(frames)` where it has one).
+        """
+        from perceiver import _validation
+
+        _validation.check_positive_int("pairs_per_batch", pairs_per_batch)
+        if total is None and hasattr(frames, "__len__"):
+            total = len(frames)
+        pairs = None if total is None else max(total - 1, 0)
+        flows = self._iter_flows(frames, levels, pairs_per_batch)
+        return iter(_progress.track(flows, pairs, "flow pairs", progress))
+
+    def _iter_flows(self, frames, levels, pairs_per_batch) -> Iterator[np.ndarray]:
+        previous, shape, pending = None, None, []
+        for index, frame in enumerate(frames):
+            current = _normalised(f"frames[{index}]", frame)
+            if shape is None:
+                shape = current.shape
+                levels = self._check_levels(levels, shape[:2])
+            elif current.shape != shape:
+                raise ValueError(
+                    f"frames must all have one shape; frames[0] is {shape}, frames[{index}] is "
+                    f"{current.shape}."
+                )
+            if previous is not None:
+                pending.append((previous, current))
+            previous = current
+            if len(pending) == pairs_per_batch:
+                yield from self._flows(pending, levels, False)
+                pending = []
+        if pending:
+            yield from self._flows(pending, levels, False)
+
+    def _check_levels(self, levels, shape) -> int:
+        if levels is None:
+            return self.levels_for(*shape)
+        if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or levels < 1:
+            raise ValueError(f"levels must be an int >= 1 or None; got {levels!r}.")
+        return int(levels)
+
+    def _flows(self, pairs, levels: int, progress: bool) -> List[np.ndarray]:
+        """Coarse-to-fine flows of normalised pairs `[(first, second)]` of one shape."""
+        # pyramids[i][k]: pair i at level k (0 the full size).
+        pyramids = []
+        for first, second in pairs:
+            pyramid = [(first, second)]
+            for _ in range(levels - 1):
+                pyramid.append(tuple(downsample(image) for image in pyramid[-1]))
+            pyramids.append(pyramid)
+        flows = None
+        tiles_per_level = [
+            len(self.tile_origins(*pyramids[0][k][0].shape[:2])) * len(pairs) for k in range(levels)
+        ]
+        total = sum(-(-n // self.batch_size) for n in tiles_per_level)
+        bar = _progress.track(range(total), total, "flow tiles", progress)
+        ticks = iter(bar)
+        for k in reversed(range(levels)):
+            level_pairs = [pyramid[k] for pyramid in pyramids]
+            if flows is None:
+                inputs = level_pairs
+            else:
+                shape = level_pairs[0][0].shape[:2]
+                flows = [upsample_flow(flow, shape) for flow in flows]
+                inputs = [(a, warp(b, flow)) for (a, b), flow in zip(level_pairs, flows)]
+            residuals = self._single_scale(inputs, ticks)
+            flows = residuals if flows is None else [f + r for f, r in zip(flows, residuals)]
+        for _ in ticks:  # close the bar
+            pass
+        return [flow.astype(np.float32) for flow in flows]
+
+    def _single_scale(self, pairs, ticks) -> List[np.ndarray]:
+        """The tiled flow of normalised pairs of one shape, their tiles batched together."""
+        height, width = pairs[0][0].shape[:2]
         tile_h, tile_w = self.tile_shape
-        frames = np.stack([first, second])  # [2, H, W, 3]
         pad_h, pad_w = max(tile_h - height, 0), max(tile_w - width, 0)
-        if pad_h or pad_w:
-            # Repeating the border keeps the padding free of new edges, which
-            # the model would otherwise take for moving structure.
-            frames = np.pad(frames, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)], mode="edge")
-        origins = self.tile_origins(height, width)
+        frames = []
+        for first, second in pairs:
+            stacked = np.stack([first, second])  # [2, H, W, 3]
+            if pad_h or pad_w:
+                # Repeating the border keeps the padding free of new edges, which
+                # the model would otherwise take for moving structure.
+                stacked = np.pad(stacked, [(0, 0), (0, pad_h), (0, pad_w), (0, 0)], mode="edge")
+            frames.append(stacked)
+        origins = [(i, y, x) for i in range(len(pairs)) for y, x in self.tile_origins(height, width)]
         weights = _tile_weights(self.tile_shape)
-        total = np.zeros(frames.shape[1:3] + (2,), np.float64)
-        weight_sum = np.zeros(frames.shape[1:3], np.float64)
-        batch = min(self.batch_size, len(origins))
-        starts = range(0, len(origins), batch)
-        for start in _progress.track(starts, len(starts), "flow tiles", progress):
-            chunk = origins[start : start + batch]
+        total = np.zeros((len(pairs),) + frames[0].shape[1:3] + (2,), np.float64)
+        weight_sum = np.zeros(frames[0].shape[1:3], np.float64)
+        for y, x in self.tile_origins(height, width):
+            weight_sum[y : y + tile_h, x : x + tile_w] += weights
+        for start in range(0, len(origins), self.batch_size):
+            chunk = origins[start : start + self.batch_size]
+            batch = _batch_shape(len(chunk), self.batch_size)
             tiles = np.zeros((batch, 2, tile_h, tile_w, 3), np.float32)
-            for i, (y, x) in enumerate(chunk):
-                tiles[i] = frames[:, y : y + tile_h, x : x + tile_w]
+            for j, (i, y, x) in enumerate(chunk):
+                tiles[j] = frames[i][:, y : y + tile_h, x : x + tile_w]
             flows = np.asarray(self._tile_fn(tiles))
             if flows.shape != (batch, tile_h, tile_w, 2):
                 raise ValueError(
                     f"the flow model returned shape {flows.shape} for tiles of shape "
                     f"{tiles.shape}; expected {(batch, tile_h, tile_w, 2)}."
                 )
-            for (y, x), flow in zip(chunk, flows):
-                total[y : y + tile_h, x : x + tile_w] += flow * weights[..., None]
-                weight_sum[y : y + tile_h, x : x + tile_w] += weights
+            for (i, y, x), flow in zip(chunk, flows):
+                total[i, y : y + tile_h, x : x + tile_w] += flow * weights[..., None]
+            next(ticks, None)
         flow = total / weight_sum[..., None]
-        return flow[:height, :width].astype(np.float32)
+        return list(flow[:, :height, :width])
+
+
+def _batch_shape(count: int, batch_size: int) -> int:
+    """Tiles per call for `count` tiles: batch_size, or the next power of two (at most batch_size)."""
+    if count >= batch_size:
+        return batch_size
+    return min(1 << (count - 1).bit_length(), batch_size)
+
+
+# ---------------------------------------------------------------------------
+# The pyramid's parts
+# ---------------------------------------------------------------------------
+
+
+def downsample(image) -> np.ndarray:
+    """An image at half size: the 1-3-3-1 binomial filter, then every other pixel.
+
+    Coarse pixel i is centred between fine pixels 2i and 2i + 1 (fine
+    coordinate 2i + 0.5), on both axes; an odd side is first extended by
+    repeating its last pixel, so `[H, W, C]` becomes
+    `[ceil(H / 2), ceil(W / 2), C]`. A motion of d pixels becomes one of
+    d / 2 coarse pixels.
+
+    Args:
+      image: `[H, W, C]` float.
+    """
+    image = np.asarray(image, np.float32)
+    for axis in (0, 1):
+        size = image.shape[axis]
+        half = (size + 1) // 2
+        # Fine pixels 2i - 1 .. 2i + 2 for every coarse i, the border repeated.
+        pad = [(0, 0)] * image.ndim
+        pad[axis] = (1, 2 * half + 1 - size)
+        padded = np.pad(image, pad, mode="edge")
+
+        def taps(offset):
+            return np.take(padded, np.arange(half) * 2 + offset, axis=axis)
+
+        image = (taps(0) + 3.0 * taps(1) + 3.0 * taps(2) + taps(3)) / 8.0
+    return image
+
+
+def _interpolate_axis(array: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """`array` linearly interpolated at `coords` along `axis`, the coordinates clamped to it."""
+    size = array.shape[axis]
+    coords = np.clip(coords, 0.0, size - 1.0)
+    low = np.minimum(np.floor(coords).astype(np.int64), max(size - 2, 0))
+    high = np.minimum(low + 1, size - 1)
+    frac = (coords - low).astype(np.float32)
+    shape = [1] * array.ndim
+    shape[axis] = len(coords)
+    frac = frac.reshape(shape)
+    return (1 - frac) * np.take(array, low, axis=axis) + frac * np.take(array, high, axis=axis)
+
+
+def upsample_flow(flow, shape: Sequence[int]) -> np.ndarray:
+    """The flow of a `downsample`d image brought to the size below it.
+
+    Fine pixel y reads the coarse flow at (y - 0.5) / 2, the inverse of
+    `downsample`'s geometry, bilinearly (positions beyond the first or last
+    coarse pixel take that pixel's flow), and the values are doubled.
+
+    Args:
+      flow: `[h, w, 2]` with `h = ceil(H / 2)`, `w = ceil(W / 2)`.
+      shape: `(H, W)`.
+
+    Returns:
+      float32 `[H, W, 2]`.
+
+    Raises:
+      ValueError: if `flow` is not the size of `shape` halved.
+    """
+    flow = np.asarray(flow, np.float32)
+    height, width = (int(s) for s in shape)
+    if flow.ndim != 3 or flow.shape[-1] != 2 or flow.shape[:2] != ((height + 1) // 2, (width + 1) // 2):
+        raise ValueError(
+            f"flow must be [ceil(H / 2), ceil(W / 2), 2] = "
+            f"[{(height + 1) // 2}, {(width + 1) // 2}, 2] for shape {(height, width)}; got "
+            f"{flow.shape}."
+        )
+    out = _interpolate_axis(flow, (np.arange(height) - 0.5) / 2, 0)
+    out = _interpolate_axis(out, (np.arange(width) - 0.5) / 2, 1)
+    return 2.0 * out
+
+
+def warp(image, flow) -> np.ndarray:
+    """`image` sampled at each pixel plus its flow: `out[y, x] = image[y + v, x + u]`.
+
+    Bilinear; points beyond the image take the colour of its nearest border
+    pixel (the coordinates are clamped to the image).
+
+    Args:
+      image: `[H, W, C]`.
+      flow: `[H, W, 2]`, (u, v) = (dx, dy) in pixels.
+
+    Returns:
+      float32 `[H, W, C]`.
+    """
+    image = np.asarray(image, np.float32)
+    flow = np.asarray(flow, np.float32)
+    height, width = image.shape[:2]
+    if flow.shape != (height, width, 2):
+        raise ValueError(f"flow must be [{height}, {width}, 2] for the image; got {flow.shape}.")
+    ys, xs = np.mgrid[:height, :width].astype(np.float32)
+    x = np.clip(xs + flow[..., 0], 0.0, width - 1.0)
+    y = np.clip(ys + flow[..., 1], 0.0, height - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(width - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(height - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
+    fx, fy = (x - x0)[..., None], (y - y0)[..., None]
+    top = (1 - fx) * image[y0, x0] + fx * image[y0, x1]
+    bottom = (1 - fx) * image[y1, x0] + fx * image[y1, x1]
+    return (1 - fy) * top + fy * bottom
 
 
 def _starts(size: int, tile: int, min_overlap: int) -> List[int]:

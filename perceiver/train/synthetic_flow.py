@@ -21,10 +21,20 @@ on pixels). There, frame 2 at `p + flow(p)` shows exactly frame 1's colour
 at p, because the layer's texture is the same function of its own
 coordinates in both frames. Training uses the flow at every pixel;
 `valid` is returned for masked losses and for tests.
+
+Photo-like scenes (in the spirit of AutoFlow): with `photo_texture_prob` a
+layer's texture is instead a raster of flat-coloured regions with sharp
+edges plus fractal (1/f) detail, as real surfaces look; it is defined
+between texels by bilinear interpolation, a continuous function of the
+layer's coordinates, so the ground truth stays exact. `translation_power`
+> 1 makes small (sub-pixel) motions more frequent, and the photometric
+options change frame 2's brightness and blur and add noise to both frames
+after rendering (the flow is unchanged by them; `valid` then means the
+point is visible, not that its colour is the same).
 """
 
 import dataclasses
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -52,6 +62,12 @@ class FlowSceneSpec:
     num_waves: int = 12
     min_frequency: float = 0.02
     max_frequency: float = 0.2
+    # Photo-like scenes; the defaults (all off) give the wave scenes above.
+    photo_texture_prob: float = 0.0  # chance that a layer has a raster (photo-like) texture
+    translation_power: float = 1.0  # translation = max * sign(u) |u|^power, u ~ U(-1, 1)
+    max_brightness_change: float = 0.0  # frame 2: gain 1 + U(-b, b), offset U(-b, b) per channel
+    max_blur: float = 0.0  # Gaussian blur of both frames, sigma ~ U(0, max_blur) pixels
+    max_noise: float = 0.0  # Gaussian noise on each frame, std ~ U(0, max_noise)
 
 
 @dataclasses.dataclass
@@ -72,9 +88,16 @@ class Layer:
     center: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2))
     radii: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(2))
     angle: float = 0.0
+    # A raster texture `[h, w, 3]` in [-1, 1] replaces the waves when given:
+    # layer point u shows the bilinear interpolant at texel u - raster_origin
+    # (clamped to the raster's border).
+    raster: Optional[np.ndarray] = None
+    raster_origin: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(2))
 
     def texture(self, u: np.ndarray) -> np.ndarray:
-        """Colours `[N, 3]` in (-1, 1) at layer coordinates `u` `[N, 2]`."""
+        """Colours `[N, 3]` in [-1, 1] at layer coordinates `u` `[N, 2]`."""
+        if self.raster is not None:
+            return bilinear(self.raster, u - self.raster_origin)
         waves = np.sin(2 * np.pi * (u @ self.freqs.T) + self.phases)  # [N, J]
         return np.tanh(self.bias + waves @ self.colors)
 
@@ -101,13 +124,31 @@ class Layer:
         return (q - self.offset) @ np.linalg.inv(self.matrix).T
 
 
-def _affine_about(center, rng, max_translation, max_rotation, max_log_scale):
+def bilinear(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """`image` `[h, w, C]` at points `[N, 2]` (x, y), bilinear, clamped to its border; `[N, C]`."""
+    h, w = image.shape[:2]
+    x = np.clip(points[:, 0], 0.0, w - 1.0)
+    y = np.clip(points[:, 1], 0.0, h - 1.0)
+    x0 = np.minimum(np.floor(x).astype(np.int64), max(w - 2, 0))
+    y0 = np.minimum(np.floor(y).astype(np.int64), max(h - 2, 0))
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    top = (1 - fx) * image[y0, x0] + fx * image[y0, x1]
+    bottom = (1 - fx) * image[y1, x0] + fx * image[y1, x1]
+    return (1 - fy) * top + fy * bottom
+
+
+def _affine_about(center, rng, max_translation, max_rotation, max_log_scale, power=1.0):
     angle = np.deg2rad(rng.uniform(-max_rotation, max_rotation))
     sx, sy = np.exp(rng.uniform(-max_log_scale, max_log_scale, 2))
     shear = rng.uniform(-0.5, 0.5) * max_log_scale
     c, s = np.cos(angle), np.sin(angle)
     matrix = np.array([[c, -s], [s, c]]) @ np.array([[sx, shear], [0.0, sy]])
-    translation = rng.uniform(-max_translation, max_translation, 2)
+    if power == 1.0:
+        translation = rng.uniform(-max_translation, max_translation, 2)
+    else:
+        u = rng.uniform(-1.0, 1.0, 2)
+        translation = max_translation * np.sign(u) * np.abs(u) ** power
     # p -> matrix (p - center) + center + translation
     return matrix, center - matrix @ center + translation
 
@@ -124,6 +165,62 @@ def _texture_params(rng, spec: FlowSceneSpec):
     return freqs, rng.uniform(0, 2 * np.pi, j), colors, rng.uniform(-0.8, 0.8, 3)
 
 
+def fractal_noise(shape: Sequence[int], exponent: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian noise `shape` (2-D) with amplitude spectrum 1/f^exponent, unit std."""
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    radius = np.hypot(fx, fy)
+    radius[0, 0] = np.inf  # no mean
+    spectrum = (rng.normal(size=radius.shape) + 1j * rng.normal(size=radius.shape)) * radius**-exponent
+    field = np.fft.irfft2(spectrum, s=tuple(shape))
+    return field / max(field.std(), 1e-12)
+
+
+def photo_texture(shape: Sequence[int], rng: np.random.Generator) -> np.ndarray:
+    """A raster `[h, w, 3]` in [-1, 1] that looks like a surface in a photograph.
+
+    Flat-coloured regions with sharp edges (a smooth random field cut at
+    random levels), shading across them and fractal detail, its colours
+    correlated across channels as in real images.
+    """
+    shape = tuple(int(s) for s in shape)
+    # Regions: 2-6 bands of a low-frequency field, each its own colour.
+    cut = fractal_noise(shape, rng.uniform(1.6, 2.6), rng)
+    levels = np.sort(rng.normal(size=int(rng.integers(1, 6))))
+    region = np.searchsorted(levels, cut)
+    # Mostly brightness, some colour: real surfaces are rarely saturated.
+    count = len(levels) + 1
+    palette = rng.uniform(-0.9, 0.9, (count, 1)) + rng.uniform(-0.4, 0.4, (count, 3))
+    image = palette[region]
+    # Shading and detail: a grey-ish fractal field tinted by one random colour.
+    tint = 0.6 + 0.4 * rng.uniform(0, 1, 3)
+    shading = fractal_noise(shape, rng.uniform(1.5, 2.2), rng)[..., None] * tint
+    detail = fractal_noise(shape, rng.uniform(0.6, 1.3), rng)[..., None] * tint
+    image = image + rng.uniform(0.05, 0.35) * shading + rng.uniform(0.02, 0.25) * detail
+    return np.clip(image, -1.0, 1.0)
+
+
+def _raster_for(spec: FlowSceneSpec, rng: np.random.Generator):
+    """A photo texture covering every layer point a frame can show, and its origin."""
+    height, width = spec.image_shape
+    # Frame 2 shows layer points M^-1(q) for q in the image: within the image
+    # grown by the translation and by rotation and scaling about points inside.
+    turn = np.deg2rad(max(spec.max_rotation, spec.max_background_rotation))
+    scale = max(spec.max_log_scale, spec.max_background_log_scale)
+    reach = max(spec.max_translation, spec.max_background_translation)
+    margin = int(np.ceil(reach + max(height, width) * (turn + 1.5 * scale))) + 2
+    raster = photo_texture((height + 2 * margin, width + 2 * margin), rng)
+    # A sub-texel offset, so that frame 1, too, shows interpolated texels.
+    return raster, rng.uniform(0, 1, 2) - margin
+
+
+def _texture_fields(rng: np.random.Generator, spec: FlowSceneSpec) -> Dict:
+    fields = dict(zip(("freqs", "phases", "colors", "bias"), _texture_params(rng, spec)))
+    if spec.photo_texture_prob > 0 and rng.uniform() < spec.photo_texture_prob:
+        fields["raster"], fields["raster_origin"] = _raster_for(spec, rng)
+    return fields
+
+
 def random_scene(spec: FlowSceneSpec, rng: np.random.Generator) -> List[Layer]:
     """Background first, then foreground layers from back to front."""
     height, width = spec.image_shape
@@ -134,19 +231,25 @@ def random_scene(spec: FlowSceneSpec, rng: np.random.Generator) -> List[Layer]:
         spec.max_background_translation,
         spec.max_background_rotation,
         spec.max_background_log_scale,
+        spec.translation_power,
     )
-    layers = [Layer(m, t, *_texture_params(rng, spec))]
+    layers = [Layer(m, t, **_texture_fields(rng, spec))]
     size = min(height, width)
     for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
         obj_center = rng.uniform([0, 0], [width - 1, height - 1])
         m, t = _affine_about(
-            obj_center, rng, spec.max_translation, spec.max_rotation, spec.max_log_scale
+            obj_center,
+            rng,
+            spec.max_translation,
+            spec.max_rotation,
+            spec.max_log_scale,
+            spec.translation_power,
         )
         layers.append(
             Layer(
                 m,
                 t,
-                *_texture_params(rng, spec),
+                **_texture_fields(rng, spec),
                 shape=SHAPES[int(rng.integers(len(SHAPES)))],
                 center=obj_center,
                 radii=rng.uniform(spec.min_object_size, spec.max_object_size, 2) * size,
@@ -213,8 +316,48 @@ def make_pair(spec: FlowSceneSpec, seed: int, index: int) -> Dict[str, np.ndarra
     p = pixel_grid(spec.image_shape)
     shape = tuple(spec.image_shape) + (3,)
     frames = np.stack([render(layers, p, 1).reshape(shape), render(layers, p, 2).reshape(shape)])
+    frames = _photometric(frames, spec, rng)
     flow, valid = scene_flow(layers, spec.image_shape)
     return {"frames": frames.astype(np.float32), "flow": flow.astype(np.float32), "valid": valid}
+
+
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """`image` `[H, W, C]` blurred separably, the border repeated."""
+    if sigma < 0.05:
+        return image
+    radius = int(np.ceil(3 * sigma))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    for axis in (0, 1):
+        pad = [(0, 0)] * image.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(image, pad, mode="edge")
+        n = image.shape[axis]
+        image = sum(
+            t * np.take(padded, np.arange(i, i + n), axis=axis) for i, t in enumerate(taps)
+        )
+    return image
+
+
+def _photometric(frames: np.ndarray, spec: FlowSceneSpec, rng: np.random.Generator) -> np.ndarray:
+    """Brightness change of frame 2, blur of both frames, noise on each (all off by default)."""
+    if not (spec.max_brightness_change or spec.max_blur or spec.max_noise):
+        return frames
+    frames = frames.copy()
+    b = spec.max_brightness_change
+    if b:
+        gain = 1.0 + rng.uniform(-b, b, 3)
+        offset = rng.uniform(-b, b, 3)
+        frames[1] = frames[1] * gain + offset
+    if spec.max_blur:
+        sigma = rng.uniform(0, spec.max_blur)
+        # Nearly the same blur in both frames, as for a camera's focus.
+        for i in (0, 1):
+            frames[i] = _gaussian_blur(frames[i], sigma * rng.uniform(0.85, 1.15))
+    if spec.max_noise:
+        std = rng.uniform(0, spec.max_noise)
+        frames = frames + rng.normal(0, std, frames.shape)
+    return np.clip(frames, -1.0, 1.0)
 
 
 class SyntheticFlowSource:
