@@ -5,16 +5,17 @@ Jaegle et al., "Perceiver: General Perception with Iterative Attention" (ICML
 Outputs" (arXiv 2107.14795). Names, signatures and parameter layouts follow
 DeepMind's reference (`perceiver.perceiver`), so its checkpoints load here.
 
+Modules create their parameters and say what they compute; how it is
+computed (attention kernels, folded projections, chunks, precision) is
+`perceiver.compute`'s choice, behind `compute.attention_layer`.
+
 Unlike the reference, inference needs no random key: dropout with rate 0 (or
 `is_training=False`) draws none, so `apply(params, state, None, ...)` works.
 When a key is given, keys are drawn in the reference's order.
 """
 
 import abc
-import contextlib
-import contextvars
 import functools
-import math
 from typing import Mapping, Optional, Sequence, Tuple
 
 import haiku as hk
@@ -32,26 +33,8 @@ from perceiver import position_encoding
 # ---------------------------------------------------------------------------
 
 
-# Set while a decoder runs over chunks of queries: its keys were drawn once,
-# before the loop, so the random stream matches one pass over all queries.
-_KEYS_DRAWN_OUTSIDE: contextvars.ContextVar = contextvars.ContextVar(
-    "perceiver_keys_drawn_outside", default=False
-)
-
-
-@contextlib.contextmanager
-def _keys_drawn_outside():
-    token = _KEYS_DRAWN_OUTSIDE.set(True)
-    try:
-        yield
-    finally:
-        _KEYS_DRAWN_OUTSIDE.reset(token)
-
-
 def _dropout(x: jnp.ndarray, rate: float) -> jnp.ndarray:
     """`hk.dropout` that needs a key only when it drops something."""
-    if _KEYS_DRAWN_OUTSIDE.get() and rate == 0:
-        return x
     # Draw the key whenever one exists so later draws match the reference.
     key = hk.maybe_next_rng_key()
     if rate == 0:
@@ -62,6 +45,30 @@ def _dropout(x: jnp.ndarray, rate: float) -> jnp.ndarray:
             "or use is_training=False."
         )
     return hk.dropout(key, rate, x)
+
+
+def _attention_dropout(rate: float) -> Optional[compute.Dropout]:
+    """The attention weights' dropout; its key is drawn only for a nonzero rate."""
+    if rate == 0:
+        return None
+    key = hk.maybe_next_rng_key()
+    if key is None:
+        raise ValueError(
+            f"attention dropout_prob {rate} needs a random key: pass an rng "
+            "to apply(), or use is_training=False."
+        )
+    return compute.Dropout(rate, key)
+
+
+def _check_attention_mask(attention_mask, batch: int, q_len: int, kv_len: int) -> None:
+    if attention_mask is None:
+        return
+    want = (batch, q_len, kv_len)
+    got = tuple(np.shape(attention_mask))
+    if len(got) != 3 or got[1:] != want[1:] or got[0] not in (1, batch):
+        raise ValueError(
+            f"attention_mask must have shape [batch, q_indices, kv_indices] = {want}; got {got}."
+        )
 
 
 def _check_attend_args(q, k, v, attention_mask):
@@ -75,13 +82,7 @@ def _check_attend_args(q, k, v, attention_mask):
         raise ValueError(
             f"k and v must agree in batch, kv_indices and num_heads; got {k.shape} and {v.shape}."
         )
-    if attention_mask is not None:
-        want = (q.shape[0], q.shape[1], k.shape[1])
-        got = tuple(np.shape(attention_mask))
-        if len(got) != 3 or got[1:] != want[1:] or got[0] not in (1, want[0]):
-            raise ValueError(
-                f"attention_mask must have shape [batch, q_indices, kv_indices] = {want}; got {got}."
-            )
+    _check_attention_mask(attention_mask, q.shape[0], q.shape[1], k.shape[1])
 
 
 def attend(
@@ -108,24 +109,8 @@ def attend(
       ValueError: if shapes disagree.
     """
     _check_attend_args(q, k, v, attention_mask)
-    batch, q_len, _, qk_dim = q.shape
-    if dropout_prob > 0:
-        key = hk.maybe_next_rng_key()
-        if key is None:
-            raise ValueError(
-                f"attention dropout_prob {dropout_prob} needs a random key: pass an rng "
-                "to apply(), or use is_training=False."
-            )
-        logits = compute.attention_logits(q, k, 1.0 / math.sqrt(qk_dim), attention_mask)
-        weights = hk.dropout(key, dropout_prob, jax.nn.softmax(logits))
-        out = compute.weighted_values(weights, v)
-    else:
-        # The kernel (plain, tiled or fused) follows the compute options.
-        out = compute.dot_product_attention(q, k, v, mask=attention_mask)
-    out = out.reshape(batch, q_len, -1)
-    if attention_mask is not None:
-        out = jnp.where(compute.no_valid_key(attention_mask), jnp.zeros_like(out), out)
-    return out
+    dropout = _attention_dropout(dropout_prob)
+    return compute.attend_heads(q, k, v, mask=attention_mask, dropout=dropout).output
 
 
 # The reference's linear layer, plus reading its parameters without applying it.
@@ -146,43 +131,32 @@ def conv_1d(
 
 
 class _LayerNorm(hk.LayerNorm):
-    """`hk.LayerNorm` over the last axis whose parameters can be read without applying it."""
+    """`hk.LayerNorm` over the last axis, in at least float32; its parameters can be read unapplied."""
 
-    def params(self, channels: int, dtype=jnp.float32):
-        """`(scale [channels], offset [channels])`, as `__call__` creates them."""
-        scale = hk.get_parameter("scale", [channels], dtype, init=self.scale_init or jnp.ones)
-        offset = hk.get_parameter("offset", [channels], dtype, init=self.offset_init or jnp.zeros)
-        return scale, offset
+    def __init__(self, name: Optional[str] = None):
+        # hk.LayerNorm's own default name, so parameter paths stay the reference's.
+        super().__init__(
+            axis=-1, create_scale=True, create_offset=True, name="layer_norm" if name is None else name
+        )
 
+    def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+        # Statistics in at least float32, whatever the activations' dtype.
+        if compute.is_low_precision(x.dtype):
+            return super().__call__(x.astype(jnp.float32)).astype(x.dtype)
+        return super().__call__(x)
 
-def _layer_norm_module(name: Optional[str] = None) -> hk.LayerNorm:
-    # hk.LayerNorm's own default name, so parameter paths stay the reference's.
-    return _LayerNorm(
-        axis=-1, create_scale=True, create_offset=True, name="layer_norm" if name is None else name
-    )
-
-
-def _apply_layer_norm(module: hk.LayerNorm, x: jnp.ndarray) -> jnp.ndarray:
-    # Statistics in at least float32, whatever the activations' dtype.
-    if compute.is_low_precision(x.dtype):
-        return module(x.astype(jnp.float32)).astype(x.dtype)
-    return module(x)
-
-
-def _layer_norm_math(x: jnp.ndarray, params) -> jnp.ndarray:
-    """What `_apply_layer_norm` computes, from `(scale, offset)`: a pure function."""
-    scale, offset = params
-    y = x.astype(jnp.float32) if compute.is_low_precision(x.dtype) else x
-    mean = jnp.mean(y, axis=-1, keepdims=True)
-    variance = jnp.var(y, axis=-1, keepdims=True)
-    eps = jax.lax.convert_element_type(1e-5, variance.dtype)  # hk.LayerNorm's default
-    inv = scale.astype(y.dtype) * jax.lax.rsqrt(variance + eps)
-    return (inv * (y - mean) + offset.astype(y.dtype)).astype(x.dtype)
+    def deferred(self, x: jnp.ndarray) -> compute.LayerNormed:
+        """`x` with this norm's parameters (created as `__call__` would), for a kernel to apply."""
+        shape = [x.shape[-1]]
+        dtype = jnp.float32 if compute.is_low_precision(x.dtype) else x.dtype
+        scale = hk.get_parameter("scale", shape, dtype, init=self.scale_init or jnp.ones)
+        offset = hk.get_parameter("offset", shape, dtype, init=self.offset_init or jnp.zeros)
+        return compute.LayerNormed(x, scale, offset)
 
 
 def layer_norm(x: jnp.ndarray, name: Optional[str] = None) -> jnp.ndarray:
     """Layer norm over the last axis, with learned scale and offset."""
-    return _apply_layer_norm(_layer_norm_module(name), x)
+    return _LayerNorm(name)(x)
 
 
 def make_cross_attention_mask(query_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> jnp.ndarray:
@@ -204,11 +178,6 @@ def make_cross_attention_mask(query_mask: jnp.ndarray, kv_mask: jnp.ndarray) -> 
 # ---------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------
-
-
-_STANDARD_PLAN = ("standard", "standard")
-# Keys and values are the (normalised) inputs_kv themselves.
-_FOLDED_KV_PLAN = ("queries_in_kv_space", "weights_on_kv_inputs")
 
 
 class Attention(hk.Module):
@@ -252,81 +221,58 @@ class Attention(hk.Module):
     def __call__(
         self,
         inputs_q: jnp.ndarray,
-        inputs_kv: jnp.ndarray,
+        inputs_kv,
         attention_mask: Optional[jnp.ndarray] = None,
     ) -> jnp.ndarray:
         """Attends from `inputs_q` `[B, T, Cq]` to `inputs_kv` `[B, S, Ckv]`.
+
+        `q = inputs_q W_q + b_q`, `k` and `v` likewise from `inputs_kv`, each
+        split into heads; the output is `softmax(q k^T / sqrt(head_dim)) v`,
+        heads joined, times `W_o` plus `b_o`. `compute.attention_layer`
+        chooses how to evaluate it (kernel, tiles, folded projections).
+
+        Args:
+          inputs_q: `[B, T, Cq]`.
+          inputs_kv: `[B, S, Ckv]`, or a `compute.LayerNormed` of it: the
+            kernel then applies the norm, inside its tiles where it can.
+          attention_mask: `[B, T, S]`, nonzero where query t may attend to key s.
 
         Returns:
           `[B, T, output_channels]`.
 
         Raises:
           ValueError: if qk_channels or v_channels is not divisible by num_heads,
-            or the inputs are not rank 3 with one batch size.
+            the inputs are not rank 3 with one batch size, or the mask does
+            not fit them.
         """
-        return self._apply(inputs_q, inputs_kv, attention_mask)
+        keys_inputs = inputs_kv.inputs if isinstance(inputs_kv, compute.LayerNormed) else inputs_kv
+        _check_inputs(inputs_q, keys_inputs)
+        _check_attention_mask(attention_mask, *inputs_q.shape[:2], keys_inputs.shape[1])
+        projections, dropout = self._projections(inputs_q, keys_inputs)
+        return compute.attention_layer(
+            inputs_q, inputs_kv, projections, mask=attention_mask, dropout=dropout
+        ).output
 
     @hk.name_like("__call__")
-    def _apply(self, inputs_q, inputs_kv, attention_mask=None, kv_norm=None):
-        """`__call__`; with `kv_norm` `(scale, offset)`, inputs_kv are not yet normalised.
+    def _projections(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray):
+        """`(compute.Projections, compute.Dropout or None)`: the parameters and the dropout key.
 
-        The normalisation is then folded into the attention kernel where the
-        plan allows (see `_folds_kv_norm`), so the normalised inputs are never
-        stored; otherwise it is applied first.
+        Parameters are created as the reference's `__call__` creates them (q,
+        k, v, output: linear to linear_3, in the inputs' dtype); the dropout
+        key is drawn between the value and output projections, where the
+        reference's `attend` draws it.
         """
-        _validation.check_rank("inputs_q", inputs_q, (3,), "[B, T, C]")
-        _validation.check_rank("inputs_kv", inputs_kv, (3,), "[B, S, C]")
-        if inputs_q.shape[0] != inputs_kv.shape[0]:
-            raise ValueError(
-                f"inputs_q and inputs_kv must have the same batch size; got shapes "
-                f"{tuple(inputs_q.shape)} and {tuple(inputs_kv.shape)}."
-            )
-        qk_channels, v_channels, output_channels = self._channels(inputs_q.shape[-1])
-        linears = self._linears(qk_channels, v_channels, output_channels)
-        plan = self._plan(inputs_q.shape, inputs_kv.shape, qk_channels, v_channels, output_channels)
-        if kv_norm is not None and plan != _FOLDED_KV_PLAN:
-            inputs_kv, kv_norm = _layer_norm_math(inputs_kv, kv_norm), None
-        if plan != _STANDARD_PLAN:
-            prepared = self._prepare(
-                inputs_kv, plan, inputs_q.shape[-1], qk_channels, v_channels, kv_norm=kv_norm
-            )
-            return self._attend_queries(inputs_q, prepared, attention_mask)
-        q_linear, k_linear, v_linear, out_linear = linears
-        q = q_linear(inputs_q)
-        k = k_linear(inputs_kv)
-        v = v_linear(inputs_kv)
-        result = attend(
-            self._split_heads(q),
-            self._split_heads(k),
-            self._split_heads(v),
-            dropout_prob=self._dropout_prob,
-            attention_mask=attention_mask,
-        )
-        return out_linear(result)
-
-    # The methods below let a decoder prepare the keys once and then attend
-    # from chunks of queries, and let single-head attention fold projections
-    # (see `_plan`). Parameters keep their names: the four linear layers are
-    # built here once, in the reference's order (q, k, v, output).
-
-    @hk.transparent
-    def _split_heads(self, x: jnp.ndarray) -> jnp.ndarray:
-        return x.reshape(x.shape[0], x.shape[1], self._num_heads, -1)
-
-    @hk.name_like("__call__")
-    def _linears(self, qk_channels: int, v_channels: int, output_channels: int):
-        if getattr(self, "_built_linears", None) is None:
-            self._built_linears = (
-                conv_1d(qk_channels, init_scale=self._init_scale),
-                conv_1d(qk_channels, init_scale=self._init_scale),
-                conv_1d(v_channels, init_scale=self._init_scale),
-                conv_1d(
-                    output_channels,
-                    with_bias=self._with_final_bias,
-                    init_scale=self._final_init_scale,
-                ),
-            )
-        return self._built_linears
+        (_, _, q_channels), (_, _, kv_channels) = inputs_q.shape, inputs_kv.shape
+        qk_channels, v_channels, output_channels = self._channels(q_channels)
+        init_scale = self._init_scale
+        q = conv_1d(qk_channels, init_scale=init_scale).params(q_channels, inputs_q.dtype)
+        k = conv_1d(qk_channels, init_scale=init_scale).params(kv_channels, inputs_kv.dtype)
+        v = conv_1d(v_channels, init_scale=init_scale).params(kv_channels, inputs_kv.dtype)
+        dropout = _attention_dropout(self._dropout_prob)
+        output = conv_1d(
+            output_channels, with_bias=self._with_final_bias, init_scale=self._final_init_scale
+        ).params(v_channels, inputs_kv.dtype)
+        return compute.Projections(q, k, v, output, self._num_heads), dropout
 
     @hk.transparent
     def _channels(self, query_channels: int):
@@ -342,134 +288,15 @@ class Attention(hk.Module):
                 )
         return qk_channels, v_channels, output_channels
 
-    @hk.transparent
-    def _plan(self, q_shape, kv_shape, qk_channels, v_channels, output_channels):
-        """How to compute logits and values: `(logits_plan, values_plan)`.
 
-        With one head, `q . k = (x_q W_q + b_q) . (x_kv W_k + b_k)` can be
-        computed as `x_q . (k W_q^T) + b_q . k` (keys moved into the query
-        inputs' space, 'keys_in_q_space') or as `(q W_k^T) . x_kv` plus a
-        per-query constant that the softmax ignores ('queries_in_kv_space').
-        Likewise the values and output projection: `(P v) W_o = P (v W_o)`
-        ('values_in_out_space') or `P v = (P x_kv) W_v + b_v`, as softmax rows
-        sum to one ('weights_on_kv_inputs'). The cheapest form is chosen;
-        results agree to float rounding.
-        """
-        batch, q_len, q_channels = q_shape
-        kv_len, kv_channels = kv_shape[1], kv_shape[2]
-        if self._num_heads != 1 or self._dropout_prob > 0:
-            return _STANDARD_PLAN
-        allowed = compute.absorb_enabled(q_len, kv_len, batch)
-        if allowed is False:
-            return _STANDARD_PLAN
-        t, s, cq, ckv = q_len, kv_len, q_channels, kv_channels
-        qk, v, out = qk_channels, v_channels, output_channels
-        logits_costs = {
-            "standard": t * cq * qk + s * ckv * qk + t * s * qk,
-            "keys_in_q_space": s * ckv * qk + s * qk * cq + t * s * cq,
-            "queries_in_kv_space": t * cq * qk + t * qk * ckv + t * s * ckv,
-        }
-        values_costs = {
-            "standard": s * ckv * v + t * s * v + t * v * out,
-            "values_in_out_space": s * ckv * v + s * v * out + t * s * out,
-            "weights_on_kv_inputs": t * s * ckv + t * ckv * v + t * v * out,
-        }
-        plan = (
-            min(logits_costs, key=logits_costs.get),
-            min(values_costs, key=values_costs.get),
+def _check_inputs(inputs_q, inputs_kv) -> None:
+    _validation.check_rank("inputs_q", inputs_q, (3,), "[B, T, C]")
+    _validation.check_rank("inputs_kv", inputs_kv, (3,), "[B, S, C]")
+    if inputs_q.shape[0] != inputs_kv.shape[0]:
+        raise ValueError(
+            f"inputs_q and inputs_kv must have the same batch size; got shapes "
+            f"{tuple(inputs_q.shape)} and {tuple(inputs_kv.shape)}."
         )
-        standard_cost = logits_costs["standard"] + values_costs["standard"]
-        saving = standard_cost - logits_costs[plan[0]] - values_costs[plan[1]]
-        if allowed is None and saving < compute.ABSORB_MIN_SAVING * standard_cost:
-            return _STANDARD_PLAN
-        return plan
-
-    @hk.transparent
-    def _folds_kv_norm(self, q_shape, kv_shape) -> bool:
-        """Whether a layer norm of inputs_kv can be folded into the kernel (see `_apply`)."""
-        channels = self._channels(q_shape[-1])
-        return self._plan(q_shape, kv_shape, *channels) == _FOLDED_KV_PLAN
-
-    @hk.transparent
-    def _prepare(self, inputs_kv, plan, query_channels, qk_channels, v_channels, kv_norm=None):
-        """Everything that depends only on the keys' side, for `_attend_queries`."""
-        if self._dropout_prob > 0:
-            raise ValueError("attention dropout cannot run in chunks; use the plain path.")
-        q_linear, k_linear, v_linear, out_linear = self._linears(
-            *self._channels(query_channels)
-        )
-        logits_plan, values_plan = plan
-        head_dim = qk_channels // self._num_heads
-        scale = 1.0 / math.sqrt(head_dim)
-        prepared = {
-            "plan": plan,
-            "bias": None,
-            "kernel_scale": scale,
-            "fold_scale": scale,
-            "kv_transform": None,
-            "kv_params": None,
-        }
-        if kv_norm is not None:  # only with _FOLDED_KV_PLAN: keys and values are inputs_kv
-            prepared["kv_transform"], prepared["kv_params"] = _layer_norm_math, kv_norm
-        inputs_kv_heads = inputs_kv[:, :, None, :]  # one head
-        if logits_plan == "standard":
-            prepared["k"] = self._split_heads(k_linear(inputs_kv))
-        elif logits_plan == "keys_in_q_space":
-            w_q, b_q = q_linear.params(query_channels, inputs_kv.dtype)
-            k = k_linear(inputs_kv)
-            prepared["k"] = (compute.matmul(k, w_q.T) * scale)[:, :, None, :]
-            if b_q is not None:
-                prepared["bias"] = (compute.matmul(k, b_q) * scale)[:, None, :]
-            prepared["kernel_scale"] = 1.0
-        else:  # queries_in_kv_space: the keys are the inputs themselves
-            prepared["k"] = inputs_kv_heads
-            prepared["kernel_scale"] = 1.0
-        if values_plan == "standard":
-            prepared["v"] = self._split_heads(v_linear(inputs_kv))
-        elif values_plan == "values_in_out_space":
-            w_out, _ = out_linear.params(v_channels, inputs_kv.dtype)
-            prepared["v"] = compute.matmul(v_linear(inputs_kv), w_out)[:, :, None, :]
-        else:  # weights_on_kv_inputs
-            prepared["v"] = inputs_kv_heads
-        prepared["kv_channels"] = inputs_kv.shape[-1]
-        prepared["v_channels"] = v_channels
-        return prepared
-
-    @hk.transparent
-    def _attend_queries(self, inputs_q, prepared, attention_mask):
-        """Attention output `[B, T, output_channels]` for queries `inputs_q`."""
-        q_linear, k_linear, v_linear, out_linear = self._built_linears
-        logits_plan, values_plan = prepared["plan"]
-        if logits_plan == "standard":
-            q = self._split_heads(q_linear(inputs_q))
-        elif logits_plan == "keys_in_q_space":
-            q = inputs_q[:, :, None, :]
-        else:  # queries_in_kv_space
-            w_k, _ = k_linear.params(prepared["kv_channels"], inputs_q.dtype)
-            q = compute.matmul(q_linear(inputs_q), w_k.T) * prepared["fold_scale"]
-            q = q[:, :, None, :]
-        out = compute.dot_product_attention(
-            q,
-            prepared["k"],
-            prepared["v"],
-            mask=attention_mask,
-            bias=prepared["bias"],
-            scale=prepared["kernel_scale"],
-            kv_transform=prepared["kv_transform"],
-            kv_params=prepared["kv_params"],
-        )
-        out = out.reshape(out.shape[0], out.shape[1], -1)
-        if values_plan == "weights_on_kv_inputs":
-            w_v, b_v = v_linear.params(prepared["kv_channels"], out.dtype)
-            out = compute.matmul(out, w_v)
-            if b_v is not None:
-                out = out + b_v
-        if attention_mask is not None:
-            out = jnp.where(compute.no_valid_key(attention_mask), jnp.zeros_like(out), out)
-        if values_plan == "values_in_out_space":
-            _, b_out = out_linear.params(prepared["v_channels"], out.dtype)
-            return out if b_out is None else out + b_out
-        return out_linear(out)
 
 
 class MLP(hk.Module):
@@ -489,27 +316,16 @@ class MLP(hk.Module):
 
     def __call__(self, x: jnp.ndarray, *, is_training: bool) -> jnp.ndarray:
         """`[B, T, C]` -> `[B, T, C]`."""
-        channels = x.shape[-1]
-        x = conv_1d(self._widening_factor * channels, init_scale=self._init_scale)(x)
-        x = jax.nn.gelu(x, approximate=True)
-        x = conv_1d(channels, init_scale=self._init_scale)(x)
-        return _dropout(x, self._dropout_prob if is_training else 0.0)
+        hidden, output = self._layers(x.shape[-1])
+        x = jax.nn.gelu(hidden(x), approximate=True)
+        return _dropout(output(x), self._dropout_prob if is_training else 0.0)
 
     @hk.name_like("__call__")
-    def _hidden(self, x: jnp.ndarray) -> jnp.ndarray:
-        """The GELU layer `[B, T, widening_factor * C]` (what `__call__` projects back)."""
-        channels = x.shape[-1]
-        return jax.nn.gelu(
-            conv_1d(self._widening_factor * channels, init_scale=self._init_scale)(x),
-            approximate=True,
-        )
-
-    @hk.name_like("__call__")
-    def _output_params(self, channels: int, dtype) -> Tuple[jnp.ndarray, Optional[jnp.ndarray]]:
-        """`(w [widening_factor * C, C], b [C])` of the output layer, for folding."""
-        conv_1d(self._widening_factor * channels, init_scale=self._init_scale)  # names 'linear'
-        return conv_1d(channels, init_scale=self._init_scale).params(
-            self._widening_factor * channels, dtype
+    def _layers(self, channels: int) -> Tuple[hk.Linear, hk.Linear]:
+        """The two layers, `C -> widening_factor * C -> C`, named as `__call__` names them."""
+        return (
+            conv_1d(self._widening_factor * channels, init_scale=self._init_scale),
+            conv_1d(channels, init_scale=self._init_scale),
         )
 
 
@@ -614,66 +430,41 @@ class CrossAttention(hk.Module):
     ) -> jnp.ndarray:
         """Queries `[B, T, Cq]` attend to `[B, S, Ckv]`; returns `[B, T, Cq]`."""
         dropout_prob = self._dropout_prob if is_training else 0.0
-        dropout_attn_prob = self._dropout_attn_prob if is_training else 0.0
-        output_channels = inputs_q.shape[-1]
+        attention = self._attention(inputs_q, inputs_kv, is_training)
+        normed_q = layer_norm(inputs_q)
+        # The keys' layer norm is the kernel's to apply: tile by tile where it
+        # can, so that no normalised copy of a long input is stored.
+        normed_kv = _LayerNorm().deferred(inputs_kv)
+        attended = attention(normed_q, normed_kv, attention_mask=attention_mask)
+        attended = _dropout(attended, dropout_prob)
+        x = inputs_q + attended if self._use_query_residual else attended
+        mlp = self._mlp(is_training)
+        return x + mlp(layer_norm(x), is_training=is_training)
+
+    @hk.transparent
+    def _attention(self, inputs_q, inputs_kv, is_training: bool) -> Attention:
         if self._qk_channels is not None:
             qk_channels = self._qk_channels
         elif self._shape_for_attn == "q":
             qk_channels = inputs_q.shape[-1]
         else:
             qk_channels = inputs_kv.shape[-1]
-
-        attention_module = Attention(
+        return Attention(
             num_heads=self._num_heads,
             init_scale=self._att_init_scale,
-            dropout_prob=dropout_attn_prob,
+            dropout_prob=self._dropout_attn_prob if is_training else 0.0,
             qk_channels=qk_channels,
             v_channels=self._v_channels,
-            output_channels=output_channels,
+            output_channels=inputs_q.shape[-1],
         )
-        norm_q, norm_kv = _layer_norm_module(), _layer_norm_module()
-        normed_q = _apply_layer_norm(norm_q, inputs_q)
-        if attention_module._folds_kv_norm(inputs_q.shape, inputs_kv.shape):
-            # Keys and values are the normalised inputs: normalise them tile by
-            # tile inside the kernel rather than storing a normalised copy.
-            kv_norm = norm_kv.params(inputs_kv.shape[-1], inputs_kv.dtype)
-            attention = attention_module._apply(
-                normed_q, inputs_kv, attention_mask=attention_mask, kv_norm=kv_norm
-            )
-        else:
-            attention = attention_module(
-                normed_q, _apply_layer_norm(norm_kv, inputs_kv), attention_mask=attention_mask
-            )
-        attention = _dropout(attention, dropout_prob)
-        x = inputs_q + attention if self._use_query_residual else attention
-        mlp = MLP(
-            widening_factor=self._widening_factor,
-            dropout_prob=dropout_prob,
-            init_scale=self._dense_init_scale,
-        )
-        return x + mlp(layer_norm(x), is_training=is_training)
 
     @hk.transparent
-    def _fold_tail(self, mlp, post, channels: int, num_queries: int, dtype):
-        """`(P, W2 @ P, b2 @ P + p)` when folding `post` into the MLP saves work, else None.
-
-        The block ends `y = x + W2 gelu(...) + b2` and `post(y) = y @ P + p`,
-        so `post(y) = x @ P + gelu(...) @ (W2 @ P) + (b2 @ P + p)`: a narrow
-        `post` (e.g. to 3 or 2 channels) skips the block's widest product.
-        """
-        hidden = self._widening_factor * channels
-        out = post.output_size(channels)
-        per_row_plain = hidden * channels + post.matmul_cost(channels)
-        per_row_folded = (channels + hidden) * out
-        once = channels * post.matmul_cost(channels) + hidden * channels * out
-        if num_queries * per_row_plain <= once + num_queries * per_row_folded:
-            return None
-        tail, tail_bias = post.affine(channels, dtype)
-        w2, b2 = mlp._output_params(channels, dtype)
-        bias = tail_bias
-        if b2 is not None:
-            bias = compute.matmul(b2, tail) if bias is None else compute.matmul(b2, tail) + bias
-        return tail, compute.matmul(w2, tail), bias
+    def _mlp(self, is_training: bool) -> MLP:
+        return MLP(
+            widening_factor=self._widening_factor,
+            dropout_prob=self._dropout_prob if is_training else 0.0,
+            init_scale=self._dense_init_scale,
+        )
 
     @hk.name_like("__call__")
     def _decode_in_chunks(
@@ -689,94 +480,59 @@ class CrossAttention(hk.Module):
         """`post(self(inputs_q, inputs_kv))`, over chunks of `chunk_size` queries.
 
         Each query's output depends on that query alone, so the block runs in
-        a loop over chunks of queries: memory is that of one chunk. The
-        keys' side (layer norm, projections) is computed once, before the
-        loop. Needs zero dropout (decoders have none).
+        a loop over chunks of queries (`compute.over_query_chunks`): memory is
+        that of one chunk. The keys' side (layer norm, projections) is
+        computed once, before the loop, and `post` is folded into the MLP
+        where `compute.folds_tail` says that saves work. Needs zero dropout
+        (decoders have none).
 
         Args:
           inputs_q: queries `[B, T, Cq]`.
           inputs_kv: `[B, S, Ckv]`.
           query_mask: `[B, T]` or None; masked queries attend to nothing.
           chunk_size: queries per chunk.
-          is_training: passed on to the MLP (its dropout rate must be 0).
-          post: linear layers applied to each chunk's output (e.g. the decoder's
-            projection), folded into the MLP where that saves work.
+          is_training: as for `__call__` (dropout rates must be 0).
+          post: linear layers applied to each chunk's output (e.g. the
+            decoder's projection).
 
         Returns:
-          `[B, T, C]`: what `post(self(...))` returns.
+          `[B, T, D]`: what `post(self(...))` returns.
         """
         if self._dropout_prob or self._dropout_attn_prob:
             raise ValueError("a block with dropout cannot run in chunks; use its __call__.")
-        batch, num_queries, query_channels = inputs_q.shape
-        qk_channels = self._qk_channels
-        if qk_channels is None:
-            qk_channels = query_channels if self._shape_for_attn == "q" else inputs_kv.shape[-1]
+        channels = inputs_q.shape[-1]
         # Built in the order __call__ builds them, so that names match.
-        attention = Attention(
-            num_heads=self._num_heads,
-            init_scale=self._att_init_scale,
-            dropout_prob=0.0,
-            qk_channels=qk_channels,
-            v_channels=self._v_channels,
-            output_channels=query_channels,
-        )
-        norm_q, norm_kv = _layer_norm_module(), _layer_norm_module()
-        mlp = MLP(
-            widening_factor=self._widening_factor,
-            dropout_prob=0.0,
-            init_scale=self._dense_init_scale,
-        )
-        norm_x = _layer_norm_module()
+        attention = self._attention(inputs_q, inputs_kv, is_training)
+        norm_q, norm_kv = _LayerNorm(), _LayerNorm()
+        mlp_hidden, mlp_output = self._mlp(is_training)._layers(channels)
+        norm_x = _LayerNorm()
 
-        qk_channels, v_channels, output_channels = attention._channels(query_channels)
-        plan = attention._plan(
-            inputs_q.shape, inputs_kv.shape, qk_channels, v_channels, output_channels
-        )
-        normed_kv = _apply_layer_norm(norm_kv, inputs_kv)
-        prepared = attention._prepare(normed_kv, plan, query_channels, qk_channels, v_channels)
-        kv_ones = jnp.ones((batch, inputs_kv.shape[1]), jnp.int32)
-        fold = None
-        if post.layers:
-            fold = self._fold_tail(mlp, post, query_channels, num_queries, inputs_q.dtype)
+        # The keys' side once, for all chunks (its layer norm applied once, too).
+        normed_kv = norm_kv(inputs_kv)
+        projections, _ = attention._projections(inputs_q, normed_kv)
+        keys = compute.prepare_keys(normed_kv, projections, num_queries=inputs_q.shape[1])
+        kv_ones = jnp.ones(inputs_kv.shape[:2], jnp.int32)
+        hidden_channels = mlp_hidden.output_size
+        folded = None
+        if post.layers and compute.folds_tail(post, channels, hidden_channels, inputs_q.shape[1]):
+            mlp_out = mlp_output.params(hidden_channels, inputs_q.dtype)
+            folded = compute.fold_tail(post, mlp_out, channels, inputs_q.dtype)
 
         def block(q_chunk, mask_chunk):
-            mask = None
-            if mask_chunk is not None:
-                mask = make_cross_attention_mask(mask_chunk, kv_ones)
-            x = attention._attend_queries(_apply_layer_norm(norm_q, q_chunk), prepared, mask)
+            mask = None if mask_chunk is None else make_cross_attention_mask(mask_chunk, kv_ones)
+            x = compute.attend_keys(norm_q(q_chunk), keys, mask=mask).output
             if self._use_query_residual:
                 x = q_chunk + x
-            if fold is not None:
-                # post(x + mlp(x)) with the MLP's output layer and post multiplied out.
-                tail, mlp_tail, bias = fold
-                hidden = mlp._hidden(_apply_layer_norm(norm_x, x))
-                out = compute.matmul(x, tail) + compute.matmul(hidden, mlp_tail)
-                return out if bias is None else out + bias.astype(out.dtype)
-            x = x + mlp(_apply_layer_norm(norm_x, x), is_training=is_training)
-            return post(x)
+            hidden = jax.nn.gelu(mlp_hidden(norm_x(x)), approximate=True)
+            if folded is not None:
+                return folded(x, hidden)  # post(x + mlp(x)), multiplied out
+            return post(x + mlp_output(hidden))
 
         # __call__ draws two keys (after the attention and in the MLP); draw
         # them once here so the random stream does not depend on chunking.
         hk.maybe_next_rng_key()
         hk.maybe_next_rng_key()
-        with _keys_drawn_outside():
-            num_chunks = -(-num_queries // chunk_size)
-            if num_chunks == 1:
-                return block(inputs_q, query_mask)
-
-            def chunk(index):
-                # Slices of the queries, not a padded copy: the last chunk
-                # overlaps the one before it and recomputes a few queries.
-                start = compute.chunk_start(index, num_queries, chunk_size)
-                q_chunk = jax.lax.dynamic_slice_in_dim(inputs_q, start, chunk_size, axis=1)
-                mask_chunk = None
-                if query_mask is not None:
-                    mask_chunk = jax.lax.dynamic_slice_in_dim(query_mask, start, chunk_size, axis=1)
-                return block(q_chunk, mask_chunk)
-
-            # Under differentiation, recompute each chunk rather than store it.
-            stacked = hk.map(compute.haiku_checkpoint(chunk), jnp.arange(num_chunks))
-        return compute.join_chunks(stacked, num_queries, chunk_size, axis=1)
+        return compute.over_query_chunks(block, inputs_q, query_mask, chunk_size)
 
 
 # ---------------------------------------------------------------------------
@@ -942,20 +698,14 @@ class PerceiverEncoder(hk.Module):
             attention_mask = make_cross_attention_mask(
                 query_mask=jnp.ones(z.shape[:2], dtype=jnp.int32), kv_mask=input_mask
             )
-        # Without a compute dtype, the dtype jax would promote the inputs to.
-        out_dtype = jnp.result_type(inputs, z)
-        dtype = compute.compute_dtype(out_dtype)
-        low_precision = dtype != out_dtype
-        with compute.parameter_dtype(dtype if low_precision else None):
-            z = self._encode(inputs.astype(dtype), z.astype(dtype), attention_mask, is_training)
-        return z.astype(out_dtype)
+        return compute.in_compute_dtype(
+            lambda inputs, z: self._encode(inputs, z, attention_mask, is_training), inputs, z
+        )
 
     @hk.transparent
     def _encode(self, inputs, z, attention_mask, is_training):
-        remat = compute.remat()
-
         def maybe_remat(fn):
-            return compute.haiku_checkpoint(fn) if remat else fn
+            return compute.haiku_checkpoint(fn) if compute.remat() else fn
 
         def cross_attend(z, inputs, attention_mask):
             return self.cross_attend(
@@ -1182,13 +932,9 @@ class BasicDecoder(AbstractPerceiverDecoder):
 
     @hk.transparent
     def _run(self, query, z, query_mask, is_training, tail):
-        # Without a compute dtype, the dtype jax would promote the inputs to.
-        out_dtype = jnp.result_type(query, z)
-        dtype = compute.compute_dtype(out_dtype)
-        low_precision = dtype != out_dtype
-        with compute.parameter_dtype(dtype if low_precision else None):
-            output = self._decode(query.astype(dtype), z.astype(dtype), query_mask, is_training, tail)
-        return output.astype(out_dtype)
+        return compute.in_compute_dtype(
+            lambda query, z: self._decode(query, z, query_mask, is_training, tail), query, z
+        )
 
     @hk.transparent
     def _decode(self, query, z, query_mask, is_training, tail=()):

@@ -19,15 +19,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def folds(monkeypatch):
     """One bool per chunked decode traced: whether it folded its output layers into the MLP."""
-    from perceiver import perceiver
+    from perceiver import compute
 
     seen = []
-    original = perceiver.CrossAttention._fold_tail
+    original = compute.folds_tail
 
-    def spy(self, *args):
-        result = original(self, *args)
-        seen.append(result is not None)
+    def spy(*args):
+        result = original(*args)
+        seen.append(bool(result))
         return result
 
-    monkeypatch.setattr(perceiver.CrossAttention, "_fold_tail", spy)
+    monkeypatch.setattr(compute, "folds_tail", spy)
     return seen

@@ -232,17 +232,36 @@ def _np_attention_module(params, xq, xkv, mask):
     return linear("linear_3", out)
 
 
+@pytest.fixture
+def chosen_folds(monkeypatch):
+    """The `compute.Fold` of every attention traced, as the seam chose it."""
+    seen = []
+    original = compute.folding.choose_fold
+
+    def spy(*args):
+        fold = original(*args)
+        seen.append(fold)
+        return fold
+
+    monkeypatch.setattr(compute.folding, "choose_fold", spy)
+    return seen
+
+
 @pytest.mark.parametrize(
-    "t, s, cq, ckv, out_channels, plan",
+    "t, s, cq, ckv, out_channels, fold",
     [
         # Few queries, many narrow keys: the queries move into the keys' space.
-        (3, 40, 16, 6, 16, ("queries_in_kv_space", "weights_on_kv_inputs")),
+        (3, 40, 16, 6, 16, compute.Fold(
+            compute.Logits.QUERIES_IN_KEY_SPACE, compute.Values.WEIGHTS_ON_KEY_INPUTS)),
         # Many narrow queries, few keys: keys and values move to the queries' side.
-        (40, 3, 6, 16, 6, ("keys_in_q_space", "values_in_out_space")),
+        (40, 3, 6, 16, 6, compute.Fold(
+            compute.Logits.KEYS_IN_QUERY_SPACE, compute.Values.VALUES_IN_OUTPUT_SPACE)),
     ],
 )
 @pytest.mark.parametrize("with_final_bias", [True, False])
-def test_folded_projections_match_numpy(t, s, cq, ckv, out_channels, plan, with_final_bias):
+def test_folded_projections_match_numpy(
+    t, s, cq, ckv, out_channels, fold, with_final_bias, chosen_folds
+):
     rng = _rng(4)
     xq = rng.standard_normal((2, t, cq)).astype(np.float32)
     xkv = rng.standard_normal((2, s, ckv)).astype(np.float32)
@@ -253,31 +272,128 @@ def test_folded_projections_match_numpy(t, s, cq, ckv, out_channels, plan, with_
             num_heads=1, qk_channels=12, v_channels=10, output_channels=out_channels,
             with_final_bias=with_final_bias,
         )
-        out = attention(xq, xkv, attention_mask=mask)
-        chosen = attention._plan(xq.shape, xkv.shape, 12, 10, out_channels)
-        return out, chosen
+        return attention(xq, xkv, attention_mask=mask)
 
     model = hk.transform(forward)
     params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
+    assert chosen_folds == [compute.NO_FOLD]  # init computes as the reference writes it
     # Output-layer biases of zero would hide a mistake in adding them.
     params = jax.tree_util.tree_map(lambda p: p + 0.3, params)
     with compute.options(absorb_projections=True):
-        out, chosen = model.apply(params, None, xq, xkv, mask)
-    assert chosen == plan
+        out = model.apply(params, None, xq, xkv, mask)
+    assert chosen_folds[1:] == [fold]
     expected = _np_attention_module(params, xq, xkv, mask)
     np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-5)
 
 
-def test_auto_keeps_small_attention_unfolded():
+def test_auto_keeps_small_attention_unfolded(chosen_folds):
     def forward(xq, xkv):
-        attention = perceiver.Attention(num_heads=1, qk_channels=12)
-        attention(xq, xkv)
-        return attention._plan(xq.shape, xkv.shape, 12, 12, 12)
+        return perceiver.Attention(num_heads=1, qk_channels=12)(xq, xkv)
 
     model = hk.transform(forward)
     xq, xkv = np.zeros((1, 3, 12), np.float32), np.zeros((1, 40, 6), np.float32)
     params = model.init(jax.random.PRNGKey(0), xq, xkv)
-    assert model.apply(params, None, xq, xkv) == ("standard", "standard")
+    model.apply(params, None, xq, xkv)
+    assert chosen_folds == [compute.NO_FOLD, compute.NO_FOLD]
+
+
+def test_cross_attention_norm_of_keys_inside_kernel_matches_numpy(chosen_folds):
+    # Keys and values are the (normalised) inputs: the kernel normalises them
+    # tile by tile; the block written out in numpy must agree.
+    rng = _rng(13)
+    xq = rng.standard_normal((2, 3, 16)).astype(np.float32)
+    xkv = rng.standard_normal((2, 50, 6)).astype(np.float32)
+
+    def forward(xq, xkv):
+        return perceiver.CrossAttention(num_heads=1, qk_channels=12, widening_factor=1)(
+            xq, xkv, is_training=False
+        )
+
+    model = hk.transform(forward)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    with compute.options(absorb_projections=True, attention="tiled", key_chunk_size=7):
+        out = np.asarray(jax.jit(model.apply)(params, None, xq, xkv))
+    assert chosen_folds[-1].keys_are_inputs
+
+    def ln(x, scope):
+        mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mean) / np.sqrt(var + 1e-5) * params[scope]["scale"] + params[scope]["offset"]
+
+    root = "cross_attention"
+    prefix = f"{root}/attention/"
+    normed = {f"attention/{k[len(prefix):]}": v for k, v in params.items() if k.startswith(prefix)}
+    x = xq + _np_attention_module(
+        normed, ln(np.float64(xq), f"{root}/layer_norm"), ln(np.float64(xkv), f"{root}/layer_norm_1"),
+        None,
+    )
+    hidden = ln(x, f"{root}/layer_norm_2") @ params[f"{root}/mlp/linear"]["w"]
+    hidden = np.asarray(jax.nn.gelu(hidden + params[f"{root}/mlp/linear"]["b"], approximate=True))
+    expected = x + hidden @ params[f"{root}/mlp/linear_1"]["w"] + params[f"{root}/mlp/linear_1"]["b"]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def _np_weights(q, k, mask=None):
+    """float64 softmax weights `[B, H, T, S]`; rows with no valid key are zero."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    logits = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    valid = np.ones(logits.shape, bool)
+    if mask is not None:
+        valid = np.broadcast_to((np.asarray(mask) != 0)[:, None], logits.shape)
+    logits = np.where(valid, logits, -np.inf)
+    top = np.max(np.where(valid, logits, -1e300), axis=-1, keepdims=True)
+    weights = np.where(valid, np.exp(logits - top), 0.0)
+    total = weights.sum(-1, keepdims=True)
+    return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+
+
+@pytest.mark.parametrize("num_heads, absorb", [(2, False), (1, False), (1, True)])
+def test_seam_returns_attention_weights_on_every_path(num_heads, absorb, chosen_folds):
+    # Asking the seam for weights gives the softmax of the unfolded attention,
+    # whichever form (fold, kernel) computed the output.
+    rng = _rng(14)
+    xq = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    xkv = rng.standard_normal((2, 30, 5)).astype(np.float32)
+    mask = _random_mask((2, 3, 30), rng, empty_rows=((1, 2),))
+
+    def forward(xq, xkv, mask):
+        def linear(name, c_in, c_out):
+            return compute.Linear(c_out, name=name).params(c_in)
+
+        projections = compute.Projections(
+            linear("q", 8, 8), linear("k", 5, 8), linear("v", 5, 6), linear("o", 6, 4), num_heads
+        )
+        normed = compute.LayerNormed(xkv, 1.0 + 0.1 * jnp.arange(5.0), 0.1 * jnp.ones(5))
+        return compute.attention_layer(xq, normed, projections, mask=mask, want_weights=True)
+
+    model = hk.transform(forward)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
+    params = jax.tree_util.tree_map(lambda p: p + 0.2, params)
+    with compute.options(absorb_projections=absorb, attention="tiled", key_chunk_size=7):
+        attended = model.apply(params, None, xq, xkv, mask)
+    # Folded, the keys are the inputs and the kernel applies their norm.
+    assert chosen_folds[-1].keys_are_inputs == absorb
+    x = np.asarray(xkv, np.float64)
+    normed = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    normed = normed * (1.0 + 0.1 * np.arange(5.0)) + 0.1
+
+    def project(name, x):
+        return (x @ params[name]["w"] + params[name]["b"]).reshape(2, x.shape[1], num_heads, -1)
+
+    q, k = project("q", np.float64(xq)), project("k", normed)
+    expected = _np_weights(q, k, mask)
+    assert attended.weights.shape == (2, num_heads, 3, 30)
+    np.testing.assert_allclose(attended.weights, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(attended.weights).sum(-1)[1, :, 2], 0.0)
+    out = np_attention(q, k, project("v", normed), mask).reshape(2, 3, -1)
+    expected_out = out @ params["o"]["w"] + params["o"]["b"]
+    np.testing.assert_allclose(attended.output, expected_out, rtol=1e-4, atol=1e-5)
+
+
+def test_seam_computes_no_weights_unless_asked():
+    q, k, v = (np.ones((1, 4, 1, 2), np.float32) for _ in range(3))
+    assert compute.attend_heads(q, k, v).weights is None
+    assert compute.attend_heads(q, k, v, want_weights=True).weights.shape == (1, 1, 4, 4)
 
 
 # ---------------------------------------------------------------------------

@@ -160,6 +160,99 @@ def test_attend_under_jit_matches_numpy():
 
 
 # ---------------------------------------------------------------------------
+# Attention: parameters handed to the compute seam
+# ---------------------------------------------------------------------------
+
+
+def test_attention_module_matches_numpy_with_mask():
+    rng = _rng(20)
+    xq = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    xkv = rng.standard_normal((2, 7, 3)).astype(np.float32)
+    mask = (rng.uniform(size=(2, 5, 7)) > 0.3).astype(np.int32)
+    mask[1, 4] = 0  # a query with no valid key
+
+    def forward(xq, xkv, mask):
+        return perceiver.Attention(num_heads=2, qk_channels=4, v_channels=6, output_channels=5)(
+            xq, xkv, attention_mask=mask
+        )
+
+    model = hk.transform(forward)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    got = np.asarray(model.apply(params, None, xq, xkv, mask))
+
+    def dense(name, x):
+        p = params[f"attention/{name}"]
+        return np.asarray(x, np.float64) @ p["w"] + p["b"]
+
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], 2, -1)
+
+    q, k, v = heads(dense("linear", xq)), heads(dense("linear_1", xkv)), heads(dense("linear_2", xkv))
+    expected = dense("linear_3", _np_attend(q, k, v, mask))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The row without keys is the output layer's bias alone, as in the reference.
+    np.testing.assert_allclose(got[1, 4], params["attention/linear_3"]["b"], rtol=1e-6)
+
+
+def test_attention_init_draws_the_dropout_key_where_the_reference_does():
+    # The reference creates q, k, v, draws the attention-dropout key inside
+    # attend(), then creates the output layer: init values depend on it.
+    xq = np.ones((1, 3, 4), np.float32)
+    xkv = np.ones((1, 5, 4), np.float32)
+
+    def ours(xq, xkv):
+        return perceiver.Attention(num_heads=2, dropout_prob=0.5)(xq, xkv)
+
+    def written_out(xq, xkv):
+        with hk.experimental.name_scope("attention"):
+            layers = [
+                hk.Linear(4, w_init=hk.initializers.VarianceScaling(1.0), name=name)
+                for name in ("linear", "linear_1", "linear_2")
+            ]
+            layers[0](xq), layers[1](xkv), layers[2](xkv)
+            hk.next_rng_key()  # the dropout key
+            hk.Linear(4, w_init=hk.initializers.VarianceScaling(1.0), name="linear_3")(xq)
+
+    key = jax.random.PRNGKey(7)
+    got = hk.transform(ours).init(key, xq, xkv)
+    expected = hk.transform(written_out).init(key, xq, xkv)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, expected)
+
+
+def test_attention_rejects_a_mask_of_the_wrong_shape():
+    def forward(xq, xkv, mask):
+        return perceiver.Attention(num_heads=1)(xq, xkv, attention_mask=mask)
+
+    xq, xkv = np.zeros((2, 3, 4), np.float32), np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape .*\(2, 3, 5\)"):
+        hk.transform(forward).init(jax.random.PRNGKey(0), xq, xkv, np.ones((2, 5, 3)))
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), ("bfloat16", 2e-2)])
+def test_compute_linear_and_layer_norm_match_numpy(dtype, tol):
+    import jax.numpy as jnp
+
+    from perceiver import compute
+
+    rng = _rng(21)
+    x = rng.standard_normal((2, 3, 5))
+    w, b = rng.standard_normal((5, 4)), rng.standard_normal(4)
+    scale, offset = 1 + rng.standard_normal(5) * 0.1, rng.standard_normal(5) * 0.1
+    cast = lambda a: jnp.asarray(a, dtype)  # noqa: E731
+    got = compute.linear(cast(x), compute.Projection(cast(w), cast(b)))
+    assert got.dtype == jnp.dtype(dtype)
+    np.testing.assert_allclose(np.asarray(got, np.float64), x @ w + b, rtol=tol, atol=tol * 4)
+    normed = compute.layer_norm(cast(x), jnp.asarray(scale, np.float32), jnp.asarray(offset, np.float32))
+    assert normed.dtype == jnp.dtype(dtype)
+    expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(
+        np.asarray(normed, np.float64), expected * scale + offset, rtol=tol, atol=tol
+    )
+
+
+# ---------------------------------------------------------------------------
 # make_cross_attention_mask
 # ---------------------------------------------------------------------------
 

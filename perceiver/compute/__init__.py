@@ -1,0 +1,106 @@
+"""How Perceiver modules compute: attention kernels, chunking, precision, loops.
+
+Options choose *how* the modules of `perceiver.perceiver` evaluate the same
+function; they never change a parameter's name, shape or initial value, and
+outputs agree with the plain computation within float32 rounding (the opt-in
+bfloat16 mode aside). The default, 'auto', takes the fast paths where they
+help:
+
+- attention runs in tiles with a running softmax, never materialising a
+  large `[queries, keys]` matrix, and its gradient recomputes the tiles;
+- large decoders run over chunks of queries inside one compiled loop, and
+  fold a narrow output layer (e.g. to RGB or to 2 flow channels) into the
+  last product of their MLP (`AffineTail`);
+- single-head cross-attentions over long inputs fold their projections (and
+  the inputs' layer norm) into the side with fewer positions;
+- weight-shared encoder blocks run in a loop instead of unrolled.
+
+Options are read when a module is *traced*, so enter them inside the function
+that jax transforms:
+
+    def forward(images):
+        with compute.options(compute_dtype=jnp.bfloat16):
+            return model(images, is_training=False)
+
+or wrap a transformed model, which does the same in its `init` and `apply`:
+
+    model = compute.configure(models.optical_flow(), decoder_chunk_size=4096)
+
+Beware of `with compute.options(...): jax.jit(model.apply)(...)`: jax caches
+one trace per function, so only the first trace of `model.apply` sees those
+options, and later calls under other options (even through a new `jax.jit`
+wrapper) silently reuse it. `configure` makes new functions each time and so
+cannot be mixed up.
+
+Modules hand their parameters to this package in small types and it
+decides how to compute (the seam, `attention.py`):
+
+- `settings.py`: `Options`, `options`, `configure`, and reading them;
+- `attention.py`: the seam: `Projections` in, `Attended` out
+  (`attention_layer`, or `prepare_keys` then `attend_keys`);
+- `folding.py`: which form of single-head attention (`Fold`), the algebra
+  of each, and a decoder's tail folded into its MLP (`AffineTail`);
+- `kernels.py`: plain, fused and tiled attention and the choice among them;
+- `tiled.py`: the tiled kernel and its recomputing gradient;
+- `logits.py`: logits, masks and weighted values, shared by the kernels;
+- `chunks.py`: chunks of a long axis; decoding over chunks of queries;
+- `layers.py`: `Linear`, `Projection`, `LayerNormed` and their math;
+- `precision.py`: the compute dtype and half-precision matmuls;
+- `recompute.py`: rematerialisation that saves memory on XLA:CPU too.
+"""
+
+from perceiver.compute.attention import (
+    Attended,
+    Dropout,
+    KeyInputs,
+    Keys,
+    attend_heads,
+    attend_keys,
+    attention_layer,
+    prepare_keys,
+)
+from perceiver.compute.chunks import chunk_start, decoder_chunk, join_chunks, over_query_chunks
+from perceiver.compute.folding import (
+    NO_FOLD,
+    AffineTail,
+    Fold,
+    FoldedTail,
+    Logits,
+    Projections,
+    Values,
+    absorb_enabled,
+    choose_fold,
+    fold_tail,
+    folds_tail,
+)
+from perceiver.compute.kernels import (
+    attention_tiles,
+    choose_attention,
+    dot_product_attention,
+    fused_attention,
+    plain_attention,
+)
+from perceiver.compute.layers import LayerNormed, Linear, Projection, layer_norm, linear
+from perceiver.compute.logits import attention_logits, no_valid_key, weighted_values
+from perceiver.compute.settings import (
+    ABSORB_MIN_ELEMENTS,
+    ABSORB_MIN_SAVING,
+    ATTENTION_KINDS,
+    ONE_TILE_MAX_ELEMENTS,
+    TILE_ELEMENTS,
+    Options,
+    configure,
+    current,
+    options,
+    remat,
+    scan_blocks,
+)
+from perceiver.compute.precision import (
+    compute_dtype,
+    in_compute_dtype,
+    is_low_precision,
+    matmul,
+    parameter_dtype,
+)
+from perceiver.compute.recompute import checkpoint, haiku_checkpoint
+from perceiver.compute.tiled import tiled_attention
