@@ -25,6 +25,7 @@ import numpy as np
 
 from perceiver import _validation
 from perceiver import compute
+from perceiver import inspect as _inspect
 from perceiver import io_processors
 from perceiver import position_encoding
 
@@ -249,6 +250,15 @@ class Attention(hk.Module):
         _check_inputs(inputs_q, keys_inputs)
         _check_attention_mask(attention_mask, *inputs_q.shape[:2], keys_inputs.shape[1])
         projections, dropout = self._projections(inputs_q, keys_inputs)
+
+        def weights(index):  # only while perceiver.inspect asks for them
+            q = _inspect.select_queries(inputs_q, index)
+            mask = _inspect.select_queries(attention_mask, index)
+            return compute.attention_layer(
+                q, inputs_kv, projections, mask=mask, want_weights=True
+            ).weights
+
+        _inspect.record_attention(self.module_name, weights, inputs_q.shape[1], keys_inputs.shape[1])
         return compute.attention_layer(
             inputs_q, inputs_kv, projections, mask=attention_mask, dropout=dropout
         ).output
@@ -512,6 +522,14 @@ class CrossAttention(hk.Module):
         projections, _ = attention._projections(inputs_q, normed_kv)
         keys = compute.prepare_keys(normed_kv, projections, num_queries=inputs_q.shape[1])
         kv_ones = jnp.ones(inputs_kv.shape[:2], jnp.int32)
+
+        def weights(index):  # only while perceiver.inspect asks for them
+            q_mask = _inspect.select_queries(query_mask, index)
+            mask = None if q_mask is None else make_cross_attention_mask(q_mask, kv_ones)
+            q = norm_q(_inspect.select_queries(inputs_q, index))
+            return compute.attend_keys(q, keys, mask=mask, want_weights=True).weights
+
+        _inspect.record_attention(attention.module_name, weights, inputs_q.shape[1], inputs_kv.shape[1])
         hidden_channels = mlp_hidden.output_size
         folded = None
         if post.layers and compute.folds_tail(post, channels, hidden_channels, inputs_q.shape[1]):

@@ -1,0 +1,281 @@
+"""See inside a model: attention weights and hidden states beside its outputs.
+
+    outputs, maps = inspect.attention_maps(model, params, state, images)
+    maps["perceiver_encoder/~/cross_attention/attention"]  # [B, heads, latents, pixels]
+
+    outputs, states = inspect.hidden_states(model, params, state, images)
+    states["perceiver_encoder/~/self_attention_1[3]"]      # [B, latents, channels]
+
+`model` is any `hk.TransformedWithState` built from `perceiver.perceiver`'s
+modules (every `perceiver.models` factory). Layers are named by their Haiku
+module path; a weight-shared layer that runs once per encoder block gets its
+block's index, `path[i]`. The function runs under one `jax.jit`.
+
+How it works: while the function traced by `attention_maps` runs, a context
+(a contextvar) is active; each `Attention` module asks it whether its
+weights are wanted and, if so, calls the compute seam once more for them
+(`want_weights=True`, for the chosen queries only) and hands them over. The
+outputs come from the model's own, unchanged computation. With no context
+active the modules do nothing extra: no computation, no state, no parameter.
+While inspecting, the encoder runs its blocks unrolled and without
+rematerialisation (`scan_blocks=False, remat=False`), so that what is recorded
+inside them can leave; the outputs are those of the scanned model.
+"""
+
+import contextlib
+import contextvars
+import fnmatch
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import haiku as hk
+import jax
+import numpy as np
+
+from perceiver import compute
+
+# A decoder attention asked for without `decoder_queries` may have at most
+# this many query-key pairs (a classifier's single query, a short text).
+MAX_DECODER_PAIRS = 1 << 16
+
+_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("perceiver_inspect", default=None)
+
+
+class _Recorder:
+    """What one inspection asks for, and what the modules hand over while tracing."""
+
+    def __init__(self, layers, decoder_queries, weights: bool, states: bool):
+        self.patterns = None if layers is None else tuple(layers)
+        self.decoder_queries = decoder_queries
+        self.want_weights = weights
+        self.want_states = states
+        self.encoder_depth = 0
+        self.weights: List[Tuple[str, Any]] = []
+        self.states: List[Tuple[str, Any]] = []
+        self.seen: List[str] = []  # every attention path traced, for error messages
+
+    def _wanted(self, path: str, in_encoder: bool) -> bool:
+        if self.patterns is None:
+            return in_encoder
+        return any(fnmatch.fnmatchcase(path, p) for p in self.patterns)
+
+    def query_index(self, path: str, num_queries: int, num_keys: int):
+        """`None`: weights not wanted; `slice(None)`: all queries; else an index array.
+
+        Raises:
+          ValueError: for a decoder attention too large to return whole
+            without `decoder_queries`, or indices outside its queries.
+        """
+        self.seen.append(path)
+        in_encoder = self.encoder_depth > 0
+        if not self.want_weights or not self._wanted(path, in_encoder):
+            return None
+        if in_encoder:
+            return slice(None)
+        if self.decoder_queries is None:
+            if num_queries * num_keys > MAX_DECODER_PAIRS:
+                raise ValueError(
+                    f"the decoder attention {path!r} has {num_queries} queries x {num_keys} "
+                    f"keys ({num_queries * num_keys} weights per example and head, more than "
+                    f"MAX_DECODER_PAIRS = {MAX_DECODER_PAIRS}): pass decoder_queries=[...], "
+                    "the indices of the output queries whose weights you want."
+                )
+            return slice(None)
+        index = np.asarray(self.decoder_queries)
+        if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+            raise ValueError(
+                f"decoder_queries must be a 1D sequence of integer query indices; got "
+                f"{index.dtype} array of shape {index.shape}."
+            )
+        if index.size and (index.min() < 0 or index.max() >= num_queries):
+            raise ValueError(
+                f"decoder_queries must lie in [0, {num_queries}) for {path!r}; got values in "
+                f"[{index.min()}, {index.max()}]."
+            )
+        return index
+
+    def intercept(self, next_f, args, kwargs, context: hk.MethodContext):
+        """Tracks encoder calls (unrolled while inspecting) and records block outputs."""
+        from perceiver import perceiver as modules
+
+        if context.method_name != "__call__":
+            return next_f(*args, **kwargs)
+        if isinstance(context.module, modules.PerceiverEncoder):
+            self.encoder_depth += 1
+            try:
+                # Inner to any options of the model's own: what is recorded
+                # inside a loop or a rematerialised layer could not leave it.
+                with compute.options(scan_blocks=False, remat=False):
+                    return next_f(*args, **kwargs)
+            finally:
+                self.encoder_depth -= 1
+        out = next_f(*args, **kwargs)
+        blocks = (modules.SelfAttention, modules.CrossAttention)
+        if self.want_states and self.encoder_depth > 0 and isinstance(context.module, blocks):
+            self.states.append((context.module.module_name, out))
+        return out
+
+
+def _named(records: Sequence[Tuple[str, Any]]) -> Dict[str, Any]:
+    """`{path: value}`, or `{path[i]: value}` for a path recorded more than once."""
+    counts: Dict[str, int] = {}
+    for path, _ in records:
+        counts[path] = counts.get(path, 0) + 1
+    seen: Dict[str, int] = {}
+    named = {}
+    for path, value in records:
+        if counts[path] == 1:
+            named[path] = value
+        else:
+            named[f"{path}[{seen.get(path, 0)}]"] = value
+            seen[path] = seen.get(path, 0) + 1
+    return named
+
+
+# ---------------------------------------------------------------------------
+# Called by the modules (perceiver.perceiver) while they are traced
+# ---------------------------------------------------------------------------
+
+
+def record_attention(
+    path: str,
+    weights: Callable[[Any], Any],
+    num_queries: int,
+    num_keys: int,
+) -> None:
+    """Hands an attention's weights to the active inspection, if it asks for them.
+
+    Args:
+      path: the attention module's path.
+      weights: `index -> [B, H, T', S]`, the softmax weights of the queries
+        `[:, index]` (computed only if called).
+      num_queries: T, the layer's queries.
+      num_keys: S, its keys.
+    """
+    recorder = _ACTIVE.get()
+    if recorder is None:
+        return
+    index = recorder.query_index(path, num_queries, num_keys)
+    if index is not None:
+        recorder.weights.append((path, weights(index)))
+
+
+def select_queries(x, index):
+    """`x[:, index]` for queries `[B, T, ...]` (a mask `[1, T, S]` too); None stays None."""
+    return None if x is None else x[:, index]
+
+
+# ---------------------------------------------------------------------------
+# The API
+# ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _recording(recorder: _Recorder):
+    token = _ACTIVE.set(recorder)
+    try:
+        with hk.intercept_methods(recorder.intercept):
+            yield recorder
+    finally:
+        _ACTIVE.reset(token)
+
+
+def _check_model(model) -> None:
+    if not hasattr(model, "apply") or not hasattr(model, "init"):
+        raise TypeError(
+            f"model must be an hk.TransformedWithState (a perceiver.models factory's "
+            f"result); got {type(model).__name__}."
+        )
+
+
+def _check_layers(layers) -> None:
+    if layers is None:
+        return
+    if isinstance(layers, str) or not all(isinstance(p, str) for p in layers):
+        raise TypeError(
+            f"layers must be a sequence of module paths or fnmatch patterns (e.g. "
+            f"['*cross_attention/attention']); got {layers!r}."
+        )
+
+
+def _inspect(model, params, state, inputs, *, layers, rng, decoder_queries, kwargs, weights, states):
+    _check_model(model)
+    _check_layers(layers)
+
+    names = []
+
+    def run(params, state, rng, inputs):
+        recorder = _Recorder(layers, decoder_queries, weights, states)
+        with _recording(recorder):
+            out = model.apply(params, state, rng, *inputs, **kwargs)
+        if layers is not None and weights and not recorder.weights:
+            raise ValueError(
+                f"layers {list(layers)} match none of the model's attention layers: "
+                f"{sorted(set(recorder.seen))}."
+            )
+        # A transformed-with-state apply returns (outputs, state).
+        out = out[0] if isinstance(out, tuple) and len(out) == 2 else out
+        recorded = _named(recorder.weights if weights else recorder.states)
+        names.extend(recorded)
+        # A list, not the dict: jit would return a dict's keys sorted.
+        return out, list(recorded.values())
+
+    out, values = jax.jit(run)(params, state, rng, tuple(inputs))
+    return out, dict(zip(names, values))
+
+
+def attention_maps(
+    model,
+    params,
+    state,
+    *inputs,
+    layers: Optional[Sequence[str]] = None,
+    rng=None,
+    decoder_queries=None,
+    **kwargs,
+) -> Tuple[Any, Mapping[str, jax.Array]]:
+    """A model's outputs and the attention weights of chosen layers.
+
+    Args:
+      model: an `hk.TransformedWithState` built from `perceiver.perceiver`'s modules.
+      params, state: its parameters and state.
+      *inputs: apply's positional inputs (e.g. images `[B, H, W, 3]`).
+      layers: module paths or fnmatch patterns of attention layers (e.g.
+        `['*basic_decoder*']`); default: the encoder's cross-attention and
+        every latent self-attention (each block's application).
+      rng: apply's random key (None for evaluation).
+      decoder_queries: indices of the decoder queries (outputs) whose weights
+        to return, for decoder layers named in `layers`.
+      **kwargs: apply's keyword arguments (e.g. `is_training=False`).
+
+    Returns:
+      `(outputs, maps)`: apply's outputs and `{layer: weights [B, heads,
+      queries, keys]}` in the order the layers ran; rows of queries with no
+      valid key are zero.
+
+    Raises:
+      ValueError: if `layers` match no attention layer, or a decoder's
+        weights would be too large without `decoder_queries`.
+    """
+    return _inspect(
+        model, params, state, inputs, layers=layers, rng=rng, decoder_queries=decoder_queries,
+        kwargs=kwargs, weights=True, states=False,
+    )
+
+
+def hidden_states(
+    model, params, state, *inputs, rng=None, **kwargs
+) -> Tuple[Any, Mapping[str, jax.Array]]:
+    """A model's outputs and its latents after each encoder layer.
+
+    Args:
+      model, params, state, *inputs, rng, **kwargs: as for `attention_maps`.
+
+    Returns:
+      `(outputs, states)`: apply's outputs and `{block: latents [B, N, C]}`,
+      the outputs of the encoder's cross-attention block and of each
+      self-attention block, in the order they ran.
+    """
+    return _inspect(
+        model, params, state, inputs, layers=None, rng=rng, decoder_queries=None,
+        kwargs=kwargs, weights=False, states=True,
+    )

@@ -1,0 +1,270 @@
+"""perceiver.inspect: attention weights and hidden states against numpy.
+
+Expected values come from a float64 numpy Perceiver written here from the
+parameters (layer norms, attention, MLPs), run layer by layer.
+"""
+
+import math
+
+import haiku as hk
+import jax
+import numpy as np
+import pytest
+
+from perceiver import compute, inspect, perceiver
+
+B, N, C, LATENTS, CHANNELS, OUTPUTS, QUERY_CHANNELS = 2, 11, 4, 5, 8, 7, 6
+SELF_HEADS, DECODER_HEADS, NUM_BLOCKS, SELF_ATTENDS = 2, 2, 2, 2
+
+PLAIN = dict(attention="plain", absorb_projections=False, decoder_chunk_size=None, scan_blocks=False)
+# Tiles of queries and keys, folded single-head projections, a chunked
+# decoder, looped and rematerialised encoder blocks: every fast path at once.
+FAST = dict(
+    attention="tiled", query_chunk_size=2, key_chunk_size=3, absorb_projections=True,
+    decoder_chunk_size=3, scan_blocks=True, remat=True,
+)
+
+
+def _forward(inputs, input_mask, query_mask):
+    encoder = perceiver.PerceiverEncoder(
+        num_self_attends_per_block=SELF_ATTENDS, num_blocks=NUM_BLOCKS, z_index_dim=LATENTS,
+        num_z_channels=CHANNELS, num_cross_attend_heads=1, num_self_attend_heads=SELF_HEADS,
+        qk_channels=8, v_channels=8,
+    )
+    decoder = perceiver.BasicDecoder(
+        output_num_channels=3, output_index_dims=(OUTPUTS,), qk_channels=8,
+        num_heads=DECODER_HEADS, trainable_position_encoding_kwargs=dict(num_channels=QUERY_CHANNELS),
+    )
+    model = perceiver.Perceiver(encoder=encoder, decoder=decoder)
+    return model(inputs, is_training=False, input_mask=input_mask, query_mask=query_mask)
+
+
+MODEL = hk.transform_with_state(_forward)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((B, N, C)).astype(np.float32)
+    input_mask = (rng.uniform(size=(B, N)) > 0.3).astype(np.int32)
+    input_mask[1] = 0  # example 1: latents may attend to nothing
+    query_mask = np.ones((B, OUTPUTS), np.int32)
+    query_mask[0, [2, 5]] = 0  # padded outputs attend to nothing
+    params, state = jax.jit(MODEL.init)(jax.random.PRNGKey(0), inputs, input_mask, query_mask)
+    # Away from init's unit scales and zero offsets, so every parameter matters.
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    noise = [0.3 * rng.standard_normal(x.shape).astype(np.float32) for x in leaves]
+    params = jax.tree_util.tree_unflatten(tree, [x + e for x, e in zip(leaves, noise)])
+    return params, state, (inputs, input_mask, query_mask)
+
+
+# ---------------------------------------------------------------------------
+# The numpy Perceiver
+# ---------------------------------------------------------------------------
+
+
+def _ln(x, p):
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["offset"]
+
+
+def _lin(x, p):
+    return x @ np.float64(p["w"]) + np.float64(p["b"])
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _attention(params, prefix, xq, xkv, heads, mask):
+    """`(output [B, T, C], weights [B, H, T, S])`; `mask` `[B, T, S]`."""
+    def split(x):
+        return x.reshape(x.shape[0], x.shape[1], heads, -1)
+
+    q, k, v = (split(_lin(x, params[f"{prefix}/{n}"])) for x, n in
+               ((xq, "linear"), (xkv, "linear_1"), (xkv, "linear_2")))
+    logits = np.einsum("bthd,bshd->bhts", q, k) / math.sqrt(q.shape[-1])
+    valid = np.broadcast_to(mask[:, None] != 0, logits.shape)
+    top = np.where(valid, logits, -np.inf).max(-1, keepdims=True, initial=-np.inf)
+    e = np.exp(np.where(valid, logits - np.where(np.isfinite(top), top, 0), -np.inf))
+    total = e.sum(-1, keepdims=True)
+    weights = np.divide(e, total, out=np.zeros_like(e), where=total > 0)
+    out = np.einsum("bhts,bshd->bthd", weights, v).reshape(q.shape[0], q.shape[1], -1)
+    return _lin(out, params[f"{prefix}/linear_3"]), weights
+
+
+def _mlp(params, prefix, x):
+    return _lin(_gelu(_lin(x, params[f"{prefix}/mlp/linear"])), params[f"{prefix}/mlp/linear_1"])
+
+
+def _cross_block(params, prefix, xq, xkv, heads, mask, residual=True):
+    att, w = _attention(params, f"{prefix}/attention", _ln(xq, params[f"{prefix}/layer_norm"]),
+                        _ln(xkv, params[f"{prefix}/layer_norm_1"]), heads, mask)
+    x = xq + att if residual else att
+    return x + _mlp(params, prefix, _ln(x, params[f"{prefix}/layer_norm_2"])), w
+
+
+def _self_block(params, prefix, z, heads):
+    normed = _ln(z, params[f"{prefix}/layer_norm"])
+    att, w = _attention(params, f"{prefix}/attention", normed, normed, heads, np.ones((1, 1, 1)))
+    x = z + att
+    return x + _mlp(params, prefix, _ln(x, params[f"{prefix}/layer_norm_1"])), w
+
+
+def _numpy_perceiver(params, inputs, input_mask, query_mask):
+    """`(outputs, weights, states)`, the latter two by the names inspect gives them."""
+    params = jax.tree_util.tree_map(np.float64, params)
+    enc = "perceiver_encoder/~/"
+    weights, states = {}, {}
+    z = np.broadcast_to(params[enc + "trainable_position_encoding"]["pos_embs"], (B, LATENTS, CHANNELS))
+    mask = np.ones((B, LATENTS, 1)) * input_mask[:, None, :]
+    z, weights[enc + "cross_attention/attention"] = _cross_block(
+        params, enc + "cross_attention", z, np.float64(inputs), 1, mask)
+    states[enc + "cross_attention"] = z
+    names = ["self_attention"] + [f"self_attention_{i}" for i in range(1, SELF_ATTENDS)]
+    for block in range(NUM_BLOCKS):
+        for name in names:
+            z, weights[f"{enc}{name}/attention[{block}]"] = _self_block(params, enc + name, z, SELF_HEADS)
+            states[f"{enc}{name}[{block}]"] = z
+    dec = "basic_decoder/"
+    query = np.broadcast_to(params[dec + "~/trainable_position_encoding"]["pos_embs"],
+                            (B, OUTPUTS, QUERY_CHANNELS))
+    mask = query_mask[:, :, None] * np.ones((1, 1, LATENTS))
+    x, weights[dec + "cross_attention/attention"] = _cross_block(
+        params, dec + "cross_attention", query, z, DECODER_HEADS, mask, residual=False)
+    return _lin(x, params[dec + "output"]), weights, states
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def chosen_folds(monkeypatch):
+    seen = []
+    original = compute.folding.choose_fold
+
+    def spy(*args):
+        seen.append(original(*args))
+        return seen[-1]
+
+    monkeypatch.setattr(compute.folding, "choose_fold", spy)
+    return seen
+
+
+@pytest.mark.parametrize("path", ["plain", "fast"])
+def test_weights_and_states_equal_numpy(setup, path, chosen_folds):
+    params, state, args = setup
+    model = compute.configure(MODEL, **(PLAIN if path == "plain" else FAST))
+    outputs, maps = inspect.attention_maps(model, params, state, *args, layers=["*"])
+    _, states = inspect.hidden_states(model, params, state, *args)
+    if path == "fast":  # the folded single-head cross-attention did run
+        assert any(fold != compute.NO_FOLD for fold in chosen_folds)
+    expected_out, expected_maps, expected_states = _numpy_perceiver(params, *args)
+    assert list(maps) == list(expected_maps)  # names, in the order the layers ran
+    for name, expected in expected_maps.items():
+        np.testing.assert_allclose(maps[name], expected, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert list(states) == list(expected_states)
+    for name, expected in expected_states.items():
+        np.testing.assert_allclose(states[name], expected, rtol=1e-4, atol=1e-4, err_msg=name)
+    np.testing.assert_allclose(outputs, expected_out, rtol=1e-4, atol=1e-4)
+
+    # Rows sum to one; queries with no valid key are exactly zero.
+    cross = np.asarray(maps["perceiver_encoder/~/cross_attention/attention"])
+    np.testing.assert_allclose(cross[0].sum(-1), 1.0, rtol=1e-5)
+    assert np.all(cross[1] == 0)
+    decoder = np.asarray(maps["basic_decoder/cross_attention/attention"])
+    assert np.all(decoder[0, :, [2, 5]] == 0)
+    np.testing.assert_allclose(decoder[1].sum(-1), 1.0, rtol=1e-5)
+
+
+def test_default_is_the_encoder_and_outputs_are_unchanged(setup):
+    params, state, args = setup
+    outputs, maps = inspect.attention_maps(MODEL, params, state, *args)
+    names = ["perceiver_encoder/~/cross_attention/attention"] + [
+        f"perceiver_encoder/~/{n}/attention[{b}]"
+        for b in range(NUM_BLOCKS) for n in ("self_attention", "self_attention_1")
+    ]
+    assert list(maps) == names
+    plain, _ = jax.jit(MODEL.apply)(params, state, None, *args)
+    np.testing.assert_array_equal(outputs, plain)
+    # A scanned encoder is unrolled while inspecting; its outputs agree.
+    scanned = compute.configure(MODEL, scan_blocks=True)
+    looped, _ = jax.jit(scanned.apply)(params, state, None, *args)
+    outputs, _ = inspect.hidden_states(scanned, params, state, *args)
+    np.testing.assert_allclose(outputs, looped, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_decoder_weights_for_chosen_queries(setup, chunk, monkeypatch):
+    params, state, args = setup
+    model = compute.configure(MODEL, decoder_chunk_size=chunk)
+    layer = "basic_decoder/cross_attention/attention"
+    _, whole = inspect.attention_maps(model, params, state, *args, layers=[layer])
+    assert list(whole) == [layer]
+    _, chosen = inspect.attention_maps(
+        model, params, state, *args, layers=["basic_decoder*"], decoder_queries=[6, 0, 2])
+    assert chosen[layer].shape == (B, DECODER_HEADS, 3, LATENTS)
+    np.testing.assert_allclose(chosen[layer], np.asarray(whole[layer])[:, :, [6, 0, 2]], atol=1e-6)
+
+    # Too large to return whole (here: more than 20 pairs): ask for queries.
+    monkeypatch.setattr(inspect, "MAX_DECODER_PAIRS", 20)
+    with pytest.raises(ValueError, match="decoder_queries"):
+        inspect.attention_maps(model, params, state, *args, layers=[layer])
+    with pytest.raises(ValueError, match=r"decoder_queries must lie in \[0, 7\)"):
+        inspect.attention_maps(model, params, state, *args, layers=[layer], decoder_queries=[7])
+
+
+def test_asking_for_nothing_changes_nothing(setup, monkeypatch):
+    params, state, args = setup
+    formed = []
+    original = compute.attention._weights
+
+    def spy(*a, **k):
+        formed.append(1)
+        return original(*a, **k)
+
+    monkeypatch.setattr(compute.attention, "_weights", spy)
+    jaxpr = str(jax.make_jaxpr(MODEL.apply)(params, state, None, *args))
+    assert not formed  # no weights formed without an inspection
+    inspect.attention_maps(MODEL, params, state, *args)
+    assert len(formed) == 1 + NUM_BLOCKS * SELF_ATTENDS
+    # The same program as with the modules' hook removed, before and after.
+    assert str(jax.make_jaxpr(MODEL.apply)(params, state, None, *args)) == jaxpr
+    monkeypatch.setattr(inspect, "record_attention", lambda *a: None)
+    assert str(jax.make_jaxpr(MODEL.apply)(params, state, None, *args)) == jaxpr
+
+    # Parameters and state: the same tree, inspected or not.
+    def init():
+        return MODEL.init(jax.random.PRNGKey(0), *args)
+
+    expected = jax.eval_shape(init)
+    with inspect._recording(inspect._Recorder(["*"], None, True, True)):
+        assert jax.eval_shape(init) == expected
+
+
+def test_bad_arguments_are_named(setup):
+    params, state, args = setup
+    with pytest.raises(ValueError, match="match none of the model's attention layers.*basic_decoder"):
+        inspect.attention_maps(MODEL, params, state, *args, layers=["*nothing*"])
+    with pytest.raises(TypeError, match="layers must be a sequence"):
+        inspect.attention_maps(MODEL, params, state, *args, layers="*")
+    with pytest.raises(TypeError, match="hk.TransformedWithState"):
+        inspect.attention_maps(_forward, params, state, *args)
+    with pytest.raises(ValueError, match="decoder_queries must be a 1D"):
+        inspect.attention_maps(MODEL, params, state, *args, layers=["*"], decoder_queries=[[1]])
+
+
+def test_latent_grid_draws_each_latent_over_the_image():
+    pytest.importorskip("matplotlib")
+    from perceiver import inspect_plots
+
+    weights = np.zeros((1, 1, 3, 6), np.float32)
+    weights[0, 0, np.arange(3), [0, 4, 5]] = 1  # latent i looks at one pixel
+    fig = inspect_plots.latent_grid(weights, (2, 3), columns=2)
+    drawn = [ax.images[0].get_array() for ax in fig.axes if ax.images]
+    assert len(drawn) == 3
+    np.testing.assert_array_equal(drawn[1], [[0, 0, 0], [0, 1, 0]])  # pixel 4 = row 1, column 1
+    with pytest.raises(ValueError, match="H \\* W = 8"):
+        inspect_plots.latent_grid(weights, (2, 4))
