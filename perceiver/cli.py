@@ -7,6 +7,7 @@
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
     perceiver classify IMAGE... [--top-k 5] [--json OUT.json] [--checkpoint NAME_OR_PATH]
     perceiver classify-text "some text" ... --checkpoint FILE [--top-k 5] [--json OUT.json]
+    perceiver attention IMAGE -o maps.png [--checkpoint NAME_OR_PATH] [--layer PATTERN] [--latents N]
     perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
     perceiver plot WORKDIR [-o curves.png]
     perceiver convert SRC DST        # Hugging Face transformers directory <-> our checkpoint
@@ -565,6 +566,81 @@ def _cmd_classify(args) -> str:
     return "\n".join(lines)
 
 
+# The published image classifiers, in the order `perceiver attention` looks for them in the cache.
+_IMAGE_CLASSIFIERS = ("imagenet_conv", "imagenet_fourier", "imagenet_learned")
+
+
+def _cached_image_classifier(cache_dir: Optional[str]) -> str:
+    """The first published image classifier in the cache; never downloads.
+
+    Raises:
+      UserError: saying what to fetch, if none is cached.
+    """
+    from perceiver import hub
+
+    cache = pathlib.Path(cache_dir).expanduser() if cache_dir else hub.cache_dir()
+    for name in _IMAGE_CLASSIFIERS:
+        if (cache / hub.get(name).filename).is_file():
+            return name
+    raise UserError(
+        f"no image classifier in the cache {cache}: run `perceiver fetch imagenet_conv` (or "
+        "imagenet_fourier, imagenet_learned), or give --checkpoint FILE (e.g. from "
+        "`perceiver train --export`)"
+    )
+
+
+def _cmd_attention(args) -> str:
+    """Each latent's encoder cross-attention over the preprocessed image, as a grid of maps."""
+    import importlib.util
+
+    _check_outputs([("-o", args.output, "image")])
+    _check_positive("--latents", args.latents)
+    from perceiver import inspect_plots
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise UserError(f"perceiver attention draws with matplotlib: {inspect_plots.INSTALL_HINT}")
+    from perceiver import inspect, models
+    from perceiver.tasks import imagenet as imagenet_lib
+
+    image = _read_image(args.image)
+    if args.checkpoint is None:
+        source = _cached_image_classifier(args.cache_dir)
+    else:
+        source = _checkpoint_source(args.checkpoint, "imagenet_conv")
+    classifier = imagenet_lib.ImageClassifier.from_pretrained(source, cache_dir=args.cache_dir)
+    model = models.imagenet_classifier(classifier.variant, **classifier.sizes)
+    batch = classifier.preprocess(image)[None]
+    logits, maps = inspect.attention_maps(
+        model, classifier.params, classifier.state, batch, layers=[args.layer]
+    )
+    name, weights = next(iter(maps.items()))  # the first layer the pattern matches
+    # The keys are the image's pixels, or for the conv stem's a grid 4 times coarser.
+    side = classifier.image_size // (4 if classifier.variant == "conv_preprocessing" else 1)
+    if weights.shape[-1] != side * side or "self_attention" in name or "decoder" in name:
+        raise UserError(
+            f"--layer {args.layer!r} picks {name}, which does not attend from latents to the "
+            f"image's {side}x{side} grid; the encoder's cross-attention does: "
+            f"{inspect.ENCODER_CROSS_ATTENTION!r}"
+        )
+    count = min(args.latents, weights.shape[2])
+    logits = np.asarray(logits, np.float64)[0]
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    top = int(np.argmax(probabilities))
+    label = f"{classifier.class_names[top]} ({probabilities[top]:.3f})"
+    # The image as the model sees it (cropped and resized), back in [0, 1].
+    shown = batch[0] * np.float32(imagenet_lib.STDDEV_RGB) + np.float32(imagenet_lib.MEAN_RGB)
+    fig = inspect_plots.latent_grid(
+        weights, (side, side), latents=range(count), image=shown / 255.0, title=f"{name}: {label}"
+    )
+    _write_all([(args.output, lambda p: fig.savefig(p, dpi=100))])
+    return (
+        f"{args.image}: {label}\n"
+        f"wrote {args.output}: the attention of {count} of {weights.shape[2]} latents over "
+        f"{side}x{side} keys ({name}, head 0)"
+    )
+
+
 # ---------------------------------------------------------------------------
 # Parser
 # ---------------------------------------------------------------------------
@@ -683,6 +759,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(sub)
 
     sub = commands.add_parser(
+        "attention", help="draw each latent's cross-attention over an image (an image classifier's)"
+    )
+    sub.add_argument("image", help="image (PNG, JPEG, ...), drawn as the classifier sees it")
+    sub.add_argument("-o", "--output", required=True, help="the grid of maps (PNG)")
+    sub.add_argument(
+        "--checkpoint",
+        help="imagenet_conv, imagenet_fourier, imagenet_learned, or a path (default: the first "
+        "of those in the cache; never downloads)",
+    )
+    sub.add_argument(
+        "--layer", default="*perceiver_encoder/~/cross_attention/attention",
+        help="module path or fnmatch pattern of the attention to draw, the first it matches "
+        "(default: the encoder's cross-attention)",
+    )
+    sub.add_argument("--latents", type=int, default=32, help="latents drawn: the first N (default 32)")
+    _add_cache_dir(sub)
+
+    sub = commands.add_parser(
         "convert", help="convert a checkpoint between transformers' format and ours (either way)"
     )
     sub.add_argument(
@@ -722,6 +816,7 @@ COMMANDS: Dict[str, Callable] = {
     "fill-mask": _cmd_fill_mask,
     "classify": _cmd_classify,
     "classify-text": _cmd_classify_text,
+    "attention": _cmd_attention,
     # perceiver.convert (jax, haiku) is imported only when the command runs.
     "convert": lambda args: __import__("perceiver.convert", fromlist=["command"]).command(args),
 }

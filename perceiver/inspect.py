@@ -5,6 +5,7 @@
 
     outputs, states = inspect.hidden_states(model, params, state, images)
     states["perceiver_encoder/~/self_attention_1[3]"]      # [B, latents, channels]
+    states["classification_decoder/~/basic_decoder/cross_attention"]  # before the logits layer
 
 `model` is any `hk.TransformedWithState` built from `perceiver.perceiver`'s
 modules (every `perceiver.models` factory). Layers are named by their Haiku
@@ -20,8 +21,13 @@ active the modules do nothing extra: no computation, no state, no parameter.
 While inspecting, the encoder runs its blocks unrolled and without
 rematerialisation (`scan_blocks=False, remat=False`), so that what is recorded
 inside them can leave; the outputs are those of the scanned model.
+
+The jitted function is kept per model and options (the last CACHE_SIZE;
+`clear_cache()` forgets them), so repeated calls on inputs of one shape
+compile once.
 """
 
+import collections
 import contextlib
 import contextvars
 import fnmatch
@@ -32,6 +38,12 @@ import jax
 import numpy as np
 
 from perceiver import compute
+
+# The path of the encoder's cross-attention in every `perceiver.models` model.
+ENCODER_CROSS_ATTENTION = "perceiver_encoder/~/cross_attention/attention"
+
+# Compiled inspections kept (see `_compiled`): the most recent ones.
+CACHE_SIZE = 8
 
 # A decoder attention asked for without `decoder_queries` may have at most
 # this many query-key pairs (a classifier's single query, a short text).
@@ -49,6 +61,7 @@ class _Recorder:
         self.want_weights = weights
         self.want_states = states
         self.encoder_depth = 0
+        self.decoder_depth = 0  # inside a BasicDecoder whose states are wanted
         self.weights: List[Tuple[str, Any]] = []
         self.states: List[Tuple[str, Any]] = []
         self.seen: List[str] = []  # every attention path traced, for error messages
@@ -80,6 +93,14 @@ class _Recorder:
                     "the indices of the output queries whose weights you want."
                 )
             return slice(None)
+        return self.chosen_queries(path, num_queries)
+
+    def chosen_queries(self, path: str, num_queries: int):
+        """`decoder_queries` as an index array, checked against a layer's queries.
+
+        Raises:
+          ValueError: for indices that are not 1D integers in [0, num_queries).
+        """
         index = np.asarray(self.decoder_queries)
         if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
             raise ValueError(
@@ -108,10 +129,26 @@ class _Recorder:
                     return next_f(*args, **kwargs)
             finally:
                 self.encoder_depth -= 1
+        if self.want_states and self.encoder_depth == 0 and isinstance(context.module, modules.BasicDecoder):
+            self.decoder_depth += 1
+            try:
+                # Unchunked, so that the block's output (before the decoder's
+                # output layer) is formed; the chunked path folds it away.
+                with compute.options(decoder_chunk_size=None):
+                    return next_f(*args, **kwargs)
+            finally:
+                self.decoder_depth -= 1
         out = next_f(*args, **kwargs)
         blocks = (modules.SelfAttention, modules.CrossAttention)
-        if self.want_states and self.encoder_depth > 0 and isinstance(context.module, blocks):
-            self.states.append((context.module.module_name, out))
+        if self.want_states and isinstance(context.module, blocks):
+            if self.encoder_depth > 0:
+                self.states.append((context.module.module_name, out))
+            elif self.decoder_depth > 0:
+                path = context.module.module_name
+                rows = slice(None)
+                if self.decoder_queries is not None:
+                    rows = self.chosen_queries(path, out.shape[1])
+                self.states.append((path, out[:, rows]))
         return out
 
 
@@ -197,16 +234,49 @@ def _check_layers(layers) -> None:
         )
 
 
-def _inspect(model, params, state, inputs, *, layers, rng, decoder_queries, kwargs, weights, states):
-    _check_model(model)
-    _check_layers(layers)
+def _static_key(value):
+    """`value` as a hashable cache key; raises TypeError if it cannot be one."""
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(_static_key(v) for v in value)
+    if isinstance(value, dict):
+        return ("dict",) + tuple(sorted((k, _static_key(v)) for k, v in value.items()))
+    hash(value)
+    return value
 
-    names = []
 
-    def run(params, state, rng, inputs):
-        recorder = _Recorder(layers, decoder_queries, weights, states)
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, jax.Array, np.generic))
+
+
+_CACHE: "collections.OrderedDict[Any, Tuple[Callable, List[str]]]" = collections.OrderedDict()
+
+
+def _compiled(model, layers, decoder_queries, static_kwargs, weights, states):
+    """`(jitted run, names)` for one model and inspection, made once and kept (CACHE_SIZE).
+
+    `jax.jit` traces `run` once per input shape; `names` holds the recorded
+    layers' names, which depend on the model and the options, not the shapes.
+    """
+    # A copy: what is compiled must not change with the caller's list.
+    queries = None if decoder_queries is None else np.array(decoder_queries)
+    try:
+        key = (
+            model, None if layers is None else tuple(layers),
+            None if queries is None else (queries.dtype.str, queries.shape, queries.tobytes()),
+            _static_key(static_kwargs), weights, states, MAX_DECODER_PAIRS,
+        )
+        hash(key)
+    except TypeError:  # e.g. a model that cannot be hashed: compile for this call only
+        key = None
+    if key is not None and key in _CACHE:
+        _CACHE.move_to_end(key)
+        return _CACHE[key]
+    names: List[str] = []
+
+    def run(params, state, rng, inputs, array_kwargs):
+        recorder = _Recorder(layers, queries, weights, states)
         with _recording(recorder):
-            out = model.apply(params, state, rng, *inputs, **kwargs)
+            out = model.apply(params, state, rng, *inputs, **static_kwargs, **array_kwargs)
         if layers is not None and weights and not recorder.weights:
             raise ValueError(
                 f"layers {list(layers)} match none of the model's attention layers: "
@@ -215,11 +285,31 @@ def _inspect(model, params, state, inputs, *, layers, rng, decoder_queries, kwar
         # A transformed-with-state apply returns (outputs, state).
         out = out[0] if isinstance(out, tuple) and len(out) == 2 else out
         recorded = _named(recorder.weights if weights else recorder.states)
-        names.extend(recorded)
+        names[:] = list(recorded)  # the same names at every trace
         # A list, not the dict: jit would return a dict's keys sorted.
         return out, list(recorded.values())
 
-    out, values = jax.jit(run)(params, state, rng, tuple(inputs))
+    entry = (jax.jit(run), names)
+    if key is not None:
+        _CACHE[key] = entry
+        while len(_CACHE) > CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return entry
+
+
+def clear_cache() -> None:
+    """Forgets the compiled inspections (and the models and options they hold)."""
+    _CACHE.clear()
+
+
+def _inspect(model, params, state, inputs, *, layers, rng, decoder_queries, kwargs, weights, states):
+    _check_model(model)
+    _check_layers(layers)
+    # Arrays are traced; anything else (is_training=False, ...) is part of the program.
+    array_kwargs = {k: v for k, v in kwargs.items() if _is_array(v)}
+    static_kwargs = {k: v for k, v in kwargs.items() if k not in array_kwargs}
+    run, names = _compiled(model, layers, decoder_queries, static_kwargs, weights, states)
+    out, values = run(params, state, rng, tuple(inputs), array_kwargs)
     return out, dict(zip(names, values))
 
 
@@ -263,19 +353,27 @@ def attention_maps(
 
 
 def hidden_states(
-    model, params, state, *inputs, rng=None, **kwargs
+    model, params, state, *inputs, rng=None, decoder_queries=None, **kwargs
 ) -> Tuple[Any, Mapping[str, jax.Array]]:
-    """A model's outputs and its latents after each encoder layer.
+    """A model's outputs, its latents after each encoder layer, and the decoder's states.
 
     Args:
       model, params, state, *inputs, rng, **kwargs: as for `attention_maps`.
+      decoder_queries: indices of the decoder queries (outputs) whose states
+        to return (default: all).
 
     Returns:
-      `(outputs, states)`: apply's outputs and `{block: latents [B, N, C]}`,
-      the outputs of the encoder's cross-attention block and of each
-      self-attention block, in the order they ran.
+      `(outputs, states)`: apply's outputs and `{block: [B, N, C]}`, in the
+      order they ran: the latents after the encoder's cross-attention block
+      and after each self-attention block, then each `BasicDecoder`'s
+      cross-attention block output `[B, queries, C]` (before its output
+      layer; the decoder runs unchunked for it). A decoder called through
+      its folded tail (the multimodal one) gives none.
+
+    Raises:
+      ValueError: for decoder_queries outside a decoder's queries.
     """
     return _inspect(
-        model, params, state, inputs, layers=None, rng=rng, decoder_queries=None,
+        model, params, state, inputs, layers=None, rng=rng, decoder_queries=decoder_queries,
         kwargs=kwargs, weights=False, states=True,
     )

@@ -1,8 +1,73 @@
-"""Pictures of attention maps (needs matplotlib, the `notebook` extra)."""
+"""Pictures of attention maps (needs matplotlib, the `notebook` extra).
 
-from typing import Optional, Sequence
+    outputs, maps = inspect.attention_maps(model, params, state, images)
+    latent_grid(maps[inspect.ENCODER_CROSS_ATTENTION], (224, 224), image=photo)
+
+Each function takes the weights `inspect.attention_maps` returns (`[B,
+heads, queries, keys]`) and returns a matplotlib `Figure`, made without
+pyplot (no global figure is opened; in a notebook, `display(fig)` shows it
+and `fig.savefig(path)` writes it). What each picture draws is stated in its
+docstring, so that tests can compare it with the weights.
+"""
+
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+INSTALL_HINT = "pip install 'perceiver-io-jax[notebook]'"
+
+
+def _figure(rows: int, columns: int, panel: Tuple[float, float] = (1.6, 1.6)):
+    """A Figure of `rows x columns` panels (axes off), and the axes `[rows, columns]`."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise ImportError(f"perceiver.inspect_plots draws with matplotlib: {INSTALL_HINT}") from e
+    fig = Figure(figsize=(panel[0] * columns, panel[1] * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes
+
+
+def _heads(weights, name: str, example: int, head: Optional[int]) -> np.ndarray:
+    """`weights[example, head]`, or the mean over heads for head None: `[queries, keys]`.
+
+    Raises:
+      ValueError: if weights are not `[B, heads, queries, keys]` or the
+        example or head is out of range.
+    """
+    weights = np.asarray(weights, np.float32)
+    if weights.ndim != 4:
+        raise ValueError(f"{name} must be [B, heads, queries, keys]; got shape {weights.shape}.")
+    if not 0 <= example < weights.shape[0]:
+        raise ValueError(f"example must be in [0, {weights.shape[0]}); got {example}.")
+    if head is None:
+        return weights[example].mean(0)
+    if not 0 <= head < weights.shape[1]:
+        raise ValueError(f"head must be in [0, {weights.shape[1]}) or None; got {head}.")
+    return weights[example, head]
+
+
+def top_latents(
+    decoder_weights, query: int = 0, *, example: int = 0, head: Optional[int] = None, top: int = 4
+):
+    """The latents a decoder query reads most, most weight first.
+
+    Args:
+      decoder_weights: `[B, heads, queries, latents]`, a decoder's
+        cross-attention (e.g. for `decoder_queries=[...]`).
+      query: which of its queries.
+      example, head: which example; which head (None: the mean of the heads).
+      top: how many latents.
+
+    Returns:
+      `[top]` int latent indices (ties: the lower index first).
+    """
+    weights = _heads(decoder_weights, "decoder_weights", example, head)
+    if not 0 <= query < weights.shape[0]:
+        raise ValueError(f"query must be in [0, {weights.shape[0]}); got {query}.")
+    return np.argsort(-weights[query], kind="stable")[:top]
 
 
 def latent_grid(
@@ -10,53 +75,212 @@ def latent_grid(
     image_shape: Sequence[int],
     *,
     example: int = 0,
-    head: int = 0,
+    head: Optional[int] = 0,
     latents: Optional[Sequence[int]] = None,
     columns: int = 8,
     image=None,
+    title: Optional[str] = None,
 ):
     """Each latent's cross-attention over an image, as a grid of maps (the paper's Fig. 3).
+
+    Panel `i` shows `weights[example, head, latents[i]].reshape(H, W)` as an
+    image (its colours span that map's own minimum to maximum), after the
+    image itself if one is given.
 
     Args:
       weights: `[B, heads, latents, H * W]`, e.g. the encoder's cross-attention
         from `inspect.attention_maps`.
       image_shape: `(H, W)` the keys were flattened from.
-      example, head: which example and head to draw.
+      example, head: which example; which head (None: the mean of the heads).
       latents: indices of the latents to draw (default: the first 32).
-      columns: maps per row.
+      columns: most maps per row.
       image: optional `[H', W', 3]` image in [0, 1] drawn first.
+      title: optional title above the grid.
 
     Returns:
       A matplotlib `Figure`.
 
     Raises:
-      ValueError: if the keys are not `H * W`.
+      ValueError: if the keys are not `H * W`, or a latent is out of range.
+      ImportError: without matplotlib.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    weights = np.asarray(weights)
     height, width = (int(d) for d in image_shape)
-    if weights.ndim != 4 or weights.shape[-1] != height * width:
+    shape = np.shape(weights)
+    if len(shape) != 4 or shape[-1] != height * width:
         raise ValueError(
             f"weights must be [B, heads, latents, H * W] with H * W = {height * width}; "
-            f"got shape {weights.shape}."
+            f"got shape {shape}."
         )
-    if latents is None:
-        latents = range(min(32, weights.shape[2]))
-    latents = list(latents)
+    maps = _heads(weights, "weights", example, head)
+    latents = list(range(min(32, maps.shape[0])) if latents is None else latents)
+    bad = [i for i in latents if not 0 <= i < maps.shape[0]]
+    if bad:
+        raise ValueError(f"latents must be in [0, {maps.shape[0]}); got {bad}.")
     panels = len(latents) + (image is not None)
-    rows = -(-panels // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    columns = max(1, min(columns, panels))
+    fig, axes = _figure(-(-panels // columns), columns)
     flat = list(axes.flat)
     if image is not None:
         flat.pop(0).imshow(np.clip(np.asarray(image), 0, 1))
     for ax, latent in zip(flat, latents):
-        ax.imshow(weights[example, head, latent].reshape(height, width), cmap="viridis")
+        ax.imshow(maps[latent].reshape(height, width), cmap="viridis")
         ax.set_title(f"latent {latent}", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def decoder_reads(
+    decoder_weights,
+    encoder_weights,
+    frame_shape: Sequence[int],
+    pixels: Sequence[Tuple[int, int]],
+    *,
+    example: int = 0,
+    head: Optional[int] = None,
+    top: int = 3,
+    image=None,
+):
+    """For chosen output pixels, which latents the decoder reads, and where those latents look.
+
+    One row per pixel: the frame with the pixel marked (if `image` is
+    given); a bar per latent whose height is the decoder's weight on it
+    (`decoder_weights[example, :, row]`, the mean over heads for head None;
+    the `top` largest in orange); then the encoder cross-attention maps of
+    those `top` latents over the frame, as `latent_grid` draws them (head 0
+    or `head`), with the pixel marked.
+
+    Args:
+      decoder_weights: `[B, heads, len(pixels), latents]`: the decoder's
+        cross-attention for `decoder_queries=pixel_queries(pixels, frame_shape)`.
+      encoder_weights: `[B, heads, latents, H * W]`, the encoder's cross-attention.
+      frame_shape: `(H, W)` of the frame the keys and outputs cover.
+      pixels: `(y, x)` of each chosen output, in the order of the queries.
+      example, head, top: which example, head (None: the mean of the
+        heads) and how many of the latents read most to draw.
+      image: optional `[H, W, 3]` frame in [0, 1].
+
+    Returns:
+      A matplotlib `Figure`.
+
+    Raises:
+      ValueError: if the shapes do not agree.
+    """
+    height, width = (int(d) for d in frame_shape)
+    reads = _heads(decoder_weights, "decoder_weights", example, head)  # [pixels, latents]
+    if reads.shape[0] != len(pixels) or not len(pixels):
+        raise ValueError(
+            f"decoder_weights must hold one query per pixel ({len(pixels)}, at least one); got shape "
+            f"{np.shape(decoder_weights)}."
+        )
+    maps = _heads(encoder_weights, "encoder_weights", example, 0 if head is None else head)
+    if maps.shape != (reads.shape[1], height * width):
+        raise ValueError(
+            f"encoder_weights must be [B, heads, {reads.shape[1]} latents, {height * width} "
+            f"= H * W keys]; got shape {np.shape(encoder_weights)}."
+        )
+    first = 2 if image is not None else 1
+    fig, axes = _figure(len(pixels), first + top, panel=(1.8, 1.6))
+    for row, (y, x) in enumerate(pixels):
+        chosen = top_latents(decoder_weights, row, example=example, head=head, top=top)
+        if image is not None:
+            axes[row, 0].imshow(np.clip(np.asarray(image), 0, 1))
+            axes[row, 0].plot([x], [y], "r+", markersize=8)
+            axes[row, 0].set_title(f"pixel ({y}, {x})", fontsize=7)
+        bars = axes[row, first - 1]
+        bars.axis("on")
+        colours = np.where(np.isin(np.arange(reads.shape[1]), chosen), "tab:orange", "tab:blue")
+        bars.bar(np.arange(reads.shape[1]), reads[row], width=1.0, color=list(colours))
+        bars.set_title("decoder weight per latent", fontsize=7)
+        bars.tick_params(labelsize=6)
+        for column, latent in enumerate(chosen):
+            ax = axes[row, first + column]
+            ax.imshow(maps[latent].reshape(height, width), cmap="viridis")
+            ax.plot([x], [y], "r+", markersize=8)
+            ax.set_title(f"latent {latent}", fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_queries(pixels: Sequence[Tuple[int, int]], frame_shape: Sequence[int]) -> list:
+    """The decoder query of each `(y, x)` output pixel of a frame `(H, W)`: `y * W + x`.
+
+    Raises:
+      ValueError: for a pixel outside the frame.
+    """
+    height, width = (int(d) for d in frame_shape)
+    outside = [p for p in pixels if not (0 <= p[0] < height and 0 <= p[1] < width)]
+    if outside:
+        raise ValueError(f"pixels must lie in the {height}x{width} frame; got {outside}.")
+    return [int(y) * width + int(x) for y, x in pixels]
+
+
+def _byte_labels(data: bytes) -> list:
+    """A label per byte: its character at the first byte of each UTF-8 character, else ''."""
+    labels = []
+    for i in range(len(data)):
+        if data[i] & 0xC0 == 0x80:  # a continuation byte
+            labels.append("")
+            continue
+        end = i + 1
+        while end < len(data) and data[end] & 0xC0 == 0x80:
+            end += 1
+        char = data[i:end].decode("utf-8", errors="replace")
+        labels.append("␣" if char == " " else char)
+    return labels
+
+
+def text_attention(
+    weights,
+    text: Union[str, bytes],
+    rows: Sequence[int],
+    *,
+    example: int = 0,
+    head: Optional[int] = None,
+    label: str = "latent",
+):
+    """Attention over a text's bytes, one row per chosen query, drawn under the characters.
+
+    The image is `weights[example, head][rows, :len(bytes)]` (the mean over
+    heads for head None), each row divided by its largest value (a row of
+    zeros stays zero), so that every row's strongest byte is full colour.
+    For the bytes an output byte `i` of a byte MLM is made from, draw the
+    encoder's cross-attention of the latents it reads:
+    `rows=top_latents(decoder_weights, i)`.
+
+    Args:
+      weights: `[B, heads, queries, S]` with S >= the text's bytes, e.g.
+        the encoder's cross-attention (queries are latents).
+      text: the text the keys are the UTF-8 bytes of (padding after it is
+        not drawn).
+      rows: which queries to draw.
+      example, head: which example; which head (None: the mean of the heads).
+      label: what a query is called in the row labels.
+
+    Returns:
+      A matplotlib `Figure`.
+
+    Raises:
+      ValueError: for a text longer than the keys or rows out of range.
+    """
+    data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    weights = _heads(weights, "weights", example, head)
+    if len(data) > weights.shape[1]:
+        raise ValueError(f"the text has {len(data)} bytes, more than the {weights.shape[1]} keys.")
+    rows = list(rows)
+    bad = [r for r in rows if not 0 <= r < weights.shape[0]]
+    if bad or not rows:
+        raise ValueError(f"rows must be a non-empty list of queries in [0, {weights.shape[0]}); got {rows}.")
+    drawn = weights[rows, : len(data)]
+    peak = drawn.max(axis=1, keepdims=True)
+    drawn = np.divide(drawn, peak, out=np.zeros_like(drawn), where=peak > 0)
+    fig, axes = _figure(1, 1, panel=(max(3.0, 0.18 * len(data)), 0.35 * len(rows) + 0.8))
+    ax = axes[0, 0]
+    ax.axis("on")
+    ax.imshow(drawn, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(np.arange(len(data)), _byte_labels(data), fontsize=7)
+    ax.set_yticks(np.arange(len(rows)), [f"{label} {r}" for r in rows], fontsize=7)
+    ax.tick_params(length=0)
     fig.tight_layout()
     return fig

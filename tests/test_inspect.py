@@ -132,6 +132,7 @@ def _numpy_perceiver(params, inputs, input_mask, query_mask):
     mask = query_mask[:, :, None] * np.ones((1, 1, LATENTS))
     x, weights[dec + "cross_attention/attention"] = _cross_block(
         params, dec + "cross_attention", query, z, DECODER_HEADS, mask, residual=False)
+    states[dec + "cross_attention"] = x  # before the output layer
     return _lin(x, params[dec + "output"]), weights, states
 
 
@@ -177,6 +178,10 @@ def test_weights_and_states_equal_numpy(setup, path, chosen_folds):
     decoder = np.asarray(maps["basic_decoder/cross_attention/attention"])
     assert np.all(decoder[0, :, [2, 5]] == 0)
     np.testing.assert_allclose(decoder[1].sum(-1), 1.0, rtol=1e-5)
+    if path == "fast":  # the decoder's states of chosen outputs (it runs in chunks of 3)
+        _, chosen = inspect.hidden_states(model, params, state, *args, decoder_queries=[6, 0, 2])
+        name = "basic_decoder/cross_attention"
+        np.testing.assert_allclose(chosen[name], expected_states[name][:, [6, 0, 2]], rtol=1e-4, atol=1e-4)
 
 
 def test_default_is_the_encoder_and_outputs_are_unchanged(setup):
@@ -268,3 +273,77 @@ def test_latent_grid_draws_each_latent_over_the_image():
     np.testing.assert_array_equal(drawn[1], [[0, 0, 0], [0, 1, 0]])  # pixel 4 = row 1, column 1
     with pytest.raises(ValueError, match="H \\* W = 8"):
         inspect_plots.latent_grid(weights, (2, 4))
+
+
+def test_repeated_calls_compile_once(setup):
+    params, state, args = setup
+    traces = []
+
+    def counted(*a):
+        traces.append(1)
+        return _forward(*a)
+
+    model = hk.transform_with_state(counted)
+    layer = "basic_decoder/cross_attention/attention"
+    found = [
+        inspect.attention_maps(model, params, state, *args, layers=[layer], decoder_queries=queries)[1]
+        for queries in ([1], [1], [4])
+    ]
+    assert len(traces) == 2  # once per option, not per call
+    np.testing.assert_array_equal(found[0][layer], found[1][layer])
+    assert not np.array_equal(found[0][layer], found[2][layer])  # other queries: another program
+    inspect.clear_cache()
+    assert not inspect._CACHE
+
+
+def _figure_images(fig):
+    return [np.asarray(ax.images[0].get_array()) for ax in fig.axes if ax.images]
+
+
+def test_decoder_reads_draws_the_latents_each_pixel_reads():
+    pytest.importorskip("matplotlib")
+    from perceiver import inspect_plots
+
+    rng = np.random.default_rng(0)
+    frame, latents, pixels = (2, 3), 5, [(0, 2), (1, 0)]
+    assert inspect_plots.pixel_queries(pixels, frame) == [2, 3]
+    decoder = rng.dirichlet(np.ones(latents), size=(1, 2, len(pixels))).astype(np.float32)
+    encoder = rng.dirichlet(np.ones(6), size=(1, 1, latents)).astype(np.float32)
+    fig = inspect_plots.decoder_reads(decoder, encoder, frame, pixels, top=2, image=np.zeros((2, 3, 3)))
+    mean = decoder[0].mean(0)  # heads averaged
+    for row in range(len(pixels)):
+        bars = fig.axes[row * 4 + 1]
+        np.testing.assert_allclose([p.get_height() for p in bars.patches], mean[row], rtol=1e-6)
+        top = np.argsort(-mean[row])[:2]
+        assert inspect_plots.top_latents(decoder, row, top=2).tolist() == top.tolist()
+        for column, latent in enumerate(top):
+            drawn = fig.axes[row * 4 + 2 + column].images[0].get_array()
+            np.testing.assert_array_equal(drawn, encoder[0, 0, latent].reshape(frame))
+    with pytest.raises(ValueError, match="one query per pixel"):
+        inspect_plots.decoder_reads(decoder, encoder, frame, pixels[:1])
+    with pytest.raises(ValueError, match="6 = H \\* W keys"):
+        inspect_plots.decoder_reads(decoder, encoder[..., :4], frame, pixels)
+    with pytest.raises(ValueError, match="pixels must lie in the 2x3 frame"):
+        inspect_plots.pixel_queries([(2, 0)], frame)
+
+
+def test_text_attention_draws_rows_under_the_bytes():
+    pytest.importorskip("matplotlib")
+    from perceiver import inspect_plots
+
+    text = "aé b"  # 5 bytes: é is two
+    weights = np.zeros((1, 2, 3, 8), np.float32)  # 8 keys: 3 of padding
+    weights[0, 0, 0, :5] = [1, 2, 0, 4, 1]
+    weights[0, 1, 0, :5] = [3, 2, 0, 0, 1]
+    weights[0, :, 2, 6] = 1  # weight only on padding: drawn as zeros
+    fig = inspect_plots.text_attention(weights, text, rows=[0, 2])
+    (drawn,) = _figure_images(fig)
+    np.testing.assert_allclose(drawn, [[1, 1, 0, 1, 0.5], [0, 0, 0, 0, 0]])  # mean of heads / row max
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert labels == ["a", "é", "", "␣", "b"]
+    (one_head,) = _figure_images(inspect_plots.text_attention(weights, text.encode(), rows=[0], head=1))
+    np.testing.assert_allclose(one_head, [[1, 2 / 3, 0, 0, 1 / 3]])
+    with pytest.raises(ValueError, match="9 bytes, more than the 8 keys"):
+        inspect_plots.text_attention(weights, "x" * 9, rows=[0])
+    with pytest.raises(ValueError, match=r"rows must be .* in \[0, 3\)"):
+        inspect_plots.text_attention(weights, text, rows=[3])

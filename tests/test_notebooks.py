@@ -218,3 +218,30 @@ def test_install_cell_installs_this_project_never_pypis_perceiver(path, tmp_path
     monkeypatch.chdir(tmp_path / "elsewhere" / "deeper")  # no copy here nor above
     with pytest.raises(RuntimeError, match="Set PERCEIVER_SOURCE"):
         _run_install_cell(source, monkeypatch)
+
+
+def test_attention_maps_notebook(offline):
+    workdir, cache, env = offline
+    imagenet_sizes = _small_sizes("imagenet_conv")
+    variant = imagenet_sizes.pop("variant")
+    _random_checkpoint(cache, "imagenet_conv", "imagenet_classifier", dict(imagenet_sizes, variant=variant))
+    flow_sizes = _small_sizes("flow")
+    _random_checkpoint(cache, "flow", "optical_flow", flow_sizes)
+    rng = np.random.default_rng(4)
+    for name in ("photo.png", "f1.png", "f2.png"):
+        media.write_image(workdir / name, rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
+    nb = run_notebook(
+        COLABS / "attention_maps.ipynb",
+        workdir,
+        dict(
+            IMAGENET_SIZES=imagenet_sizes, IMAGE=str(workdir / "photo.png"), LATENTS=6,
+            FLOW_SIZES=flow_sizes, FRAME1=str(workdir / "f1.png"), FRAME2=str(workdir / "f2.png"),
+        ),
+        env,
+    )
+    text = _texts(nb)
+    # conv stem: 16x16 pixels -> a 4x4 grid of keys for the 16 latents.
+    assert "cross-attention (1, 1, 16, 16) over a 4x4 grid" in text
+    assert "tile 12x16; decoder weights (1, 1, 3, 32) for pixels [(3, 4), (6, 8), (9, 12)]" in text
+    assert text.count("  flow at (") == 3
+    assert len(_images(nb)) == 2

@@ -130,6 +130,9 @@ class ImageClassifier:
       batch_size: most images per call.
       crop_fraction: the share of the shorter side the centre crop keeps.
       min_crop_size: the least side of the centre crop (0: none).
+      params, state: the model's parameters and state.
+      sizes: the `perceiver.models.imagenet_classifier` keywords besides the
+        variant (the model is `imagenet_classifier(variant, **sizes)`).
     """
 
     def __init__(
@@ -194,8 +197,9 @@ class ImageClassifier:
             self.class_names = labels_lib.imagenet_labels()
         else:  # Another model: name classes by index.
             self.class_names = tuple(str(i) for i in range(num_classes))
-        self._params = jax.device_put(params)
-        self._state = jax.device_put(state)
+        self.params = jax.device_put(params)
+        self.state = jax.device_put(state)
+        self.sizes = dict(sizes)
         model = models.imagenet_classifier(variant, **sizes)
         self._traces = 0
 
@@ -330,7 +334,7 @@ class ImageClassifier:
             rows = min(1 << (len(chunk) - 1).bit_length(), self.batch_size)
             padded = np.zeros((rows,) + chunk.shape[1:], np.float32)
             padded[: len(chunk)] = chunk
-            probabilities = self._probabilities(self._params, self._state, padded)
+            probabilities = self._probabilities(self.params, self.state, padded)
             out.append(np.asarray(probabilities)[: len(chunk)])
         if not out:
             return np.zeros((0, len(self.class_names)), np.float32)
