@@ -259,7 +259,14 @@ def worker(impl: str, config: Config, reference_dir: Optional[str], output_path:
             return transformed.apply(params, state, rng, *inputs)[0]
 
         args = (params, state, rng) + tuple(inputs)
-        jitted = jax.jit(fn)
+        options = {}
+        if impl == "ours":
+            from perceiver import compute
+
+            # What perceiver.compute.jit would choose for this dtype (bf16 on CPU:
+            # YNNPACK's dots off); nothing for float32.
+            options = compute.compiler_options(_decode_options(config.options).get("compute_dtype"))
+        jitted = jax.jit(fn, compiler_options=options or None)
     else:
         import optax
 

@@ -96,7 +96,8 @@ def test_factory_reproduces_outputs_from_checkpoint(model):
     assert_close(jax.tree_util.tree_map(np.asarray, out), expected)
 
 
-@pytest.mark.parametrize("model", ["imagenet_conv", "flow"])
+# Op by op is slow (flow: 12 s); the flow case runs with --runslow.
+@pytest.mark.parametrize("model", ["imagenet_conv", pytest.param("flow", marks=pytest.mark.slow)])
 def test_outputs_without_jit_match(model):
     factory, kwargs = ref.SMALL_FACTORIES[model]
     transformed, params, state = models.load_for(factory, ref.checkpoint_path(model), **kwargs)

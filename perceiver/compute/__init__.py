@@ -46,7 +46,9 @@ decides how to compute (the seam, `attention.py`):
 - `chunks.py`: chunks of a long axis; decoding over chunks of queries;
 - `layers.py`: `Linear`, `Projection`, `LayerNormed` and their math;
 - `precision.py`: the compute dtype and half-precision matmuls;
-- `recompute.py`: rematerialisation that saves memory on XLA:CPU too.
+- `recompute.py`: rematerialisation that saves memory on XLA:CPU too;
+- `compiler.py`: XLA options for one compiled function (`compute.jit`),
+  where they are measured to be faster; never process-wide.
 """
 
 from perceiver.compute.attention import (
@@ -59,6 +61,7 @@ from perceiver.compute.attention import (
     attention_layer,
     prepare_keys,
 )
+from perceiver.compute.compiler import compiler_options, jit
 from perceiver.compute.chunks import chunk_start, decoder_chunk, join_chunks, over_query_chunks
 from perceiver.compute.folding import (
     NO_FOLD,
