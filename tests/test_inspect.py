@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from perceiver import compute, inspect, perceiver
+import reference_fixtures as ref
+from perceiver import compute, inspect, models, perceiver
 
 B, N, C, LATENTS, CHANNELS, OUTPUTS, QUERY_CHANNELS = 2, 11, 4, 5, 8, 7, 6
 SELF_HEADS, DECODER_HEADS, NUM_BLOCKS, SELF_ATTENDS = 2, 2, 2, 2
@@ -347,3 +348,37 @@ def test_text_attention_draws_rows_under_the_bytes():
         inspect_plots.text_attention(weights, "x" * 9, rows=[0])
     with pytest.raises(ValueError, match=r"rows must be .* in \[0, 3\)"):
         inspect_plots.text_attention(weights, text, rows=[3])
+
+
+# The learned and Fourier classifiers differ from the conv one only before the
+# encoder; they run with --runslow.
+ARCHITECTURES = [
+    pytest.param(n, marks=pytest.mark.slow) if n in ("imagenet_learned", "imagenet_fourier") else n
+    for n in ref.SMALL_FACTORIES
+]
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_every_published_architecture_shows_its_encoder_and_decoder(name):
+    factory, kwargs = ref.SMALL_FACTORIES[name]
+    model, params, state = models.load_for(factory, ref.checkpoint_path(name), **kwargs)
+    inputs, expected = ref.recorded(name)
+    args = ref.factory_inputs(name, inputs)
+    outputs, maps = inspect.attention_maps(model, params, state, *args, layers=["*"])
+    # The outputs are still the reference's (recorded from DeepMind's code).
+    got, want = jax.tree_util.tree_leaves(outputs), jax.tree_util.tree_leaves(expected)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
+    encoder = [k for k in maps if k.endswith("cross_attention/attention") and "decoder" not in k]
+    decoder = [k for k in maps if "decoder" in k]
+    assert len(encoder) == 1 and len(decoder) == 1, sorted(maps)
+    enc, dec = np.asarray(maps[encoder[0]]), np.asarray(maps[decoder[0]])
+    latents = enc.shape[2]
+    assert dec.shape[0] == enc.shape[0] and dec.shape[-1] == latents
+    assert any("self_attention" in k and v.shape[2:] == (latents, latents) for k, v in maps.items())
+    for weights in maps.values():
+        sums = np.asarray(weights, np.float64).sum(-1)
+        # Rows of padded or fully masked queries are exactly zero, the others sum to one.
+        assert np.all((np.abs(sums - 1) < 1e-4) | (sums == 0)), name
+        assert np.all(np.asarray(weights) >= 0)
