@@ -93,7 +93,7 @@ def latent_grid(
       image_shape: `(H, W)` the keys were flattened from.
       example, head: which example; which head (None: the mean of the heads).
       latents: indices of the latents to draw (default: the first 32).
-      columns: most maps per row.
+      columns: most panels per row (the image, if given, is the first).
       image: optional `[H', W', 3]` image in [0, 1] drawn first.
       title: optional title above the grid.
 
