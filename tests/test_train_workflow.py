@@ -462,3 +462,31 @@ def test_export_description_rebuilds_every_recipes_tiny_model(recipe, tmp_path, 
         assert description["tokenizer"] == {"kind": "bytes", "max_seq_len": cfg.model["max_seq_len"]}
     elif description["factory"] == "optical_flow":
         assert description["task"]["min_overlap"] <= min(description["sizes"]["image_shape"]) // 4
+
+
+def test_a_flow_recipe_starts_from_a_flow_checkpoint_given_as_task_pretrained(tmp_path):
+    from perceiver.checkpoint import CheckpointError
+    from perceiver.train.recipes.flow_small import TINY_FLOW_SMALL_MODEL
+
+    cfg = recipes.get_config("flow_small", tiny=True)
+    model = models.optical_flow(**TINY_FLOW_SMALL_MODEL)
+    frames = jnp.zeros((1, 2) + tuple(TINY_FLOW_SMALL_MODEL["image_shape"]) + (3,))
+    params, state = model.init(jax.random.PRNGKey(7), frames, is_training=True)
+    path = tmp_path / "start.pystate"
+    checkpoint.save(path, params, state)
+    config.apply_overrides(cfg, [f"task.pretrained={path}"])
+    task = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=True)
+    fresh, fresh_state = task.init(jax.random.PRNGKey(0))
+    loaded, _ = task.load_pretrained(fresh, fresh_state)
+    assert sorted(loaded) == sorted(params)
+    for module in params:
+        for name in params[module]:
+            np.testing.assert_array_equal(np.asarray(loaded[module][name]), np.asarray(params[module][name]))
+    # Without it the start is random; with a checkpoint of other sizes, the differences are listed.
+    assert recipes.build_task(recipes.get_config("flow_small", tiny=True), str(tmp_path / "r2")).load_pretrained is None
+    shipped = os.path.join(os.path.dirname(models.__file__), "data", "flow_small.pystate")
+    cfg = recipes.get_config("flow_small", tiny=True)
+    config.apply_overrides(cfg, [f"task.pretrained={shipped}"])
+    task = recipes.build_task(cfg, str(tmp_path / "run3"), pretrained=True)
+    with pytest.raises(CheckpointError, match="mismatched"):
+        task.load_pretrained(*task.init(jax.random.PRNGKey(0)))

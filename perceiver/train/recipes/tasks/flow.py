@@ -49,6 +49,9 @@ class FlowData:
 @dataclasses.dataclass
 class FlowTask:
     valid_only: bool = False  # end-point error only where the point stays visible
+    # A flow checkpoint to start from (a file, e.g. perceiver/data/flow_small.pystate,
+    # or a published name) instead of a random start; its sizes must be the model's.
+    pretrained: str = ""
 
 
 # The sizes of models.optical_flow.
@@ -93,6 +96,11 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     )
     eval_source = synthetic_flow.SyntheticFlowSource(spec, num_records=d.eval_examples, seed=d.eval_seed)
     height, width = spec.image_shape
+    load_pretrained = None
+    if pretrained and t.pretrained:
+        from perceiver.train import finetune
+
+        load_pretrained = common.load_pretrained_fn(finetune.resolve_pretrained(t.pretrained), ())
 
     def init(key):
         return model.init(key, jnp.zeros((1, 2, height, width, 3)), is_training=True)
@@ -139,6 +147,7 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
         train_loader=train_loader,
         eval_loader=eval_loader,
         num_train_examples=None,
+        load_pretrained=load_pretrained,
         export_info=dict(factory="optical_flow", **config.model),
     )
 
