@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import checkpoint as inference_checkpoint
+from perceiver.train import data as data_lib
 from perceiver.train import finetune
 from perceiver.train import losses
 from perceiver.train.config import ranged
@@ -38,6 +39,22 @@ def generated_dir(workdir: str, *parts: str) -> str:
 def sums(values: jax.Array, weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
     """`(sum of values x weights, sum of weights)`: an evaluation metric the trainer averages."""
     return jnp.sum(values * weights), jnp.sum(weights)
+
+
+def eval_loader_fn(source, transforms, workers: int):
+    """batch_size -> a loader over `source` once, in order, the last partial batch kept.
+
+    The seed is fixed, so random transforms (e.g. MLM masking) are the same
+    at every evaluation.
+    """
+
+    def eval_loader(batch_size):
+        return data_lib.make_loader(
+            source, list(transforms), batch_size=batch_size, seed=0, shuffle=False,
+            num_epochs=1, drop_remainder=False, worker_count=workers,
+        )
+
+    return eval_loader
 
 
 def load_pretrained_fn(path: str, fresh, log=print):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from perceiver import models
 from perceiver.train import data as data_lib
+from perceiver.train import finetune
 from perceiver.train import losses
 from perceiver.train import synthetic_flow
 from perceiver.train.config import SEED, Config, Interval, ranged
@@ -98,8 +99,6 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     height, width = spec.image_shape
     load_pretrained = None
     if pretrained and t.pretrained:
-        from perceiver.train import finetune
-
         load_pretrained = common.load_pretrained_fn(finetune.resolve_pretrained(t.pretrained), ())
 
     def init(key):
@@ -134,18 +133,12 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
             train_source, [], batch_size=batch_size, seed=seed, shuffle=False, worker_count=d.workers
         )
 
-    def eval_loader(batch_size):
-        return data_lib.make_loader(
-            eval_source, [], batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-            drop_remainder=False, worker_count=d.workers,
-        )
-
     return Task(
         init=init,
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=eval_loader,
+        eval_loader=common.eval_loader_fn(eval_source, [], d.workers),
         num_train_examples=None,
         load_pretrained=load_pretrained,
         export_info=dict(factory="optical_flow", **config.model),

@@ -145,17 +145,9 @@ def image_task(config: Config, workdir: str, pretrained: bool = True, finetune_f
             pre_batch=2 * batch_size if mixing else 0,
         )
 
-    def eval_loader(batch_size):
-        return data_lib.make_loader(
-            eval_source,
-            [images_lib.EvalImageTransform(image_size, d.eval_crop_fraction)],
-            batch_size=batch_size,
-            seed=0,
-            shuffle=False,
-            num_epochs=1,
-            drop_remainder=False,
-            worker_count=d.workers,
-        )
+    eval_loader = common.eval_loader_fn(
+        eval_source, [images_lib.EvalImageTransform(image_size, d.eval_crop_fraction)], d.workers
+    )
 
     return Task(
         init=init,

@@ -113,19 +113,15 @@ def mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
             train_source, [masking], batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    def eval_loader(batch_size):
-        # A fixed seed: the same positions are masked at every evaluation.
-        return data_lib.make_loader(
-            eval_source, [masking], batch_size=batch_size, seed=0, shuffle=False,
-            num_epochs=1, drop_remainder=False, worker_count=d.workers,
-        )
+    # A fixed seed: the same positions are masked at every evaluation.
+    eval_loader = common.eval_loader_fn(eval_source, [masking], d.workers)
 
     return Task(
         init=init,
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=eval_loader if eval_source is not None else None,
+        eval_loader=eval_loader,
         num_train_examples=len(train_source),
         export_info=dict(factory="masked_language_model", **config.model),
         # 'loss' and 'masked_acc' are means over masked tokens, not examples.
@@ -200,18 +196,14 @@ def text_classification_task(config: Config, workdir: str, pretrained: bool = Tr
             train_source, [], batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    def eval_loader(batch_size):
-        return data_lib.make_loader(
-            eval_source, [], batch_size=batch_size, seed=0, shuffle=False, num_epochs=1,
-            drop_remainder=False, worker_count=d.workers,
-        )
+    eval_loader = common.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
 
     return Task(
         init=init,
         loss=loss,
         evaluate=lambda p, s, b: evaluate(p, s, as_labels(b)),
         train_loader=train_loader,
-        eval_loader=eval_loader if eval_source is not None else None,
+        eval_loader=eval_loader,
         num_train_examples=len(train_source),
         load_pretrained=load_pretrained,
         export_info=dict(factory="text_classifier", classes=train_source.classes, **config.model),
