@@ -19,6 +19,7 @@ import pathlib
 import re
 import secrets
 import sys
+import threading
 import time
 import types
 import urllib.error
@@ -34,6 +35,13 @@ _MAX_QUOTED = 200
 # A temporary file no download has written to for this long was left by a
 # killed one (a live download writes at least once per read timeout).
 _STALE_PART_SECONDS = 6 * 3600
+# A body arriving slower than this (bytes per second, over any `timeout`
+# seconds) is abandoned: a server that drips a byte per read timeout would
+# otherwise never time out.
+_MIN_RATE = 1024
+# The connection, redirects and headers must all arrive within this many
+# read timeouts: headers dripped a line per timeout would otherwise take hours.
+_HEADER_TIMEOUTS = 3
 
 
 class FetchError(RuntimeError):
@@ -198,7 +206,9 @@ def fetch(
       cache_dir: where checkpoints are kept (default `cache_dir()`).
       progress: show a progress bar on stderr while downloading (only when
         stderr is a terminal).
-      timeout: seconds to wait for the connection and for each read.
+      timeout: seconds to wait for the connection and for each read; a body
+        that arrives slower than 1 KiB/s over any `timeout` seconds is
+        abandoned too.
       force: download again even when the file is cached; the cached file is
         replaced only once the new one passes the checks.
       verify: called with the downloaded file's path before it is kept; it
@@ -360,14 +370,14 @@ def _download(
     request = urllib.request.Request(url, headers=headers)
     try:
         try:
-            response = urllib.request.urlopen(request, timeout=timeout)
+            response = _open(request, timeout)
         except (OSError, http.client.HTTPException, ValueError) as e:
             # OSError covers URLError, HTTPError (404 ...), refused connections
             # and timeouts; ValueError a malformed PERCEIVER_BASE_URL.
             raise _fetch_error(entry, url, target, _clip(e)) from e
         with response:
             total = _check_headers(entry, url, target, response)
-            _copy(entry, url, target, response, tmp, total, progress)
+            _copy(entry, url, target, response, tmp, total, progress, timeout)
         try:
             verify(tmp)
         except ValueError as e:  # perceiver.checkpoint.CheckpointError is one.
@@ -382,6 +392,34 @@ def _download(
     except BaseException:  # A FetchError, or Ctrl-C: clean up, then let it through.
         _remove(tmp)
         raise
+
+
+def _open(request: urllib.request.Request, timeout: float):
+    """`urlopen(request)`, within `_HEADER_TIMEOUTS * timeout` seconds in all; else TimeoutError."""
+    outcome = {}
+    done = threading.Event()
+    abandoned = threading.Event()
+
+    def work():
+        try:
+            outcome["response"] = urllib.request.urlopen(request, timeout=timeout)
+        except BaseException as e:  # Handed to the caller's thread.
+            outcome["error"] = e
+        done.set()
+        if abandoned.is_set() and "response" in outcome:  # Too late: nobody will read it.
+            outcome["response"].close()
+
+    # A daemon thread: an abandoned one ends at its next read timeout at the latest.
+    threading.Thread(target=work, daemon=True, name="perceiver-hub-open").start()
+    deadline = _HEADER_TIMEOUTS * timeout
+    if not done.wait(deadline):
+        abandoned.set()
+        if done.is_set() and "response" in outcome:  # Finished between the two lines.
+            outcome["response"].close()
+        raise TimeoutError(f"no complete answer (status and headers) within {deadline:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["response"]
 
 
 def _check_headers(entry: Checkpoint, url: str, target: pathlib.Path, response) -> Optional[int]:
@@ -422,15 +460,22 @@ def _check_headers(entry: Checkpoint, url: str, target: pathlib.Path, response) 
     return total
 
 
-def _copy(entry, url, target, response, tmp: pathlib.Path, total: Optional[int], progress: bool):
-    """Writes the body to `tmp`; raises FetchError on a network failure or a short body."""
+def _copy(
+    entry, url, target, response, tmp: pathlib.Path, total: Optional[int], progress: bool,
+    timeout: float,
+):
+    """Writes the body to `tmp`; raises FetchError on a network failure, a drip or a short body."""
     received = 0
+    # read1 returns after one read from the socket, so that a slow drip is seen
+    # (read(n) would wait for all n bytes, one read timeout at a time).
+    read = getattr(response, "read1", response.read)
+    window_start, window_bytes = time.monotonic(), 0
     with open(tmp, "xb") as f:
         bar = _progress_bar(total, entry.filename, progress)
         try:
             while True:
                 try:
-                    chunk = response.read(_CHUNK)
+                    chunk = read(_CHUNK)
                 except (OSError, http.client.HTTPException) as e:
                     # Wrapped here, so that an OSError that escapes is about the local file.
                     reason = f"the transfer failed after {received} bytes: {_clip(e)}"
@@ -438,6 +483,17 @@ def _copy(entry, url, target, response, tmp: pathlib.Path, total: Optional[int],
                 if not chunk:
                     break
                 received += len(chunk)
+                window_bytes += len(chunk)
+                elapsed = time.monotonic() - window_start
+                if elapsed >= timeout:
+                    if window_bytes < _MIN_RATE * elapsed:
+                        raise _fetch_error(
+                            entry, url, target,
+                            f"the transfer slowed to {window_bytes} bytes in {elapsed:.1f} s "
+                            f"after {received} bytes, less than {_MIN_RATE} bytes/s "
+                            "(a stalled or throttled server?)",
+                        )
+                    window_start, window_bytes = time.monotonic(), 0
                 if received > entry.max_bytes:  # A body without end must not fill the disk.
                     raise _fetch_error(
                         entry, url, target,

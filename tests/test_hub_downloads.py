@@ -143,6 +143,49 @@ def test_an_endless_body_is_cut_off(server, tmp_path, monkeypatch):
     assert f"more than {1 << 20} bytes" in message
 
 
+def _drip(handler):
+    # Headers at once, then a byte every 0.1 s: each read is within the
+    # timeout, so only a rate floor ends it. Bounded: 100 bytes.
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(1 << 20))
+    handler.end_headers()
+    for _ in range(100):
+        handler.wfile.write(b"\x80")
+        handler.wfile.flush()
+        time.sleep(0.1)
+    handler.close_connection = True
+
+
+def test_a_body_that_drips_is_abandoned(server, tmp_path):
+    server.routes[ENTRY.filename] = _drip
+    start = time.monotonic()
+    message = _refused(tmp_path, timeout=0.5)
+    assert time.monotonic() - start < 5  # Not the 10 s the drip lasts.
+    assert "slowed to" in message and "bytes/s" in message
+
+
+def _dripped_headers(handler):
+    # A header line every 0.2 s, each within the read timeout. Bounded: 8 s.
+    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
+    for i in range(40):
+        try:
+            handler.wfile.write(b"X-Slow-%d: 1\r\n" % i)
+            handler.wfile.flush()
+        except OSError:  # The client gave up: as intended.
+            return
+        time.sleep(0.2)
+    handler.close_connection = True
+
+
+def test_headers_that_drip_are_abandoned(server, tmp_path):
+    server.routes[ENTRY.filename] = _dripped_headers
+    start = time.monotonic()
+    message = _refused(tmp_path, timeout=0.5)
+    assert time.monotonic() - start < 4  # Not the 8 s the headers last.
+    assert "within 1.5 s" in message
+
+
 def test_an_announced_length_too_large_is_refused_before_reading(server, tmp_path):
     huge = ENTRY.max_bytes + 1
     server.routes[ENTRY.filename] = _send(SMALL.read_bytes(), length=huge)
