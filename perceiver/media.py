@@ -161,6 +161,19 @@ def _check_has_pixels(image) -> None:
         raise ValueError(f"it has no pixels ({width} x {height}).")
 
 
+def _upright(image):
+    """`image` turned as its EXIF orientation says (as viewers show it); else as stored."""
+    from PIL import ImageOps
+
+    # Cameras store portrait photos sideways with an Orientation tag; a model
+    # fed the stored pixels would see them turned or mirrored.
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as e:  # noqa: BLE001 - a damaged EXIF block must not lose the image.
+        warnings.warn(f"ignoring the unreadable EXIF orientation of the image: {e}", stacklevel=3)
+        return image
+
+
 def read_image(path: PathLike) -> np.ndarray:
     """Reads an image file (the first frame of an animation) as RGB.
 
@@ -168,8 +181,9 @@ def read_image(path: PathLike) -> np.ndarray:
       path: a PNG, JPEG, GIF, BMP, TIFF, WebP... file.
 
     Returns:
-      uint8 `[H, W, 3]`; an alpha channel is dropped and grey is repeated
-      into three channels.
+      uint8 `[H, W, 3]`, upright: turned (or mirrored) as the file's EXIF
+      orientation says, as image viewers show it; an alpha channel is
+      dropped and grey is repeated into three channels.
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
@@ -182,7 +196,7 @@ def read_image(path: PathLike) -> np.ndarray:
         with Image.open(path) as image:
             _check_has_pixels(image)
             image.load()
-            return _pil_to_rgb(image)
+            return _pil_to_rgb(_upright(image))
 
 
 @functools.lru_cache(maxsize=None)
@@ -329,7 +343,10 @@ def _decode_video(av, path: pathlib.Path, max_frames: Optional[int]):
         stream.thread_type = "AUTO"
         frames = []
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            # Phones store portrait video sideways with a display rotation
+            # (counter-clockwise degrees); players turn it, and so do we.
+            turns = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
+            frames.append(np.rot90(frame.to_ndarray(format="rgb24"), turns))
             if max_frames is not None and len(frames) >= max_frames:
                 break
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate

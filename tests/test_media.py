@@ -65,6 +65,55 @@ def test_alpha_is_dropped_and_16_bit_grey_is_scaled(tmp_path):
     np.testing.assert_array_equal(back, np.repeat(want[..., None], 3, -1))
 
 
+# EXIF orientation -> how a viewer turns the stored pixels (EXIF 2.3, tag 0x0112),
+# written out with numpy.
+_ORIENTATIONS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],  # mirrored left-right
+    3: lambda a: a[::-1, ::-1],  # turned 180
+    4: lambda a: a[::-1],  # mirrored top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # mirrored along the main diagonal
+    6: lambda a: np.rot90(a, -1),  # turned 90 clockwise
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],  # mirrored along the other diagonal
+    8: lambda a: np.rot90(a, 1),  # turned 90 counter-clockwise
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(_ORIENTATIONS))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    from PIL import Image
+
+    stored = np.random.default_rng(orientation).integers(0, 256, (5, 8, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(tmp_path / "o.png", exif=exif)
+    np.testing.assert_array_equal(
+        media.read_image(tmp_path / "o.png"), _ORIENTATIONS[orientation](stored)
+    )
+
+
+def test_a_portrait_photo_from_a_camera_is_read_upright(tmp_path):
+    # A real photo stored sideways, as cameras do, with the tag that turns it.
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = skimage_data.coffee()  # [400, 600, 3]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.rot90(photo, 1)).save(tmp_path / "p.jpg", exif=exif, quality=95)
+    back = media.read_image(tmp_path / "p.jpg")
+    assert back.shape == photo.shape
+    assert np.abs(back.astype(int) - photo).mean() < 3
+
+
+def test_damaged_exif_keeps_the_stored_image(tmp_path, recwarn):
+    from PIL import Image
+
+    stored = np.random.default_rng(3).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    Image.fromarray(stored).save(tmp_path / "d.png", exif=b"Exif\x00\x00garbage")
+    np.testing.assert_array_equal(media.read_image(tmp_path / "d.png"), stored)
+
+
 def test_jpeg_round_trip_is_close(tmp_path):
     image = _smooth_image()
     media.write_image(tmp_path / "a.jpg", image)
@@ -155,6 +204,27 @@ def test_mp4_without_audio_and_from_float_frames(tmp_path):
     back, fps, sound, rate = media.read_video(tmp_path / "b.mp4")
     assert back.shape == (3, 16, 16, 3) and sound is None and rate is None
     assert fps == pytest.approx(24)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_video_display_rotation_is_applied(tmp_path, rotation):
+    # Phones store portrait video sideways with a display rotation; players turn it.
+    av = pytest.importorskip("av")
+    stored = np.stack([_smooth_image(16, 32, shift=t) for t in range(3)])
+    path = tmp_path / "r.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 16, "yuv420p"
+        if not hasattr(stream, "set_display_rotation"):
+            pytest.skip("this PyAV cannot write a display rotation")
+        stream.set_display_rotation(rotation)  # Counter-clockwise degrees.
+        for frame in stored:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    frames, _, _, _ = media.read_video(path)
+    want = np.rot90(stored, rotation // 90, axes=(1, 2))
+    assert frames.shape == want.shape
+    assert np.abs(frames.astype(int) - want).mean() < 6  # MPEG-4 is lossy.
 
 
 def test_write_video_rejects_bad_input(tmp_path):

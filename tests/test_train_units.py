@@ -450,6 +450,24 @@ def test_image_pipeline_with_mixing_is_deterministic_and_resumable(tmp_path):
     assert n == 5 and padded["example_weights"].tolist() == [1] * 5 + [0] * 3
 
 
+def test_training_images_are_read_upright_as_at_inference(tmp_path):
+    # A camera's portrait photo: stored sideways, with the EXIF tag that turns it.
+    from PIL import Image
+
+    from perceiver import media
+    from perceiver.train import images
+
+    skimage_data = pytest.importorskip("skimage.data")
+    photo = skimage_data.chelsea()  # [300, 451, 3]
+    exif = Image.Exif()
+    exif[0x0112] = 8  # Turn 90 degrees counter-clockwise to view.
+    (tmp_path / "imgs" / "cat").mkdir(parents=True)
+    path = tmp_path / "imgs" / "cat" / "side.png"
+    Image.fromarray(np.rot90(photo, -1)).save(path, exif=exif)
+    np.testing.assert_array_equal(np.asarray(images.load_rgb(str(path))), photo)
+    np.testing.assert_array_equal(media.read_image(path), photo)
+
+
 def test_span_masking_counts_and_replacements():
     rng = np.random.default_rng(0)
     mask = text.span_mask(rng, 200, mask_prob=0.15, mean_span=3.0, max_span=10)

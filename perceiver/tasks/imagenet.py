@@ -88,7 +88,7 @@ def preprocess(
 
     Args:
       image: `[H, W, 3]` RGB with values in 0..255 (uint8, or any real dtype
-        on that scale), e.g. `np.asarray(PIL.Image.open(path).convert('RGB'))`.
+        on that scale), e.g. `perceiver.media.read_image(path)` (upright, as EXIF says).
       image_size: side of the output (the model's, 224).
       crop_fraction: fraction of the shorter side kept by the centre crop.
       min_crop_size: the least side of the crop in pixels (0: none; never

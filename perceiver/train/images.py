@@ -15,6 +15,7 @@ import grain.python as grain
 import numpy as np
 from PIL import Image
 
+from perceiver import media
 from perceiver.train import augment
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -70,8 +71,10 @@ class ImageFolder:
 
 
 def load_rgb(path: str) -> Image.Image:
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """An image file as RGB, upright and 16-bit grey scaled, as `perceiver.media.read_image` reads it."""
+    # The same reading as at inference: a model trained on sideways portrait
+    # photos would meet them upright in `perceiver classify`.
+    return Image.fromarray(media.read_image(path))
 
 
 class TrainImageTransform(grain.RandomMapTransform):
