@@ -227,8 +227,9 @@ def shipped():
 
 
 def test_levels_1_is_the_flow_recorded_before_the_pyramid(photo, shipped):
-    # Recorded with the single-scale OpticalFlow of the parent commit (tiles of
-    # 32 with overlap 8, one per call): frame 2 is frame 1 moved by (-2, -1).
+    # Recorded with the single-scale OpticalFlow of the pyramid's parent commit
+    # (20fc596; tiles of 32 with overlap 8, one per call) and today's shipped
+    # model: frame 2 is frame 1 moved by (-2, -1).
     a, b = photo[40:80, 50:106], photo[41:81, 52:108]
     recorded = np.load(os.path.join(DATA, "astronaut_levels1_flow.npy"))
     estimator = flow_lib.OpticalFlow.from_pretrained(

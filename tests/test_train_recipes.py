@@ -205,9 +205,9 @@ def test_a_new_recipe_is_one_new_file(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     names, printed = result.stdout.split("\n", 1)
-    # Listed after the six, found by name, validated by its kind's rules.
+    # Listed after the others, found by name, validated by its kind's rules.
     assert json.loads(names) == ["imagenet", "finetune_image", "finetune_text", "mlm", "flow", "flow_small",
-                                 "flow_narrow"]
+                                 "flow_small_photo", "flow_narrow"]
     printed = json.loads(printed)
     assert printed["recipe"] == "flow_narrow" and printed["model"]["num_latents"] == 8
     assert printed["data"]["max_objects"] == 7
@@ -248,11 +248,42 @@ def test_the_names_of_the_single_recipes_module_are_still_there():
 def test_recipes_register_themselves_in_their_listed_order():
     from perceiver.train import recipes
 
-    listed = ["imagenet", "finetune_image", "finetune_text", "mlm", "flow", "flow_small"]
+    listed = ["imagenet", "finetune_image", "finetune_text", "mlm", "flow", "flow_small", "flow_small_photo"]
     assert list(recipes.CONFIGS) == listed
     for name in listed:
-        assert recipes.CONFIGS[name] is getattr(recipes, f"{name}_config")
+        assert recipes.CONFIGS[name] is recipes.RECIPES[name].config
         assert recipes.get_config(name).recipe == name == recipes.get_config(name, tiny=True).recipe
+    # The names of the days of one recipes module stay importable from it.
+    for name in listed[:6]:
+        assert recipes.CONFIGS[name] is getattr(recipes, f"{name}_config")
+
+
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_flow_small_photo_is_the_run_that_made_the_shipped_flow_model():
+    from perceiver import cli
+    from perceiver.train import config as config_lib
+    from perceiver.train import recipes
+
+    ran = _flat(checkpoint.read_description(cli._bundled_flow_model())["trained"]["config"])
+    recipe = _flat(json.loads(json.dumps(config_lib.to_dict(recipes.get_config("flow_small_photo")))))
+    assert set(ran) == set(recipe)
+    differ = {key: (ran[key], recipe[key]) for key in ran if ran[key] != recipe[key]}
+    # The run was flow_small with overrides, from the flow_small model then
+    # shipped (now runs/flow_small/model.pystate), without a progress bar.
+    assert differ == {
+        "recipe": ("flow_small", "flow_small_photo"),
+        "task.pretrained": ("perceiver/data/flow_small.pystate", "runs/flow_small/model.pystate"),
+        "train.progress": (False, True),
+    }
 
 
 def _train_losses(workdir):

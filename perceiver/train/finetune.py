@@ -95,7 +95,8 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
                 f"and could not be fetched: {reason}. Run `perceiver fetch {name_or_path}` where the "
                 "internet is reachable, or set task.pretrained=PATH to a local file."
             ) from None
+    where = "" if os.path.isabs(path) else f", relative to {os.getcwd()},"
     raise FileNotFoundError(
-        f"pretrained checkpoint {name_or_path!r} is neither a file nor a published name "
+        f"pretrained checkpoint {name_or_path!r} is neither a file{where} nor a published name "
         f"({', '.join(hub.CHECKPOINTS)})."
     )

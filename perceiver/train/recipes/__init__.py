@@ -5,7 +5,8 @@
     finetune_text   text classification from the published byte MLM, new decoder
     mlm             masked byte language model pre-training on a text corpus
     flow            optical flow from scratch on synthetic pairs
-    flow_small      the small flow model shipped as perceiver/data/flow_small.pystate
+    flow_small      the small flow model from a random start (the shipped one's first stage)
+    flow_small_photo  flow_small continued on photo-like scenes: perceiver/data/flow_small.pystate
 
 `get_config(name, tiny=False)` returns a `Config`; `build_task(config,
 workdir)` the `Task` the trainer runs; `describe(config, task, step)` the

@@ -1,11 +1,11 @@
-"""flow_small: the small flow model shipped as perceiver/data/flow_small.pystate."""
+"""flow_small: the small flow model, first stage of the shipped perceiver/data/flow_small.pystate."""
 
 from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
 from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowData, FlowTask
 
-# The model shipped as perceiver/data/flow_small.pystate.
+# The sizes of the model shipped as perceiver/data/flow_small.pystate.
 FLOW_SMALL_MODEL = dict(
     image_shape=(32, 32),
     num_latents=64,
@@ -30,17 +30,14 @@ TINY_FLOW_SMALL_MODEL = dict(
 # regions with fractal detail, the rest sums of waves; motions are those one
 # pyramid level leaves, mostly below a pixel (translation_power 2), up to 3 px
 # for the background and 4 px for objects, with rotation and scaling; and
-# brightness changes, blur and noise. Not what the shipped file was trained
-# on (the scenes in flow_small_config are): a CPU run of this recipe with them
-# stayed at zero flow's held-out error through step 2000 of 5000. Short runs
-# (500 steps, 128 held-out pairs) split the cause in two: the recipe's own
-# scenes reach 0.86x zero flow's error by step 500; with only the photo
-# textures and photometric changes added, or with only the larger motions
-# (objects 4 px, background 3 px, 5 objects), both stay at 1.00x. Started
-# from the shipped file instead (task.pretrained=..., lr 5e-4, 500 steps) they
-# do learn: held-out error 1.73 -> 1.61 on these scenes (zero flow: 2.61). Train with
-# them by overriding: `perceiver train --config flow_small --workdir DIR`
-# followed by `data.KEY=VALUE` per item (`photo_scene_overrides()`).
+# brightness changes, blur and noise. From a random start a CPU run with them
+# stayed at zero flow's held-out error through step 2000 of 5000; short runs
+# (500 steps) showed that either half alone (the photo textures and
+# photometric changes, or the larger motions) keeps it there. Continued from
+# the flow_small model they train: the `flow_small_photo` recipe, 4000 steps,
+# gives the shipped file (benchmarks/flow_quality.py on real photos: EPE
+# ratio to zero flow 0.19 -> 0.13 for 3-8 px translations, 0.22 -> 0.17 on
+# the quarter-size stereo pair).
 PHOTO_SCENES = dict(
     max_objects=5,
     max_translation=4.0,
@@ -56,19 +53,15 @@ PHOTO_SCENES = dict(
 )
 
 
-def photo_scene_overrides() -> list:
-    """`PHOTO_SCENES` as `perceiver train` overrides: ['data.max_objects=5', ...]."""
-    return [f"data.{key}={value}" for key, value in PHOTO_SCENES.items()]
-
-
 @register("flow_small", OPTICAL_FLOW, order=60)
 def flow_small_config(tiny: bool = False) -> Config:
-    """The small flow model that ships with the package (32 x 32 frames).
+    """The small flow model (32 x 32 frames), from a random start.
 
-    `perceiver train --config flow_small --workdir DIR` reproduces
-    perceiver/data/flow_small.pystate (as DIR/model.pystate): 5000 steps of
-    16 synthetic pairs with motions of a few pixels and richly textured
-    layers (AdamW, 2e-3 peak, cosine); under an hour on two CPU cores.
+    `perceiver train --config flow_small --workdir runs/flow_small` trains
+    it: 5000 steps of 16 synthetic pairs with motions of a few pixels and
+    richly textured layers (AdamW, 2e-3 peak, cosine); under an hour on two
+    CPU cores. It was the shipped model until 2026-12; `flow_small_photo`
+    continues it into today's perceiver/data/flow_small.pystate.
     The tiny variant is the same design at half the size per dimension
     (16 x 16 frames, TINY_FLOW_SMALL_MODEL), the same scenes and optimiser,
     on 64 scenes for 150 steps.
