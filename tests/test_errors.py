@@ -779,18 +779,15 @@ def test_inference_needs_no_key():
     t = hk.transform_with_state(fn)
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 3)).astype(np.float32)
     params, state = _jit(t.init)(KEY, x, is_training=True)
-    out_none, _ = t.apply(params, state, None, x, is_training=False)
-    out_key, _ = t.apply(params, state, jax.random.PRNGKey(42), x, is_training=False)
+    # Under jit: op by op, these calls took 15 s of the suite.
+    apply = jax.jit(t.apply, static_argnames="is_training")
+    out_none, _ = apply(params, state, None, x, is_training=False)
+    out_key, _ = apply(params, state, jax.random.PRNGKey(42), x, is_training=False)
     assert out_none.shape == (2, 4, 3)
     np.testing.assert_array_equal(np.asarray(out_none), np.asarray(out_key))
-    # Also under jit.
-    out_jit, _ = jax.jit(t.apply, static_argnames="is_training")(
-        params, state, None, x, is_training=False
-    )
-    np.testing.assert_allclose(np.asarray(out_jit), np.asarray(out_none), rtol=1e-5, atol=1e-6)
-    # Training with dropout > 0 still demands a key.
+    # Training with dropout > 0 still demands a key (checked while tracing).
     with pytest.raises(ValueError, match=r"random key"):
-        t.apply(params, state, None, x, is_training=True)
+        apply(params, state, None, x, is_training=True)
 
 
 # ---------------------------------------------------------------------------

@@ -640,7 +640,7 @@ def _encoder_model():
 def test_looped_blocks_equal_unrolled_with_dropout_keys():
     model = _encoder_model()
     inputs = _rng(6).standard_normal((2, 9, 5)).astype(np.float32)
-    params = model.init(jax.random.PRNGKey(0), inputs, True)
+    params = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), inputs, True)
     key = jax.random.PRNGKey(1)
     unrolled = compute.configure(model, scan_blocks=False)
     looped = compute.configure(model, scan_blocks=True)
@@ -655,7 +655,7 @@ def test_looped_blocks_equal_unrolled_with_dropout_keys():
 def test_remat_gives_the_same_gradients():
     model = _encoder_model()
     inputs = _rng(7).standard_normal((2, 9, 5)).astype(np.float32)
-    params = model.init(jax.random.PRNGKey(0), inputs, True)
+    params = jax.jit(model.init, static_argnums=2)(jax.random.PRNGKey(0), inputs, True)
     key = jax.random.PRNGKey(2)
 
     def grads(**options):
