@@ -412,10 +412,17 @@ def _open(request: urllib.request.Request, timeout: float):
     # A daemon thread: an abandoned one ends at its next read timeout at the latest.
     threading.Thread(target=work, daemon=True, name="perceiver-hub-open").start()
     deadline = _HEADER_TIMEOUTS * timeout
-    if not done.wait(deadline):
-        abandoned.set()
-        if done.is_set() and "response" in outcome:  # Finished between the two lines.
-            outcome["response"].close()
+    try:
+        answered = done.wait(deadline)
+    except BaseException:  # Ctrl-C: the answer, if it comes, is closed unread.
+        answered = False
+        raise
+    finally:
+        if not answered:
+            abandoned.set()
+            if done.is_set() and "response" in outcome:  # Finished between the two lines.
+                outcome["response"].close()
+    if not answered:
         raise TimeoutError(f"no complete answer (status and headers) within {deadline:g} s")
     if "error" in outcome:
         raise outcome["error"]

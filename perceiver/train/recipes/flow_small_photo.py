@@ -1,10 +1,11 @@
 """flow_small_photo: flow_small continued on photo-like scenes, the shipped flow_small.pystate."""
 
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
-from perceiver.train.recipes import _tiny
+import dataclasses
+
+from perceiver.train.config import Config
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.flow_small import FLOW_SMALL_MODEL, PHOTO_SCENES, TINY_FLOW_SMALL_MODEL
-from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowData, FlowTask
+from perceiver.train.recipes.flow_small import PHOTO_SCENES, flow_small_config
+from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowTask
 
 # Where the first of the two commands below leaves the flow_small model.
 BASE_MODEL = "runs/flow_small/model.pystate"
@@ -24,33 +25,18 @@ def flow_small_photo_config(tiny: bool = False) -> Config:
         perceiver train --config flow_small_photo --workdir runs/flow_small_photo
 
     (`task.pretrained=FILE` starts from another flow_small-sized model.)
-    4000 steps of 16 pairs, AdamW at 5e-4 after 100 warm-up steps, cosine.
-    The tiny variant starts afresh (no pretrained model): it only shows the
-    workflow, on TINY_FLOW_SMALL_MODEL for 150 steps.
+    It is flow_small's config with these scenes, 4000 steps (of 16 pairs),
+    AdamW at 5e-4 after 100 warm-up steps, cosine. The tiny variant is
+    flow_small's tiny one with these scenes, from a random start: it only
+    shows the workflow.
     """
-    optimizer = dict(
-        optimizer="adamw", scale_by_batch=False, eps=1e-8, weight_decay=1e-4,
-        max_norm=1.0, schedule="cosine", end_lr=1e-5,
-    )
+    config = flow_small_config(tiny)
+    config.recipe = "flow_small_photo"
+    config.data = dataclasses.replace(config.data, **PHOTO_SCENES)
     if tiny:
-        return Config(
-            recipe="flow_small_photo",
-            model=dict(TINY_FLOW_SMALL_MODEL),
-            data=FlowData(train_examples=64, eval_examples=32, **PHOTO_SCENES),
-            task=FlowTask(),
-            optimizer=OptimizerConfig(base_lr=2e-3, warmup_steps=6, **optimizer),
-            train=_tiny.train(batch_size=8, eval_batch_size=8, num_steps=150),
-            checkpoint=_tiny.checkpoint(),
-        )
-    return Config(
-        recipe="flow_small_photo",
-        model=dict(FLOW_SMALL_MODEL),
-        data=FlowData(eval_examples=128, **PHOTO_SCENES),
-        task=FlowTask(pretrained=BASE_MODEL),
-        optimizer=OptimizerConfig(base_lr=5e-4, warmup_steps=100, **optimizer),
-        train=TrainConfig(
-            batch_size=16, num_steps=4000, eval_every=1000, log_every=100, eval_batch_size=64
-        ),
-        checkpoint=CheckpointConfig(every_steps=250, keep=2),
-    )
-
+        return config
+    config.data.eval_examples = 128
+    config.task = FlowTask(pretrained=BASE_MODEL)
+    config.optimizer = dataclasses.replace(config.optimizer, base_lr=5e-4, warmup_steps=100)
+    config.train.num_steps = 4000
+    return config
