@@ -412,12 +412,10 @@ def _open(request: urllib.request.Request, timeout: float):
     # A daemon thread: an abandoned one ends at its next read timeout at the latest.
     threading.Thread(target=work, daemon=True, name="perceiver-hub-open").start()
     deadline = _HEADER_TIMEOUTS * timeout
+    answered = False
     try:
         answered = done.wait(deadline)
-    except BaseException:  # Ctrl-C: the answer, if it comes, is closed unread.
-        answered = False
-        raise
-    finally:
+    finally:  # After a timeout or Ctrl-C, an answer that still comes is closed unread.
         if not answered:
             abandoned.set()
             if done.is_set() and "response" in outcome:  # Finished between the two lines.
