@@ -143,47 +143,40 @@ def test_an_endless_body_is_cut_off(server, tmp_path, monkeypatch):
     assert f"more than {1 << 20} bytes" in message
 
 
-def _drip(handler):
-    # Headers at once, then a byte every 0.1 s: each read is within the
-    # timeout, so only a rate floor ends it. Bounded: 100 bytes.
-    handler.send_response(200)
-    handler.send_header("Content-Type", "application/octet-stream")
-    handler.send_header("Content-Length", str(1 << 20))
-    handler.end_headers()
-    for _ in range(100):
-        handler.wfile.write(b"\x80")
-        handler.wfile.flush()
-        time.sleep(0.1)
-    handler.close_connection = True
+def _dripping(head: bytes, piece, count: int, pause: float):
+    """A route sending `head`, then `piece(i)` for i < count every `pause` s: each read in time."""
 
-
-def test_a_body_that_drips_is_abandoned(server, tmp_path):
-    server.routes[ENTRY.filename] = _drip
-    start = time.monotonic()
-    message = _refused(tmp_path, timeout=0.5)
-    assert time.monotonic() - start < 5  # Not the 10 s the drip lasts.
-    assert "slowed to" in message and "bytes/s" in message
-
-
-def _dripped_headers(handler):
-    # A header line every 0.2 s, each within the read timeout. Bounded: 8 s.
-    handler.wfile.write(b"HTTP/1.1 200 OK\r\n")
-    for i in range(40):
-        try:
-            handler.wfile.write(b"X-Slow-%d: 1\r\n" % i)
+    def route(handler):
+        handler.wfile.write(head)
+        for i in range(count):  # Bounded: count * pause seconds.
+            handler.wfile.write(piece(i))  # A hung-up client: ConnectionError, caught above.
             handler.wfile.flush()
-        except OSError:  # The client gave up: as intended.
-            return
-        time.sleep(0.2)
-    handler.close_connection = True
+            time.sleep(pause)
+        handler.close_connection = True
+
+    return route
 
 
-def test_headers_that_drip_are_abandoned(server, tmp_path):
-    server.routes[ENTRY.filename] = _dripped_headers
+_OK_HEAD = b"HTTP/1.1 200 OK\r\n"
+_BODY_HEAD = _OK_HEAD + b"Content-Type: application/octet-stream\r\nContent-Length: 1048576\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "head, piece, count, pause, most, says",
+    [
+        # The body: a byte every 0.1 s for 10 s; only a rate floor ends it.
+        (_BODY_HEAD, lambda i: b"\x80", 100, 0.1, 5, "slowed to"),
+        # The headers: a line every 0.2 s for 8 s; only a deadline ends them.
+        (_OK_HEAD, lambda i: b"X-Slow-%d: 1\r\n" % i, 40, 0.2, 4, "within 1.5 s"),
+    ],
+    ids=["body", "headers"],
+)
+def test_a_server_that_drips_is_given_up_on(server, tmp_path, head, piece, count, pause, most, says):
+    server.routes[ENTRY.filename] = _dripping(head, piece, count, pause)
     start = time.monotonic()
     message = _refused(tmp_path, timeout=0.5)
-    assert time.monotonic() - start < 4  # Not the 8 s the headers last.
-    assert "within 1.5 s" in message
+    assert time.monotonic() - start < most < count * pause  # Long before the drip ends.
+    assert says in message
 
 
 def test_an_announced_length_too_large_is_refused_before_reading(server, tmp_path):
