@@ -9,10 +9,16 @@ user's other functions compile as they would without this library.
 What is chosen, and why (`benchmarks/vs_torch.py` measures each option; the
 numbers are in benchmarks/README.md):
 
-- CPU, bfloat16 compute dtype: XLA:CPU hands dots to YNNPACK by default;
-  with YNNPACK's dots off (`xla_cpu_experimental_ynn_fusion_type=""`) they
-  go to Eigen, whose bf16 x bf16 -> f32 product is faster on CPUs without
-  bf16 matrix units; the five models ran 1.2-1.4x faster in bf16 that way.
+- CPU without bfloat16 dot instructions (neither AVX-512 BF16 nor AMX in
+  `/proc/cpuinfo`), bfloat16 compute dtype: XLA:CPU hands dots to YNNPACK
+  by default; with YNNPACK's dots off (`xla_cpu_experimental_ynn_fusion_type=""`)
+  they go to Eigen, whose bf16 x bf16 -> f32 product is faster there; the
+  five models ran 1.2-1.4x faster in bf16 that way (Intel Xeon, AVX-512
+  without BF16).
+- CPU with them, bfloat16: nothing. On an AMD EPYC with AVX-512 BF16,
+  XLA's default (YNNPACK) dots ran the five models 1.6-1.8x faster than
+  Eigen's. AMX was not measured (no such machine was at hand); it is left
+  to XLA's defaults too, as is a CPU whose features cannot be read.
 - CPU, float32: nothing. No option measured faster for whole models (Eigen,
   XNNPACK and YNNPACK dots were within noise of each other there).
 
@@ -21,7 +27,7 @@ a small product with it), so a newer or older jax never fails on it.
 """
 
 import functools
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, FrozenSet, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +36,33 @@ from perceiver.compute import precision
 
 # Off: dots are left to XLA's own (Eigen) kernels instead of YNNPACK.
 YNN_DOTS_OFF = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# /proc/cpuinfo flags of instructions that multiply bfloat16 pairs into float32.
+BF16_DOT_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_flags(path: str = "/proc/cpuinfo") -> Optional[FrozenSet[str]]:
+    """The x86 feature flags this CPU reports, or None where there are none to read.
+
+    None on other CPUs (an Arm CPU lists "Features") and systems without
+    /proc/cpuinfo: nothing was measured there, so nothing is chosen.
+    """
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def has_bf16_dots(flags: Optional[FrozenSet[str]] = None) -> Optional[bool]:
+    """Whether the CPU has bfloat16 dot instructions (AVX-512 BF16, AMX); None if unknown."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return None
+    return any(flag in flags for flag in BF16_DOT_FLAGS)
 
 
 @functools.lru_cache(maxsize=None)
@@ -60,7 +93,7 @@ def compiler_options(compute_dtype: Any = None, backend: Optional[str] = None) -
     backend = backend or jax.default_backend()
     if compute_dtype is None or not precision.is_low_precision(compute_dtype):
         return {}
-    if backend != "cpu":
+    if backend != "cpu" or has_bf16_dots() is not False:
         return {}
     options = dict(YNN_DOTS_OFF)
     return options if _supported(backend, tuple(sorted(options.items()))) else {}
