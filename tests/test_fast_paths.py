@@ -621,6 +621,37 @@ def test_bfloat16_is_close_to_float32(model):
     _close_to_recorded(jax.tree_util.tree_map(np.asarray, out), expected, BF16_TOLERANCE)
 
 
+@pytest.mark.parametrize("model", ["mlm", "imagenet_conv", "video_autoencoding"])
+def test_params_cast_once_give_the_same_bfloat16_outputs_bit_for_bit(model):
+    factory, kwargs = ref.SMALL_FACTORIES[model]
+    transformed, params, state = models.load_for(factory, ref.checkpoint_path(model), **kwargs)
+    inputs, _ = ref.recorded(model)
+    args = (state, None, *ref.factory_inputs(model, inputs))
+    low = compute.configure(transformed, compute_dtype=jnp.bfloat16)
+    cast = compute.cast_params(low.apply, params, *args)
+    dtypes = {(m, n): v.dtype for m, leaves in cast.items() for n, v in leaves.items()}
+    # Layer norms run in float32; pre- and postprocessors (the conv stem and
+    # its batch norm, the byte embedding) run outside the compute dtype.
+    for (module, name), dtype in dtypes.items():
+        outside = not module.startswith(("perceiver_encoder", "encoder", "basic_decoder", "flow_decoder",
+                                         "classification_decoder", "multimodal_decoder"))
+        if "layer_norm" in module.rsplit("/", 1)[-1] or outside:
+            assert dtype == params[module][name].dtype, (module, name)
+    assert sum(d == jnp.bfloat16 for d in dtypes.values()) > len(dtypes) // 2
+    forward = jax.jit(low.apply)
+    expected = jax.tree_util.tree_leaves(forward(params, *args)[0])
+    got = jax.tree_util.tree_leaves(forward(cast, *args)[0])
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_cast_params_needs_a_compute_dtype():
+    transformed, args = _small_model("flow")
+    params, state = jax.eval_shape(lambda: transformed.init(jax.random.PRNGKey(0), *args, is_training=True))
+    with pytest.raises(ValueError, match="compute dtype"):
+        compute.cast_params(transformed.apply, params, state, None, *args, is_training=False)
+
+
 # ---------------------------------------------------------------------------
 # Weight-shared blocks in a loop; rematerialisation
 # ---------------------------------------------------------------------------

@@ -45,7 +45,8 @@ decides how to compute (the seam, `attention.py`):
 - `logits.py`: logits, masks and weighted values, shared by the kernels;
 - `chunks.py`: chunks of a long axis; decoding over chunks of queries;
 - `layers.py`: `Linear`, `Projection`, `LayerNormed` and their math;
-- `precision.py`: the compute dtype and half-precision matmuls;
+- `precision.py`: the compute dtype, parameters converted to it
+  (`cast_params`) and half-precision matmuls;
 - `recompute.py`: rematerialisation that saves memory on XLA:CPU too;
 - `compiler.py`: XLA options for one compiled function (`compute.jit`),
   where they are measured to be faster; never process-wide.
@@ -99,6 +100,7 @@ from perceiver.compute.settings import (
     scan_blocks,
 )
 from perceiver.compute.precision import (
+    cast_params,
     compute_dtype,
     in_compute_dtype,
     is_low_precision,

@@ -1,9 +1,11 @@
 """Precision: the compute dtype, parameters read in it, matmuls accumulated in float32."""
 
 import contextlib
-from typing import Any, Callable, Iterator
+import contextvars
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 import haiku as hk
+import jax
 import jax.numpy as jnp
 
 from perceiver.compute import settings
@@ -18,6 +20,12 @@ def compute_dtype(default) -> Any:
     return chosen
 
 
+# While `cast_params` traces: (module, name) -> dtype of each parameter converted.
+_converted: contextvars.ContextVar[Optional[Dict[Tuple[str, str], Any]]] = contextvars.ContextVar(
+    "perceiver_converted_params", default=None
+)
+
+
 def _cast_getter(dtype):
     def getter(next_getter, value, context):
         # Layer norms run in float32, so their parameters stay float32.
@@ -25,6 +33,9 @@ def _cast_getter(dtype):
             return next_getter(value)
         if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != dtype:
             value = value.astype(dtype)
+            converted = _converted.get()
+            if converted is not None:
+                converted[(context.module_name, context.name)] = dtype
         return next_getter(value)
 
     return getter
@@ -42,6 +53,50 @@ def parameter_dtype(dtype) -> Iterator[None]:
         return
     with hk.custom_getter(_cast_getter(jnp.dtype(dtype))):
         yield
+
+
+def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Params:
+    """`params` with each parameter that `apply_fn` converts to its compute dtype converted already.
+
+    A model configured with a `compute_dtype` converts its float32 parameters
+    on every call (layer norms' excepted, which run in float32). Given these
+    it has nothing left to convert and computes the same outputs, bit for
+    bit; the conversion is found by tracing `apply_fn(params, *args,
+    **kwargs)` once, without computing it. Convert once, call many times:
+
+        low = compute.configure(model, compute_dtype=jnp.bfloat16)
+        forward = compute.jit(low.apply, compute_dtype=jnp.bfloat16)
+        low_params = compute.cast_params(low.apply, params, state, None, x)
+        out, _ = forward(low_params, state, None, x)
+
+    Args:
+      apply_fn: a configured model's `apply`, taking `params` first.
+      params: its parameters (as `apply_fn` takes them).
+      *args, **kwargs: the rest of a call to `apply_fn` (arrays or shapes).
+
+    Raises:
+      ValueError: if `apply_fn` converts no parameter (no low compute dtype
+        was configured).
+    """
+    converted: Dict[Tuple[str, str], Any] = {}
+    token = _converted.set(converted)
+    try:
+        jax.eval_shape(lambda params: apply_fn(params, *args, **kwargs), params)
+    finally:
+        _converted.reset(token)
+    if not converted:
+        raise ValueError(
+            "cast_params: apply_fn converts none of its parameters; configure the model with a "
+            "compute dtype first (compute.configure(model, compute_dtype=jnp.bfloat16))."
+        )
+    out = {}
+    for module, leaves in params.items():
+        out[module] = {
+            # jnp's conversion: the one the traced call would have made.
+            name: jnp.asarray(value).astype(converted[(module, name)]) if (module, name) in converted else value
+            for name, value in leaves.items()
+        }
+    return out
 
 
 def in_compute_dtype(fn: Callable[..., jnp.ndarray], *arrays: jnp.ndarray) -> jnp.ndarray:
