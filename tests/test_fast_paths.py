@@ -650,6 +650,8 @@ def test_cast_params_needs_a_compute_dtype():
     params, state = jax.eval_shape(lambda: transformed.init(jax.random.PRNGKey(0), *args, is_training=True))
     with pytest.raises(ValueError, match="compute dtype"):
         compute.cast_params(transformed.apply, params, state, None, *args, is_training=False)
+    with pytest.raises(TypeError, match="params must be a Haiku parameter mapping"):
+        compute.cast_params(transformed.apply, [params], state, None, *args)
 
 
 # ---------------------------------------------------------------------------

@@ -4,7 +4,10 @@ XLA's process-wide settings (`XLA_FLAGS`) are never set here: these options
 go to one `jax.jit` at a time (`jax.jit(fn, compiler_options=...)`), so a
 user's other functions compile as they would without this library.
 
-    forward = compute.jit(model.apply, compute_dtype=jnp.bfloat16)
+    low = compute.configure(model, compute_dtype=jnp.bfloat16)
+    forward = compute.jit(low.apply, compute_dtype=jnp.bfloat16)
+    weights = compute.cast_params(low.apply, params, state, None, x)  # once
+    out, _ = forward(weights, state, None, x)
 
 What is chosen, and why (`benchmarks/vs_torch.py` measures each option; the
 numbers are in benchmarks/README.md):

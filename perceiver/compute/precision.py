@@ -2,7 +2,7 @@
 
 import contextlib
 import contextvars
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Tuple
 
 import haiku as hk
 import jax
@@ -75,9 +75,16 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
       *args, **kwargs: the rest of a call to `apply_fn` (arrays or shapes).
 
     Raises:
+      TypeError: if `params` is not a Haiku parameter mapping
+        (`{module: {name: array}}`).
       ValueError: if `apply_fn` converts no parameter (no low compute dtype
         was configured).
     """
+    if not isinstance(params, Mapping) or not all(isinstance(v, Mapping) for v in params.values()):
+        raise TypeError(
+            f"cast_params: params must be a Haiku parameter mapping {{module: {{name: array}}}}; "
+            f"got {type(params).__name__}."
+        )
     converted: Dict[Tuple[str, str], Any] = {}
     token = _converted.set(converted)
     try:
