@@ -170,8 +170,10 @@ def measure_model(name: str, rounds: int, torch_bf16: bool, variants: Dict[str, 
     model = run.build("ours", config, None)
     rng = jax.random.PRNGKey(0)
     p_shape, s_shape = jax.eval_shape(lambda: model.init(rng, *inputs, is_training=True))
-    params = run.seeded_params(p_shape)
-    state = run.seeded_params(s_shape)
+    # On the device once, as transformers' model holds its tensors: numpy
+    # arguments would be copied in on every call.
+    params = run.seeded_params(p_shape, put=jax.device_put)
+    state = run.seeded_params(s_shape, put=jax.device_put)
     fns: Dict[str, Callable[[], None]] = {}
     for dtype in ("float32", "bfloat16"):
         transformed = model

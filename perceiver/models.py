@@ -765,6 +765,10 @@ def load_for(
 ) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
     """Builds a factory's model and loads a checkpoint file for it, checked.
 
+    Returns:
+      `(model, params, state)`, the parameters and state as jax arrays on
+      the default device.
+
     Args:
       factory: a factory, by name or as the function (see `parameter_shapes`).
       path: the checkpoint file.
@@ -785,6 +789,9 @@ def load_for(
             f"{path} does not fit {factory}({_format_kwargs(kwargs)})", differences, shown=8
         )
     model = _BUILDERS[factory](**kwargs).model
+    # Held by the device once: numpy arrays would be copied in on every call
+    # of a compiled apply (MLM: 0.75 GiB, a fifth of its forward pass).
+    params, state = jax.device_put((params, state))
     return model, params, state
 
 
