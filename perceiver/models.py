@@ -765,14 +765,15 @@ def load_for(
 ) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
     """Builds a factory's model and loads a checkpoint file for it, checked.
 
-    Returns:
-      `(model, params, state)`, the parameters and state as jax arrays on
-      the default device.
-
     Args:
       factory: a factory, by name or as the function (see `parameter_shapes`).
       path: the checkpoint file.
       **kwargs: the factory's arguments.
+
+    Returns:
+      `(model, params, state)`, the parameters and state as jax arrays on
+      the default device (in jax's dtypes: 64-bit arrays become 32-bit
+      unless jax_enable_x64 is on, as a compiled call would make them).
 
     Raises:
       perceiver.checkpoint.CheckpointError: listing every missing, unexpected

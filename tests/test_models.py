@@ -30,6 +30,18 @@ def test_mlm_short_input_equals_masked_padding():
     np.testing.assert_allclose(out_short, out_padded[:, :length], rtol=1e-5, atol=1e-5)
 
 
+def test_loaded_weights_are_on_the_device_with_the_file_values():
+    _, params, state = _small("imagenet_conv")  # has both params and state
+    from perceiver import checkpoint
+
+    want_params, want_state = checkpoint.load(ref.checkpoint_path("imagenet_conv"))
+    for got, want in ((params, want_params), (state, want_state)):
+        assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+        for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            assert isinstance(a, jax.Array)  # not copied in again on every compiled call
+            np.testing.assert_array_equal(np.asarray(a), b)
+
+
 def test_mlm_rejects_too_long_input():
     model, params, state = _small("mlm")
     tokens = np.zeros((1, 49), np.int32)

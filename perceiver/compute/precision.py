@@ -98,11 +98,11 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
         )
     out = {}
     for module, leaves in params.items():
-        out[module] = {
-            # jnp's conversion: the one the traced call would have made.
-            name: jnp.asarray(value).astype(converted[(module, name)]) if (module, name) in converted else value
-            for name, value in leaves.items()
-        }
+        out[module] = dict(leaves)
+        for name, value in leaves.items():
+            if (module, name) in converted:
+                # jnp's conversion: the one the traced call would have made.
+                out[module][name] = jnp.asarray(value).astype(converted[(module, name)])
     return out
 
 
