@@ -21,7 +21,8 @@ numbers are in benchmarks/README.md):
 - CPU with them, bfloat16: nothing. On an AMD EPYC with AVX-512 BF16,
   XLA's default (YNNPACK) dots ran the five models 1.6-1.8x faster than
   Eigen's. AMX was not measured (no such machine was at hand); it is left
-  to XLA's defaults too, as is a CPU whose features cannot be read.
+  to XLA's defaults too, since YNNPACK has AMX bf16 dot kernels and Eigen
+  none, as is a CPU whose features cannot be read.
 - CPU, float32: nothing. No option measured faster for whole models (Eigen,
   XNNPACK and YNNPACK dots were within noise of each other there).
 
