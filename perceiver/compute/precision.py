@@ -69,6 +69,9 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
         low_params = compute.cast_params(low.apply, params, state, None, x)
         out, _ = forward(low_params, state, None, x)
 
+    For inference: to train, keep the float32 weights (the conversion inside
+    the call is what carries their gradients).
+
     Args:
       apply_fn: a configured model's `apply`, taking `params` first.
       params: its parameters (as `apply_fn` takes them).
