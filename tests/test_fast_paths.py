@@ -638,17 +638,26 @@ def test_params_cast_once_give_the_same_bfloat16_outputs_bit_for_bit(model):
         if "layer_norm" in module.rsplit("/", 1)[-1] or outside:
             assert dtype == params[module][name].dtype, (module, name)
     assert sum(d == jnp.bfloat16 for d in dtypes.values()) > len(dtypes) // 2
+    assert all(isinstance(v, jax.Array) for v in jax.tree_util.tree_leaves(cast))
     forward = jax.jit(low.apply)
     expected = jax.tree_util.tree_leaves(forward(params, *args)[0])
     got = jax.tree_util.tree_leaves(forward(cast, *args)[0])
     for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+    # The compiled function (traced already) gives the same; cast params come back as they are.
+    again = compute.cast_params(forward, params, *args)
+    for a, b in zip(jax.tree_util.tree_leaves(again), jax.tree_util.tree_leaves(cast)):
+        assert a.dtype == b.dtype
+    for a, b in zip(jax.tree_util.tree_leaves(compute.cast_params(low.apply, cast, *args)),
+                    jax.tree_util.tree_leaves(cast)):
+        assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
 
 
 def test_cast_params_needs_a_compute_dtype():
     transformed, args = _small_model("flow")
     params, state = jax.eval_shape(lambda: transformed.init(jax.random.PRNGKey(0), *args, is_training=True))
-    with pytest.raises(ValueError, match="compute dtype"):
+    with pytest.raises(ValueError, match="half-precision compute dtype"):
         compute.cast_params(transformed.apply, params, state, None, *args, is_training=False)
     with pytest.raises(TypeError, match="params must be a Haiku parameter mapping"):
         compute.cast_params(transformed.apply, [params], state, None, *args)

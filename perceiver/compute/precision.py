@@ -20,7 +20,8 @@ def compute_dtype(default) -> Any:
     return chosen
 
 
-# While `cast_params` traces: (module, name) -> dtype of each parameter converted.
+# While `cast_params` traces: (module, name) -> the dtype each floating
+# parameter is read in under a compute dtype.
 _converted: contextvars.ContextVar[Optional[Dict[Tuple[str, str], Any]]] = contextvars.ContextVar(
     "perceiver_converted_params", default=None
 )
@@ -31,11 +32,12 @@ def _cast_getter(dtype):
         # Layer norms run in float32, so their parameters stay float32.
         if isinstance(context.module, hk.LayerNorm):
             return next_getter(value)
-        if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype != dtype:
-            value = value.astype(dtype)
+        if jnp.issubdtype(value.dtype, jnp.floating):
             converted = _converted.get()
             if converted is not None:
                 converted[(context.module_name, context.name)] = dtype
+            if value.dtype != dtype:
+                value = value.astype(dtype)
         return next_getter(value)
 
     return getter
@@ -62,7 +64,10 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
     on every call (layer norms' excepted, which run in float32). Given these
     it has nothing left to convert and computes the same outputs, bit for
     bit; the conversion is found by tracing `apply_fn(params, *args,
-    **kwargs)` once, without computing it. Convert once, call many times:
+    **kwargs)` once, without computing it. The result is for that function
+    and those options: another function may read a parameter outside the
+    compute dtype. Params already converted come back as they are. Convert
+    once, call many times:
 
         low = compute.configure(model, compute_dtype=jnp.bfloat16)
         forward = compute.jit(low.apply, compute_dtype=jnp.bfloat16)
@@ -73,21 +78,29 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
     the call is what carries their gradients).
 
     Args:
-      apply_fn: a configured model's `apply`, taking `params` first.
+      apply_fn: a configured model's `apply`, taking `params` first (or
+        `jax.jit` of it: the function it wraps is traced).
       params: its parameters (as `apply_fn` takes them).
-      *args, **kwargs: the rest of a call to `apply_fn` (arrays or shapes).
+      *args, **kwargs: the rest of a call to `apply_fn`, as it would be called.
+
+    Returns:
+      The parameters as jax arrays, those read in the compute dtype in it.
 
     Raises:
       TypeError: if `params` is not a Haiku parameter mapping
         (`{module: {name: array}}`).
-      ValueError: if `apply_fn` converts no parameter (no low compute dtype
-        was configured).
+      ValueError: if `apply_fn` reads no parameter in a half-precision
+        compute dtype (none was configured).
     """
     if not isinstance(params, Mapping) or not all(isinstance(v, Mapping) for v in params.values()):
         raise TypeError(
             f"cast_params: params must be a Haiku parameter mapping {{module: {{name: array}}}}; "
             f"got {type(params).__name__}."
         )
+    # A compiled function traces only once per signature: a second trace
+    # would record nothing, so trace the function it wraps.
+    while hasattr(apply_fn, "lower") and hasattr(apply_fn, "__wrapped__"):
+        apply_fn = apply_fn.__wrapped__
     converted: Dict[Tuple[str, str], Any] = {}
     token = _converted.set(converted)
     try:
@@ -96,8 +109,9 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
         _converted.reset(token)
     if not converted:
         raise ValueError(
-            "cast_params: apply_fn converts none of its parameters; configure the model with a "
-            "compute dtype first (compute.configure(model, compute_dtype=jnp.bfloat16))."
+            "cast_params: apply_fn reads none of its parameters in a half-precision compute "
+            "dtype; configure the model with one first (compute.configure(model, "
+            "compute_dtype=jnp.bfloat16)). In float32 there is nothing to convert."
         )
     out = {}
     for module, leaves in params.items():
@@ -106,7 +120,8 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
             if (module, name) in converted:
                 # jnp's conversion: the one the traced call would have made.
                 out[module][name] = jnp.asarray(value).astype(converted[(module, name)])
-    return out
+    # All on the device: numpy leaves would be copied in on every call.
+    return jax.device_put(out)
 
 
 def in_compute_dtype(fn: Callable[..., jnp.ndarray], *arrays: jnp.ndarray) -> jnp.ndarray:
