@@ -83,22 +83,13 @@ def _key_tiles(tiles, kh, vh, kv_params, kv_fn, start):
     return k_tile, v_tile
 
 
-def _overlaps(tiles) -> bool:
-    """Whether the last key tile overlaps the one before (the keys do not divide evenly)."""
-    return tiles.num_k > 1 and tiles.kv_len % tiles.k_chunk != 0
-
-
-def _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start, overlap=None):
-    """`(logits, mask)` of a query tile against key tile `index` (at `start`).
-
-    `overlap`: whether this tile may repeat keys of the one before (default:
-    whether any tile does).
-    """
+def _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start):
+    """`(logits, mask)` of a query tile against key tile `index` (at `start`)."""
     mask_tile = _slice(mask_rows, start, tiles.k_chunk, 2)
     logits = masked_logits(
         q_tile, k_tile, tiles.scale, mask_tile, _slice(bias, start, tiles.k_chunk, 2)
     )
-    if (_overlaps(tiles) if overlap is None else overlap):
+    if tiles.num_k > 1:
         # Keys the previous tile already covered get no weight here.
         fresh = start + jnp.arange(tiles.k_chunk) >= index * tiles.k_chunk
         logits = jnp.where(fresh, logits, -jnp.inf)
@@ -111,13 +102,11 @@ def _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles: _Tiles, kv_fn):
     v_dim = vh.shape[-1]
 
     def query_tile(q_tile, mask_rows):
-        def step(carry, index, overlap=False):
+        def step(carry, index):
             running_max, denominator, acc = carry
             start = chunk_start(index, tiles.kv_len, tiles.k_chunk)
             k_tile, v_tile = _key_tiles(tiles, kh, vh, kv_params, kv_fn, start)
-            logits, _ = _tile_logits(
-                tiles, q_tile, k_tile, mask_rows, bias, index, start, overlap
-            )
+            logits, _ = _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start)
             new_max = jnp.maximum(running_max, logits.max(axis=-1, keepdims=True))
             correction = jnp.exp(running_max - new_max)
             weights = jnp.exp(logits - new_max)
@@ -144,13 +133,7 @@ def _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles: _Tiles, kv_fn):
             jnp.zeros(rows, acc_dtype),
             jnp.zeros(rows[:3] + (v_dim,), acc_dtype),
         )
-        if not _overlaps(tiles):
-            (row_max, denominator, acc), _ = jax.lax.scan(step, init, jnp.arange(tiles.num_k))
-        else:
-            # Only the last tile repeats keys: the others skip masking them
-            # (a pass over every tile, 1-2% of flow's forward pass).
-            carry, _ = jax.lax.scan(step, init, jnp.arange(tiles.num_k - 1))
-            (row_max, denominator, acc), _ = step(carry, tiles.num_k - 1, overlap=True)
+        (row_max, denominator, acc), _ = jax.lax.scan(step, init, jnp.arange(tiles.num_k))
         return acc / denominator, row_max, denominator
 
     if tiles.num_q == 1:
