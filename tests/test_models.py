@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import reference_fixtures as ref
-from perceiver import bytes_tokenizer, models
+from perceiver import bytes_tokenizer, checkpoint, models
 
 
 def _small(model):
@@ -32,8 +32,6 @@ def test_mlm_short_input_equals_masked_padding():
 
 def test_loaded_weights_are_on_the_device_with_the_file_values():
     _, params, state = _small("imagenet_conv")  # has both params and state
-    from perceiver import checkpoint
-
     want_params, want_state = checkpoint.load(ref.checkpoint_path("imagenet_conv"))
     for got, want in ((params, want_params), (state, want_state)):
         assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
