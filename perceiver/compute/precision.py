@@ -22,8 +22,8 @@ def compute_dtype(default) -> Any:
 
 # While `cast_params` traces: (module, name) -> the dtype each floating
 # parameter is read in under a compute dtype.
-_converted: contextvars.ContextVar[Optional[Dict[Tuple[str, str], Any]]] = contextvars.ContextVar(
-    "perceiver_converted_params", default=None
+_reads: contextvars.ContextVar[Optional[Dict[Tuple[str, str], Any]]] = contextvars.ContextVar(
+    "perceiver_parameter_reads", default=None
 )
 
 
@@ -33,9 +33,9 @@ def _cast_getter(dtype):
         if isinstance(context.module, hk.LayerNorm):
             return next_getter(value)
         if jnp.issubdtype(value.dtype, jnp.floating):
-            converted = _converted.get()
-            if converted is not None:
-                converted[(context.module_name, context.name)] = dtype
+            reads = _reads.get()
+            if reads is not None:
+                reads[(context.module_name, context.name)] = dtype
             if value.dtype != dtype:
                 value = value.astype(dtype)
         return next_getter(value)
@@ -101,13 +101,13 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
     # would record nothing, so trace the function it wraps.
     while hasattr(apply_fn, "lower") and hasattr(apply_fn, "__wrapped__"):
         apply_fn = apply_fn.__wrapped__
-    converted: Dict[Tuple[str, str], Any] = {}
-    token = _converted.set(converted)
+    reads: Dict[Tuple[str, str], Any] = {}
+    token = _reads.set(reads)
     try:
         jax.eval_shape(lambda params: apply_fn(params, *args, **kwargs), params)
     finally:
-        _converted.reset(token)
-    if not converted:
+        _reads.reset(token)
+    if not reads:
         raise ValueError(
             "cast_params: apply_fn reads none of its parameters in a half-precision compute "
             "dtype; configure the model with one first (compute.configure(model, "
@@ -117,9 +117,9 @@ def cast_params(apply_fn: Callable, params: hk.Params, *args, **kwargs) -> hk.Pa
     for module, leaves in params.items():
         out[module] = dict(leaves)
         for name, value in leaves.items():
-            if (module, name) in converted:
+            if (module, name) in reads:
                 # jnp's conversion: the one the traced call would have made.
-                out[module][name] = jnp.asarray(value).astype(converted[(module, name)])
+                out[module][name] = jnp.asarray(value).astype(reads[(module, name)])
     # All on the device: numpy leaves would be copied in on every call.
     return jax.device_put(out)
 
