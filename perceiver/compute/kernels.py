@@ -7,7 +7,14 @@ import jax
 import jax.numpy as jnp
 
 from perceiver.compute import settings
-from perceiver.compute.logits import attention_logits, check_kernel_args, weighted_values
+from perceiver.compute.logits import (
+    attention_logits,
+    causal_allowed,
+    causal_offset_of,
+    check_kernel_args,
+    full_bias,
+    weighted_values,
+)
 from perceiver.compute.tiled import tiled_attention
 
 
@@ -89,29 +96,40 @@ def dot_product_attention(
     kind: str = settings.AUTO,
     kv_transform: Optional[Callable] = None,
     kv_params: Any = None,
+    causal: bool = False,
+    query_offset=0,
 ) -> jnp.ndarray:
     """Softmax attention without dropout, by the chosen kernel.
 
-    Rows whose mask is all zero come out as the plain softmax leaves them
-    (the mean of the values); callers zero them where the model says so.
+    Rows that may attend to no key come out finite but unspecified (the
+    plain softmax leaves the mean of the values); callers zero them where
+    the model says so.
 
     Args:
       q: `[B, T, H, D]`.
       k: `[B, S, H, D]`.
       v: `[B, S, H, Dv]`.
       mask: `[B or 1, T, S]`, nonzero where query t may attend to key s.
-      bias: `[B or 1, H or 1, S]`, added to the scaled logits.
+      bias: added to the scaled logits: any of `[B|1, H|1, T|1, S|1]`, or
+        `[B|1, H|1, S]` (one value per key).
       scale: logit scale (default `1 / sqrt(D)`).
       kind: 'auto', 'plain', 'tiled' or 'fused'.
       kv_transform: `f(x, kv_params)` applied to k and v before use, acting
         on each key position alone (e.g. a layer norm); the tiled kernel
         applies it tile by tile, so the transformed keys are never stored.
       kv_params: the transform's (differentiable) parameters.
+      causal: query t sees key s only when `s <= query_offset + t`; the
+        tiled kernel skips key tiles that no query of a tile may see.
+      query_offset: int scalar (may be traced): the key position of query 0.
 
     Returns:
       `[B, T, H, Dv]` in v's dtype (logits and softmax in at least float32).
+
+    Raises:
+      ValueError: for shapes that do not fit, or an unknown kind.
     """
     check_kernel_args(q, k, v, mask, bias)
+    causal_offset_of(causal, query_offset)  # checked here, whichever kernel runs
     batch, q_len, heads, qk_dim = q.shape
     kv_len = k.shape[1]
     if scale is None:
@@ -126,47 +144,75 @@ def dot_product_attention(
         return tiled_attention(
             q, k, v, mask=mask, bias=bias, scale=scale,
             query_chunk_size=query_chunk, key_chunk_size=key_chunk,
-            kv_transform=kv_transform, kv_params=kv_params,
+            kv_transform=kv_transform, kv_params=kv_params, causal=causal, query_offset=query_offset,
         )
     if kv_transform is not None:
         shared = k is v
         k = kv_transform(k, kv_params)
         v = k if shared else kv_transform(v, kv_params)
     if kind == "plain":
-        return plain_attention(q, k, v, mask=mask, bias=bias, scale=scale)
+        return plain_attention(
+            q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, query_offset=query_offset
+        )
     if kind == "fused":
         if q.shape[-1] != v.shape[-1]:
             # jax.nn.dot_product_attention needs equal key and value sizes.
             return dot_product_attention(
-                q, k, v, mask=mask, bias=bias, scale=scale,
+                q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, query_offset=query_offset,
                 kind="plain" if batch * heads * q_len * kv_len <= settings.ONE_TILE_MAX_ELEMENTS
                 else "tiled",
             )
-        return fused_attention(q, k, v, mask=mask, bias=bias, scale=scale)
+        return fused_attention(
+            q, k, v, mask=mask, bias=bias, scale=scale, causal=causal, query_offset=query_offset
+        )
     raise ValueError(f"kind must be one of {settings.ATTENTION_KINDS}; got {kind!r}.")
 
 
-def plain_attention(q, k, v, *, mask=None, bias=None, scale=None) -> jnp.ndarray:
+def plain_attention(
+    q, k, v, *, mask=None, bias=None, scale=None, causal=False, query_offset=0
+) -> jnp.ndarray:
     """The whole `[B, H, T, S]` softmax at once, as the reference computes it."""
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return weighted_values(jax.nn.softmax(attention_logits(q, k, scale, mask, bias)), v)
+    offset = causal_offset_of(causal, query_offset)
+    return weighted_values(jax.nn.softmax(attention_logits(q, k, scale, mask, bias, offset)), v)
 
 
-def fused_attention(q, k, v, *, mask=None, bias=None, scale=None) -> jnp.ndarray:
-    """`jax.nn.dot_product_attention`: cuDNN's fused kernel where it applies, else XLA's."""
+def _static_zero(query_offset) -> bool:
+    try:
+        return int(query_offset) == 0
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return False
+
+
+def fused_attention(
+    q, k, v, *, mask=None, bias=None, scale=None, causal=False, query_offset=0
+) -> jnp.ndarray:
+    """`jax.nn.dot_product_attention`: cuDNN's fused kernel where it applies, else XLA's.
+
+    Causal order with offset 0 is its `is_causal` (cuDNN then skips the
+    masked blocks); another offset becomes part of the mask.
+    """
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     implementation = None
     if _cudnn_eligible(q.dtype, q.shape[-1], v.shape[-1], bias is not None):
         implementation = "cudnn"
+    is_causal = causal and _static_zero(query_offset)
+    mask = None if mask is None else (mask[:, None, :, :] != 0)
+    if causal and not is_causal:
+        offset = causal_offset_of(causal, query_offset)
+        allowed = causal_allowed(0, q.shape[1], 0, k.shape[1], offset)[None, None]
+        mask = allowed if mask is None else mask & allowed
+    bias = full_bias(bias)
     out = jax.nn.dot_product_attention(
         q,
         k,
         v,
-        bias=None if bias is None else bias[:, :, None, :].astype(q.dtype),
-        mask=None if mask is None else (mask[:, None, :, :] != 0),
+        bias=None if bias is None else bias.astype(q.dtype),
+        mask=mask,
         scale=float(scale),
+        is_causal=is_causal,
         implementation=implementation,
     )
     return out.astype(v.dtype)

@@ -8,7 +8,15 @@ import jax
 import jax.numpy as jnp
 
 from perceiver.compute.chunks import chunk_start, join_chunks, split_evenly
-from perceiver.compute.logits import check_kernel_args, heads_major, logits_dtype, masked_logits
+from perceiver.compute.logits import (
+    causal_allowed,
+    causal_offset_of,
+    check_kernel_args,
+    full_bias,
+    heads_major,
+    logits_dtype,
+    masked_logits,
+)
 
 
 def tiled_attention(
@@ -23,6 +31,8 @@ def tiled_attention(
     key_chunk_size: int = 4096,
     kv_transform: Optional[Callable] = None,
     kv_params: Any = None,
+    causal: bool = False,
+    query_offset=0,
 ) -> jnp.ndarray:
     """Attention over tiles of queries and keys with a running (online) softmax.
 
@@ -32,10 +42,12 @@ def tiled_attention(
     its repeated keys get no weight). The gradient recomputes the tiles from
     the inputs, the output and the softmax statistics, so training stores
     nothing of size `T x S` either (Rabe & Staats 2021; Dao et al. 2022).
+    In causal order, key tiles that no query of a tile may see are skipped,
+    forward and backward.
 
     Args:
-      q, k, v, mask, bias, scale, kv_transform, kv_params: as for
-        `dot_product_attention`.
+      q, k, v, mask, bias, scale, kv_transform, kv_params, causal,
+        query_offset: as for `dot_product_attention`.
       query_chunk_size: queries per tile.
       key_chunk_size: keys per tile.
 
@@ -49,12 +61,17 @@ def tiled_attention(
     num_q, q_chunk = split_evenly(q_len, int(query_chunk_size))
     num_k, k_chunk = split_evenly(kv_len, int(key_chunk_size))
     shared = k is v  # one transform (and one gradient) for both
-    tiles = _Tiles(float(scale), q_len, q_chunk, num_q, kv_len, k_chunk, num_k, shared)
+    offset = causal_offset_of(causal, query_offset)
+    bias = full_bias(bias)
+    tiles = _Tiles(
+        float(scale), q_len, q_chunk, num_q, kv_len, k_chunk, num_k, shared, offset is not None,
+        None if bias is None else (bias.shape[2] > 1, bias.shape[3] > 1),
+    )
     if mask is not None:
         mask = mask != 0
     kh = heads_major(k)
     vh = kh if shared else heads_major(v)
-    out = _tiled(heads_major(q), kh, vh, mask, bias, kv_params, tiles, kv_transform)
+    out = _tiled(heads_major(q), kh, vh, mask, bias, kv_params, offset, tiles, kv_transform)
     return heads_major(out).astype(v.dtype)
 
 
@@ -67,6 +84,18 @@ class _Tiles(NamedTuple):
     k_chunk: int
     num_k: int
     shared_kv: bool
+    causal: bool
+    # For a bias: whether it varies along (queries, keys), i.e. is sliced by tiles.
+    bias_axes: Optional[tuple]
+
+    def key_tiles_needed(self, offset, q_start):
+        """Key tiles (a prefix) holding a key some query of the tile at `q_start` may see."""
+        if not self.causal:
+            return self.num_k
+        last = offset + q_start + self.q_chunk - 1
+        starts = chunk_start(jnp.arange(self.num_k), self.kv_len, self.k_chunk)
+        # At least one: a row that sees nothing stays finite (callers zero it).
+        return jnp.maximum(1, jnp.sum(starts <= last))
 
 
 def _slice(x, start, size, axis):
@@ -83,30 +112,53 @@ def _key_tiles(tiles, kh, vh, kv_params, kv_fn, start):
     return k_tile, v_tile
 
 
-def _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start):
-    """`(logits, mask)` of a query tile against key tile `index` (at `start`)."""
+def _bias_rows(tiles, bias, q_start):
+    """The bias of the query tile at `q_start`."""
+    if bias is None or not tiles.bias_axes[0] or tiles.num_q == 1:
+        return bias
+    return _slice(bias, q_start, tiles.q_chunk, 2)
+
+
+def _tile_logits(tiles, q_tile, k_tile, mask_rows, bias_rows, index, start, q_start, offset):
+    """`(logits, mask, allowed)` of the query tile at `q_start` against key tile `index` (at `start`)."""
     mask_tile = _slice(mask_rows, start, tiles.k_chunk, 2)
-    logits = masked_logits(
-        q_tile, k_tile, tiles.scale, mask_tile, _slice(bias, start, tiles.k_chunk, 2)
-    )
+    bias_tile = bias_rows
+    if bias_rows is not None and tiles.bias_axes[1]:
+        bias_tile = _slice(bias_rows, start, tiles.k_chunk, 3)
+    allowed = None
+    if tiles.causal:
+        allowed = causal_allowed(q_start, q_tile.shape[2], start, tiles.k_chunk, offset)
+    logits = masked_logits(q_tile, k_tile, tiles.scale, mask_tile, bias_tile, allowed)
     if tiles.num_k > 1:
         # Keys the previous tile already covered get no weight here.
         fresh = start + jnp.arange(tiles.k_chunk) >= index * tiles.k_chunk
         logits = jnp.where(fresh, logits, -jnp.inf)
-    return logits, mask_tile
+    return logits, mask_tile, allowed
 
 
-def _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles: _Tiles, kv_fn):
+def _key_loop(tiles, offset, q_start, step, init):
+    """`step` over the key tiles the query tile at `q_start` needs: all, or a causal prefix."""
+    if not tiles.causal:
+        return jax.lax.scan(step, init, jnp.arange(tiles.num_k))[0]
+    needed = tiles.key_tiles_needed(offset, q_start)
+    return jax.lax.fori_loop(0, needed, lambda index, carry: step(carry, index)[0], init)
+
+
+def _tiled_forward(qh, kh, vh, mask, bias, kv_params, offset, tiles: _Tiles, kv_fn):
     """`(out [B, H, T, Dv], row max [B, H, T, 1], row sum [B, H, T, 1])`, in float32."""
     acc_dtype = logits_dtype(qh)
     v_dim = vh.shape[-1]
 
-    def query_tile(q_tile, mask_rows):
+    def query_tile(q_tile, mask_rows, q_start):
+        bias_rows = _bias_rows(tiles, bias, q_start)
+
         def step(carry, index):
             running_max, denominator, acc = carry
             start = chunk_start(index, tiles.kv_len, tiles.k_chunk)
             k_tile, v_tile = _key_tiles(tiles, kh, vh, kv_params, kv_fn, start)
-            logits, _ = _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start)
+            logits, _, _ = _tile_logits(
+                tiles, q_tile, k_tile, mask_rows, bias_rows, index, start, q_start, offset
+            )
             new_max = jnp.maximum(running_max, logits.max(axis=-1, keepdims=True))
             correction = jnp.exp(running_max - new_max)
             weights = jnp.exp(logits - new_max)
@@ -120,7 +172,9 @@ def _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles: _Tiles, kv_fn):
             # One tile of keys: normalise the weights before multiplying,
             # which XLA:CPU runs faster than normalising the product.
             k_tile, v_tile = _key_tiles(tiles, kh, vh, kv_params, kv_fn, 0)
-            logits, _ = _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, 0, 0)
+            logits, _, _ = _tile_logits(
+                tiles, q_tile, k_tile, mask_rows, bias_rows, 0, 0, q_start, offset
+            )
             row_max = logits.max(axis=-1, keepdims=True)
             weights = jnp.exp(logits - row_max)
             denominator = weights.sum(axis=-1, keepdims=True)
@@ -133,45 +187,62 @@ def _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles: _Tiles, kv_fn):
             jnp.zeros(rows, acc_dtype),
             jnp.zeros(rows[:3] + (v_dim,), acc_dtype),
         )
-        (row_max, denominator, acc), _ = jax.lax.scan(step, init, jnp.arange(tiles.num_k))
+        row_max, denominator, acc = _key_loop(tiles, offset, q_start, step, init)
         return acc / denominator, row_max, denominator
 
     if tiles.num_q == 1:
-        return query_tile(qh, mask)
+        return query_tile(qh, mask, 0)
 
     def by_index(index):
         start = chunk_start(index, tiles.q_len, tiles.q_chunk)
-        return query_tile(_slice(qh, start, tiles.q_chunk, 2), _slice(mask, start, tiles.q_chunk, 1))
+        return query_tile(
+            _slice(qh, start, tiles.q_chunk, 2), _slice(mask, start, tiles.q_chunk, 1), start
+        )
 
     stacked = jax.lax.map(by_index, jnp.arange(tiles.num_q))
     return tuple(join_chunks(x, tiles.q_len, tiles.q_chunk, axis=2) for x in stacked)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6, 7))
-def _tiled(qh, kh, vh, mask, bias, kv_params, tiles, kv_fn):
-    return _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles, kv_fn)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
+def _tiled(qh, kh, vh, mask, bias, kv_params, offset, tiles, kv_fn):
+    return _tiled_forward(qh, kh, vh, mask, bias, kv_params, offset, tiles, kv_fn)[0]
 
 
-def _tiled_fwd(qh, kh, vh, mask, bias, kv_params, tiles, kv_fn):
-    out, row_max, denominator = _tiled_forward(qh, kh, vh, mask, bias, kv_params, tiles, kv_fn)
-    return out, (qh, kh, vh, mask, bias, kv_params, out, row_max, denominator)
+def _tiled_fwd(qh, kh, vh, mask, bias, kv_params, offset, tiles, kv_fn):
+    out, row_max, denominator = _tiled_forward(
+        qh, kh, vh, mask, bias, kv_params, offset, tiles, kv_fn
+    )
+    return out, (qh, kh, vh, mask, bias, kv_params, offset, out, row_max, denominator)
+
+
+def _bias_gradient_tile(tiles, d_logits):
+    """A tile's logit gradients `[B, H, tq, tk]` summed over the axes the bias is constant on."""
+    varies_q, varies_k = tiles.bias_axes
+    if not varies_q:
+        d_logits = d_logits.sum(axis=2, keepdims=True)
+    if not varies_k:
+        d_logits = d_logits.sum(axis=3, keepdims=True)
+    return d_logits
 
 
 def _tiled_bwd(tiles, kv_fn, residuals, d_out):
     """Gradients tile by tile, recomputing each tile's softmax weights."""
-    qh, kh, vh, mask, bias, kv_params, out, row_max, denominator = residuals
+    qh, kh, vh, mask, bias, kv_params, offset, out, row_max, denominator = residuals
     acc_dtype = logits_dtype(qh)
     d_out = d_out.astype(acc_dtype)
     delta = jnp.sum(d_out * out, axis=-1, keepdims=True)  # [B, H, T, 1]
 
-    def query_tile(q_tile, d_out_tile, delta_tile, max_tile, den_tile, mask_rows, carry):
+    def query_tile(q_tile, d_out_tile, delta_tile, max_tile, den_tile, mask_rows, q_start, carry):
         """Adds this query tile's key gradients to `carry`; returns `(d_q, carry)`."""
+        bias_rows = _bias_rows(tiles, bias, q_start)
 
         def step(state, index):
             d_q, (d_k, d_v, d_bias, d_params) = state
             start = chunk_start(index, tiles.kv_len, tiles.k_chunk)
             k_tile, v_tile = _key_tiles(tiles, kh, vh, kv_params, kv_fn, start)
-            logits, mask_tile = _tile_logits(tiles, q_tile, k_tile, mask_rows, bias, index, start)
+            logits, mask_tile, allowed = _tile_logits(
+                tiles, q_tile, k_tile, mask_rows, bias_rows, index, start, q_start, offset
+            )
             weights = jnp.exp(logits - max_tile) / den_tile
             d_weights = jnp.matmul(
                 d_out_tile, v_tile.swapaxes(-1, -2), preferred_element_type=acc_dtype
@@ -180,6 +251,8 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
             if mask_tile is not None:
                 # Masked logits are constants: no gradient flows through them.
                 d_logits = jnp.where(mask_tile[:, None], d_logits, 0)
+            if allowed is not None:
+                d_logits = jnp.where(allowed, d_logits, 0)
             d_q = d_q + tiles.scale * jnp.matmul(
                 d_logits, k_tile, preferred_element_type=acc_dtype
             )
@@ -214,25 +287,26 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
             if d_v is not None:
                 d_v = add(d_v, d_v_tile)
             if d_bias is not None:
-                d_bias = add(d_bias, d_logits.sum(axis=2))
+                d_bias = _add_bias_tile(
+                    tiles, d_bias, _bias_gradient_tile(tiles, d_logits), q_start, start
+                )
             return (d_q, (d_k, d_v, d_bias, d_params)), None
 
         state = (jnp.zeros(q_tile.shape, acc_dtype), carry)
         if tiles.num_k == 1:
             state, _ = step(state, 0)
-        else:
-            state, _ = jax.lax.scan(step, state, jnp.arange(tiles.num_k))
-        return state
+            return state
+        return _key_loop(tiles, offset, q_start, step, state)
 
     zeros = (
         jnp.zeros(kh.shape, acc_dtype),
         None if tiles.shared_kv else jnp.zeros(vh.shape, acc_dtype),
-        None if bias is None else jnp.zeros(qh.shape[:2] + (tiles.kv_len,), acc_dtype),
+        None if bias is None else jnp.zeros(qh.shape[:2] + bias.shape[2:], acc_dtype),
         jax.tree_util.tree_map(jnp.zeros_like, kv_params),
     )
     if tiles.num_q == 1:
         d_q, (d_k, d_v, d_bias, d_params) = query_tile(
-            qh, d_out, delta, row_max, denominator, mask, zeros
+            qh, d_out, delta, row_max, denominator, mask, 0, zeros
         )
     else:
 
@@ -246,7 +320,7 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
             ]
             tile[1] = jnp.where(fresh, tile[1], 0)  # d_out
             tile[2] = jnp.where(fresh, tile[2], 0)  # delta
-            d_q, carry = query_tile(*tile, _slice(mask, start, tiles.q_chunk, 1), carry)
+            d_q, carry = query_tile(*tile, _slice(mask, start, tiles.q_chunk, 1), start, carry)
             return carry, d_q
 
         (d_k, d_v, d_bias, d_params), d_q = jax.lax.scan(step, zeros, jnp.arange(tiles.num_q))
@@ -262,7 +336,16 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
         None,
         d_bias,
         d_params,
+        None,
     )
+
+
+def _add_bias_tile(tiles, d_bias, tile, q_start, k_start):
+    """Adds a tile's bias gradient `[B, H, tq|1, tk|1]` into `d_bias` at its place."""
+    varies_q, varies_k = tiles.bias_axes
+    starts = (0, 0, q_start if varies_q else 0, k_start if varies_k else 0)
+    current = jax.lax.dynamic_slice(d_bias, starts, tile.shape)
+    return jax.lax.dynamic_update_slice(d_bias, current + tile.astype(d_bias.dtype), starts)
 
 
 _tiled.defvjp(_tiled_fwd, _tiled_bwd)
