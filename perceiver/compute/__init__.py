@@ -55,6 +55,7 @@ decides how to compute (the seam, `attention.py`):
 from perceiver.compute.attention import (
     Attended,
     Dropout,
+    HeadsTransform,
     KeyInputs,
     Keys,
     attend_heads,
@@ -62,6 +63,7 @@ from perceiver.compute.attention import (
     attention_layer,
     prepare_keys,
 )
+from perceiver.compute.cache import KVCache
 from perceiver.compute.compiler import compiler_options, jit
 from perceiver.compute.chunks import chunk_start, decoder_chunk, join_chunks, over_query_chunks
 from perceiver.compute.folding import (
@@ -108,4 +110,6 @@ from perceiver.compute.precision import (
     parameter_dtype,
 )
 from perceiver.compute.recompute import checkpoint, haiku_checkpoint
+from perceiver.compute.rotary import Rotary
+from perceiver.compute.stacks import layer, repeat_layers
 from perceiver.compute.tiled import tiled_attention

@@ -7,6 +7,14 @@ layer norm applied inside the kernel) and return an `Attended`:
     attended = attention_layer(inputs_q, inputs_kv, projections, mask=mask)
     attended.output  # [B, T, output_channels]
 
+New attention math is an argument of the same call, on every path:
+`bias` (added to the logits, any shape up to `[B, H, T, S]`), `causal`
+with a `query_offset`, a `heads` transform of the projected query and key
+heads at their positions (`Rotary`, or your own: an object with
+`queries(q, positions)` and `keys(k, positions)`), and a `KVCache` that the
+new keys and values are appended to before attending (returned in
+`Attended.cache`).
+
 A decoder that attends from many chunks of queries to the same keys splits
 the call in two, so the keys' side is computed once:
 
@@ -19,19 +27,40 @@ nobody asks.
 """
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Protocol, Union
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
 
 from perceiver.compute import folding
-from perceiver.compute.folding import Fold, Projections, split_heads
+from perceiver.compute.cache import KVCache
+from perceiver.compute.folding import NO_FOLD, Fold, Projections, split_heads
 from perceiver.compute.kernels import dot_product_attention
 from perceiver.compute.layers import LayerNormed, layer_norm, linear, normalised
-from perceiver.compute.logits import attention_logits, no_valid_key, weighted_values
+from perceiver.compute.logits import (
+    attention_logits,
+    causal_offset_of,
+    full_bias,
+    rows_without_keys,
+    weighted_values,
+)
 
 KeyInputs = Union[jnp.ndarray, LayerNormed]
+
+
+class HeadsTransform(Protocol):
+    """A map of projected heads at their positions, applied before the kernel (e.g. `Rotary`).
+
+    Each call must treat every position alone (chunks of queries are
+    transformed separately); a layer with a transform never folds.
+    """
+
+    def queries(self, q: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+        """`[B, T, H, D]` at `[B|1, T]` -> `[B, T, H, D]`."""
+
+    def keys(self, k: jnp.ndarray, positions: jnp.ndarray) -> jnp.ndarray:
+        """`[B, S, H, D]` at `[B|1, S]` -> `[B, S, H, D]`."""
 
 
 class Dropout(NamedTuple):
@@ -48,10 +77,12 @@ class Attended(NamedTuple):
       output: `[B, T, C]`.
       weights: the softmax weights `[B, H, T, S]` (before any dropout; rows
         of queries with no valid key are zero), only when asked for.
+      cache: the `KVCache` with this call's keys appended, when one was given.
     """
 
     output: jnp.ndarray
     weights: Optional[jnp.ndarray] = None
+    cache: Optional[KVCache] = None
 
 
 class Keys(NamedTuple):
@@ -63,10 +94,16 @@ class Keys(NamedTuple):
       k: keys `[B, S, H, D]` in the fold's space.
       v: values `[B, S, H, Dv]` in the fold's space (the same array as k
         when both are the inputs).
-      bias: logit bias `[B, 1, S]` or None.
+      bias: logit bias `[B, 1, S]` of the fold, or None.
       scale: the kernel's logit scale.
       kv_norm: `(scale, offset)` of a layer norm the kernel applies to k and
         v, or None.
+      heads: the heads transform whose `queries` the queries still need, or None.
+      valid: `[B, S]` keys that exist (a cache's filled slots), or None.
+      cache: the cache holding k and v, or None.
+      first_new: index in k of the first key of this call (query offsets
+        count from it), 0 without a cache.
+      positions: `[B|1, S]` the keys' positions (for the queries' default).
     """
 
     projections: Projections
@@ -76,13 +113,31 @@ class Keys(NamedTuple):
     bias: Optional[jnp.ndarray]
     scale: float
     kv_norm: Optional[tuple]
+    heads: Any = None
+    valid: Optional[jnp.ndarray] = None
+    cache: Optional[KVCache] = None
+    first_new: int = 0
+    positions: Optional[jnp.ndarray] = None
 
 
 def _layer_norm_transform(x, params):
     return layer_norm(x, *params)
 
 
-def prepare_keys(inputs_kv: KeyInputs, projections: Projections, *, num_queries: int) -> Keys:
+def _default_positions(length: int, start=0) -> jnp.ndarray:
+    return (start + jnp.arange(length, dtype=jnp.int32))[None]
+
+
+def prepare_keys(
+    inputs_kv: KeyInputs,
+    projections: Projections,
+    *,
+    num_queries: int,
+    heads: Optional[HeadsTransform] = None,
+    kv_positions: Optional[jnp.ndarray] = None,
+    cache: Optional[KVCache] = None,
+    unfolded: bool = False,
+) -> Keys:
     """The keys' side of attending from `num_queries` queries to `inputs_kv`.
 
     Args:
@@ -91,31 +146,58 @@ def prepare_keys(inputs_kv: KeyInputs, projections: Projections, *, num_queries:
       projections: the layer's parameters.
       num_queries: the queries that will attend to these keys (all chunks
         together), for the choice of fold.
+      heads: a transform of the projected heads at their positions, or None.
+      kv_positions: `[B|1, S]` positions of the keys (default `0..S-1`, or
+        with a cache the positions after those it holds).
+      cache: a `KVCache` to append the keys and values to and attend over.
+      unfolded: compute the projections as written (e.g. for weight dropout).
     """
     raw = inputs_kv.inputs if isinstance(inputs_kv, LayerNormed) else inputs_kv
     batch, num_keys = raw.shape[:2]
-    fold = folding.choose_fold(projections, batch, num_queries, num_keys)
+    if unfolded or heads is not None or cache is not None:
+        fold = NO_FOLD  # the transform and the cache need the heads themselves
+    else:
+        fold = folding.choose_fold(projections, batch, num_queries, num_keys)
     kv_norm = None
     if isinstance(inputs_kv, LayerNormed) and fold.keys_are_inputs:
         kv_norm = (inputs_kv.scale, inputs_kv.offset)
     else:
         raw = normalised(inputs_kv)
     k, v, bias, scale = folding.keys_and_values(raw, projections, fold)
-    return Keys(projections, fold, k, v, bias, scale, kv_norm)
+    if kv_positions is None and (heads is not None or cache is not None):
+        kv_positions = (
+            _default_positions(num_keys) if cache is None else cache.next_positions(num_keys)
+        )
+    if heads is not None:
+        k = heads.keys(k, kv_positions)
+    if cache is None:
+        return Keys(projections, fold, k, v, bias, scale, kv_norm, heads, positions=kv_positions)
+    cache = cache.append(k, v, kv_positions)
+    return Keys(
+        projections, fold, cache.k, cache.v, bias, scale, kv_norm, heads, cache.valid, cache,
+        first_new=cache.capacity - min(num_keys, cache.capacity), positions=kv_positions,
+    )
 
 
-def _zero_rows_without_keys(x: jnp.ndarray, mask: Optional[jnp.ndarray]) -> jnp.ndarray:
+def _zero_rows_without_keys(x: jnp.ndarray, empty: Optional[jnp.ndarray]) -> jnp.ndarray:
     # Queries that may attend to nothing output exactly zero, as in the reference.
-    if mask is None:
+    if empty is None:
         return x
-    return jnp.where(no_valid_key(mask), jnp.zeros_like(x), x)
+    return jnp.where(empty, jnp.zeros_like(x), x)
 
 
-def _weights(q, k, scale, mask, bias=None) -> jnp.ndarray:
-    weights = jax.nn.softmax(attention_logits(q, k, scale, mask, bias))
-    if mask is not None:
-        weights = jnp.where(no_valid_key(mask)[:, None], jnp.zeros_like(weights), weights)
+def _weights(q, k, scale, mask, bias=None, offset=None) -> jnp.ndarray:
+    weights = jax.nn.softmax(attention_logits(q, k, scale, mask, bias, offset))
+    empty = rows_without_keys(mask, offset, q.shape[1], k.shape[1])
+    if empty is not None:
+        weights = jnp.where(empty[:, None], jnp.zeros_like(weights), weights)
     return weights
+
+
+def _sum_bias(a, b):
+    if a is None or b is None:
+        return b if a is None else a
+    return full_bias(a) + full_bias(b)
 
 
 def attend_keys(
@@ -123,23 +205,68 @@ def attend_keys(
     keys: Keys,
     *,
     mask: Optional[jnp.ndarray] = None,
+    bias: Optional[jnp.ndarray] = None,
+    causal: bool = False,
+    query_offset=0,
+    q_positions: Optional[jnp.ndarray] = None,
+    dropout: Optional[Dropout] = None,
     want_weights: bool = False,
 ) -> Attended:
-    """Attends from `inputs_q` `[B, T, Cq]` to prepared keys; mask `[B or 1, T, S]`."""
+    """Attends from `inputs_q` `[B, T, Cq]` to prepared keys.
+
+    Args:
+      inputs_q: `[B, T, Cq]`.
+      keys: from `prepare_keys`.
+      mask: `[B|1, T, S]` over all keys attended (a cache's slots included).
+      bias: added to the logits, `[B|1, H|1, T|1, S|1]`.
+      causal: query t sees keys up to `query_offset + t`, counted from the
+        first key of this call (a cache's older keys are all seen).
+      query_offset: int scalar (may be traced).
+      q_positions: `[B|1, T]` positions for the heads transform (default:
+        the causal positions `query_offset + t` past the first new key).
+      dropout: dropout on the weights (needs `prepare_keys(unfolded=True)`).
+      want_weights: also return the softmax weights `[B, H, T, S]`.
+    """
     p, fold = keys.projections, keys.fold
+    q_len = inputs_q.shape[1]
     q = folding.queries(inputs_q, p, fold)
-    kv_transform = None if keys.kv_norm is None else _layer_norm_transform
-    out = dot_product_attention(
-        q, keys.k, keys.v, mask=mask, bias=keys.bias, scale=keys.scale,
-        kv_transform=kv_transform, kv_params=keys.kv_norm,
-    )
-    out = folding.attended_values(out.reshape(out.shape[0], out.shape[1], -1), p, fold)
-    out = folding.outputs(_zero_rows_without_keys(out, mask), p, fold)
+    offset = causal_offset_of(causal, query_offset)
+    if offset is not None:
+        offset = offset + keys.first_new
+    if keys.heads is not None:
+        if q_positions is None:
+            q_positions = _query_positions(keys, q_len, query_offset)
+        q = keys.heads.queries(q, q_positions)
+    if keys.valid is not None:
+        valid = jnp.broadcast_to(keys.valid[:, None, :], (q.shape[0], q_len, keys.k.shape[1]))
+        mask = valid if mask is None else (mask != 0) & valid
+    bias = _sum_bias(keys.bias, bias)
+    empty = rows_without_keys(mask, offset, q_len, keys.k.shape[1])
     weights = None
-    if want_weights:
-        k = keys.k if keys.kv_norm is None else _layer_norm_transform(keys.k, keys.kv_norm)
-        weights = _weights(q, k, keys.scale, mask, keys.bias)
-    return Attended(out, weights)
+    if dropout is not None:
+        # Dropout on the weights needs them whole: the plain softmax.
+        weights = _weights(q, keys.k, keys.scale, mask, bias, offset)
+        out = weighted_values(hk.dropout(dropout.key, dropout.rate, weights), keys.v)
+    else:
+        kv_transform = None if keys.kv_norm is None else _layer_norm_transform
+        out = dot_product_attention(
+            q, keys.k, keys.v, mask=mask, bias=bias, scale=keys.scale,
+            kv_transform=kv_transform, kv_params=keys.kv_norm,
+            causal=offset is not None, query_offset=0 if offset is None else offset,
+        )
+        if want_weights:
+            k = keys.k if keys.kv_norm is None else _layer_norm_transform(keys.k, keys.kv_norm)
+            weights = _weights(q, k, keys.scale, mask, bias, offset)
+    out = folding.attended_values(out.reshape(out.shape[0], q_len, -1), p, fold)
+    out = folding.outputs(_zero_rows_without_keys(out, empty), p, fold)
+    return Attended(out, weights if want_weights else None, keys.cache)
+
+
+def _query_positions(keys: Keys, q_len: int, query_offset) -> jnp.ndarray:
+    """Queries' default positions: `query_offset + t` past the first new key's position."""
+    if keys.positions is None:
+        return _default_positions(q_len, query_offset)
+    return keys.positions[:, :1] + query_offset + jnp.arange(q_len, dtype=jnp.int32)[None]
 
 
 def attend_heads(
@@ -150,6 +277,9 @@ def attend_heads(
     mask: Optional[jnp.ndarray] = None,
     dropout: Optional[Dropout] = None,
     want_weights: bool = False,
+    bias: Optional[jnp.ndarray] = None,
+    causal: bool = False,
+    query_offset=0,
 ) -> Attended:
     """Scaled dot-product attention of heads `[B, T, H, D]`, `[B, S, H, D]`, `[B, S, H, Dv]`.
 
@@ -158,17 +288,21 @@ def attend_heads(
     """
     batch, q_len, _, qk_dim = q.shape
     scale = 1.0 / math.sqrt(qk_dim)
+    offset = causal_offset_of(causal, query_offset)
     weights = None
     if dropout is not None:
         # Dropout on the weights needs them whole: the plain softmax.
-        weights = _weights(q, k, scale, mask)
+        weights = _weights(q, k, scale, mask, bias, offset)
         out = weighted_values(hk.dropout(dropout.key, dropout.rate, weights), v)
     else:
         # The kernel (plain, tiled or fused) follows the compute options.
-        out = dot_product_attention(q, k, v, mask=mask)
+        out = dot_product_attention(
+            q, k, v, mask=mask, bias=bias, causal=causal, query_offset=query_offset
+        )
         if want_weights:
-            weights = _weights(q, k, scale, mask)
-    out = _zero_rows_without_keys(out.reshape(batch, q_len, -1), mask)
+            weights = _weights(q, k, scale, mask, bias, offset)
+    empty = rows_without_keys(mask, offset, q_len, k.shape[1])
+    out = _zero_rows_without_keys(out.reshape(batch, q_len, -1), empty)
     return Attended(out, weights if want_weights else None)
 
 
@@ -180,6 +314,13 @@ def attention_layer(
     mask: Optional[jnp.ndarray] = None,
     dropout: Optional[Dropout] = None,
     want_weights: bool = False,
+    bias: Optional[jnp.ndarray] = None,
+    causal: bool = False,
+    query_offset=0,
+    heads: Optional[HeadsTransform] = None,
+    q_positions: Optional[jnp.ndarray] = None,
+    kv_positions: Optional[jnp.ndarray] = None,
+    cache: Optional[KVCache] = None,
 ) -> Attended:
     """Multi-head attention with its projections, computed as the options choose.
 
@@ -187,24 +328,31 @@ def attention_layer(
       inputs_q: `[B, T, Cq]`.
       inputs_kv: `[B, S, Ckv]`, or a `LayerNormed` of it (see `prepare_keys`).
       projections: the layer's parameters.
-      mask: `[B or 1, T, S]`, nonzero where query t may attend to key s.
+      mask: `[B or 1, T, S]` (with a cache: `[B or 1, T, capacity]`),
+        nonzero where query t may attend to key s.
       dropout: dropout on the attention weights, or None.
       want_weights: also return the softmax weights `[B, H, T, S]`.
+      bias: added to the scaled logits, any of `[B|1, H|1, T|1, S|1]`.
+      causal: query t sees key s only when `s <= query_offset + t` (keys
+        counted from this call's first; a cache's older keys are all seen).
+      query_offset: int scalar (may be traced).
+      heads: a transform of the projected heads at their positions (e.g.
+        `Rotary`); the layer is then never folded.
+      q_positions: `[B|1, T]` (default `query_offset + t` past the first
+        new key's position).
+      kv_positions: `[B|1, S]` (default `0..S-1`, or after a cache's).
+      cache: a `KVCache`: the keys and values are appended to it and the
+        queries attend to all it holds; `Attended.cache` is the new cache.
 
     Returns:
-      `Attended`: output `[B, T, output_channels]` (and the weights if asked).
+      `Attended`: output `[B, T, output_channels]` (and the weights, the
+      cache, if asked or given).
     """
-    if dropout is None:
-        keys = prepare_keys(inputs_kv, projections, num_queries=inputs_q.shape[1])
-        return attend_keys(inputs_q, keys, mask=mask, want_weights=want_weights)
-    # Dropout needs the weights themselves: no fold, the plain kernel.
-    p, inputs_kv = projections, normalised(inputs_kv)
-    attended = attend_heads(
-        split_heads(linear(inputs_q, p.q), p.num_heads),
-        split_heads(linear(inputs_kv, p.k), p.num_heads),
-        split_heads(linear(inputs_kv, p.v), p.num_heads),
-        mask=mask,
-        dropout=dropout,
-        want_weights=want_weights,
+    keys = prepare_keys(
+        inputs_kv, projections, num_queries=inputs_q.shape[1], heads=heads,
+        kv_positions=kv_positions, cache=cache, unfolded=dropout is not None,
     )
-    return Attended(linear(attended.output, p.o), attended.weights)
+    return attend_keys(
+        inputs_q, keys, mask=mask, bias=bias, causal=causal, query_offset=query_offset,
+        q_positions=q_positions, dropout=dropout, want_weights=want_weights,
+    )

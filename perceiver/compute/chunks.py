@@ -1,6 +1,6 @@
 """Cutting a long axis into chunks without padding it, and decoding over chunks of queries."""
 
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import haiku as hk
 import jax
@@ -56,21 +56,23 @@ def decoder_chunk(batch: int, heads: int, num_queries: int, num_latents: int) ->
 
 
 def over_query_chunks(
-    block: Callable[[jnp.ndarray, Optional[jnp.ndarray]], jnp.ndarray],
+    block: Callable[[jnp.ndarray, Any], jnp.ndarray],
     queries: jnp.ndarray,
-    query_mask: Optional[jnp.ndarray],
+    per_query: Any,
     chunk_size: int,
 ) -> jnp.ndarray:
-    """`block(queries, query_mask)` computed over chunks of `chunk_size` queries in one loop.
+    """`block(queries, per_query)` computed over chunks of `chunk_size` queries in one loop.
 
     `block` must treat each query alone (as attention from queries does) and
     draw no random keys. Inside a Haiku transform; under differentiation each
     chunk is recomputed rather than stored.
 
     Args:
-      block: `(queries [B, chunk, C], mask [B, chunk] or None) -> [B, chunk, D]`.
+      block: `(queries [B, chunk, C], per_query of the chunk) -> [B, chunk, D]`.
       queries: `[B, T, C]`.
-      query_mask: `[B, T]` or None.
+      per_query: arrays with the query axis at 1 (`[B|1, T, ...]`: a query
+        mask, attention-mask rows, positions), any pytree of them, or None;
+        each chunk gets its slice.
       chunk_size: queries per chunk.
 
     Returns:
@@ -79,17 +81,17 @@ def over_query_chunks(
     num_queries = queries.shape[1]
     num_chunks = -(-num_queries // chunk_size)
     if num_chunks == 1:
-        return block(queries, query_mask)
+        return block(queries, per_query)
 
     def chunk(index):
         # Slices of the queries, not a padded copy: the last chunk overlaps
         # the one before it and recomputes a few queries.
         start = chunk_start(index, num_queries, chunk_size)
-        q_chunk = jax.lax.dynamic_slice_in_dim(queries, start, chunk_size, axis=1)
-        mask_chunk = None
-        if query_mask is not None:
-            mask_chunk = jax.lax.dynamic_slice_in_dim(query_mask, start, chunk_size, axis=1)
-        return block(q_chunk, mask_chunk)
+
+        def cut(x):
+            return jax.lax.dynamic_slice_in_dim(x, start, chunk_size, axis=1)
+
+        return block(cut(queries), jax.tree_util.tree_map(cut, per_query))
 
     stacked = hk.map(haiku_checkpoint(chunk), jnp.arange(num_chunks))
     return join_chunks(stacked, num_queries, chunk_size, axis=1)
