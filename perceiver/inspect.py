@@ -13,14 +13,15 @@ module path; a weight-shared layer that runs once per encoder block gets its
 block's index, `path[i]`. The function runs under one `jax.jit`.
 
 How it works: while the function traced by `attention_maps` runs, a context
-(a contextvar) is active; each `Attention` module asks it whether its
-weights are wanted and, if so, calls the compute seam once more for them
-(`want_weights=True`, for the chosen queries only) and hands them over. The
-outputs come from the model's own, unchanged computation. With no context
-active the modules do nothing extra: no computation, no state, no parameter.
-While inspecting, the encoder runs its blocks unrolled and without
-rematerialisation (`scan_blocks=False, remat=False`), so that what is recorded
-inside them can leave; the outputs are those of the scanned model.
+(a contextvar of `perceiver._recording`) is active; each `Attention` module
+asks it whether its weights are wanted and, if so, calls the compute seam
+once more for them (`want_weights=True`, for the chosen queries only) and
+hands them over. The outputs come from the model's own, unchanged
+computation. With no context active the modules do nothing extra: no
+computation, no state, no parameter. While inspecting, the encoder runs its
+blocks unrolled and without rematerialisation (`scan_blocks=False,
+remat=False`), so that what is recorded inside them can leave; the outputs
+are those of the scanned model.
 
 The jitted function is kept per model and options (the last CACHE_SIZE;
 `clear_cache()` forgets them), so repeated calls on inputs of one shape
@@ -29,7 +30,6 @@ compile once.
 
 import collections
 import contextlib
-import contextvars
 import fnmatch
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -37,7 +37,9 @@ import haiku as hk
 import jax
 import numpy as np
 
+from perceiver import _recording as recording_hook
 from perceiver import compute
+from perceiver import perceiver as modules
 
 # The path of the encoder's cross-attention in every `perceiver.models` model.
 ENCODER_CROSS_ATTENTION = "perceiver_encoder/~/cross_attention/attention"
@@ -48,8 +50,6 @@ CACHE_SIZE = 8
 # A decoder attention asked for without `decoder_queries` may have at most
 # this many query-key pairs (a classifier's single query, a short text).
 MAX_DECODER_PAIRS = 1 << 16
-
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("perceiver_inspect", default=None)
 
 
 class _Recorder:
@@ -116,8 +116,6 @@ class _Recorder:
 
     def intercept(self, next_f, args, kwargs, context: hk.MethodContext):
         """Tracks encoder calls (unrolled while inspecting) and records block outputs."""
-        from perceiver import perceiver as modules
-
         if context.method_name != "__call__":
             return next_f(*args, **kwargs)
         if isinstance(context.module, modules.PerceiverEncoder):
@@ -168,37 +166,10 @@ def _named(records: Sequence[Tuple[str, Any]]) -> Dict[str, Any]:
     return named
 
 
-# ---------------------------------------------------------------------------
-# Called by the modules (perceiver.perceiver) while they are traced
-# ---------------------------------------------------------------------------
-
-
-def record_attention(
-    path: str,
-    weights: Callable[[Any], Any],
-    num_queries: int,
-    num_keys: int,
-) -> None:
-    """Hands an attention's weights to the active inspection, if it asks for them.
-
-    Args:
-      path: the attention module's path.
-      weights: `index -> [B, H, T', S]`, the softmax weights of the queries
-        `[:, index]` (computed only if called).
-      num_queries: T, the layer's queries.
-      num_keys: S, its keys.
-    """
-    recorder = _ACTIVE.get()
-    if recorder is None:
-        return
-    index = recorder.query_index(path, num_queries, num_keys)
-    if index is not None:
-        recorder.weights.append((path, weights(index)))
-
-
-def select_queries(x, index):
-    """`x[:, index]` for queries `[B, T, ...]` (a mask `[1, T, S]` too); None stays None."""
-    return None if x is None else x[:, index]
+# What the modules (perceiver.perceiver) call while they are traced lives in
+# `perceiver._recording`, beneath both; its old names here still work.
+record_attention = recording_hook.record_attention
+select_queries = recording_hook.select_queries
 
 
 # ---------------------------------------------------------------------------
@@ -208,12 +179,10 @@ def select_queries(x, index):
 
 @contextlib.contextmanager
 def _recording(recorder: _Recorder):
-    token = _ACTIVE.set(recorder)
-    try:
+    """Makes `recorder` the active inspection and lets it watch the modules' calls."""
+    with recording_hook.active(recorder):
         with hk.intercept_methods(recorder.intercept):
             yield recorder
-    finally:
-        _ACTIVE.reset(token)
 
 
 def _check_model(model) -> None:
