@@ -97,23 +97,21 @@ def _cmd_list(args) -> str:
 
 
 def _cmd_fetch(args) -> str:
-    from perceiver import _progress, hub
+    from perceiver import loading
 
     # --force replaces a cached file that fails to load; a download is checked before it is kept.
-    return str(hub.fetch(
-        args.name, cache_dir=args.cache_dir, force=args.force, progress=_progress.shown(True)
-    ))
+    return str(loading.fetch(args.name, cache_dir=args.cache_dir, force=args.force, progress=True))
 
 
 def _cmd_check(args) -> str:
     import jax
 
-    from perceiver import hub, models
+    from perceiver import hub, loading, models
 
     entry = hub.get(args.name)
     model, params, state = models.pretrained(args.name, cache_dir=args.cache_dir)
     count = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
-    path = hub.fetch(args.name, cache_dir=args.cache_dir, progress=False)
+    path = loading.fetch(args.name, cache_dir=args.cache_dir, progress=False)
     lines = [f"{args.name}: {path} matches the model ({count:,} parameters)"]
     if entry.factory == "optical_flow":
         image_shape = dict(entry.factory_kwargs).get("image_shape", (368, 496))

@@ -141,6 +141,8 @@ import numpy as np
 
 from perceiver import _validation
 from perceiver import checkpoint
+from perceiver import hub
+from perceiver import loading
 from perceiver import models
 from perceiver import safe_unpickle
 
@@ -1194,15 +1196,18 @@ def _read_hf(
     params, state, unused = convert_state_dict(
         config["architectures"][0], tensors, conv_kernel_layout=conv_kernel_layout
     )
-    described = f"{factory}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    described = loading.describe(factory, kwargs)
     if unused:
         raise checkpoint.differences_error(
             f"{path}: {len(unused)} checkpoint tensors have no place in {described}", unused
         )
-    want_params, want_state = models.parameter_shapes(factory, **kwargs)
-    params, state = _cast_like(want_params, params), _cast_like(want_state, state)
-    checkpoint.check_tree(want_params, params, what=f"{path}: the params converted for {described}")
-    checkpoint.check_tree(want_state, state, what=f"{path}: the state converted for {described}")
+    expected = models.parameter_shapes(factory, **kwargs)
+    params, state = _cast_like(expected[0], params), _cast_like(expected[1], state)
+    what = (
+        f"{path}: the params converted for {described}",
+        f"{path}: the state converted for {described}",
+    )
+    loading.check_fits(factory, params, state, kwargs, what=what, expected=expected)
     return config, factory, kwargs, params, state
 
 
@@ -1616,11 +1621,11 @@ def to_hf(
     )
     arch = config["architectures"][0]
     params, state = _numpy_tree(params, "params"), _numpy_tree(state or {}, "state")
-    want_params, want_state = models.parameter_shapes(factory, **sizes)
-    params, state = _cast_like(want_params, params), _cast_like(want_state, state)
-    described = f"{factory}({', '.join(f'{k}={v!r}' for k, v in sizes.items())})"
-    checkpoint.check_tree(want_params, params, what=f"the params given for {described}")
-    checkpoint.check_tree(want_state, state, what=f"the state given for {described}")
+    expected = models.parameter_shapes(factory, **sizes)
+    params, state = _cast_like(expected[0], params), _cast_like(expected[1], state)
+    described = loading.describe(factory, sizes)
+    what = (f"the params given for {described}", f"the state given for {described}")
+    loading.check_fits(factory, params, state, sizes, what=what, expected=expected)
     tensors = to_hf_state_dict(
         arch,
         params,
@@ -1728,8 +1733,6 @@ def convert(
       CheckpointError: for unreadable or ill-fitting files.
       OSError: if `dst` cannot be written.
     """
-    from perceiver import hub  # Light; only needed here.
-
     src, dst = os.fspath(src), os.fspath(dst)
     if os.path.isdir(src):
         if dtype is not None:
@@ -1763,7 +1766,7 @@ def convert(
         raise FileExistsError(f"dst {dst} is a file; transformers' format is a directory.")
     # What transformers cannot express is refused before anything is read or downloaded.
     hf_config(factory, sizes, labels=labels, allow_deviations=allow_deviations)
-    params, state = checkpoint.load(path or hub.fetch(src, cache_dir=cache_dir))
+    params, state = checkpoint.load(path or loading.fetch(src, cache_dir=cache_dir))
     to_hf(
         params,
         state,

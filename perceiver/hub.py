@@ -3,8 +3,10 @@
 `CHECKPOINTS` names each published file and the `perceiver.models` factory
 (by name, so that this module stays free of jax) whose model it fits.
 `fetch` downloads a checkpoint once into a cache directory, keeps it only
-if it reads as the published model's checkpoint (`check_checkpoint`), and
-returns its path; read it with `perceiver.checkpoint.load`.
+if the transfer and the caller's check of its content (`verify`) pass, and
+returns its path. This module knows no model and reads no checkpoint:
+`perceiver.loading.fetch` passes the check that the file is the published
+model's, and `perceiver.loading.pretrained` loads it.
 
 Environment:
   PERCEIVER_CACHE: the cache directory (default ~/.cache/perceiver).
@@ -24,7 +26,7 @@ import time
 import types
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 from perceiver import _progress
 
@@ -213,8 +215,9 @@ def fetch(
         replaced only once the new one passes the checks.
       verify: called with the downloaded file's path before it is kept; it
         raises ValueError (e.g. `perceiver.checkpoint.CheckpointError`) to
-        refuse it. Default: `check_checkpoint(path, entry)`, the published
-        model's parameter tree.
+        refuse it. None: only the transfer is checked (status, length, type,
+        encoding); `perceiver.loading.fetch` passes
+        `perceiver.loading.check_checkpoint`, the published model's trees.
 
     Raises:
       ValueError: if `name_or_path` is neither a known name nor a file.
@@ -251,45 +254,8 @@ def fetch(
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _save_error(entry, url, target, e) from e
-    if verify is None:
-        verify = lambda path: check_checkpoint(path, entry)  # noqa: E731
     _download(entry, url, target, progress, timeout, verify)
     return target
-
-
-def check_checkpoint(
-    path: Union[str, "os.PathLike[str]"],
-    entry: Union[Checkpoint, str],
-    expected: Optional[Tuple[Mapping, Mapping]] = None,
-) -> None:
-    """Checks that a file reads as a checkpoint of `entry`'s model.
-
-    Args:
-      path: the file.
-      entry: the registry entry (or its name) the file should be.
-      expected: `(params, state)` trees of arrays or shapes to compare with.
-        Default: the published model's, from `perceiver.models.parameter_shapes`;
-        without jax installed, only that the file reads as a checkpoint.
-
-    Raises:
-      perceiver.checkpoint.CheckpointError: if the file is not a readable
-        checkpoint, or its trees differ from `expected`.
-    """
-    # Imported here: this module must stay importable without numpy and jax.
-    from perceiver import checkpoint
-
-    if isinstance(entry, str):
-        entry = get(entry)
-    params, state = checkpoint.load(path)  # First: a bad file fails before the model is built.
-    if expected is None:
-        try:
-            from perceiver import models
-        except ImportError:
-            return
-        expected = models.parameter_shapes(entry.factory, **entry.factory_kwargs)
-    want_params, want_state = expected
-    checkpoint.check_tree(want_params, params, "params")
-    checkpoint.check_tree(want_state, state, "state")
 
 
 def refetch_hint(name: str) -> str:
@@ -298,16 +264,21 @@ def refetch_hint(name: str) -> str:
 
 
 def bad_cache_error(name: str, path: "os.PathLike[str]", error: Exception) -> Exception:
-    """A `CheckpointError` for a cached file of `name` that failed to load with `error`.
+    """`error` about the cached file of `name`, restated to say how to replace the file.
 
-    Its message names the file and says how to replace it, then gives
-    `error`'s; `error`'s attributes (e.g. `differences`) are kept.
+    The result is of `error`'s type (a `perceiver.checkpoint.CheckpointError`
+    for a file that does not load or fit), with its attributes (e.g.
+    `differences`); its message names the file and says how to replace it,
+    then gives `error`'s.
+
+    Args:
+      name: the registry name.
+      path: the cached file.
+      error: why the file failed to load; its type must take a message alone.
     """
-    from perceiver import checkpoint
-
     # Downloads are checked, so a bad cached file was damaged later or is
     # older than the checks.
-    new = checkpoint.CheckpointError(
+    new = type(error)(
         f"the cached checkpoint {name!r} at {path} cannot be used: {refetch_hint(name)}.\n{error}"
     )
     new.__dict__.update(error.__dict__)
@@ -359,7 +330,7 @@ def _download(
     target: pathlib.Path,
     progress: bool,
     timeout: float,
-    verify: Callable[[pathlib.Path], Any],
+    verify: Optional[Callable[[pathlib.Path], Any]],
 ) -> None:
     """Downloads `url` to `target` through a checked temporary file; never leaves a bad file."""
     # A unique name, so that concurrent downloads of one file cannot clash;
@@ -378,13 +349,15 @@ def _download(
         with response:
             total = _check_headers(entry, url, target, response)
             _copy(entry, url, target, response, tmp, total, progress, timeout)
-        try:
-            verify(tmp)
-        except ValueError as e:  # perceiver.checkpoint.CheckpointError is one.
-            what = _sniff(tmp) or "a file that is not this checkpoint"
-            # The temporary name means nothing to the reader: it is about to go.
-            why = str(e).replace(str(tmp), "the file")
-            raise _fetch_error(entry, url, target, f"the server sent {what} ({_clip(why)})") from e
+        if verify is not None:
+            try:
+                verify(tmp)
+            except ValueError as e:  # perceiver.checkpoint.CheckpointError is one.
+                what = _sniff(tmp) or "a file that is not this checkpoint"
+                # The temporary name means nothing to the reader: it is about to go.
+                why = str(e).replace(str(tmp), "the file")
+                reason = f"the server sent {what} ({_clip(why)})"
+                raise _fetch_error(entry, url, target, reason) from e
         os.replace(tmp, target)
     except OSError as e:  # Only the local file is left to fail here: network errors are wrapped.
         _remove(tmp)

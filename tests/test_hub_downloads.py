@@ -16,7 +16,7 @@ import time
 import pytest
 
 import reference_fixtures as ref
-from perceiver import checkpoint, cli, hub
+from perceiver import checkpoint, cli, hub, loading
 
 TIMEOUT = 2.0  # Seconds; every network wait in these tests is bounded by it.
 SMALL = pathlib.Path(__file__).parent / "data" / "reference" / "flow.pystate"
@@ -95,7 +95,7 @@ def _small_tree():
 
 def _verify_small(path):
     # The small reference flow model stands in for the published one.
-    hub.check_checkpoint(path, ENTRY, expected=_small_tree())
+    loading.check_checkpoint(path, ENTRY, expected=_small_tree())
 
 
 def _fetch(**kwargs):
@@ -108,10 +108,10 @@ def _listing(tmp_path):
     return sorted(os.listdir(cache)) if cache.is_dir() else []
 
 
-def _refused(tmp_path, **kwargs):
+def _refused(tmp_path, fetch=_fetch, **kwargs):
     """The FetchError of a refused download, after checking it left nothing behind."""
     with pytest.raises(hub.FetchError) as info:
-        _fetch(**kwargs)
+        fetch(**kwargs)
     message = str(info.value)
     assert f"/{ENTRY.filename}" in message  # The URL ...
     assert str(tmp_path / "cache" / ENTRY.filename) in message  # ... the target ...
@@ -279,10 +279,17 @@ def test_checkpoint_of_another_model_is_refused(server, tmp_path):
     assert "do not match" in _refused(tmp_path)
 
 
-def test_default_check_is_the_published_model(server, tmp_path):
+def test_loading_checks_for_the_published_model(server, tmp_path):
     # A real checkpoint of the small flow model is not the published flow file.
     server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
-    assert "do not match" in _refused(tmp_path, verify=None)
+    kwargs = {"name_or_path": "flow", "progress": False, "timeout": TIMEOUT}
+    assert "do not match" in _refused(tmp_path, loading.fetch, **kwargs)
+
+
+def test_the_hub_alone_checks_only_the_transfer(server, tmp_path):
+    # The hub knows no model: what the content must be is its caller's to say.
+    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    assert _fetch(verify=None).read_bytes() == SMALL.read_bytes()
 
 
 def test_messages_quote_at_most_200_characters_of_the_server(server, tmp_path):

@@ -12,15 +12,11 @@ import dataclasses
 import os
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, TypeVar
 
-from perceiver import _progress
 from perceiver import checkpoint
 from perceiver import hub
+from perceiver import loading
 
 T = TypeVar("T")
-
-# Differences a message shows (a few of each kind): with the file's path, the
-# sizes and a hint it stays well under 2,000 characters; `.differences` has all.
-SHOWN = 8
 
 # The task and command that run each factory's models, for messages.
 TASKS: Mapping[str, Tuple[str, str]] = {
@@ -106,9 +102,8 @@ class Description:
             )
 
 
-def is_published(name_or_path: Any) -> bool:
-    """Whether `name_or_path` is a name in `perceiver.hub.CHECKPOINTS` (names win over paths)."""
-    return isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS
+# The tasks ask here; the loading layer answers.
+is_published = loading.is_published
 
 
 def read_description(name_or_path: Any, factory: str) -> Description:
@@ -166,22 +161,14 @@ def read_description(name_or_path: Any, factory: str) -> Description:
 def check_fits(factory: str, params: Mapping, state: Mapping, **sizes) -> None:
     """Raises unless `params` and `state` are the trees of `perceiver.models` `factory(**sizes)`.
 
+    `perceiver.loading.check_fits`, with the sizes as keywords.
+
     Raises:
       perceiver.checkpoint.CheckpointError: counting the differences by kind
         and showing a few (state ones start with 'state: '); all are in
         `.differences`.
     """
-    from perceiver import models
-
-    want_params, want_state = models.parameter_shapes(factory, **sizes)
-    lines = checkpoint.tree_differences(want_params, params) + [
-        "state: " + line for line in checkpoint.tree_differences(want_state, state)
-    ]
-    if lines:
-        arguments = ", ".join(f"{k}={v!r}" for k, v in sizes.items())
-        raise checkpoint.differences_error(
-            f"params and state do not fit {factory}({arguments})", lines, shown=SHOWN
-        )
+    loading.check_fits(factory, params, state, sizes)
 
 
 def _hint(name_or_path: Any, description: Optional[Description]) -> str:
@@ -196,8 +183,8 @@ def _hint(name_or_path: Any, description: Optional[Description]) -> str:
 
 
 def fetch(name_or_path: Any, *, cache_dir: Any = None, progress: bool = True):
-    """`perceiver.hub.fetch`, with a download bar only when stderr is a terminal."""
-    return hub.fetch(name_or_path, cache_dir=cache_dir, progress=_progress.shown(progress))
+    """`perceiver.loading.fetch`: a download is kept only if it is the published model's."""
+    return loading.fetch(name_or_path, cache_dir=cache_dir, progress=progress)
 
 
 def mismatch(

@@ -26,7 +26,6 @@ file format (`read_flo`, `write_flo`) and the end-point error
 (`end_point_error`).
 """
 
-import inspect
 import itertools
 import os
 import pathlib
@@ -60,7 +59,7 @@ def _tile_shape_of(sizes: Mapping) -> Tuple[int, ...]:
     """The frame size of `perceiver.models.optical_flow(**sizes)`."""
     from perceiver import models
 
-    default = inspect.signature(models._optical_flow).parameters["image_shape"].default
+    default = models.factory_sizes("optical_flow")["image_shape"]
     return tuple(sizes.get("image_shape", default))
 
 

@@ -28,6 +28,7 @@ import numpy as np
 from perceiver import _validation
 from perceiver import checkpoint
 from perceiver import labels as labels_lib
+from perceiver import loading
 from perceiver import media
 from perceiver import models
 from perceiver.tasks import _loading
@@ -372,24 +373,18 @@ def _misfit_error(
     """
     found = []
     for variant in variants:
-        want_params, want_state = models.parameter_shapes(
-            "imagenet_classifier", variant=variant, **sizes
+        lines = loading.tree_differences(
+            "imagenet_classifier", params, state, dict(variant=variant, **sizes)
         )
-        lines = checkpoint.tree_differences(want_params, params) + [
-            "state: " + line for line in checkpoint.tree_differences(want_state, state)
-        ]
         found.append((len(lines), variant, lines))
     _, closest, lines = min(found)
-    arguments = ", ".join(f"{k}={v!r}" for k, v in dict(variant=closest, **sizes).items())
+    model = loading.describe("imagenet_classifier", dict(variant=closest, **sizes))
     if len(variants) == 1:
-        header = f"{path} does not fit imagenet_classifier({arguments})"
+        header = f"{path} does not fit {model}"
     else:
         others = "; ".join(f"as {v}: {n} differences" for n, v, _ in sorted(found)[1:])
-        header = (
-            f"{path} fits no ImageNet classifier ({others}); the closest is "
-            f"imagenet_classifier({arguments})"
-        )
-    return checkpoint.differences_error(header, lines, shown=_loading.SHOWN)
+        header = f"{path} fits no ImageNet classifier ({others}); the closest is {model}"
+    return checkpoint.differences_error(header, lines, shown=loading.SHOWN)
 
 
 def _check_normalisation(description: "_loading.Description") -> None:

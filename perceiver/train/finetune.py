@@ -83,11 +83,11 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
     path = os.path.expanduser(name_or_path)
     if os.path.isfile(path):
         return path
-    from perceiver import hub
+    from perceiver import hub, loading
 
     if name_or_path in hub.CHECKPOINTS:
         try:
-            return str(hub.fetch(name_or_path, cache_dir=cache_dir))
+            return str(loading.fetch(name_or_path, cache_dir=cache_dir))
         except hub.FetchError as e:
             reason = " ".join(line.strip() for line in str(e).splitlines() if line.strip())
             raise FileNotFoundError(
