@@ -25,7 +25,7 @@ import numpy as np
 
 from perceiver import _validation
 from perceiver import compute
-from perceiver import inspect as _inspect
+from perceiver import _recording as _inspect
 from perceiver import io_processors
 from perceiver import position_encoding
 
@@ -37,7 +37,11 @@ from perceiver import position_encoding
 def _dropout(x: jnp.ndarray, rate: float) -> jnp.ndarray:
     """`hk.dropout` that needs a key only when it drops something."""
     # Draw the key whenever one exists so later draws match the reference.
-    key = hk.maybe_next_rng_key()
+    return _apply_dropout(x, hk.maybe_next_rng_key(), rate)
+
+
+def _apply_dropout(x: jnp.ndarray, key: Optional[jax.Array], rate: float) -> jnp.ndarray:
+    """`hk.dropout` with a key drawn beforehand (`_dropout`'s draw, made earlier)."""
     if rate == 0:
         return x
     if key is None:
@@ -93,7 +97,15 @@ def attend(
     dropout_prob: float = 0.0,
     attention_mask: Optional[jnp.ndarray] = None,
 ) -> jnp.ndarray:
-    """Multi-head scaled dot-product attention.
+    """Multi-head scaled dot-product attention, as the reference's `attend`.
+
+    Kept for code written against the reference; `Attention` does not call
+    it. The math every module runs lives in `perceiver.compute`: the seam
+    `compute.attention_layer` (and `prepare_keys` / `attend_keys`), which
+    takes new attention math (bias, causal order, heads transforms such as
+    rotary, a key/value cache) as arguments; the kernels are in
+    `compute/kernels.py` and `compute/tiled.py`. This function runs the
+    same kernels (`compute.attend_heads`).
 
     Args:
       q: queries `[B, T, H, Dqk]`.
@@ -224,7 +236,15 @@ class Attention(hk.Module):
         inputs_q: jnp.ndarray,
         inputs_kv,
         attention_mask: Optional[jnp.ndarray] = None,
-    ) -> jnp.ndarray:
+        *,
+        bias: Optional[jnp.ndarray] = None,
+        causal: bool = False,
+        query_offset=0,
+        heads=None,
+        q_positions: Optional[jnp.ndarray] = None,
+        kv_positions: Optional[jnp.ndarray] = None,
+        cache: Optional[compute.KVCache] = None,
+    ):
         """Attends from `inputs_q` `[B, T, Cq]` to `inputs_kv` `[B, S, Ckv]`.
 
         `q = inputs_q W_q + b_q`, `k` and `v` likewise from `inputs_kv`, each
@@ -237,9 +257,12 @@ class Attention(hk.Module):
           inputs_kv: `[B, S, Ckv]`, or a `compute.LayerNormed` of it: the
             kernel then applies the norm, inside its tiles where it can.
           attention_mask: `[B, T, S]`, nonzero where query t may attend to key s.
+          bias, causal, query_offset, heads, q_positions, kv_positions,
+            cache: new attention math, as for `compute.attention_layer`
+            (not in the reference; the defaults compute its function).
 
         Returns:
-          `[B, T, output_channels]`.
+          `[B, T, output_channels]`; with a `cache`, `(output, new cache)`.
 
         Raises:
           ValueError: if qk_channels or v_channels is not divisible by num_heads,
@@ -248,20 +271,27 @@ class Attention(hk.Module):
         """
         keys_inputs = inputs_kv.inputs if isinstance(inputs_kv, compute.LayerNormed) else inputs_kv
         _check_inputs(inputs_q, keys_inputs)
-        _check_attention_mask(attention_mask, *inputs_q.shape[:2], keys_inputs.shape[1])
+        num_keys = keys_inputs.shape[1] if cache is None else cache.capacity
+        _check_attention_mask(attention_mask, *inputs_q.shape[:2], num_keys)
         projections, dropout = self._projections(inputs_q, keys_inputs)
+        keys = compute.prepare_keys(
+            inputs_kv, projections, num_queries=inputs_q.shape[1], heads=heads,
+            kv_positions=kv_positions, cache=cache, unfolded=dropout is not None,
+        )
+        math = dict(bias=bias, causal=causal, query_offset=query_offset, q_positions=q_positions)
 
         def weights(index):  # only while perceiver.inspect asks for them
             q = _inspect.select_queries(inputs_q, index)
             mask = _inspect.select_queries(attention_mask, index)
-            return compute.attention_layer(
-                q, inputs_kv, projections, mask=mask, want_weights=True
-            ).weights
+            return compute.attend_keys(q, keys, mask=mask, want_weights=True, **math).weights
 
-        _inspect.record_attention(self.module_name, weights, inputs_q.shape[1], keys_inputs.shape[1])
-        return compute.attention_layer(
-            inputs_q, inputs_kv, projections, mask=attention_mask, dropout=dropout
-        ).output
+        if not (causal or heads is not None or bias is not None or cache is not None):
+            # Queries selected for inspection are then independent of their index.
+            _inspect.record_attention(self.module_name, weights, inputs_q.shape[1], num_keys)
+        attended = compute.attend_keys(
+            inputs_q, keys, mask=attention_mask, dropout=dropout, **math
+        )
+        return attended.output if cache is None else (attended.output, attended.cache)
 
     @hk.name_like("__call__")
     def _projections(self, inputs_q: jnp.ndarray, inputs_kv: jnp.ndarray):
@@ -438,18 +468,19 @@ class CrossAttention(hk.Module):
         attention_mask: Optional[jnp.ndarray] = None,
         is_training: bool,
     ) -> jnp.ndarray:
-        """Queries `[B, T, Cq]` attend to `[B, S, Ckv]`; returns `[B, T, Cq]`."""
-        dropout_prob = self._dropout_prob if is_training else 0.0
-        attention = self._attention(inputs_q, inputs_kv, is_training)
-        normed_q = layer_norm(inputs_q)
-        # The keys' layer norm is the kernel's to apply: tile by tile where it
-        # can, so that no normalised copy of a long input is stored.
-        normed_kv = _LayerNorm().deferred(inputs_kv)
-        attended = attention(normed_q, normed_kv, attention_mask=attention_mask)
-        attended = _dropout(attended, dropout_prob)
-        x = inputs_q + attended if self._use_query_residual else attended
-        mlp = self._mlp(is_training)
-        return x + mlp(layer_norm(x), is_training=is_training)
+        """Queries `[B, T, Cq]` attend to `[B, S, Ckv]`; returns `[B, T, Cq]`.
+
+        `x = inputs_q + attention(norm(inputs_q), norm(inputs_kv))` (the
+        residual optional), then `x + mlp(norm(x))`, with dropout after the
+        attention and in the MLP.
+
+        Raises:
+          ValueError: if the inputs are not rank 3 with one batch size, or
+            the mask does not fit them.
+        """
+        return self._run(
+            inputs_q, inputs_kv, attention_mask=attention_mask, is_training=is_training
+        )
 
     @hk.transparent
     def _attention(self, inputs_q, inputs_kv, is_training: bool) -> Attention:
@@ -510,47 +541,84 @@ class CrossAttention(hk.Module):
         """
         if self._dropout_prob or self._dropout_attn_prob:
             raise ValueError("a block with dropout cannot run in chunks; use its __call__.")
-        channels = inputs_q.shape[-1]
-        # Built in the order __call__ builds them, so that names match.
+        return self._run(
+            inputs_q, inputs_kv, query_mask=query_mask, is_training=is_training, post=post,
+            chunk_size=chunk_size,
+        )
+
+    @hk.transparent
+    def _run(
+        self,
+        inputs_q,
+        inputs_kv,
+        *,
+        is_training: bool,
+        attention_mask=None,
+        query_mask=None,
+        post: Optional[compute.AffineTail] = None,
+        chunk_size: Optional[int] = None,
+    ):
+        """The block, written once: whole, or over chunks of queries with `post` after it.
+
+        Modules and parameters are created, and random keys drawn, in the
+        order of the reference's `__call__`. Unchunked, the keys' layer norm
+        is left to the kernel (tile by tile); chunked, it is applied once.
+        """
+        post = compute.AffineTail([]) if post is None else post
+        chunked = chunk_size is not None or bool(post.layers)
+        rate = self._dropout_prob if is_training else 0.0
+        _check_inputs(inputs_q, inputs_kv)
+        _check_attention_mask(attention_mask, *inputs_q.shape[:2], inputs_kv.shape[1])
+        num_queries, channels = inputs_q.shape[1:]
         attention = self._attention(inputs_q, inputs_kv, is_training)
         norm_q, norm_kv = _LayerNorm(), _LayerNorm()
-        mlp_hidden, mlp_output = self._mlp(is_training)._layers(channels)
+        norm_q.deferred(inputs_q)  # parameters in the reference's order
+        normed_kv = norm_kv(inputs_kv) if chunked else norm_kv.deferred(inputs_kv)
+        projections, attention_dropout = attention._projections(inputs_q, inputs_kv)
+        keys = compute.prepare_keys(
+            normed_kv, projections, num_queries=num_queries,
+            unfolded=attention_dropout is not None,
+        )
+        attended_key = hk.maybe_next_rng_key()
+        hidden_layer, output_layer = self._mlp(is_training)._layers(channels)
         norm_x = _LayerNorm()
+        norm_x.deferred(inputs_q)
+        hidden_params = hidden_layer.params(channels, inputs_q.dtype)
+        output_params = output_layer.params(hidden_layer.output_size, inputs_q.dtype)
+        mlp_key = hk.maybe_next_rng_key()
 
-        # The keys' side once, for all chunks (its layer norm applied once, too).
-        normed_kv = norm_kv(inputs_kv)
-        projections, _ = attention._projections(inputs_q, normed_kv)
-        keys = compute.prepare_keys(normed_kv, projections, num_queries=inputs_q.shape[1])
-        kv_ones = jnp.ones(inputs_kv.shape[:2], jnp.int32)
+        def mask_of(rows):
+            attention_rows, query_rows = rows
+            if query_rows is None:
+                return attention_rows
+            return make_cross_attention_mask(query_rows, jnp.ones(inputs_kv.shape[:2], jnp.int32))
 
         def weights(index):  # only while perceiver.inspect asks for them
-            q_mask = _inspect.select_queries(query_mask, index)
-            mask = None if q_mask is None else make_cross_attention_mask(q_mask, kv_ones)
+            rows = tuple(_inspect.select_queries(x, index) for x in (attention_mask, query_mask))
             q = norm_q(_inspect.select_queries(inputs_q, index))
-            return compute.attend_keys(q, keys, mask=mask, want_weights=True).weights
+            return compute.attend_keys(q, keys, mask=mask_of(rows), want_weights=True).weights
 
-        _inspect.record_attention(attention.module_name, weights, inputs_q.shape[1], inputs_kv.shape[1])
-        hidden_channels = mlp_hidden.output_size
+        _inspect.record_attention(attention.module_name, weights, num_queries, inputs_kv.shape[1])
         folded = None
-        if post.layers and compute.folds_tail(post, channels, hidden_channels, inputs_q.shape[1]):
-            mlp_out = mlp_output.params(hidden_channels, inputs_q.dtype)
-            folded = compute.fold_tail(post, mlp_out, channels, inputs_q.dtype)
+        if post.layers and compute.folds_tail(post, channels, hidden_layer.output_size, num_queries):
+            folded = compute.fold_tail(post, output_params, channels, inputs_q.dtype)
 
-        def block(q_chunk, mask_chunk):
-            mask = None if mask_chunk is None else make_cross_attention_mask(mask_chunk, kv_ones)
-            x = compute.attend_keys(norm_q(q_chunk), keys, mask=mask).output
+        def block(q_chunk, rows):
+            x = compute.attend_keys(
+                norm_q(q_chunk), keys, mask=mask_of(rows), dropout=attention_dropout
+            ).output
+            x = _apply_dropout(x, attended_key, rate)
             if self._use_query_residual:
                 x = q_chunk + x
-            hidden = jax.nn.gelu(mlp_hidden(norm_x(x)), approximate=True)
+            hidden = jax.nn.gelu(compute.linear(norm_x(x), hidden_params), approximate=True)
             if folded is not None:
                 return folded(x, hidden)  # post(x + mlp(x)), multiplied out
-            return post(x + mlp_output(hidden))
+            return post(x + _apply_dropout(compute.linear(hidden, output_params), mlp_key, rate))
 
-        # __call__ draws two keys (after the attention and in the MLP); draw
-        # them once here so the random stream does not depend on chunking.
-        hk.maybe_next_rng_key()
-        hk.maybe_next_rng_key()
-        return compute.over_query_chunks(block, inputs_q, query_mask, chunk_size)
+        rows = (attention_mask, query_mask)
+        if not chunked:
+            return block(inputs_q, rows)
+        return compute.over_query_chunks(block, inputs_q, rows, chunk_size or num_queries)
 
 
 # ---------------------------------------------------------------------------
@@ -722,32 +790,18 @@ class PerceiverEncoder(hk.Module):
 
     @hk.transparent
     def _encode(self, inputs, z, attention_mask, is_training):
-        def maybe_remat(fn):
-            return compute.haiku_checkpoint(fn) if compute.remat() else fn
-
         def cross_attend(z, inputs, attention_mask):
             return self.cross_attend(
                 z, inputs, is_training=is_training, attention_mask=attention_mask
             )
 
-        z = maybe_remat(cross_attend)(z, inputs, attention_mask)
-        layers = [
-            maybe_remat(functools.partial(self_attend, is_training=is_training))
+        z = compute.layer(cross_attend)(z, inputs, attention_mask)
+        self_attends = [
+            functools.partial(self_attend, is_training=is_training)
             for self_attend in self.self_attends
         ]
-
-        def block(z):
-            for layer in layers:
-                z = layer(z)
-            return z
-
-        if compute.scan_blocks(self._num_blocks):
-            # The blocks share weights: one compiled body, however many blocks.
-            # Keys are drawn in the same order as when unrolled.
-            return hk.fori_loop(0, self._num_blocks, lambda _, z: block(z), z)
-        for _ in range(self._num_blocks):
-            z = block(z)
-        return z
+        # The blocks share weights: one compiled body, however many blocks.
+        return compute.repeat_layers(self_attends, z, self._num_blocks)
 
 
 class AbstractPerceiverDecoder(hk.Module, metaclass=abc.ABCMeta):
