@@ -5,7 +5,7 @@ Names, signatures and parameter layouts follow DeepMind's reference
 """
 
 import abc
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import haiku as hk
 import jax
@@ -108,6 +108,23 @@ class AbstractPositionEncoding(hk.Module, metaclass=abc.ABCMeta):
     def __call__(self, batch_size: Optional[int], pos: Optional[jnp.ndarray]) -> jnp.ndarray:
         raise NotImplementedError
 
+    def grid_parts(self, batch_size: int) -> Optional[List[jnp.ndarray]]:
+        """The default grid's encoding as channel blocks, or None if it has none.
+
+        An encoding whose channels are cheaper to build block by block (see
+        `FourierPositionEncoding`) returns `[B, N, c_i]` arrays whose
+        concatenation, e.g. by `concat_in_place`, is `self(batch_size)`; a
+        caller can then write them straight into a larger array and never
+        store the encoding itself. This default has no such form: use
+        `self(batch_size)`. A subclass that changes `__call__` must keep this
+        consistent with it.
+
+        Args:
+          batch_size: B.
+        """
+        del batch_size
+        return None
+
 
 class TrainablePositionEncoding(AbstractPositionEncoding):
     """A learned `[index_dim, num_channels]` table (`pos_embs`)."""
@@ -176,9 +193,23 @@ class FourierPositionEncoding(AbstractPositionEncoding):
         self._max_resolution = max_resolution if max_resolution is None else tuple(max_resolution)
 
     def __call__(self, batch_size: int, pos: Optional[jnp.ndarray] = None) -> jnp.ndarray:
-        """Returns `[B, N, C]` features of `pos` `[B, N, D]` (default: the grid)."""
-        if pos is None and len(self._max_resolution) == len(self._index_dims):
-            return self._grid_features(batch_size)
+        """Fourier features of `pos` (default: the `[-1, 1]` grid over `index_dims`).
+
+        Args:
+          batch_size: B.
+          pos: positions `[B, N, D]`, D = len(index_dims); None for the grid,
+            N = prod(index_dims).
+
+        Returns:
+          `[B, N, C]`, laid out as by `generate_fourier_features`.
+
+        Raises:
+          ValueError: if `pos` or `max_resolution` has other than D coordinates.
+        """
+        if pos is None:
+            parts = self.grid_parts(batch_size)
+            if parts is not None:
+                return concat_in_place(parts)
         pos = _check_or_build_spatial_positions(pos, self._index_dims, batch_size)
         if len(self._max_resolution) != pos.shape[-1]:
             raise ValueError(
@@ -197,44 +228,50 @@ class FourierPositionEncoding(AbstractPositionEncoding):
 
         return jax.vmap(features)(pos)
 
-    def _grid_features(self, batch_size: int) -> jnp.ndarray:
-        """The features of the default grid: `concat_in_place` of `_grid_parts`."""
-        return concat_in_place(self._grid_parts(batch_size))
+    def grid_parts(self, batch_size: int) -> Optional[List[jnp.ndarray]]:
+        """The default grid's features as `[B, N, c]` blocks, in channel order.
 
-    def _grid_parts(self, batch_size: int):
-        """The default grid's features as `[B, N, c]` parts, in channel order.
+        Each feature depends on one coordinate only, so `generate_fourier_features`
+        runs once per axis, on that axis's `n_i` coordinates, and each block is
+        broadcast over the grid. Joined by `concat_in_place`, the blocks equal
+        `self(batch_size)` bit for bit, and no `[N, D * num_bands]` intermediate
+        is ever stored.
 
-        Each feature depends on one coordinate only, so it is computed once per
-        row (or column, ...) and broadcast, with the same arithmetic as
-        `generate_fourier_features`. Joined by `concat_in_place`, no
-        `[N, D * num_bands]` intermediate is ever stored.
+        Args:
+          batch_size: B.
+
+        Returns:
+          `[B, N, c]` arrays, N = prod(index_dims): the D coordinates (if
+          concat_pos), then sin of each axis's `num_bands` frequencies, then cos
+          (unless sine_only); None when `max_resolution` has other than D
+          entries (`self(batch_size)` then raises the error).
         """
         dims = tuple(int(d) for d in self._index_dims)
-        rank = len(dims)
+        if len(self._max_resolution) != len(dims):
+            return None
+        size = int(np.prod(dims))
 
         def spread(table, axis):
-            # [n_axis, K] -> [n_1, ..., n_D, K], constant along the other axes.
-            shape = [1] * rank + [table.shape[-1]]
+            # [n_axis, c] -> [B, N, c], constant along the grid's other axes.
+            shape = [1] * len(dims) + [table.shape[-1]]
             shape[axis] = dims[axis]
-            return jnp.broadcast_to(table.reshape(shape), dims + (table.shape[-1],))
+            grid = jnp.broadcast_to(table.reshape(shape), dims + (table.shape[-1],))
+            return jnp.broadcast_to(
+                grid.reshape(1, size, table.shape[-1]), (batch_size, size, table.shape[-1])
+            )
 
-        coords = [
-            jnp.linspace(-1.0, 1.0, num=n, endpoint=True, dtype=jnp.float32) for n in dims
-        ]
-        angles = [
-            jnp.pi * (c[:, None] * jnp.linspace(1.0, res / 2, num=self._num_bands)[None, :])
-            for c, res in zip(coords, self._max_resolution)
-        ]
-        parts = [spread(jnp.sin(a), d) for d, a in enumerate(angles)]
-        if not self._sine_only:
-            parts += [spread(jnp.cos(a), d) for d, a in enumerate(angles)]
-        if self._concat_pos:
-            parts = [spread(c[:, None], d) for d, c in enumerate(coords)] + parts
-        size = int(np.prod(dims))
-        return [
-            jnp.broadcast_to(p.reshape(1, size, p.shape[-1]), (batch_size, size, p.shape[-1]))
-            for p in parts
-        ]
+        coords, sines, cosines = [], [], []
+        for axis, res in enumerate(self._max_resolution):
+            # The grid's column `axis`, [n_axis, 1], and its [n_axis, K] sin, then cos.
+            c = build_linear_positions(dims[axis : axis + 1])
+            table = generate_fourier_features(
+                c, self._num_bands, (res,), concat_pos=False, sine_only=self._sine_only
+            )
+            coords.append(spread(c, axis))
+            sines.append(spread(table[:, : self._num_bands], axis))
+            if not self._sine_only:
+                cosines.append(spread(table[:, self._num_bands :], axis))
+        return (coords if self._concat_pos else []) + sines + cosines
 
 
 class PositionEncodingProjector(AbstractPositionEncoding):

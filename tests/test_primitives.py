@@ -430,6 +430,48 @@ def test_fourier_position_encoding_explicit_pos_and_resolution():
         )
 
 
+@pytest.mark.parametrize("sine_only", [False, True])
+@pytest.mark.parametrize("concat_pos", [True, False])
+@pytest.mark.parametrize("index_dims", [(6,), (3, 4), (2, 2, 3)])
+def test_fourier_grid_parts_are_the_channel_blocks(index_dims, concat_pos, sine_only):
+    num_bands, batch = 3, 2
+
+    def fn():
+        return position_encoding.FourierPositionEncoding(
+            index_dims=index_dims, num_bands=num_bands, concat_pos=concat_pos, sine_only=sine_only
+        ).grid_parts(batch_size=batch)
+
+    _, parts = _run(fn)
+    d = len(index_dims)
+    n = int(np.prod(index_dims))
+    # One block per coordinate (if concat_pos), then sin of each axis's bands, then cos.
+    widths = [1] * d * concat_pos + [num_bands] * d * (1 if sine_only else 2)
+    assert [np.shape(p) for p in parts] == [(batch, n, w) for w in widths]
+    pos = _np_linear_positions(index_dims).reshape(n, d)
+    want = _np_fourier(pos, num_bands, index_dims, concat_pos, sine_only)
+    got = np.concatenate([np.asarray(p) for p in parts], axis=-1)
+    for b in range(batch):
+        np.testing.assert_allclose(got[b], want, rtol=RTOL, atol=1e-5)
+
+
+def test_grid_parts_is_none_without_a_grid_form():
+    def fn():
+        trainable = position_encoding.TrainablePositionEncoding(index_dim=6, num_channels=4)
+        projected = position_encoding.build_position_encoding(
+            "fourier", index_dims=(2, 3), project_pos_dim=5,
+            fourier_position_encoding_kwargs=dict(num_bands=2),
+        )
+        # A resolution for other than the grid's dimensions: only __call__, which raises.
+        mismatched = position_encoding.FourierPositionEncoding(
+            index_dims=(2, 3), num_bands=2, max_resolution=(4,)
+        )
+        return [e.grid_parts(batch_size=2) for e in (trainable, projected, mismatched)]
+
+    params, parts = _run(fn)
+    assert parts == [None, None, None]
+    assert params == {}  # asking creates no parameters
+
+
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_trainable_position_encoding_broadcasts_over_batch(batch_size):
     def fn():
