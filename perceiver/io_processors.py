@@ -11,6 +11,7 @@ Names, signatures and parameter layouts follow DeepMind's reference
 
 import functools
 import math
+import types
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import einops
@@ -328,18 +329,13 @@ def _position_encoding_factory(position_encoding_type, position_encoding_kwargs)
 
 
 def _grid_encoding_parts(encoding, batch_size, pos, n_extra_pos_mlp, concat_or_add_pos):
-    """A Fourier grid encoding that is only concatenated, as parts (else None).
+    """`encoding.grid_parts(batch_size)` where the encoding is only concatenated, else None.
 
     Concatenating the parts straight into the network input never stores the
     `[B, N, C]` encoding itself.
     """
-    if (
-        pos is None
-        and n_extra_pos_mlp == 0
-        and concat_or_add_pos == "concat"
-        and type(encoding) is position_encoding.FourierPositionEncoding
-    ):
-        return encoding._grid_parts(batch_size)
+    if pos is None and n_extra_pos_mlp == 0 and concat_or_add_pos == "concat":
+        return encoding.grid_parts(batch_size)
     return None
 
 
@@ -747,7 +743,24 @@ def _bernoulli_mask(prob: float, shape, modality: str) -> jnp.ndarray:
 # ---------------------------------------------------------------------------
 
 
-class ImagePostprocessor(hk.Module):
+class AbstractPostprocessor(hk.Module):
+    """Maps decoder outputs `[B, M, C]` to task outputs.
+
+    Called as `postprocessor(inputs, *, is_training, pos=None,
+    modality_sizes=None)`.
+    """
+
+    def linear_head(self) -> Optional[compute.Linear]:
+        """The one linear layer this postprocessor applies to every output, else None.
+
+        A decoder can fold a returned layer into its own output projection
+        (`[B, M, C] -> [B, M, n]`, the same parameters) instead of calling
+        the postprocessor. None: the postprocessor does more, call it.
+        """
+        return None
+
+
+class ImagePostprocessor(AbstractPostprocessor):
     """Turns decoder outputs back into images or video."""
 
     def __init__(
@@ -838,7 +851,7 @@ def _int_log2(x: int) -> int:
     return int(np.round(np.log(x) / np.log(2)))
 
 
-class AudioPostprocessor(hk.Module):
+class AudioPostprocessor(AbstractPostprocessor):
     """Projects each output to `samples_per_patch` samples: `[B, N, C]` -> `[B, N*spp]`."""
 
     def __init__(
@@ -861,7 +874,7 @@ class AudioPostprocessor(hk.Module):
         return out.reshape(inputs.shape[0], -1)
 
 
-class IdentityPostprocessor(hk.Module):
+class IdentityPostprocessor(AbstractPostprocessor):
     """Returns its inputs unchanged."""
 
     def __init__(self, name: Optional[str] = None):
@@ -878,7 +891,7 @@ class IdentityPostprocessor(hk.Module):
         return inputs
 
 
-class MultimodalPostprocessor(hk.Module):
+class MultimodalPostprocessor(AbstractPostprocessor):
     """Splits outputs by modality and postprocesses each."""
 
     def __init__(
@@ -898,6 +911,11 @@ class MultimodalPostprocessor(hk.Module):
         super().__init__(name=name)
         self._modalities = modalities
         self._input_is_dict = input_is_dict
+
+    @property
+    def modalities(self) -> Mapping[str, PostprocessorT]:
+        """modality name -> postprocessor, as given (read-only)."""
+        return types.MappingProxyType(self._modalities)
 
     def __call__(
         self,
@@ -926,7 +944,7 @@ class MultimodalPostprocessor(hk.Module):
         }
 
 
-class ClassificationPostprocessor(hk.Module):
+class ClassificationPostprocessor(AbstractPostprocessor):
     """Projects the first output to class logits: `[B, N, C]` -> `[B, num_classes]`."""
 
     def __init__(self, num_classes: int, name: Optional[str] = None):
@@ -944,7 +962,7 @@ class ClassificationPostprocessor(hk.Module):
         return hk.Linear(self._num_classes)(inputs)[:, 0, :]
 
 
-class ProjectionPostprocessor(hk.Module):
+class ProjectionPostprocessor(AbstractPostprocessor):
     """Projects every output: `[B, N, C]` -> `[B, N, num_outputs]`."""
 
     def __init__(self, num_outputs: int, name: Optional[str] = None):
@@ -959,11 +977,16 @@ class ProjectionPostprocessor(hk.Module):
         pos: Optional[jnp.ndarray] = None,
         modality_sizes: Optional[ModalitySizeT] = None,
     ) -> jnp.ndarray:
-        return self._projection()(inputs)
+        return self.linear_head()(inputs)
 
     @hk.name_like("__call__")
-    def _projection(self) -> hk.Linear:
-        """The projection layer (named as hk.Linear names itself), for a decoder to fold in."""
+    def linear_head(self) -> compute.Linear:
+        """The projection layer, `[B, M, C] -> [B, M, num_outputs]`, for a decoder to fold in.
+
+        Named as `__call__` names it (`linear`: parameters `linear/w`
+        `[C, num_outputs]` and `linear/b` `[num_outputs]`), so folding it in
+        or calling the postprocessor reads the same parameters.
+        """
         return compute.Linear(self._num_outputs, name="linear")
 
 

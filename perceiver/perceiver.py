@@ -1170,8 +1170,8 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
     ) -> Mapping[str, jnp.ndarray]:
         """`postprocessor(self(query, z), modality_sizes=...)`, the same function, faster.
 
-        A modality whose postprocessor is one linear layer (a
-        `ProjectionPostprocessor`, e.g. pixels to RGB) has it folded into the
+        A modality whose postprocessor is one linear layer (its
+        `linear_head()`, e.g. a `ProjectionPostprocessor`'s pixels to RGB) has it folded into the
         decoder, so its wide outputs are never formed; the other modalities
         are decoded together and postprocessed as usual.
 
@@ -1181,16 +1181,16 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
           modality_sizes: `{modality: M_m}`.
           postprocessor: an `io_processors.MultimodalPostprocessor`.
         """
-        heads = postprocessor._modalities
+        heads = postprocessor.modalities
         queries = io_processors.restructure(modality_sizes, query)
-        folded = sorted(
-            m for m in modality_sizes if isinstance(heads[m], io_processors.ProjectionPostprocessor)
-        )
+        # A head that is one linear layer is folded into the decoder.
+        linear = {m: _linear_head(heads[m]) for m in sorted(modality_sizes)}
         out = {
-            m: self._decoder._with_tail(queries[m], z, [heads[m]._projection()], is_training=is_training)
-            for m in folded
+            m: self._decoder._with_tail(queries[m], z, [head], is_training=is_training)
+            for m, head in linear.items()
+            if head is not None
         }
-        rest = [m for m in sorted(modality_sizes) if m not in folded]
+        rest = [m for m in sorted(modality_sizes) if linear[m] is None]
         if rest:
             decoded = self._decoder(
                 jnp.concatenate([queries[m] for m in rest], axis=1), z, is_training=is_training
@@ -1199,6 +1199,12 @@ class MultimodalDecoder(AbstractPerceiverDecoder):
             for m in rest:
                 out[m] = heads[m](decoded[m], is_training=is_training, pos=None, modality_sizes=None)
         return out
+
+
+def _linear_head(postprocessor):
+    """The postprocessor's single linear layer, or None (also for a plain callable)."""
+    head = getattr(postprocessor, "linear_head", None)
+    return None if head is None else head()
 
 
 class BasicVideoAutoencodingDecoder(AbstractPerceiverDecoder):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import reference_fixtures as ref
-from perceiver import compute, io_processors, models, perceiver
+from perceiver import compute, io_processors, models, perceiver, position_encoding
 
 PLAIN = dict(attention="plain", absorb_projections=False, decoder_chunk_size=None, scan_blocks=False)
 # bfloat16 keeps 8 bits of mantissa: outputs of these small models stay within
@@ -496,7 +496,7 @@ def test_decoder_with_tail_equals_decoder_then_projection(folds):
         )
         head = io_processors.ProjectionPostprocessor(num_outputs=3)
         if fold:
-            return decoder._with_tail(query, z, [head._projection()], is_training=False)
+            return decoder._with_tail(query, z, [head.linear_head()], is_training=False)
         return head(decoder(query, z, is_training=False), is_training=False)
 
     model = hk.transform(forward)
@@ -508,6 +508,63 @@ def test_decoder_with_tail_equals_decoder_then_projection(folds):
     got = jax.jit(model.apply, static_argnums=4)(params, None, query, z, True)
     assert folds == [True]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_only_a_projection_postprocessor_has_a_linear_head():
+    def heads():
+        projection = io_processors.ProjectionPostprocessor(num_outputs=3)
+        others = [
+            io_processors.ImagePostprocessor(postproc_type="pixels"),
+            io_processors.AudioPostprocessor(samples_per_patch=4),
+            io_processors.ClassificationPostprocessor(num_classes=5),
+            io_processors.IdentityPostprocessor(),
+        ]
+        multimodal = io_processors.MultimodalPostprocessor(
+            {"image": projection, "audio": others[1]}
+        )
+        head = projection.linear_head()
+        assert head.module_name == "projection_postprocessor/linear"
+        assert [p.linear_head() for p in others + [multimodal]] == [None] * 5
+        modalities = multimodal.modalities
+        assert dict(modalities) == {"image": projection, "audio": others[1]}
+        with pytest.raises(TypeError):
+            modalities["label"] = others[2]  # read-only
+        x = jnp.ones((1, 2, 4))
+        return head(x), projection(x, is_training=False)
+
+    model = hk.transform(heads)
+    params = model.init(jax.random.PRNGKey(0))
+    assert list(params) == ["projection_postprocessor/linear"]
+    folded, called = model.apply(params, None)
+    np.testing.assert_array_equal(folded, called)
+
+
+@pytest.mark.parametrize(
+    "index_dims, kwargs",
+    [
+        ((13,), dict(num_bands=3)),
+        ((6, 8), dict(num_bands=4, max_resolution=(9, 11))),
+        ((3, 6, 8), dict(num_bands=5, concat_pos=False)),
+        ((4, 7), dict(num_bands=2, sine_only=True)),
+        ((46, 62), dict(num_bands=64)),
+    ],
+)
+def test_fourier_grid_parts_equal_the_positions_path_bit_for_bit(index_dims, kwargs):
+    """The grid form (`grid_parts`, concatenated) against features of explicit positions."""
+
+    def forward():
+        encoding = position_encoding.FourierPositionEncoding(index_dims=index_dims, **kwargs)
+        grid = position_encoding.build_linear_positions(index_dims)
+        pos = grid.reshape(1, -1, len(index_dims))
+        pos = jnp.broadcast_to(pos, (2,) + pos.shape[1:])
+        parts = position_encoding.concat_in_place(encoding.grid_parts(batch_size=2))
+        return parts, encoding(batch_size=2), encoding(batch_size=2, pos=pos)
+
+    model = hk.transform(forward)
+    for apply in (model.apply, jax.jit(model.apply)):
+        parts, called, from_pos = apply({}, None)
+        np.testing.assert_array_equal(parts, from_pos)
+        np.testing.assert_array_equal(called, from_pos)
 
 
 def test_chunked_decoder_keeps_the_random_stream():
