@@ -23,11 +23,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from perceiver import _recording as _inspect
 from perceiver import _validation
 from perceiver import compute
-from perceiver import _recording as _inspect
 from perceiver import io_processors
 from perceiver import position_encoding
+from perceiver.compute import attention as _seam
+from perceiver.compute import chunks as _chunks
+from perceiver.compute import folding as _folding
+from perceiver.compute import layers as _layers
+from perceiver.compute import precision as _precision
 
 # ---------------------------------------------------------------------------
 # Primitives
@@ -105,7 +110,7 @@ def attend(
     takes new attention math (bias, causal order, heads transforms such as
     rotary, a key/value cache) as arguments; the kernels are in
     `compute/kernels.py` and `compute/tiled.py`. This function runs the
-    same kernels (`compute.attend_heads`).
+    same kernels (`_seam.attend_heads`).
 
     Args:
       q: queries `[B, T, H, Dqk]`.
@@ -123,7 +128,7 @@ def attend(
     """
     _check_attend_args(q, k, v, attention_mask)
     dropout = _attention_dropout(dropout_prob)
-    return compute.attend_heads(q, k, v, mask=attention_mask, dropout=dropout).output
+    return _seam.attend_heads(q, k, v, mask=attention_mask, dropout=dropout).output
 
 
 # The reference's linear layer, plus reading its parameters without applying it.
@@ -154,14 +159,14 @@ class _LayerNorm(hk.LayerNorm):
 
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         # Statistics in at least float32, whatever the activations' dtype.
-        if compute.is_low_precision(x.dtype):
+        if _precision.is_low_precision(x.dtype):
             return super().__call__(x.astype(jnp.float32)).astype(x.dtype)
         return super().__call__(x)
 
     def deferred(self, x: jnp.ndarray) -> compute.LayerNormed:
         """`x` with this norm's parameters (created as `__call__` would), for a kernel to apply."""
         shape = [x.shape[-1]]
-        dtype = jnp.float32 if compute.is_low_precision(x.dtype) else x.dtype
+        dtype = jnp.float32 if _precision.is_low_precision(x.dtype) else x.dtype
         scale = hk.get_parameter("scale", shape, dtype, init=self.scale_init or jnp.ones)
         offset = hk.get_parameter("offset", shape, dtype, init=self.offset_init or jnp.zeros)
         return compute.LayerNormed(x, scale, offset)
@@ -524,7 +529,7 @@ class CrossAttention(hk.Module):
         a loop over chunks of queries (`compute.over_query_chunks`): memory is
         that of one chunk. The keys' side (layer norm, projections) is
         computed once, before the loop, and `post` is folded into the MLP
-        where `compute.folds_tail` says that saves work. Needs zero dropout
+        where `_folding.folds_tail` says that saves work. Needs zero dropout
         (decoders have none).
 
         Args:
@@ -600,8 +605,8 @@ class CrossAttention(hk.Module):
 
         _inspect.record_attention(attention.module_name, weights, num_queries, inputs_kv.shape[1])
         folded = None
-        if post.layers and compute.folds_tail(post, channels, hidden_layer.output_size, num_queries):
-            folded = compute.fold_tail(post, output_params, channels, inputs_q.dtype)
+        if post.layers and _folding.folds_tail(post, channels, hidden_layer.output_size, num_queries):
+            folded = _folding.fold_tail(post, output_params, channels, inputs_q.dtype)
 
         def block(q_chunk, rows):
             x = compute.attend_keys(
@@ -610,10 +615,10 @@ class CrossAttention(hk.Module):
             x = _apply_dropout(x, attended_key, rate)
             if self._use_query_residual:
                 x = q_chunk + x
-            hidden = jax.nn.gelu(compute.linear(norm_x(x), hidden_params), approximate=True)
+            hidden = jax.nn.gelu(_layers.linear(norm_x(x), hidden_params), approximate=True)
             if folded is not None:
                 return folded(x, hidden)  # post(x + mlp(x)), multiplied out
-            return post(x + _apply_dropout(compute.linear(hidden, output_params), mlp_key, rate))
+            return post(x + _apply_dropout(_layers.linear(hidden, output_params), mlp_key, rate))
 
         rows = (attention_mask, query_mask)
         if not chunked:
@@ -1026,7 +1031,7 @@ class BasicDecoder(AbstractPerceiverDecoder):
         # Parameters are created when called, so this comes after the
         # cross-attention's as in the reference.
         head = compute.AffineTail([output_layer, *tail])
-        chunk_size = compute.decoder_chunk(query.shape[0], self._num_heads, query.shape[1], z.shape[1])
+        chunk_size = _chunks.decoder_chunk(query.shape[0], self._num_heads, query.shape[1], z.shape[1])
         if chunk_size is not None or tail:
             # A tail always goes this way (one chunk if need be): only here can it be folded.
             return cross_attention._decode_in_chunks(

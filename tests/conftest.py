@@ -19,15 +19,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def folds(monkeypatch):
     """One bool per chunked decode traced: whether it folded its output layers into the MLP."""
-    from perceiver import compute
+    from perceiver.compute import folding
 
     seen = []
-    original = compute.folds_tail
+    original = folding.folds_tail
 
     def spy(*args):
         result = original(*args)
         seen.append(bool(result))
         return result
 
-    monkeypatch.setattr(compute, "folds_tail", spy)
+    monkeypatch.setattr(folding, "folds_tail", spy)
     return seen

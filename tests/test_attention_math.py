@@ -76,7 +76,7 @@ MATH = [
 def _kernel(q, k, v, kernel, **kwargs):
     if kernel["kind"] == "tiled":
         qc, kc = kernel["tiles"]
-        return compute.tiled_attention(q, k, v, query_chunk_size=qc, key_chunk_size=kc, **kwargs)
+        return tiled_module.tiled_attention(q, k, v, query_chunk_size=qc, key_chunk_size=kc, **kwargs)
     return compute.dot_product_attention(q, k, v, kind=kernel["kind"], **kwargs)
 
 
@@ -101,7 +101,7 @@ def test_traced_query_offset_is_a_value_not_a_trace_constant():
 
     @jax.jit
     def run(offset):
-        return compute.tiled_attention(
+        return tiled_module.tiled_attention(
             q, k, v, causal=True, query_offset=offset, query_chunk_size=4, key_chunk_size=5
         )
 
@@ -122,7 +122,7 @@ def test_causal_tiles_that_no_query_sees_are_skipped():
     # The loop over key tiles then has a bound computed from the data.
     q, k, v = _qkv(0, 32, 32)
     jaxpr = jax.make_jaxpr(
-        lambda q: compute.tiled_attention(q, k, v, causal=True, query_chunk_size=8, key_chunk_size=8)
+        lambda q: tiled_module.tiled_attention(q, k, v, causal=True, query_chunk_size=8, key_chunk_size=8)
     )(q)
     assert "while" in str(jaxpr)
 

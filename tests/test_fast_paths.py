@@ -17,6 +17,12 @@ import pytest
 
 import reference_fixtures as ref
 from perceiver import compute, io_processors, models, perceiver, position_encoding
+from perceiver.compute import attention as _seam
+from perceiver.compute import chunks as _chunks
+from perceiver.compute import folding as _folding
+from perceiver.compute import kernels as _kernels
+from perceiver.compute import settings as _settings
+from perceiver.compute import tiled as _tiled
 
 PLAIN = dict(attention="plain", absorb_projections=False, decoder_chunk_size=None, scan_blocks=False)
 # bfloat16 keeps 8 bits of mantissa: outputs of these small models stay within
@@ -60,13 +66,13 @@ def _random_mask(shape, rng, empty_rows=((0, 1),)):
 
 
 def test_options_nest_and_restore():
-    assert compute.current() == compute.Options()
+    assert _settings.current() == compute.Options()
     with compute.options(attention="tiled") as outer:
         assert outer.attention == "tiled"
         with compute.options(remat=True) as inner:
             assert inner.attention == "tiled" and inner.remat
-        assert not compute.current().remat
-    assert compute.current() == compute.Options()
+        assert not _settings.current().remat
+    assert _settings.current() == compute.Options()
 
 
 @pytest.mark.parametrize(
@@ -133,22 +139,22 @@ def test_configure_applies_its_options_under_jit():
 
 
 def test_auto_choices_follow_size():
-    assert compute.choose_attention(1, 1, 2048, 182528) == "tiled"
-    assert compute.choose_attention(1, 1, 2048, 182528, dropout=True) == "plain"
+    assert _kernels.choose_attention(1, 1, 2048, 182528) == "tiled"
+    assert _kernels.choose_attention(1, 1, 2048, 182528, dropout=True) == "plain"
     with compute.options(attention="plain"):
-        assert compute.choose_attention(1, 1, 2048, 182528) == "plain"
+        assert _kernels.choose_attention(1, 1, 2048, 182528) == "plain"
     # Small attention is a single tile; large attention is cut into tiles.
-    assert compute.attention_tiles(1, 8, 256, 512) == (256, 512)
+    assert _kernels.attention_tiles(1, 8, 256, 512) == (256, 512)
     # The latents of the ImageNet models (8 heads, 512 x 512) go in two tiles.
-    assert compute.attention_tiles(1, 8, 512, 512) == (256, 512)
-    query_chunk, key_chunk = compute.attention_tiles(1, 1, 2048, 182528)
-    assert query_chunk * key_chunk <= compute.TILE_ELEMENTS < 2048 * 182528
+    assert _kernels.attention_tiles(1, 8, 512, 512) == (256, 512)
+    query_chunk, key_chunk = _kernels.attention_tiles(1, 1, 2048, 182528)
+    assert query_chunk * key_chunk <= _settings.TILE_ELEMENTS < 2048 * 182528
     # A decoder of 182,528 queries over 2,048 latents runs in chunks; 48 do not.
-    chunk = compute.decoder_chunk(1, 1, 182528, 2048)
-    assert chunk is not None and chunk * 2048 <= 2 * compute.TILE_ELEMENTS
-    assert compute.decoder_chunk(1, 8, 48, 16) is None
+    chunk = _chunks.decoder_chunk(1, 1, 182528, 2048)
+    assert chunk is not None and chunk * 2048 <= 2 * _settings.TILE_ELEMENTS
+    assert _chunks.decoder_chunk(1, 8, 48, 16) is None
     with compute.options(decoder_chunk_size=None):
-        assert compute.decoder_chunk(1, 1, 182528, 2048) is None
+        assert _chunks.decoder_chunk(1, 1, 182528, 2048) is None
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +172,7 @@ def test_tiled_kernel_matches_numpy(query_chunk, key_chunk, masked):
     v = rng.standard_normal((b, s, h, 5)).astype(np.float32)
     bias = rng.standard_normal((b, 1, s)).astype(np.float32)
     mask = _random_mask((b, t, s), rng, empty_rows=((0, 2), (1, 10))) if masked else None
-    out = compute.tiled_attention(
+    out = _tiled.tiled_attention(
         q, k, v, mask=mask, bias=bias, query_chunk_size=query_chunk, key_chunk_size=key_chunk
     )
     expected = np_attention(q, k, v, mask, bias)
@@ -204,12 +210,12 @@ def test_tiled_gradients_match_plain(masked):
         return lambda q, k, v, bias: jnp.sum(kernel(q, k, v, bias) * weights)
 
     def tiled(q, k, v, bias):  # 4 tiles of queries and 3 of keys, both overlapping
-        return compute.tiled_attention(
+        return _tiled.tiled_attention(
             q, k, v, mask=mask, bias=bias, query_chunk_size=3, key_chunk_size=4
         )
 
     def plain(q, k, v, bias):
-        return compute.plain_attention(q, k, v, mask=mask, bias=bias)
+        return _kernels.plain_attention(q, k, v, mask=mask, bias=bias)
 
     expected = jax.grad(loss(plain), argnums=(0, 1, 2, 3))(q, k, v, bias)
     got = jax.jit(jax.grad(loss(tiled), argnums=(0, 1, 2, 3)))(q, k, v, bias)
@@ -234,16 +240,16 @@ def _np_attention_module(params, xq, xkv, mask):
 
 @pytest.fixture
 def chosen_folds(monkeypatch):
-    """The `compute.Fold` of every attention traced, as the seam chose it."""
+    """The `_folding.Fold` of every attention traced, as the seam chose it."""
     seen = []
-    original = compute.folding.choose_fold
+    original = _folding.choose_fold
 
     def spy(*args):
         fold = original(*args)
         seen.append(fold)
         return fold
 
-    monkeypatch.setattr(compute.folding, "choose_fold", spy)
+    monkeypatch.setattr(_folding, "choose_fold", spy)
     return seen
 
 
@@ -251,11 +257,11 @@ def chosen_folds(monkeypatch):
     "t, s, cq, ckv, out_channels, fold",
     [
         # Few queries, many narrow keys: the queries move into the keys' space.
-        (3, 40, 16, 6, 16, compute.Fold(
-            compute.Logits.QUERIES_IN_KEY_SPACE, compute.Values.WEIGHTS_ON_KEY_INPUTS)),
+        (3, 40, 16, 6, 16, _folding.Fold(
+            _folding.Logits.QUERIES_IN_KEY_SPACE, _folding.Values.WEIGHTS_ON_KEY_INPUTS)),
         # Many narrow queries, few keys: keys and values move to the queries' side.
-        (40, 3, 6, 16, 6, compute.Fold(
-            compute.Logits.KEYS_IN_QUERY_SPACE, compute.Values.VALUES_IN_OUTPUT_SPACE)),
+        (40, 3, 6, 16, 6, _folding.Fold(
+            _folding.Logits.KEYS_IN_QUERY_SPACE, _folding.Values.VALUES_IN_OUTPUT_SPACE)),
     ],
 )
 @pytest.mark.parametrize("with_final_bias", [True, False])
@@ -276,7 +282,7 @@ def test_folded_projections_match_numpy(
 
     model = hk.transform(forward)
     params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
-    assert chosen_folds == [compute.NO_FOLD]  # init computes as the reference writes it
+    assert chosen_folds == [_folding.NO_FOLD]  # init computes as the reference writes it
     # Output-layer biases of zero would hide a mistake in adding them.
     params = jax.tree_util.tree_map(lambda p: p + 0.3, params)
     with compute.options(absorb_projections=True):
@@ -294,7 +300,7 @@ def test_auto_keeps_small_attention_unfolded(chosen_folds):
     xq, xkv = np.zeros((1, 3, 12), np.float32), np.zeros((1, 40, 6), np.float32)
     params = model.init(jax.random.PRNGKey(0), xq, xkv)
     model.apply(params, None, xq, xkv)
-    assert chosen_folds == [compute.NO_FOLD, compute.NO_FOLD]
+    assert chosen_folds == [_folding.NO_FOLD, _folding.NO_FOLD]
 
 
 def test_cross_attention_norm_of_keys_inside_kernel_matches_numpy(chosen_folds):
@@ -392,8 +398,8 @@ def test_seam_returns_attention_weights_on_every_path(num_heads, absorb, chosen_
 
 def test_seam_computes_no_weights_unless_asked():
     q, k, v = (np.ones((1, 4, 1, 2), np.float32) for _ in range(3))
-    assert compute.attend_heads(q, k, v).weights is None
-    assert compute.attend_heads(q, k, v, want_weights=True).weights.shape == (1, 1, 4, 4)
+    assert _seam.attend_heads(q, k, v).weights is None
+    assert _seam.attend_heads(q, k, v, want_weights=True).weights.shape == (1, 1, 4, 4)
 
 
 # ---------------------------------------------------------------------------

@@ -13,6 +13,8 @@ import pytest
 
 import reference_fixtures as ref
 from perceiver import _recording, compute, inspect, models, perceiver
+from perceiver.compute import attention as _seam
+from perceiver.compute import folding as _folding
 
 B, N, C, LATENTS, CHANNELS, OUTPUTS, QUERY_CHANNELS = 2, 11, 4, 5, 8, 7, 6
 SELF_HEADS, DECODER_HEADS, NUM_BLOCKS, SELF_ATTENDS = 2, 2, 2, 2
@@ -145,13 +147,13 @@ def _numpy_perceiver(params, inputs, input_mask, query_mask):
 @pytest.fixture
 def chosen_folds(monkeypatch):
     seen = []
-    original = compute.folding.choose_fold
+    original = _folding.choose_fold
 
     def spy(*args):
         seen.append(original(*args))
         return seen[-1]
 
-    monkeypatch.setattr(compute.folding, "choose_fold", spy)
+    monkeypatch.setattr(_folding, "choose_fold", spy)
     return seen
 
 
@@ -162,7 +164,7 @@ def test_weights_and_states_equal_numpy(setup, path, chosen_folds):
     outputs, maps = inspect.attention_maps(model, params, state, *args, layers=["*"])
     _, states = inspect.hidden_states(model, params, state, *args)
     if path == "fast":  # the folded single-head cross-attention did run
-        assert any(fold != compute.NO_FOLD for fold in chosen_folds)
+        assert any(fold != _folding.NO_FOLD for fold in chosen_folds)
     expected_out, expected_maps, expected_states = _numpy_perceiver(params, *args)
     assert list(maps) == list(expected_maps)  # names, in the order the layers ran
     for name, expected in expected_maps.items():
@@ -225,13 +227,13 @@ def test_decoder_weights_for_chosen_queries(setup, chunk, monkeypatch):
 def test_asking_for_nothing_changes_nothing(setup, monkeypatch):
     params, state, args = setup
     formed = []
-    original = compute.attention._weights
+    original = _seam._weights
 
     def spy(*a, **k):
         formed.append(1)
         return original(*a, **k)
 
-    monkeypatch.setattr(compute.attention, "_weights", spy)
+    monkeypatch.setattr(_seam, "_weights", spy)
     jaxpr = str(jax.make_jaxpr(MODEL.apply)(params, state, None, *args))
     assert not formed  # no weights formed without an inspection
     inspect.attention_maps(MODEL, params, state, *args)

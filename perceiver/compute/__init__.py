@@ -37,19 +37,28 @@ decides how to compute (the seam, `attention.py`):
 
 - `settings.py`: `Options`, `options`, `configure`, and reading them;
 - `attention.py`: the seam: `Projections` in, `Attended` out
-  (`attention_layer`, or `prepare_keys` then `attend_keys`);
+  (`attention_layer`, or `prepare_keys` then `attend_keys`), with new
+  attention math as arguments (bias, causal order, a `HeadsTransform`, a
+  `KVCache`);
+- `rotary.py`: `Rotary`, rotary position encodings of query and key heads;
+- `cache.py`: `KVCache`, keys and values of a fixed capacity;
 - `folding.py`: which form of single-head attention (`Fold`), the algebra
   of each, and a decoder's tail folded into its MLP (`AffineTail`);
 - `kernels.py`: plain, fused and tiled attention and the choice among them;
 - `tiled.py`: the tiled kernel and its recomputing gradient;
 - `logits.py`: logits, masks and weighted values, shared by the kernels;
 - `chunks.py`: chunks of a long axis; decoding over chunks of queries;
+- `stacks.py`: layers rematerialised per the options, weight-shared
+  repeats in one loop (`layer`, `repeat_layers`);
 - `layers.py`: `Linear`, `Projection`, `LayerNormed` and their math;
 - `precision.py`: the compute dtype, parameters converted to it
   (`cast_params`) and half-precision matmuls;
 - `recompute.py`: rematerialisation that saves memory on XLA:CPU too;
 - `compiler.py`: XLA options for one compiled function (`compute.jit`),
   where they are measured to be faster; never process-wide.
+
+This package exports what users set and the seam's types and calls
+(`__all__`); the rest is reached through its submodules and may change.
 """
 
 from perceiver.compute.attention import (
@@ -58,58 +67,49 @@ from perceiver.compute.attention import (
     HeadsTransform,
     KeyInputs,
     Keys,
-    attend_heads,
     attend_keys,
     attention_layer,
     prepare_keys,
 )
 from perceiver.compute.cache import KVCache
+from perceiver.compute.chunks import over_query_chunks
 from perceiver.compute.compiler import compiler_options, jit
-from perceiver.compute.chunks import chunk_start, decoder_chunk, join_chunks, over_query_chunks
-from perceiver.compute.folding import (
-    NO_FOLD,
-    AffineTail,
-    Fold,
-    FoldedTail,
-    Logits,
-    Projections,
-    Values,
-    absorb_enabled,
-    choose_fold,
-    fold_tail,
-    folds_tail,
-)
-from perceiver.compute.kernels import (
-    attention_tiles,
-    choose_attention,
-    dot_product_attention,
-    fused_attention,
-    plain_attention,
-)
-from perceiver.compute.layers import LayerNormed, Linear, Projection, layer_norm, linear
-from perceiver.compute.logits import attention_logits, no_valid_key, weighted_values
-from perceiver.compute.settings import (
-    ABSORB_MIN_ELEMENTS,
-    ABSORB_MIN_SAVING,
-    ATTENTION_KINDS,
-    ONE_TILE_MAX_ELEMENTS,
-    TILE_ELEMENTS,
-    Options,
-    configure,
-    current,
-    options,
-    remat,
-    scan_blocks,
-)
-from perceiver.compute.precision import (
-    cast_params,
-    compute_dtype,
-    in_compute_dtype,
-    is_low_precision,
-    matmul,
-    parameter_dtype,
-)
-from perceiver.compute.recompute import checkpoint, haiku_checkpoint
+from perceiver.compute.folding import AffineTail, Projections
+from perceiver.compute.kernels import dot_product_attention
+from perceiver.compute.layers import LayerNormed, Linear, Projection
+from perceiver.compute.precision import cast_params, in_compute_dtype
 from perceiver.compute.rotary import Rotary
+from perceiver.compute.settings import Options, configure, options
 from perceiver.compute.stacks import layer, repeat_layers
-from perceiver.compute.tiled import tiled_attention
+
+# What users set, then the seam's types and calls for module writers; the
+# rest (kernels, tiles, folds, chunk sizes, precision helpers) is reached
+# through the submodules and may change.
+__all__ = [
+    "Options",
+    "options",
+    "configure",
+    "cast_params",
+    "jit",
+    "compiler_options",
+    "Projection",
+    "Projections",
+    "LayerNormed",
+    "Linear",
+    "Dropout",
+    "Attended",
+    "Keys",
+    "KeyInputs",
+    "HeadsTransform",
+    "Rotary",
+    "KVCache",
+    "AffineTail",
+    "attention_layer",
+    "prepare_keys",
+    "attend_keys",
+    "dot_product_attention",
+    "over_query_chunks",
+    "repeat_layers",
+    "layer",
+    "in_compute_dtype",
+]

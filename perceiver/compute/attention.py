@@ -35,9 +35,9 @@ import jax.numpy as jnp
 
 from perceiver.compute import folding
 from perceiver.compute.cache import KVCache
-from perceiver.compute.folding import NO_FOLD, Fold, Projections, split_heads
+from perceiver.compute.folding import NO_FOLD, Fold, Projections
 from perceiver.compute.kernels import dot_product_attention
-from perceiver.compute.layers import LayerNormed, layer_norm, linear, normalised
+from perceiver.compute.layers import LayerNormed, layer_norm, normalised
 from perceiver.compute.logits import (
     attention_logits,
     causal_offset_of,
