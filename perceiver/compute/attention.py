@@ -186,8 +186,10 @@ def _zero_rows_without_keys(x: jnp.ndarray, empty: Optional[jnp.ndarray]) -> jnp
     return jnp.where(empty, jnp.zeros_like(x), x)
 
 
-def _weights(q, k, scale, mask, bias=None, offset=None) -> jnp.ndarray:
+def _weights(q, k, scale, mask, bias=None, offset=None, zero_empty_rows=True) -> jnp.ndarray:
     weights = jax.nn.softmax(attention_logits(q, k, scale, mask, bias, offset))
+    if not zero_empty_rows:
+        return weights
     empty = rows_without_keys(mask, offset, q.shape[1], k.shape[1])
     if empty is not None:
         weights = jnp.where(empty[:, None], jnp.zeros_like(weights), weights)
@@ -211,6 +213,7 @@ def attend_keys(
     q_positions: Optional[jnp.ndarray] = None,
     dropout: Optional[Dropout] = None,
     want_weights: bool = False,
+    zero_empty_rows: bool = True,
 ) -> Attended:
     """Attends from `inputs_q` `[B, T, Cq]` to prepared keys.
 
@@ -226,6 +229,9 @@ def attend_keys(
         the causal positions `query_offset + t` past the first new key).
       dropout: dropout on the weights (needs `prepare_keys(unfolded=True)`).
       want_weights: also return the softmax weights `[B, H, T, S]`.
+      zero_empty_rows: queries that may attend to no key output zero (as
+        Perceiver IO's reference); False leaves them the plain softmax's
+        mean of all values (as Perceiver AR's).
     """
     p, fold = keys.projections, keys.fold
     q_len = inputs_q.shape[1]
@@ -241,11 +247,11 @@ def attend_keys(
         valid = jnp.broadcast_to(keys.valid[:, None, :], (q.shape[0], q_len, keys.k.shape[1]))
         mask = valid if mask is None else (mask != 0) & valid
     bias = _sum_bias(keys.bias, bias)
-    empty = rows_without_keys(mask, offset, q_len, keys.k.shape[1])
+    empty = rows_without_keys(mask, offset, q_len, keys.k.shape[1]) if zero_empty_rows else None
     weights = None
     if dropout is not None:
         # Dropout on the weights needs them whole: the plain softmax.
-        weights = _weights(q, keys.k, keys.scale, mask, bias, offset)
+        weights = _weights(q, keys.k, keys.scale, mask, bias, offset, zero_empty_rows)
         out = weighted_values(hk.dropout(dropout.key, dropout.rate, weights), keys.v)
     else:
         kv_transform = None if keys.kv_norm is None else _layer_norm_transform
@@ -256,7 +262,7 @@ def attend_keys(
         )
         if want_weights:
             k = keys.k if keys.kv_norm is None else _layer_norm_transform(keys.k, keys.kv_norm)
-            weights = _weights(q, k, keys.scale, mask, bias, offset)
+            weights = _weights(q, k, keys.scale, mask, bias, offset, zero_empty_rows)
     out = folding.attended_values(out.reshape(out.shape[0], q_len, -1), p, fold)
     out = folding.outputs(_zero_rows_without_keys(out, empty), p, fold)
     return Attended(out, weights if want_weights else None, keys.cache)

@@ -57,6 +57,13 @@ class KVCache(NamedTuple):
         """`[B, length]`: the positions the next `length` appended keys take."""
         return self.count[:, None] + jnp.arange(length, dtype=jnp.int32)[None]
 
+    def grown(self, n: int) -> "KVCache":
+        """The cache with `n` more slots, empty, in front (so appending `n` keys drops nothing)."""
+        return KVCache(*(
+            jnp.concatenate([jnp.zeros(x.shape[:1] + (n,) + x.shape[2:], x.dtype), x], axis=1)
+            for x in (self.k, self.v, self.valid, self.positions)
+        ), count=self.count)
+
     def append(self, k: jnp.ndarray, v: jnp.ndarray, positions: jnp.ndarray = None) -> "KVCache":
         """The cache with `n` new keys `[B, n, H, D]` and values at the end, the oldest dropped when full.
 
