@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import compute
+from perceiver import position_encoding as _position_encoding
 
 MEMORY_TYPES = ("none", "kv", "fixed_size_kv")
 
@@ -247,6 +248,11 @@ class Attention(hk.Module):
             )
         elif memory_type == "kv" and memory is not None:
             cache = memory.grown(num_new)  # 'kv' memories grow; 'fixed_size_kv' ones roll
+        elif memory is not None and num_new > memory.capacity:
+            raise ValueError(
+                f"a fixed_size_kv memory of {memory.capacity} slots cannot take {num_new} new "
+                "inputs in one call; size it for the longest call (initialize_memory)."
+            )
         if rotary is None:
             q_positions = None
             if cache is None:
@@ -371,25 +377,6 @@ class CrossAttention(hk.Module):
         return x + dense(layer_norm(x), is_training=is_training), state
 
 
-class TrainablePositionEncoding(hk.Module):
-    """A learned `[index_dim, num_channels]` table, broadcast over the batch."""
-
-    def __init__(self, index_dim, num_channels, init_scale=0.02, name=None):
-        super().__init__(name=name)
-        self._index_dim = index_dim
-        self._num_channels = num_channels
-        self._init_scale = init_scale
-
-    def __call__(self, batch_size):
-        table = hk.get_parameter(
-            "pos_embs", [self._index_dim, self._num_channels],
-            init=hk.initializers.TruncatedNormal(stddev=self._init_scale),
-        )
-        if batch_size is not None:
-            table = jnp.broadcast_to(table, (batch_size,) + table.shape)
-        return table
-
-
 class PerceiverAR(hk.Module):
     """Perceiver AR: embed the context, cross-attend latents on its last positions, process causally.
 
@@ -435,6 +422,9 @@ class PerceiverAR(hk.Module):
                 f"max_context_length ({max_context_length})."
             )
         self._initial_query_offsetting = initial_query_offsetting
+        if initial_query_offsetting and position_encoding_type != "rotary":
+            raise ValueError("initial_query_offsetting moves rotary query positions; it needs "
+                             "position_encoding_type='rotary'.")
         if initial_query_offsetting:
             # Query positions move up by one; so does the longest wavelength,
             # so that positions do not clash in the rotary encoding.
@@ -514,7 +504,7 @@ class PerceiverAR(hk.Module):
             )
         self.z_linear = conv_1d(num_z_channels)
         if num_latents_per_position > 1:
-            self.z_pos_enc = TrainablePositionEncoding(
+            self.z_pos_enc = _position_encoding.TrainablePositionEncoding(
                 index_dim=num_latents_per_position, num_channels=num_z_channels,
                 init_scale=z_pos_enc_init_scale, name="z_pos_enc",
             )
@@ -648,6 +638,11 @@ class PerceiverAR(hk.Module):
                 masks = Masks(encoder=keep if masks.encoder is None else masks.encoder * keep,
                               processor=masks.processor)
 
+        num_layers = len(self.latent_transformer) + int(self._include_initial_cross_attention)
+        if memory is not None and len(memory) != num_layers:
+            raise ValueError(
+                f"memory must hold one cache per attention layer ({num_layers}); got {len(memory)}."
+            )
         state: List[Any] = []
         layers = iter(memory) if memory is not None else None
 

@@ -244,8 +244,11 @@ class FourierPositionEncoding(AbstractPositionEncoding):
           `[B, N, c]` arrays, N = prod(index_dims): the D coordinates (if
           concat_pos), then sin of each axis's `num_bands` frequencies, then cos
           (unless sine_only); None when `max_resolution` has other than D
-          entries (`self(batch_size)` then raises the error).
+          entries (`self(batch_size)` then raises the error), or for a
+          subclass that computes `__call__` otherwise.
         """
+        if type(self).__call__ is not FourierPositionEncoding.__call__:
+            return None  # the blocks would bypass the subclass's own encoding
         dims = tuple(int(d) for d in self._index_dims)
         if len(self._max_resolution) != len(dims):
             return None

@@ -362,3 +362,41 @@ def test_chunks_of_queries_carry_their_offset_positions_and_bias_rows():
     expected = np.asarray(jax.jit(model_whole.apply)(params, x))
     got = np.asarray(jax.jit(model_chunked.apply)(params, x))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_more_new_keys_than_the_cache_holds_keep_causal_order():
+    # 4 new keys into 2 slots: the cache keeps keys 2 and 3; query t still
+    # sees only keys up to t (query 1 sees none that remain).
+    rng = _rng(13)
+    x = rng.standard_normal((1, 4, 12)).astype(np.float32)
+    model = hk.without_apply_rng(hk.transform(
+        lambda xs, cache: perceiver.Attention(num_heads=H, qk_channels=H * D)(
+            xs, xs, causal=True, cache=cache)
+    ))
+    cache = compute.KVCache.empty(1, 2, H, D)
+    params = model.init(jax.random.PRNGKey(0), x, cache)
+    out, _ = model.apply(params, x, cache)
+    changed = x.copy()
+    changed[:, 3] += 5.0  # only the last key (and query 3) changes
+    out2, _ = model.apply(params, changed, cache)
+    np.testing.assert_allclose(np.asarray(out)[:, :3], np.asarray(out2)[:, :3], rtol=1e-6, atol=1e-6)
+
+
+def test_a_float32_cache_serves_bfloat16_queries_on_every_kernel():
+    rng = _rng(14)
+    x = jnp.asarray(rng.standard_normal((1, 3, 12)), jnp.bfloat16)
+
+    def proj(c_in, c_out):
+        return compute.Projection(jnp.asarray(rng.standard_normal((c_in, c_out)) / 4, jnp.bfloat16))
+
+    projections = compute.Projections(proj(12, H * D), proj(12, H * D), proj(12, H * D),
+                                      proj(H * D, 12), H)
+    cache = compute.KVCache.empty(1, 5, H, D)  # float32 storage
+    outs = {}
+    for kind in ("plain", "tiled", "fused"):
+        with compute.options(attention=kind):
+            attended = compute.attention_layer(x, x, projections, causal=True, cache=cache)
+        assert attended.output.dtype == jnp.bfloat16 and attended.cache.k.dtype == jnp.float32
+        outs[kind] = np.asarray(attended.output, np.float32)
+    np.testing.assert_allclose(outs["tiled"], outs["plain"], rtol=2e-2, atol=2e-2)
+    np.testing.assert_allclose(outs["fused"], outs["plain"], rtol=2e-2, atol=2e-2)

@@ -113,3 +113,37 @@ __all__ = [
     "layer",
     "in_compute_dtype",
 ]
+
+
+# Names this package exported before its surface was narrowed, and where
+# they live now; reading one still works, with a warning.
+_MOVED = {
+    "attend_heads": "attention", "choose_attention": "kernels", "attention_tiles": "kernels",
+    "plain_attention": "kernels", "fused_attention": "kernels", "tiled_attention": "tiled",
+    "TILE_ELEMENTS": "settings", "ONE_TILE_MAX_ELEMENTS": "settings",
+    "ATTENTION_KINDS": "settings", "ABSORB_MIN_ELEMENTS": "settings",
+    "ABSORB_MIN_SAVING": "settings", "current": "settings", "remat": "settings",
+    "scan_blocks": "settings", "Fold": "folding", "NO_FOLD": "folding",
+    "FoldedTail": "folding", "Logits": "folding", "Values": "folding",
+    "choose_fold": "folding", "fold_tail": "folding", "folds_tail": "folding",
+    "absorb_enabled": "folding", "chunk_start": "chunks", "join_chunks": "chunks",
+    "decoder_chunk": "chunks", "compute_dtype": "precision", "parameter_dtype": "precision",
+    "is_low_precision": "precision", "matmul": "precision", "checkpoint": "recompute",
+    "haiku_checkpoint": "recompute", "layer_norm": "layers", "linear": "layers",
+    "attention_logits": "logits", "no_valid_key": "logits", "weighted_values": "logits",
+}
+
+
+def __getattr__(name):
+    if name in _MOVED:
+        import importlib
+        import warnings
+
+        where = f"perceiver.compute.{_MOVED[name]}"
+        warnings.warn(
+            f"perceiver.compute.{name} is internal now; use {where}.{name}.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module(where), name)
+    raise AttributeError(f"module 'perceiver.compute' has no attribute {name!r}")

@@ -102,7 +102,8 @@ class Keys(NamedTuple):
       valid: `[B, S]` keys that exist (a cache's filled slots), or None.
       cache: the cache holding k and v, or None.
       first_new: index in k of the first key of this call (query offsets
-        count from it), 0 without a cache.
+        count from it; negative when the cache kept only the last of them),
+        0 without a cache.
       positions: `[B|1, S]` the keys' positions (for the queries' default).
     """
 
@@ -175,7 +176,8 @@ def prepare_keys(
     cache = cache.append(k, v, kv_positions)
     return Keys(
         projections, fold, cache.k, cache.v, bias, scale, kv_norm, heads, cache.valid, cache,
-        first_new=cache.capacity - min(num_keys, cache.capacity), positions=kv_positions,
+        # May be negative: with more new keys than slots, the first ones are gone.
+        first_new=cache.capacity - num_keys, positions=kv_positions,
     )
 
 
@@ -230,8 +232,9 @@ def attend_keys(
       dropout: dropout on the weights (needs `prepare_keys(unfolded=True)`).
       want_weights: also return the softmax weights `[B, H, T, S]`.
       zero_empty_rows: queries that may attend to no key output zero (as
-        Perceiver IO's reference); False leaves them the plain softmax's
-        mean of all values (as Perceiver AR's).
+        Perceiver IO's reference), and so do their weights; False leaves
+        them as the kernel does: the mean of all values on the plain kernel
+        and on the tiled one without `causal` (as Perceiver AR's reference).
     """
     p, fold = keys.projections, keys.fold
     q_len = inputs_q.shape[1]
@@ -247,21 +250,28 @@ def attend_keys(
         valid = jnp.broadcast_to(keys.valid[:, None, :], (q.shape[0], q_len, keys.k.shape[1]))
         mask = valid if mask is None else (mask != 0) & valid
     bias = _sum_bias(keys.bias, bias)
+    k, v = keys.k, keys.v
+    if keys.cache is not None and k.dtype != q.dtype:
+        # A cache stores in its own dtype; the kernels take one dtype.
+        k, v = k.astype(q.dtype), v.astype(q.dtype)
     empty = rows_without_keys(mask, offset, q_len, keys.k.shape[1]) if zero_empty_rows else None
     weights = None
     if dropout is not None:
         # Dropout on the weights needs them whole: the plain softmax.
-        weights = _weights(q, keys.k, keys.scale, mask, bias, offset, zero_empty_rows)
-        out = weighted_values(hk.dropout(dropout.key, dropout.rate, weights), keys.v)
+        if keys.kv_norm is not None:
+            raise ValueError("dropout on the weights needs keys from prepare_keys(unfolded=True).")
+        weights = _weights(q, k, keys.scale, mask, bias, offset, zero_empty_rows)
+        out = weighted_values(hk.dropout(dropout.key, dropout.rate, weights), v)
     else:
         kv_transform = None if keys.kv_norm is None else _layer_norm_transform
         out = dot_product_attention(
-            q, keys.k, keys.v, mask=mask, bias=bias, scale=keys.scale,
+            q, k, v, mask=mask, bias=bias, scale=keys.scale,
             kv_transform=kv_transform, kv_params=keys.kv_norm,
             causal=offset is not None, query_offset=0 if offset is None else offset,
         )
         if want_weights:
-            k = keys.k if keys.kv_norm is None else _layer_norm_transform(keys.k, keys.kv_norm)
+            if keys.kv_norm is not None:
+                k = _layer_norm_transform(k, keys.kv_norm)
             weights = _weights(q, k, keys.scale, mask, bias, offset, zero_empty_rows)
     out = folding.attended_values(out.reshape(out.shape[0], q_len, -1), p, fold)
     out = folding.outputs(_zero_rows_without_keys(out, empty), p, fold)

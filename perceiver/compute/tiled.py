@@ -215,14 +215,10 @@ def _tiled_fwd(qh, kh, vh, mask, bias, kv_params, offset, tiles, kv_fn):
     return out, (qh, kh, vh, mask, bias, kv_params, offset, out, row_max, denominator)
 
 
-def _bias_gradient_tile(tiles, d_logits):
-    """A tile's logit gradients `[B, H, tq, tk]` summed over the axes the bias is constant on."""
-    varies_q, varies_k = tiles.bias_axes
-    if not varies_q:
-        d_logits = d_logits.sum(axis=2, keepdims=True)
-    if not varies_k:
-        d_logits = d_logits.sum(axis=3, keepdims=True)
-    return d_logits
+def _bias_gradient_tile(bias_shape, d_logits):
+    """A tile's logit gradients `[B, H, tq, tk]` summed over the axes the bias is broadcast along."""
+    axes = tuple(i for i in range(4) if bias_shape[i] == 1 and d_logits.shape[i] != 1)
+    return d_logits.sum(axis=axes, keepdims=True) if axes else d_logits
 
 
 def _tiled_bwd(tiles, kv_fn, residuals, d_out):
@@ -288,7 +284,7 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
                 d_v = add(d_v, d_v_tile)
             if d_bias is not None:
                 d_bias = _add_bias_tile(
-                    tiles, d_bias, _bias_gradient_tile(tiles, d_logits), q_start, start
+                    tiles, d_bias, _bias_gradient_tile(bias.shape, d_logits), q_start, start
                 )
             return (d_q, (d_k, d_v, d_bias, d_params)), None
 
@@ -301,7 +297,8 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
     zeros = (
         jnp.zeros(kh.shape, acc_dtype),
         None if tiles.shared_kv else jnp.zeros(vh.shape, acc_dtype),
-        None if bias is None else jnp.zeros(qh.shape[:2] + bias.shape[2:], acc_dtype),
+        # In the bias's own (broadcast) shape: never more than the bias itself.
+        None if bias is None else jnp.zeros(bias.shape, acc_dtype),
         jax.tree_util.tree_map(jnp.zeros_like, kv_params),
     )
     if tiles.num_q == 1:
@@ -326,9 +323,7 @@ def _tiled_bwd(tiles, kv_fn, residuals, d_out):
         (d_k, d_v, d_bias, d_params), d_q = jax.lax.scan(step, zeros, jnp.arange(tiles.num_q))
         d_q = join_chunks(d_q, tiles.q_len, tiles.q_chunk, axis=2)
     if bias is not None:
-        # Sum over the dimensions the bias was broadcast along.
-        axes = tuple(i for i in (0, 1) if bias.shape[i] == 1)
-        d_bias = d_bias.sum(axis=axes, keepdims=True).astype(bias.dtype)
+        d_bias = d_bias.astype(bias.dtype)
     return (
         d_q.astype(qh.dtype),
         d_k.astype(kh.dtype),
