@@ -1,0 +1,237 @@
+"""Sampling from a Perceiver AR, with a key/value cache or without, as its authors' sampler does.
+
+With the cache, each step feeds one new event and one latent: the
+cross-attention's memory holds the context's keys, each latent layer's
+memory the keys of earlier latents (appendix E.3 of the paper). When the
+latent memories are full they are refilled from a full pass over the
+context with half as many latents, as google-research/perceiver-ar's
+`sample_utils` does. Without the cache (`use_cache=False`) every step runs
+the whole context with as many latents as the cache would hold, so both
+ways compute the same logits and, greedily, the same tokens.
+
+The model must read its positions from the data (`use_positions_from_data`);
+they are fed 1-based, as the reference's sampler feeds them.
+"""
+
+import dataclasses
+import math
+from typing import Any, Callable, List, Mapping, Optional
+
+import haiku as hk
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from perceiver import compute
+from perceiver import perceiver_ar
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is drawn from the logits.
+
+    Attributes:
+      temperature: 0 for greedy (argmax), else logits are divided by it.
+      top_k: keep the k most probable tokens (0: all).
+      top_p: keep the smallest set of most probable tokens whose
+        probability reaches top_p (nucleus sampling; 1: all).
+
+    Raises:
+      ValueError: for a negative or non-finite temperature, a negative
+        top_k, or top_p outside (0, 1].
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t < 0:
+            raise ValueError(f"temperature must be a finite number >= 0; got {t!r}.")
+        k = self.top_k
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0: no limit); got {k!r}.")
+        p = self.top_p
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {p!r}.")
+
+
+def filter_logits(logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
+    """`[B, C]` logits over the temperature, with the tokens top-k and top-p exclude at -inf."""
+    logits = logits.astype(jnp.float32)
+    if options.temperature > 0:
+        logits = logits / options.temperature
+    if options.top_k and options.top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, options.top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if options.top_p < 1:
+        order = jnp.argsort(-logits, axis=-1)
+        probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+        # A token stays while the probability of those before it is below top_p.
+        keep_sorted = (jnp.cumsum(probs, axis=-1) - probs) < options.top_p
+        rows = jnp.arange(logits.shape[0])[:, None]
+        keep = jnp.zeros_like(keep_sorted).at[rows, order].set(keep_sorted)
+        logits = jnp.where(keep, logits, -jnp.inf)
+    return logits
+
+
+def draw(key: jax.Array, logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
+    """`[B]` tokens: the argmax for temperature 0, else a sample of the filtered logits."""
+    if options.temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits, options), axis=-1).astype(jnp.int32)
+
+
+class Model:
+    """A PerceiverAR configuration and its parameters, called as the sampler needs.
+
+    Args:
+      config: PerceiverAR's constructor keywords (with use_positions_from_data=True).
+      params: its parameters.
+
+    Raises:
+      ValueError: if the configuration does not read positions from the data.
+    """
+
+    def __init__(self, config: Mapping[str, Any], params):
+        config = dict(config)
+        if not config.get("use_positions_from_data"):
+            raise ValueError(
+                "sampling with a cache needs use_positions_from_data=True in the model's "
+                "configuration (positions are fed as the data's event indices)."
+            )
+        self.config = config
+        self.params = params
+
+        def forward(inputs, input_idxs, memory, z_index_dim, memory_type):
+            model = perceiver_ar.PerceiverAR(**config)
+            out = model(inputs, input_idxs, is_training=False, memory_type=memory_type,
+                        memory=memory, z_index_dim=z_index_dim)
+            return out.input_events_logits[:, -1], out.perceiver_state
+
+        self._apply = jax.jit(hk.without_apply_rng(hk.transform(forward)).apply,
+                              static_argnums=(4, 5))
+
+    def __call__(self, inputs, idxs, memory, z_index_dim: int, memory_type: str):
+        """`(logits [B, C] of the next event, memory)`."""
+        return self._apply(self.params, inputs, idxs, memory, z_index_dim, memory_type)
+
+    def empty_memory(self, batch: int, context: int, latents: int) -> List[compute.KVCache]:
+        """Empty caches: `context` slots for the cross-attention, `latents` for each latent layer."""
+        c = self.config
+        return perceiver_ar.initialize_memory(
+            batch_size=batch,
+            num_transformers_per_block=c.get("num_transformers_per_block", 12),
+            num_cross_attend_heads=c.get("num_cross_attend_heads", 1),
+            num_transformer_heads=c.get("num_transformer_heads", 8),
+            num_z_channels=c.get("num_z_channels", 1024),
+            max_context_length_memory=context,
+            z_index_dim_memory=latents,
+            position_encoding_type=c["position_encoding_type"],
+        )
+
+
+def _empty_like(cache: compute.KVCache, capacity: int) -> compute.KVCache:
+    batch, _, heads, qk_dim = cache.k.shape
+    return compute.KVCache.empty(batch, capacity, heads, qk_dim, cache.v.shape[-1], cache.k.dtype)
+
+
+def _realign_after_refill(memory: List[compute.KVCache], filled: int, latents: int):
+    """After a refill over the whole buffer: the context memory keeps its first `filled`
+    inputs, moved to the end; the latent memories get empty slots in front up to `latents`."""
+
+    def context_slots(x):
+        keep = (jnp.arange(x.shape[1]) < filled).reshape((1, -1) + (1,) * (x.ndim - 2))
+        return jnp.roll(jnp.where(keep, x, jnp.zeros_like(x)), -filled, axis=1)
+
+    first = memory[0]
+    first = compute.KVCache(*(context_slots(x) for x in first[:4]),
+                            count=jnp.full_like(first.count, filled))
+    return [first] + [m.grown(latents - m.capacity) for m in memory[1:]]
+
+
+def run_steps(model: Model, prompt: np.ndarray, max_new: int, context: int, latents: int,
+              use_cache: bool, choose: Callable[[int, jnp.ndarray], np.ndarray]) -> None:
+    """The decoding loop: `choose(step, logits [B, C])` returns each step's `[B]` tokens."""
+    batch, start = prompt.shape
+    # One buffer of fixed length (zeros after the events so far), 1-based positions.
+    events = np.zeros((batch, context + 1), np.int32)
+    events[:, :start] = prompt
+    idxs = np.broadcast_to(np.arange(1, context + 2, dtype=np.int32)[None, :, None],
+                           (batch, context + 1, 1))
+    memory = model.empty_memory(batch, context, latents) if use_cache else None
+    held = 0  # latents the cache holds; the plain path uses as many
+    for step in range(max_new):
+        i = start + step
+        if held == latents:
+            held = latents // 2
+            if use_cache:
+                # Refill: the whole buffer once, with half the latents.
+                memory = [_empty_like(memory[0], context)] + [
+                    _empty_like(m, held) for m in memory[1:]
+                ]
+                logits, memory = model(events[:, :-1], idxs[:, :-1], memory, held, "fixed_size_kv")
+                memory = _realign_after_refill(memory, i, latents)
+        else:
+            held += 1
+            if use_cache:
+                first = i - 1 if step else 0  # the prompt at once, then one event a step
+                logits, memory = model(events[:, first:i], idxs[:, first:i], memory, 1,
+                                       "fixed_size_kv")
+        if not use_cache:
+            logits, _ = model(events[:, :-1], idxs[:, :-1], None, held, "none")
+        events[:, i] = choose(step, logits)
+
+
+def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context: int,
+             latents: int, options: SamplingOptions = SamplingOptions(), seed: int = 0,
+             use_cache: bool = True,
+             on_token: Optional[Callable[[np.ndarray], None]] = None) -> np.ndarray:
+    """`[B, max_new]` tokens following `prompt` `[B, P]` (int tokens > 0, no padding).
+
+    Args:
+      config: PerceiverAR's constructor keywords (with use_positions_from_data=True).
+      params: its parameters.
+      prompt: `[B, P]`, P >= 1, P + max_new <= context.
+      max_new: tokens to generate (>= 1).
+      context: the longest sequence the memories hold (the buffer's length).
+      latents: latent slots of the cache (even, >= 2); refilled to half when full.
+      options: how tokens are drawn.
+      seed: for the draws; the same seed gives the same tokens with or without the cache.
+      use_cache: False runs every step on the whole buffer (slower; the same function).
+      on_token: called with each step's `[B]` tokens as they come.
+
+    Raises:
+      ValueError: for a prompt that is empty, padded, not 2-D or too long for
+        the context, max_new < 1, or an odd or too small latent count.
+    """
+    prompt = np.asarray(prompt)
+    if prompt.ndim != 2 or prompt.shape[1] < 1 or not np.issubdtype(prompt.dtype, np.integer):
+        raise ValueError(f"prompt must be [batch, length >= 1] int tokens; got shape {prompt.shape}.")
+    if (prompt <= 0).any():
+        raise ValueError("prompt tokens must be > 0 (0 is padding).")
+    if isinstance(max_new, bool) or not isinstance(max_new, (int, np.integer)) or max_new < 1:
+        raise ValueError(f"max_new must be an int >= 1; got {max_new!r}.")
+    if isinstance(latents, bool) or not isinstance(latents, (int, np.integer)) or latents < 2 \
+            or latents % 2:
+        raise ValueError(f"latents must be an even int >= 2; got {latents!r}.")
+    if prompt.shape[1] + max_new > context:
+        raise ValueError(
+            f"prompt ({prompt.shape[1]}) plus max_new ({max_new}) exceeds the context ({context})."
+        )
+    key = jax.random.PRNGKey(seed)
+    out = np.zeros((prompt.shape[0], max_new), np.int32)
+
+    def choose(step, logits):
+        nonlocal key
+        key, sub = jax.random.split(key)
+        tokens = np.asarray(draw(sub, logits, options))
+        out[:, step] = tokens
+        if on_token is not None:
+            on_token(tokens)
+        return tokens
+
+    run_steps(Model(config, params), prompt.astype(np.int32), max_new, context, latents,
+              use_cache, choose)
+    return out
