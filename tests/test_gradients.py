@@ -50,6 +50,7 @@ def _benchmark_run():
     return module
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     ["mlm", "imagenet_learned", "imagenet_fourier", "imagenet_conv", "flow", "video_autoencoding"],

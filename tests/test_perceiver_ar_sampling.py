@@ -65,9 +65,9 @@ def test_sampling_is_seeded_and_streams_its_tokens():
     prompt = np.full((1, 3), 7, np.int32)
     options = sampling.SamplingOptions(temperature=0.8, top_k=5, top_p=0.9)
     seen = []
-    first = sampling.generate(config, params, prompt, max_new=6, context=32, latents=4,
+    first = sampling.generate(config, params, prompt, max_new=4, context=32, latents=4,
                               options=options, seed=3, on_token=seen.append)
-    again = sampling.generate(config, params, prompt, max_new=6, context=32, latents=4,
+    again = sampling.generate(config, params, prompt, max_new=4, context=32, latents=4,
                               options=options, seed=3)
     np.testing.assert_array_equal(first, again)
     np.testing.assert_array_equal(np.stack(seen, axis=1), first)

@@ -232,9 +232,9 @@ def attend_keys(
       dropout: dropout on the weights (needs `prepare_keys(unfolded=True)`).
       want_weights: also return the softmax weights `[B, H, T, S]`.
       zero_empty_rows: queries that may attend to no key output zero (as
-        Perceiver IO's reference), and so do their weights; False leaves
-        them as the kernel does: the mean of all values on the plain kernel
-        and on the tiled one without `causal` (as Perceiver AR's reference).
+        Perceiver IO's reference), and so do their weights; False gives
+        them the mean of all values, whatever the kernel (as the plain
+        softmax, and Perceiver AR's reference, do).
     """
     p, fold = keys.projections, keys.fold
     q_len = inputs_q.shape[1]
@@ -269,6 +269,8 @@ def attend_keys(
             kv_transform=kv_transform, kv_params=keys.kv_norm,
             causal=offset is not None, query_offset=0 if offset is None else offset,
         )
+        if not zero_empty_rows:
+            out = _mean_where_no_keys(out, v, keys.kv_norm, mask, offset)
         if want_weights:
             if keys.kv_norm is not None:
                 k = _layer_norm_transform(k, keys.kv_norm)
@@ -276,6 +278,20 @@ def attend_keys(
     out = folding.attended_values(out.reshape(out.shape[0], q_len, -1), p, fold)
     out = folding.outputs(_zero_rows_without_keys(out, empty), p, fold)
     return Attended(out, weights if want_weights else None, keys.cache)
+
+
+def _mean_where_no_keys(out, v, kv_norm, mask, offset):
+    """Kernel output `[B, T, H, Dv]` with queries that see no key given the mean of all values.
+
+    That is what the plain softmax gives them (every logit equally masked),
+    made independent of the kernel (tiles skipped in causal order, cuDNN).
+    """
+    empty = rows_without_keys(mask, offset, out.shape[1], v.shape[1])
+    if empty is None:
+        return out
+    values = v if kv_norm is None else _layer_norm_transform(v, kv_norm)
+    mean = jnp.mean(values.astype(jnp.float32), axis=1, keepdims=True).astype(out.dtype)
+    return jnp.where(empty[..., None], mean, out)
 
 
 def _query_positions(keys: Keys, q_len: int, query_offset) -> jnp.ndarray:
