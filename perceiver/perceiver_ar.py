@@ -91,13 +91,6 @@ def linear_features(size: int, max_len: int = 2048) -> jnp.ndarray:
     return jnp.broadcast_to(np.arange(max_len)[:, None], (max_len, size)).astype(jnp.float32)
 
 
-def _fourier_table(size: int, max_len: int) -> jnp.ndarray:
-    positions = jnp.linspace(-1.0, 1.0, max_len, dtype=jnp.float32)[:, None]
-    bands = jnp.linspace(1.0, max_len / 2, num=size // 2, endpoint=True)
-    angles = jnp.pi * positions * bands
-    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
-
-
 def _pairwise(queries, keys, fn=jnp.multiply):
     """`[B, 1, Q, K]` float mask of `fn(queries[:, q], keys[:, k])`."""
     return fn(queries[:, None, :, None], keys[:, None, None, :]).astype(jnp.float32)
@@ -705,7 +698,11 @@ def _position_table(kind: str, size: int, length: int):
     if kind == "random":
         return None
     if kind == "fourier":
-        return _fourier_table(size, length)
+        # The reference's Fourier table is Perceiver IO's features on a line of `length` points.
+        return _position_encoding.generate_fourier_features(
+            _position_encoding.build_linear_positions((length,)), num_bands=size // 2,
+            max_resolution=(length,), concat_pos=False,
+        )
     raise ValueError(f"Unknown position_encoding: {kind}")
 
 

@@ -152,3 +152,15 @@ def test_growing_kv_memory_equals_the_references():
         expected = data[f"{key}/logits"]
         np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
     assert memory[0].capacity == protocol["start_step"] + steps - 1
+
+
+def test_other_absolute_position_tables_are_the_references_formulas():
+    # 'fourier': Perceiver IO's features of a line of points; 'linear': each row its position.
+    table = np.asarray(perceiver_ar._position_table("fourier", 12, 32))
+    positions = np.linspace(-1, 1, 32)[:, None] * np.linspace(1.0, 16, 6)[None]
+    expected = np.concatenate([np.sin(np.pi * positions), np.cos(np.pi * positions)], axis=-1)
+    np.testing.assert_allclose(table, expected, atol=2e-5)
+    np.testing.assert_array_equal(perceiver_ar._position_table("linear", 3, 4)[:, 0], [0, 1, 2, 3])
+    assert perceiver_ar._position_table("random", 3, 4) is None
+    with pytest.raises(ValueError, match="Unknown position_encoding"):
+        perceiver_ar._position_table("wavelet", 3, 4)
