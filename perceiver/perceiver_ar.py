@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from perceiver import compute
+from perceiver import perceiver as _perceiver
 from perceiver import position_encoding as _position_encoding
 
 MEMORY_TYPES = ("none", "kv", "fixed_size_kv")
@@ -170,22 +171,23 @@ def _dropout(x, rate):
     return hk.dropout(key, rate, x)
 
 
-class Attention(hk.Module):
-    """Multi-headed {cross, self}-attention with rotary or absolute positions and a memory."""
+class Attention(_perceiver.Attention):
+    """Multi-headed {cross, self}-attention with rotary or absolute positions and a memory.
+
+    Perceiver IO's `Attention` (the same parameters and channel defaults)
+    with the reference's Perceiver AR keywords and call, which returns a memory.
+    """
 
     def __init__(self, dropout_prob, position_encoding_type, fraction_to_rotate, max_wavelength,
                  num_heads=8, init_scale=1.0, with_final_bias=True, final_init_scale_multiplier=1.0,
                  channels_per_head=None, qkv_multi_head=False, qk_channels=None, v_channels=None,
                  output_channels=None, fraction_heads_to_rotate=1.0, name=None):
-        super().__init__(name=name)
-        self._num_heads = num_heads
-        self._init_scale = init_scale
-        self._with_final_bias = with_final_bias
-        self._final_init_scale = final_init_scale_multiplier * init_scale
-        self._dropout_prob = dropout_prob
-        self._qk_channels = qk_channels
-        self._v_channels = v_channels
-        self._output_channels = output_channels
+        super().__init__(
+            num_heads=num_heads, init_scale=init_scale, with_final_bias=with_final_bias,
+            final_init_scale_multiplier=final_init_scale_multiplier, dropout_prob=dropout_prob,
+            qk_channels=qk_channels, v_channels=v_channels, output_channels=output_channels,
+            name=name,
+        )
         self._position_encoding_type = position_encoding_type
         self._rotary = None
         if position_encoding_type == "rotary":
@@ -208,12 +210,7 @@ class Attention(hk.Module):
         Raises:
           ValueError: for rotary attention without positions, or a memory with memory_type 'none'.
         """
-        qk_channels = inputs_q.shape[-1] if self._qk_channels is None else self._qk_channels
-        v_channels = qk_channels if self._v_channels is None else self._v_channels
-        output_channels = v_channels if self._output_channels is None else self._output_channels
-        for arg, channels in (("qk_channels", qk_channels), ("v_channels", v_channels)):
-            if channels % self._num_heads:
-                raise ValueError(f"{arg} ({channels}) must be divisible by num_heads ({self._num_heads}).")
+        qk_channels, v_channels, output_channels = self._channels(inputs_q.shape[-1])
         q_proj = conv_1d(qk_channels, init_scale=self._init_scale).params(inputs_q.shape[-1], inputs_q.dtype)
         k_proj = conv_1d(qk_channels, init_scale=self._init_scale).params(inputs_kv.shape[-1], inputs_kv.dtype)
         v_proj = conv_1d(v_channels, init_scale=self._init_scale).params(inputs_kv.shape[-1], inputs_kv.dtype)
