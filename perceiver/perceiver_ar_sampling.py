@@ -77,7 +77,12 @@ def filter_logits(logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
 
 
 def draw(key: jax.Array, logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
-    """`[B]` tokens: the argmax for temperature 0, else a sample of the filtered logits."""
+    """`[B]` tokens: the argmax for temperature 0, else a sample of the filtered logits.
+
+    Token 0 is never drawn: Perceiver AR reads it as padding, the end of the
+    sequence, so feeding it back would cut the context short.
+    """
+    logits = jnp.asarray(logits, jnp.float32).at[:, 0].set(-jnp.inf)
     if options.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, filter_logits(logits, options), axis=-1).astype(jnp.int32)

@@ -81,9 +81,10 @@ def test_filters_keep_the_top_k_and_the_nucleus():
     assert kept(top_p=0.6) == [True, True, False, False, False]  # 0.5 < 0.6, then 0.7 covers it
     assert kept(top_p=0.5) == [True, False, False, False, False]
     assert kept(top_p=1.0) == [True] * 5
-    tokens = sampling.draw(jax.random.PRNGKey(0), np.repeat(logits, 200, axis=0),
+    with_padding = np.log(np.array([[0.9, 0.05, 0.03, 0.01, 0.01]], np.float32))
+    tokens = sampling.draw(jax.random.PRNGKey(0), np.repeat(with_padding, 200, axis=0),
                            sampling.SamplingOptions(top_k=2))
-    assert set(np.asarray(tokens).tolist()) <= {0, 1}
+    assert set(np.asarray(tokens).tolist()) == {1, 2}  # never 0, the padding
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -110,3 +111,17 @@ def test_bad_prompts_and_lengths_are_named():
         sampling.generate(config, params, ok, max_new=1, context=32, latents=3)
     with pytest.raises(ValueError, match="use_positions_from_data"):
         sampling.Model({**config, "use_positions_from_data": False}, params)
+
+
+def test_padding_is_never_drawn_even_when_the_model_prefers_it():
+    # A model whose logits all tie (its last layer zero) would take token 0
+    # greedily: 0 is padding and would end the sequence.
+    config, params = _random_config()
+    params = dict(params)
+    params["perceiver_ar/~/logits"] = {k: np.zeros_like(v) for k, v in params["perceiver_ar/~/logits"].items()}
+    prompt = np.full((1, 3), 5, np.int32)
+    kwargs = dict(max_new=6, context=32, latents=4, options=sampling.SamplingOptions(temperature=0))
+    cached = sampling.generate(config, params, prompt, use_cache=True, **kwargs)
+    plain = sampling.generate(config, params, prompt, use_cache=False, **kwargs)
+    assert (cached > 0).all()
+    np.testing.assert_array_equal(cached, plain)
