@@ -7,6 +7,7 @@
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
     perceiver classify IMAGE... [--top-k 5] [--json OUT.json] [--checkpoint NAME_OR_PATH]
     perceiver classify-text "some text" ... --checkpoint FILE [--top-k 5] [--json OUT.json]
+    perceiver generate "PROMPT" --checkpoint FILE [--max-new-bytes N] [--temperature T] [--top-k K] [--top-p P]
     perceiver attention IMAGE -o maps.png [--checkpoint NAME_OR_PATH] [--layer PATTERN] [--latents N]
     perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
     perceiver plot WORKDIR [-o curves.png]
@@ -756,6 +757,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", help="write the labels and probabilities as JSON")
     _add_cache_dir(sub)
 
+    from perceiver import cli_generate
+
+    cli_generate.add_parser(commands)
+
     sub = commands.add_parser(
         "attention", help="draw each latent's cross-attention over an image (an image classifier's)"
     )
@@ -815,6 +820,7 @@ COMMANDS: Dict[str, Callable] = {
     "classify": _cmd_classify,
     "classify-text": _cmd_classify_text,
     "attention": _cmd_attention,
+    "generate": lambda args: __import__("perceiver.cli_generate", fromlist=["command"]).command(args),
     # perceiver.convert (jax, haiku) is imported only when the command runs.
     "convert": lambda args: __import__("perceiver.convert", fromlist=["command"]).command(args),
 }

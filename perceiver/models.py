@@ -20,6 +20,7 @@ from perceiver._factories import (  # noqa: F401
     FLOW_OUTPUT_SCALE,
     IMAGENET_VARIANTS,
     VideoAutoencoderParts,
+    byte_language_model,
     embed_bytes,
     factory_arguments,
     factory_name,

@@ -14,8 +14,9 @@ they are fed 1-based, as the reference's sampler feeds them.
 """
 
 import dataclasses
+import functools
 import math
-from typing import Any, Callable, List, Mapping, Optional
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import haiku as hk
 import jax
@@ -76,16 +77,43 @@ def filter_logits(logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
     return logits
 
 
-def draw(key: jax.Array, logits: jnp.ndarray, options: SamplingOptions) -> jnp.ndarray:
+def draw(key: jax.Array, logits: jnp.ndarray, options: SamplingOptions,
+         never: Sequence[int] = (0,)) -> jnp.ndarray:
     """`[B]` tokens: the argmax for temperature 0, else a sample of the filtered logits.
 
-    Token 0 is never drawn: Perceiver AR reads it as padding, the end of the
-    sequence, so feeding it back would cut the context short.
+    Tokens in `never` are never drawn. Token 0 should be among them:
+    Perceiver AR reads it as padding, the end of the sequence, so feeding it
+    back would cut the context short.
     """
-    logits = jnp.asarray(logits, jnp.float32).at[:, 0].set(-jnp.inf)
+    logits = jnp.asarray(logits, jnp.float32)
+    if len(never):
+        logits = logits.at[:, jnp.asarray(never, jnp.int32)].set(-jnp.inf)
     if options.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     return jax.random.categorical(key, filter_logits(logits, options), axis=-1).astype(jnp.int32)
+
+
+def _frozen(value):
+    """A hashable copy of a configuration (lists as tuples)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    return value
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(frozen_config):
+    """The jitted step of one configuration, shared by every `Model` of it (compiled once per shape)."""
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in frozen_config}
+
+    def forward(inputs, input_idxs, memory, z_index_dim, memory_type):
+        model = perceiver_ar.PerceiverAR(**config)
+        out = model(inputs, input_idxs, is_training=False, memory_type=memory_type,
+                    memory=memory, z_index_dim=z_index_dim)
+        return out.input_events_logits[:, -1], out.perceiver_state
+
+    return jax.jit(hk.without_apply_rng(hk.transform(forward)).apply, static_argnums=(4, 5))
 
 
 class Model:
@@ -108,15 +136,7 @@ class Model:
             )
         self.config = config
         self.params = params
-
-        def forward(inputs, input_idxs, memory, z_index_dim, memory_type):
-            model = perceiver_ar.PerceiverAR(**config)
-            out = model(inputs, input_idxs, is_training=False, memory_type=memory_type,
-                        memory=memory, z_index_dim=z_index_dim)
-            return out.input_events_logits[:, -1], out.perceiver_state
-
-        self._apply = jax.jit(hk.without_apply_rng(hk.transform(forward)).apply,
-                              static_argnums=(4, 5))
+        self._apply = _compiled(_frozen(config))
 
     def __call__(self, inputs, idxs, memory, z_index_dim: int, memory_type: str):
         """`(logits [B, C] of the next event, memory)`."""
@@ -156,19 +176,37 @@ def _realign_after_refill(memory: List[compute.KVCache], filled: int, latents: i
     return [first] + [m.grown(latents - m.capacity) for m in memory[1:]]
 
 
+class _Finished(Exception):
+    """Every row has drawn its stop token."""
+
+
 def run_steps(model: Model, prompt: np.ndarray, max_new: int, context: int, latents: int,
               use_cache: bool, choose: Callable[[int, jnp.ndarray], np.ndarray]) -> None:
-    """The decoding loop: `choose(step, logits [B, C])` returns each step's `[B]` tokens."""
-    batch, start = prompt.shape
+    """The decoding loop: `choose(step, logits [B, C])` returns each step's `[B]` tokens.
+
+    The window holds at most `context` events. When it is full it slides by
+    `latents // 2` events, dropping the oldest, and the memories are refilled
+    from it, as they are when the latent memories fill; so both happen at the
+    same steps, once every `latents // 2` events, and a slide costs no extra
+    pass in the long run. A prompt longer than `context` keeps its last
+    `context` events.
+    """
+    prompt = prompt[:, -context:]
+    batch, i = prompt.shape  # i: where the next event goes
+    shift = latents // 2
     # One buffer of fixed length (zeros after the events so far), 1-based positions.
     events = np.zeros((batch, context + 1), np.int32)
-    events[:, :start] = prompt
+    events[:, :i] = prompt
     idxs = np.broadcast_to(np.arange(1, context + 2, dtype=np.int32)[None, :, None],
                            (batch, context + 1, 1))
     memory = model.empty_memory(batch, context, latents) if use_cache else None
     held = 0  # latents the cache holds; the plain path uses as many
     for step in range(max_new):
-        i = start + step
+        if i == context:
+            events[:, : context - shift] = events[:, shift:context]
+            events[:, context - shift:] = 0
+            i -= shift
+            held = latents
         if held == latents:
             held = latents // 2
             if use_cache:
@@ -181,35 +219,46 @@ def run_steps(model: Model, prompt: np.ndarray, max_new: int, context: int, late
         else:
             held += 1
             if use_cache:
-                first = i - 1 if step else 0  # the prompt at once, then one event a step
+                # The prompt at once, then one event a step.
+                first = i - 1 if step else 0
                 logits, memory = model(events[:, first:i], idxs[:, first:i], memory, 1,
                                        "fixed_size_kv")
         if not use_cache:
-            logits, _ = model(events[:, :-1], idxs[:, :-1], None, held, "none")
+            # One latent sits on the last input, padding or not, as in the reference.
+            end = i if held == 1 else context
+            logits, _ = model(events[:, :end], idxs[:, :end], None, held, "none")
         events[:, i] = choose(step, logits)
+        i += 1
 
 
 def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context: int,
              latents: int, options: SamplingOptions = SamplingOptions(), seed: int = 0,
              use_cache: bool = True,
-             on_token: Optional[Callable[[np.ndarray], None]] = None) -> np.ndarray:
+             on_token: Optional[Callable[[np.ndarray], None]] = None,
+             never: Sequence[int] = (0,), stop: Optional[int] = None) -> np.ndarray:
     """`[B, max_new]` tokens following `prompt` `[B, P]` (int tokens > 0, no padding).
+
+    Past `context` events the window slides (see `run_steps`).
 
     Args:
       config: PerceiverAR's constructor keywords (with use_positions_from_data=True).
       params: its parameters.
-      prompt: `[B, P]`, P >= 1, P + max_new <= context.
+      prompt: `[B, P]`, P >= 1; only its last `context` tokens are read.
       max_new: tokens to generate (>= 1).
-      context: the longest sequence the memories hold (the buffer's length).
-      latents: latent slots of the cache (even, >= 2); refilled to half when full.
+      context: the longest sequence the memories hold (the window's length),
+        at least `latents`.
+      latents: latent slots of the cache (even, >= 4); refilled to half when full.
       options: how tokens are drawn.
       seed: for the draws; the same seed gives the same tokens with or without the cache.
-      use_cache: False runs every step on the whole buffer (slower; the same function).
+      use_cache: False runs every step on the whole window (slower; the same function).
       on_token: called with each step's `[B]` tokens as they come.
+      never: tokens never drawn (0, padding, should be one).
+      stop: a token that ends a row: it is returned, the row's later tokens
+        are 0, and generation ends when every row has drawn it.
 
     Raises:
-      ValueError: for a prompt that is empty, padded, not 2-D or too long for
-        the context, max_new < 1, or an odd or too small latent count.
+      ValueError: for a prompt that is empty, padded or not 2-D, max_new < 1,
+        an odd or too small latent count, or a context shorter than it.
     """
     prompt = np.asarray(prompt)
     if prompt.ndim != 2 or prompt.shape[1] < 1 or not np.issubdtype(prompt.dtype, np.integer):
@@ -218,25 +267,34 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
         raise ValueError("prompt tokens must be > 0 (0 is padding).")
     if isinstance(max_new, bool) or not isinstance(max_new, (int, np.integer)) or max_new < 1:
         raise ValueError(f"max_new must be an int >= 1; got {max_new!r}.")
-    if isinstance(latents, bool) or not isinstance(latents, (int, np.integer)) or latents < 2 \
+    # After a refill the latents are half as many: at least 2, which read the padding right.
+    if isinstance(latents, bool) or not isinstance(latents, (int, np.integer)) or latents < 4 \
             or latents % 2:
-        raise ValueError(f"latents must be an even int >= 2; got {latents!r}.")
-    if prompt.shape[1] + max_new > context:
-        raise ValueError(
-            f"prompt ({prompt.shape[1]}) plus max_new ({max_new}) exceeds the context ({context})."
-        )
+        raise ValueError(f"latents must be an even int >= 4; got {latents!r}.")
+    if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < latents:
+        raise ValueError(f"context must be an int >= latents ({latents}); got {context!r}.")
     key = jax.random.PRNGKey(seed)
     out = np.zeros((prompt.shape[0], max_new), np.int32)
+    done = np.zeros(prompt.shape[0], bool)
 
     def choose(step, logits):
         nonlocal key
         key, sub = jax.random.split(key)
-        tokens = np.asarray(draw(sub, logits, options))
+        tokens = np.asarray(draw(sub, logits, options, never))
+        tokens = np.where(done, 0, tokens)
         out[:, step] = tokens
         if on_token is not None:
             on_token(tokens)
-        return tokens
+        if stop is not None:
+            done[:] |= tokens == stop
+            if done.all():
+                raise _Finished
+        # A finished row goes on reading something that is not padding.
+        return np.where(done, stop if stop is not None else 0, tokens)
 
-    run_steps(Model(config, params), prompt.astype(np.int32), max_new, context, latents,
-              use_cache, choose)
+    try:
+        run_steps(Model(config, params), prompt.astype(np.int32), max_new, context, latents,
+                  use_cache, choose)
+    except _Finished:
+        pass
     return out

@@ -60,6 +60,37 @@ def test_greedy_decoding_is_the_same_with_and_without_the_cache():
     np.testing.assert_array_equal(cached, plain)  # 12 steps through two refills
 
 
+def test_past_the_context_the_window_slides_the_same_with_and_without_the_cache():
+    # A prompt longer than the window, then three slides of latents // 2 events.
+    config, params = _random_config()
+    prompt = np.random.default_rng(1).integers(1, 24, (2, 20)).astype(np.int32)
+    kwargs = dict(max_new=14, context=16, latents=4, options=sampling.SamplingOptions(temperature=0))
+    cached = sampling.generate(config, params, prompt, use_cache=True, **kwargs)
+    plain = sampling.generate(config, params, prompt, use_cache=False, **kwargs)
+    np.testing.assert_array_equal(cached, plain)
+    # Only the window is read: the prompt's first events change nothing.
+    other = prompt.copy()
+    other[:, :4] = 1
+    np.testing.assert_array_equal(sampling.generate(config, params, other, use_cache=True, **kwargs),
+                                  cached)
+
+
+def test_a_stop_token_ends_each_row_and_never_lists_what_is_not_drawn():
+    config, params = _random_config()
+    prompt = np.random.default_rng(2).integers(1, 24, (3, 5)).astype(np.int32)
+    kwargs = dict(max_new=10, context=32, latents=4, options=sampling.SamplingOptions(temperature=2.0))
+    free = sampling.generate(config, params, prompt, seed=5, **kwargs)
+    stop = int(free[0, 2])  # row 0 draws it third
+    stopped = sampling.generate(config, params, prompt, seed=5, stop=stop, **kwargs)
+    for row, tokens in zip(free, stopped):
+        hits = np.flatnonzero(row == stop)
+        end = hits[0] + 1 if hits.size else len(row)
+        np.testing.assert_array_equal(tokens[:end], row[:end])  # the same draws up to the stop
+        assert (tokens[end:] == 0).all()
+    banned = sampling.generate(config, params, prompt, seed=5, never=(0, stop), **kwargs)
+    assert (banned != stop).all() and (banned > 0).all()
+
+
 def test_sampling_is_seeded_and_streams_its_tokens():
     config, params = _random_config()
     prompt = np.full((1, 3), 7, np.int32)
@@ -105,8 +136,8 @@ def test_bad_prompts_and_lengths_are_named():
         sampling.generate(config, params, np.array([[3, 0]]), max_new=1, context=32, latents=4)
     with pytest.raises(ValueError, match="max_new"):
         sampling.generate(config, params, ok, max_new=0, context=32, latents=4)
-    with pytest.raises(ValueError, match="exceeds the context"):
-        sampling.generate(config, params, ok, max_new=30, context=32, latents=4)
+    with pytest.raises(ValueError, match="context must be"):
+        sampling.generate(config, params, ok, max_new=1, context=3, latents=4)
     with pytest.raises(ValueError, match="latents"):
         sampling.generate(config, params, ok, max_new=1, context=32, latents=3)
     with pytest.raises(ValueError, match="use_positions_from_data"):

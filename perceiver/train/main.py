@@ -81,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tiny",
         action="store_true",
-        help="a small variant that runs in under a minute on a CPU, on generated data "
+        help="a small variant that runs in about a minute on a CPU, on generated data or text "
+        "that ships with Python "
         "(at the first start: a workdir keeps its config)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")

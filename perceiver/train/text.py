@@ -2,7 +2,9 @@
 
 Texts come from plain files (each file one document) or JSON lines (one
 document per line, its text under `text_field`). Tokens are
-`perceiver.bytes_tokenizer.BytesTokenizer` ids (byte + 6).
+`perceiver.bytes_tokenizer.BytesTokenizer` ids (byte + 6) for Perceiver IO,
+`perceiver.language_model` ids (byte + 3) for the causal windows of
+Perceiver AR (`ByteWindows`).
 """
 
 import glob
@@ -13,6 +15,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import grain.python as grain
 import numpy as np
 
+from perceiver import language_model
 from perceiver.bytes_tokenizer import BytesTokenizer
 
 TOKENIZER = BytesTokenizer()
@@ -109,6 +112,57 @@ class ByteChunks:
 
     def __repr__(self) -> str:
         return f"ByteChunks(paths={self.paths!r}, tokens={self.tokens.size}, seq_len={self.seq_len})"
+
+
+class ByteWindows:
+    """Windows of a corpus for a causal model that predicts its last `predicted` positions.
+
+    Documents become SOS, their bytes, EOS (`perceiver.language_model`
+    tokens) and are joined. Record i is `{'inputs': [T], 'targets': [T]}`
+    int32, targets the inputs shifted by one, 0-padded at the end: the window
+    whose last target is token `(i + 1) * predicted` (or the corpus's last),
+    with as much context before it as fits. A model predicting the last
+    `predicted` real positions of each window so scores every token after
+    the first exactly once: the windows are an evaluation of the whole
+    corpus, and an epoch of training on every token.
+
+    Raises:
+      ValueError: for seq_len or predicted < 1, predicted > seq_len, or
+        files without text.
+      FileNotFoundError: for a path that matches no file.
+    """
+
+    def __init__(self, paths: Sequence[str], seq_len: int, predicted: int, text_field: str = "text"):
+        if not 1 <= predicted <= seq_len:
+            raise ValueError(f"need 1 <= predicted ({predicted}) <= seq_len ({seq_len}).")
+        texts, _ = read_documents(paths, text_field)
+        pieces = [language_model.encode(t) for t in texts if t]
+        pieces = [np.append(p, np.int32(language_model.EOS)) for p in pieces]
+        if not pieces:
+            raise ValueError(f"the text files {list(paths)} hold no text.")
+        self.tokens = np.concatenate(pieces).astype(np.uint16)  # every id is below 259
+        self.seq_len = int(seq_len)
+        self.predicted = int(predicted)
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return -(-(self.tokens.size - 1) // self.predicted)
+
+    def __getitem__(self, index: int) -> Mapping[str, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"window {index} of {len(self)}")
+        end = min((int(index) + 1) * self.predicted, self.tokens.size - 1)  # the last target
+        start = max(0, end - self.seq_len)
+        chunk = self.tokens[start : end + 1].astype(np.int32)
+        inputs = np.zeros((self.seq_len,), np.int32)
+        targets = np.zeros((self.seq_len,), np.int32)
+        inputs[: chunk.size - 1] = chunk[:-1]
+        targets[: chunk.size - 1] = chunk[1:]
+        return {"inputs": inputs, "targets": targets}
+
+    def __repr__(self) -> str:
+        return (f"ByteWindows(paths={self.paths!r}, tokens={self.tokens.size}, "
+                f"seq_len={self.seq_len}, predicted={self.predicted})")
 
 
 class TextClassificationSource:

@@ -4,6 +4,7 @@
     finetune_image  a published ImageNet model on a new image folder, new head
     finetune_text   text classification from the published byte MLM, new decoder
     mlm             masked byte language model pre-training on a text corpus
+    perceiver_ar    a byte-level causal language model (Perceiver AR) on a text corpus
     flow            optical flow from scratch on synthetic pairs
     flow_small      the small flow model from a random start (the shipped one's first stage)
     flow_small_photo  flow_small continued on photo-like scenes: perceiver/data/flow_small.pystate
