@@ -23,6 +23,7 @@ import numpy as np
 from perceiver import compute
 from perceiver import perceiver as _perceiver
 from perceiver import position_encoding as _position_encoding
+from perceiver.compute import precision as _precision
 
 MEMORY_TYPES = ("none", "kv", "fixed_size_kv")
 
@@ -552,7 +553,8 @@ class PerceiverAR(hk.Module):
           memory: one `compute.KVCache` per attention layer (see
             `initialize_memory`), or None.
           z_index_dim: latents for this call (default: the constructor's).
-          use_remat: recompute each layer in the backward pass.
+          use_remat: recompute each layer in the backward pass (the
+            cross-attention too, unlike the reference: the same function).
 
         Returns:
           `Output`.
@@ -639,37 +641,50 @@ class PerceiverAR(hk.Module):
         def next_memory():
             return None if layers is None else next(layers)
 
-        z = query
-        if self._include_initial_cross_attention:
-            z, layer_state = self.initial_cross_attn(
-                query, embedded, mask=masks.encoder, memory_type=memory_type,
-                memory=next_memory(), is_training=is_training,
-                # The inputs' positions belong to the keys, the latents' to the queries.
-                q_positions=latent_positions, kv_positions=positions,
-            )
-            state.append(layer_state)
-        for block in self.latent_transformer:
-            block_memory = next_memory()
-            if isinstance(block, CrossAttention):
-                def run(z, block=block, block_memory=block_memory):
-                    return block(z, embedded, memory_type=memory_type, memory=block_memory,
-                                 is_training=is_training, mask=masks.encoder,
-                                 q_positions=latent_positions, kv_positions=positions)
-            else:
-                def run(z, block=block, block_memory=block_memory):
-                    return block(z, memory_type=memory_type, memory=block_memory,
-                                 is_training=is_training, mask=masks.processor,
-                                 q_positions=latent_positions, kv_positions=latent_positions)
-            if use_remat:
-                run = hk.remat(run)
-            z, layer_state = run(z)
-            state.append(layer_state)
+        # Under a half-precision compute dtype (`compute.options`) the layers
+        # run in it, reading their parameters cast; logits return in float32.
+        dtype = _precision.compute_dtype(embedded.dtype)
+        half = dtype != embedded.dtype
+        cast = _precision.parameter_dtype(dtype if half else None)
+        with cast:
+            query, embedded = query.astype(dtype), embedded.astype(dtype)
+            z = query
+            if self._include_initial_cross_attention:
+                def cross(z, memory=next_memory()):
+                    return self.initial_cross_attn(
+                        z, embedded, mask=masks.encoder, memory_type=memory_type,
+                        memory=memory, is_training=is_training,
+                        # The inputs' positions belong to the keys, the latents' to the queries.
+                        q_positions=latent_positions, kv_positions=positions,
+                    )
+                # The reference recomputes the latent layers only; the cross-attention's
+                # activations are the ones that grow with the context.
+                z, layer_state = (hk.remat(cross) if use_remat else cross)(z)
+                state.append(layer_state)
+            for block in self.latent_transformer:
+                block_memory = next_memory()
+                if isinstance(block, CrossAttention):
+                    def run(z, block=block, block_memory=block_memory):
+                        return block(z, embedded, memory_type=memory_type, memory=block_memory,
+                                     is_training=is_training, mask=masks.encoder,
+                                     q_positions=latent_positions, kv_positions=positions)
+                else:
+                    def run(z, block=block, block_memory=block_memory):
+                        return block(z, memory_type=memory_type, memory=block_memory,
+                                     is_training=is_training, mask=masks.processor,
+                                     q_positions=latent_positions, kv_positions=latent_positions)
+                if use_remat:
+                    run = hk.remat(run)
+                z, layer_state = run(z)
+                state.append(layer_state)
 
-        z = layer_norm(z)
-        if self._num_latents_per_position > 1:
-            window = (1, self._num_latents_per_position, 1)
-            z = hk.AvgPool(window_shape=window, strides=window, padding="VALID")(z)
-        logits = self.final_layer(z)
+            z = layer_norm(z)
+            if self._num_latents_per_position > 1:
+                window = (1, self._num_latents_per_position, 1)
+                z = hk.AvgPool(window_shape=window, strides=window, padding="VALID")(z)
+            logits = self.final_layer(z)
+        if half:
+            logits = logits.astype(jnp.float32)
         return Output(logits, masks.encoder, masks.processor, latent_last_steps,
                       state if memory_type != "none" else [None] * len(state))
 

@@ -176,6 +176,15 @@ def _realign_after_refill(memory: List[compute.KVCache], filled: int, latents: i
     return [first] + [m.grown(latents - m.capacity) for m in memory[1:]]
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _draw_rows(keys, step, logits, options, never):
+    """`[B]` tokens, row b drawn with `fold_in(keys[b], step)`."""
+    def one(key, row):
+        return draw(jax.random.fold_in(key, step), row[None], options, never)[0]
+
+    return jax.vmap(one)(keys, logits)
+
+
 class _Finished(Exception):
     """Every row has drawn its stop token."""
 
@@ -235,7 +244,8 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
              latents: int, options: SamplingOptions = SamplingOptions(), seed: int = 0,
              use_cache: bool = True,
              on_token: Optional[Callable[[np.ndarray], None]] = None,
-             never: Sequence[int] = (0,), stop: Optional[int] = None) -> np.ndarray:
+             never: Sequence[int] = (0,), stop: Optional[int] = None,
+             row_ids: Optional[Sequence[int]] = None) -> np.ndarray:
     """`[B, max_new]` tokens following `prompt` `[B, P]` (int tokens > 0, no padding).
 
     Past `context` events the window slides (see `run_steps`).
@@ -250,11 +260,14 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
       latents: latent slots of the cache (even, >= 4); refilled to half when full.
       options: how tokens are drawn.
       seed: for the draws; the same seed gives the same tokens with or without the cache.
+        Row r draws with its own key, `fold_in(PRNGKey(seed), row_ids[r])`, so
+        its tokens do not depend on the rows beside it.
       use_cache: False runs every step on the whole window (slower; the same function).
       on_token: called with each step's `[B]` tokens as they come.
       never: tokens never drawn (0, padding, should be one).
       stop: a token that ends a row: it is returned, the row's later tokens
         are 0, and generation ends when every row has drawn it.
+      row_ids: each row's id for its key (default 0, 1, ...).
 
     Raises:
       ValueError: for a prompt that is empty, padded or not 2-D, max_new < 1,
@@ -273,14 +286,16 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
         raise ValueError(f"latents must be an even int >= 4; got {latents!r}.")
     if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < latents:
         raise ValueError(f"context must be an int >= latents ({latents}); got {context!r}.")
-    key = jax.random.PRNGKey(seed)
-    out = np.zeros((prompt.shape[0], max_new), np.int32)
-    done = np.zeros(prompt.shape[0], bool)
+    batch = prompt.shape[0]
+    row_ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
+    if row_ids.shape != (batch,):
+        raise ValueError(f"row_ids must give one id per prompt ({batch}); got shape {row_ids.shape}.")
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(seed), row_ids)
+    out = np.zeros((batch, max_new), np.int32)
+    done = np.zeros(batch, bool)
 
     def choose(step, logits):
-        nonlocal key
-        key, sub = jax.random.split(key)
-        tokens = np.asarray(draw(sub, logits, options, never))
+        tokens = np.asarray(_draw_rows(keys, step, logits, options, tuple(never)))
         tokens = np.where(done, 0, tokens)
         out[:, step] = tokens
         if on_token is not None:

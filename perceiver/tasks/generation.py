@@ -109,10 +109,9 @@ class TextGenerator:
 
         Each continuation ends after `max_new_bytes` bytes or at the end of
         a document (the model's EOS). Bytes that are not valid UTF-8 become
-        U+FFFD. Prompts of the same length in bytes run as one batch; each
-        batch draws from its own seed, `seed` plus the index of its first
-        prompt, so a prompt's continuation does not depend on the others'
-        lengths.
+        U+FFFD. Prompts of the same length in bytes run as one batch; prompt
+        i draws from its own key (`seed` folded with i), so its continuation
+        does not depend on the prompts beside it.
 
         Args:
           prompts: a text, or a list of them (each non-empty).
@@ -182,7 +181,7 @@ class TextGenerator:
             tokens = sampling.generate(
                 self._config, self._params, prompt, max_new=max_new_bytes,
                 context=self.max_context_length, latents=self._cache_latents(), options=options,
-                seed=int(seed) + rows[0], use_cache=use_cache, on_token=streamed,
+                seed=int(seed), row_ids=rows, use_cache=use_cache, on_token=streamed,
                 never=language_model.NEVER_DRAWN, stop=language_model.EOS,
             )
             for row, row_tokens in zip(rows, tokens):

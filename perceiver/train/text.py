@@ -121,7 +121,8 @@ class ByteWindows:
     tokens) and are joined. Record i is `{'inputs': [T], 'targets': [T]}`
     int32, targets the inputs shifted by one, 0-padded at the end: the window
     whose last target is token `(i + 1) * predicted` (or the corpus's last),
-    with as much context before it as fits. A model predicting the last
+    with as much context before it as fits; targets before token
+    `i * predicted + 1` are 0 (padding, not scored). A model predicting the last
     `predicted` real positions of each window so scores every token after
     the first exactly once: the windows are an evaluation of the whole
     corpus, and an epoch of training on every token.
@@ -158,6 +159,9 @@ class ByteWindows:
         targets = np.zeros((self.seq_len,), np.int32)
         inputs[: chunk.size - 1] = chunk[:-1]
         targets[: chunk.size - 1] = chunk[1:]
+        # Targets earlier windows scored are padding here: the corpus's last
+        # window is short, and its latents reach back into the one before.
+        targets[: max(0, int(index) * self.predicted - start)] = 0
         return {"inputs": inputs, "targets": targets}
 
     def __repr__(self) -> str:

@@ -47,6 +47,10 @@ LM_RULES = dict(
 def check(config: Config) -> None:
     """Raises ValueError for a data.seq_len outside [model.num_latents, model.max_context_length]."""
     seq_len, m = config.data.seq_len, config.model
+    try:
+        language_model.perceiver_ar_config(**m)  # the sizes' own relations
+    except ValueError as e:
+        raise ValueError(f"model: {e}") from None
     low = m.get("num_latents", 256)
     high = m.get("max_context_length", 4096)
     if not low <= seq_len <= high:
@@ -54,7 +58,6 @@ def check(config: Config) -> None:
             f"data.seq_len must be in [{low}, {high}] (model.num_latents, "
             f"model.max_context_length); got {seq_len}."
         )
-    language_model.perceiver_ar_config(**m)  # the sizes' own relations
 
 
 def next_token_nll(output, targets: jax.Array):
