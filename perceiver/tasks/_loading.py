@@ -28,6 +28,7 @@ TASKS: Mapping[str, Tuple[str, str]] = {
         "perceiver.tasks.text_classification.TextClassifier",
         "perceiver classify-text",
     ),
+    "byte_language_model": ("perceiver.tasks.generation.TextGenerator", "perceiver generate"),
 }
 
 
