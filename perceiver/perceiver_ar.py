@@ -152,8 +152,9 @@ def conv_1d(output_channels: int, init_scale: float = 1.0, with_bias: bool = Tru
 
 
 def layer_norm(x: jnp.ndarray) -> jnp.ndarray:
-    """The reference's layer norm (last axis, fast variance)."""
-    return hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, use_fast_variance=True)(x)
+    """The reference's layer norm (last axis, fast variance), computed in float32, returned in x's dtype."""
+    norm = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True, use_fast_variance=True)
+    return norm(x.astype(jnp.promote_types(x.dtype, jnp.float32))).astype(x.dtype)
 
 
 def get_activation(activation_name: str):
@@ -590,6 +591,14 @@ class PerceiverAR(hk.Module):
                 self._latent_dropout_prob, is_training,
             )
         embedded, positions = self._build_network_inputs(inputs, input_idxs)
+        # Under a half-precision compute dtype (`compute.options`) the layers
+        # run in it, reading their parameters cast; logits return in float32.
+        dtype = _precision.compute_dtype(embedded.dtype)
+        half = dtype != embedded.dtype
+        def cast():
+            return _precision.parameter_dtype(dtype if half else None)
+
+        embedded = embedded.astype(dtype)
 
         take = jax.vmap(lambda x, idx: jnp.take(x, idx, axis=0))
         latent_positions = None
@@ -602,7 +611,8 @@ class PerceiverAR(hk.Module):
             repeat = z_index_dim if self._share_learned_initial_query else 1
             query = jnp.tile(self.q_embed_learned, (batch_size, repeat, 1))
         else:
-            query = self.z_linear(take(embedded, latent_last_steps))
+            with cast():
+                query = self.z_linear(take(embedded, latent_last_steps))
         if self._num_latents_per_position > 1:
             if memory is not None:
                 raise ValueError("Caching not yet supported for num_latents_per_position > 1.")
@@ -610,7 +620,8 @@ class PerceiverAR(hk.Module):
             z_pos_enc = self.z_pos_enc(batch_size=batch_size)
             query = query + jnp.tile(z_pos_enc, [1, z_index_dim // self._num_latents_per_position, 1])
         if self._initial_query_embed_style == "mlp":
-            query = self.q_embed_z_linear(query)
+            with cast():
+                query = self.q_embed_z_linear(query)
         if self._initial_query_offsetting:
             latent_positions = latent_positions + jnp.ones_like(latent_positions)
 
@@ -641,13 +652,8 @@ class PerceiverAR(hk.Module):
         def next_memory():
             return None if layers is None else next(layers)
 
-        # Under a half-precision compute dtype (`compute.options`) the layers
-        # run in it, reading their parameters cast; logits return in float32.
-        dtype = _precision.compute_dtype(embedded.dtype)
-        half = dtype != embedded.dtype
-        cast = _precision.parameter_dtype(dtype if half else None)
-        with cast:
-            query, embedded = query.astype(dtype), embedded.astype(dtype)
+        with cast():
+            query = query.astype(dtype)
             z = query
             if self._include_initial_cross_attention:
                 def cross(z, memory=next_memory()):

@@ -349,10 +349,13 @@ def _check_recipe(recipe, workdir, overrides):
     _run_exported(recipe, workdir)
 
 
-# The fine-tuning recipes also train end to end in test_own_models (by default).
+# The fine-tuning recipes also train end to end in test_own_models (by default),
+# and so does imagenet's (a few steps, exported and used), which keeps the suite
+# within its time.
 @pytest.mark.parametrize(
     "recipe",
-    [pytest.param(r, marks=pytest.mark.slow) if r.startswith("finetune") else r for r in sorted(MICRO)],
+    [pytest.param(r, marks=pytest.mark.slow) if r.startswith("finetune") or r == "imagenet" else r
+     for r in sorted(MICRO)],
 )
 def test_recipe_micro_runs_and_learns(recipe, tmp_path):
     _check_recipe(recipe, tmp_path / recipe, COMMON + MICRO[recipe])

@@ -400,20 +400,8 @@ def test_plot_draws_the_curves_into_a_png(finished, tmp_path, capsys):
     assert status == 2 and "no metrics.jsonl" in err
 
 
-def _example_inputs(factory, sizes):
-    if factory == "imagenet_classifier":
-        return (jnp.zeros((1, sizes["image_size"], sizes["image_size"], 3)),)
-    if factory == "optical_flow":
-        return (jnp.zeros((1, 2) + tuple(sizes["image_shape"]) + (3,)),)
-    tokens = jnp.zeros((1, sizes["max_seq_len"]), jnp.int32)
-    return tokens, jnp.ones_like(tokens)
-
-
 def _rebuilt_shapes(description):
-    factory, sizes = description["factory"], description["sizes"]
-    model = getattr(models, factory)(**sizes)
-    inputs = _example_inputs(factory, sizes)
-    return jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), *inputs, is_training=True))
+    return models.parameter_shapes(description["factory"], **description["sizes"])
 
 
 def test_training_exports_a_description_that_rebuilds_the_model(finished):
