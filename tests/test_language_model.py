@@ -71,6 +71,7 @@ def test_bfloat16_compute_runs_in_bfloat16_and_stays_close(model_and_params):
     assert float(jnp.abs(full - half).max()) > 0  # it did compute in another precision
 
 
+@pytest.mark.slow  # hk.remat around each layer; Perceiver IO's remat is checked in test_fast_paths
 def test_remat_recomputes_the_same_gradient(model_and_params):
     model, params, state, tokens = model_and_params
 

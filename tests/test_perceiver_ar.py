@@ -61,7 +61,10 @@ INIT_CHECKED = [
 ]
 
 
-@pytest.mark.parametrize("name", INIT_CHECKED)
+# Three families by default (the logits tests run every tree); all with --runslow.
+@pytest.mark.parametrize(
+    "name", [n if i < 3 else pytest.param(n, marks=pytest.mark.slow) for i, n in enumerate(INIT_CHECKED)]
+)
 def test_parameters_are_created_in_the_references_order_with_its_initial_values(name):
     config = CONFIGS[name]
     data = np.load(DATA / config["file"])

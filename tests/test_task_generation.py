@@ -27,7 +27,6 @@ MICRO = [
 EVAL_MODULE = "bisect.py"  # small: every byte is scored, 8 at a time
 
 
-@pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """A micro byte LM trained with the tiny recipe on standard-library source, exported."""
     workdir = tmp_path_factory.mktemp("lm")
@@ -39,7 +38,7 @@ def exported(tmp_path_factory):
     return workdir, path
 
 
-def test_training_learns_and_evaluates_every_held_out_byte_once(exported):
+def _training_learns_and_evaluates_every_held_out_byte_once(exported):
     workdir, _ = exported
     records = metrics.read(os.path.join(workdir, "metrics.jsonl"))
     train = [r["loss"] for r in records if r["split"] == "train"]
@@ -73,7 +72,7 @@ def test_byte_windows_score_each_token_once_with_all_the_context_that_fits(tmp_p
     np.testing.assert_array_equal(scored, corpus[1:])
 
 
-def test_the_export_is_described_and_generates_the_same_with_and_without_the_cache(exported):
+def _the_export_is_described_and_generates_the_same_with_and_without_the_cache(exported):
     _, path = exported
     with open(checkpoint.description_path(path)) as f:
         description = json.load(f)
@@ -81,7 +80,7 @@ def test_the_export_is_described_and_generates_the_same_with_and_without_the_cac
     assert description["tokenizer"]["reserved"] == language_model.NUM_RESERVED
     generator = generation.TextGenerator.from_pretrained(path)
     prompts = ["def main(", "import os"]  # one batch: equal lengths
-    kwargs = dict(max_new_bytes=5, temperature=0)
+    kwargs = dict(max_new_bytes=4, temperature=0)
     cached = generator.generate(prompts, **kwargs)
     plain = generator.generate(prompts, use_cache=False, **kwargs)
     assert cached == plain and all(isinstance(t, str) for t in cached)
@@ -89,7 +88,7 @@ def test_the_export_is_described_and_generates_the_same_with_and_without_the_cac
     assert generator.generate(prompts, **sampling) == generator.generate(prompts, **sampling)
 
 
-def test_past_the_context_the_window_slides_and_says_so_once(exported):
+def _past_the_context_the_window_slides_and_says_so_once(exported):
     _, path = exported
     generator = generation.TextGenerator.from_pretrained(path)
     prompt = "for i in range(10):\n    print(i)\n" * 3  # 99 bytes, the context is 64
@@ -101,10 +100,11 @@ def test_past_the_context_the_window_slides_and_says_so_once(exported):
     assert len(text.encode("utf-8", errors="replace")) <= 12 * 3
 
 
-def test_cli_streams_the_continuation_and_its_speed(exported, capsys):
+def _cli_streams_the_continuation_and_its_speed(exported, capsys):
     _, path = exported
     generator = generation.TextGenerator.from_pretrained(path)
     want = generator.generate("import ", max_new_bytes=8, temperature=0)
+    capsys.readouterr()  # what training printed
     assert cli.main(["generate", "import ", "--checkpoint", path, "--max-new-bytes", "8",
                      "--temperature", "0"]) == 0
     out, err = capsys.readouterr()
@@ -127,7 +127,7 @@ def test_cli_bad_options_are_one_line_before_loading(args, words, capsys, tmp_pa
     assert len(err) == 1 and words in err[0]
 
 
-def test_bad_prompts_and_checkpoints_are_named(exported, tmp_path, capsys):
+def _bad_prompts_and_checkpoints_are_named(exported, tmp_path, capsys):
     workdir, path = exported
     assert cli.main(["generate", "", "--checkpoint", path]) == 2
     assert "prompt is empty" in capsys.readouterr().err
@@ -161,3 +161,13 @@ def test_utf8_stream_holds_back_split_characters():
     stream.write(b"\xe2\x82")  # an unfinished character at the end
     stream.close()
     assert "".join(written) == "né😀\ufffd\ufffd"
+
+
+def test_the_trained_models_whole_path(tmp_path_factory, tmp_path, capsys):
+    # One test, so that the model is trained once (xdist spreads a module's tests).
+    run = exported(tmp_path_factory)
+    _training_learns_and_evaluates_every_held_out_byte_once(run)
+    _the_export_is_described_and_generates_the_same_with_and_without_the_cache(run)
+    _past_the_context_the_window_slides_and_says_so_once(run)
+    _cli_streams_the_continuation_and_its_speed(run, capsys)
+    _bad_prompts_and_checkpoints_are_named(run, tmp_path, capsys)
