@@ -804,6 +804,7 @@ def _own_deprecations(records):
     ]
 
 
+@pytest.mark.slow  # setup.cfg already turns the package's DeprecationWarnings into errors in every test
 def test_running_a_model_emits_no_deprecation_warning_from_package():
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
