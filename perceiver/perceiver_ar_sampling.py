@@ -246,7 +246,9 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
              on_token: Optional[Callable[[np.ndarray], None]] = None,
              never: Sequence[int] = (0,), stop: Optional[int] = None,
              row_ids: Optional[Sequence[int]] = None) -> np.ndarray:
-    """`[B, max_new]` tokens following `prompt` `[B, P]` (int tokens > 0, no padding).
+    """`[B, n]` tokens following `prompt` `[B, P]` (int tokens > 0, no padding).
+
+    n is max_new, or fewer when every row has drawn `stop`.
 
     Past `context` events the window slides (see `run_steps`).
 
@@ -259,7 +261,8 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
         at least `latents`.
       latents: latent slots of the cache (even, >= 4); refilled to half when full.
       options: how tokens are drawn.
-      seed: for the draws; the same seed gives the same tokens with or without the cache.
+      seed: for the draws, an int in [-2**63, 2**63); the same seed gives the
+        same tokens with or without the cache.
         Row r draws with its own key, `fold_in(PRNGKey(seed), row_ids[r])`, so
         its tokens do not depend on the rows beside it.
       use_cache: False runs every step on the whole window (slower; the same function).
@@ -270,7 +273,8 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
       row_ids: each row's id for its key (default 0, 1, ...).
 
     Raises:
-      ValueError: for a prompt that is empty, padded or not 2-D, max_new < 1,
+      ValueError: for a prompt that is empty, padded or not 2-D, max_new < 1, a seed
+        out of range,
         an odd or too small latent count, or a context shorter than it.
     """
     prompt = np.asarray(prompt)
@@ -286,18 +290,22 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
         raise ValueError(f"latents must be an even int >= 4; got {latents!r}.")
     if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < latents:
         raise ValueError(f"context must be an int >= latents ({latents}); got {context!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not -2**63 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in [-2**63, 2**63); got {seed!r}.")
     batch = prompt.shape[0]
     row_ids = np.arange(batch) if row_ids is None else np.asarray(row_ids)
     if row_ids.shape != (batch,):
         raise ValueError(f"row_ids must give one id per prompt ({batch}); got shape {row_ids.shape}.")
     keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.PRNGKey(seed), row_ids)
-    out = np.zeros((batch, max_new), np.int32)
+    # Grown step by step, not allocated for max_new: generation may stop early
+    # (every row at `stop`), and max_new may be far beyond what is ever reached.
+    drawn: List[np.ndarray] = []
     done = np.zeros(batch, bool)
 
     def choose(step, logits):
         tokens = np.asarray(_draw_rows(keys, step, logits, options, tuple(never)))
         tokens = np.where(done, 0, tokens)
-        out[:, step] = tokens
+        drawn.append(tokens)
         if on_token is not None:
             on_token(tokens)
         if stop is not None:
@@ -312,4 +320,4 @@ def generate(config: Mapping[str, Any], params, prompt, *, max_new: int, context
                   use_cache, choose)
     except _Finished:
         pass
-    return out
+    return np.stack(drawn, axis=1)

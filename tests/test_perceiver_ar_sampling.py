@@ -96,6 +96,22 @@ def test_a_stop_token_ends_each_row_and_never_lists_what_is_not_drawn():
     assert not np.isin(np.asarray(drawn), [0, 5]).any() and len(np.unique(drawn)) > 5
 
 
+def test_a_huge_max_new_costs_only_the_steps_taken_and_a_huge_seed_is_named():
+    # The logits layer always prefers token 7: every row stops at once.
+    config, params = _random_config()
+    params = dict(params)
+    layer = params["perceiver_ar/~/logits"]
+    params["perceiver_ar/~/logits"] = {"w": np.zeros_like(layer["w"]),
+                                       "b": np.eye(layer["b"].shape[0], dtype=np.float32)[7]}
+    prompt = np.full((2, 3), 5, np.int32)
+    greedy = sampling.SamplingOptions(temperature=0)
+    out = sampling.generate(config, params, prompt, max_new=10**12, context=32, latents=4,
+                            options=greedy, stop=7)
+    np.testing.assert_array_equal(out, [[7], [7]])
+    with pytest.raises(ValueError, match="seed must be an int"):
+        sampling.generate(config, params, prompt, max_new=1, context=32, latents=4, seed=2**70)
+
+
 def test_sampling_is_seeded_and_streams_its_tokens():
     config, params = _random_config()
     prompt = np.full((1, 3), 7, np.int32)
