@@ -69,22 +69,12 @@ FIRST_BYTE = 3
 
 
 def model_config(context: int, channels: int, layers: int, latents: int) -> Dict:
-    """PerceiverAR's constructor keywords for this context."""
-    return dict(
-        num_classes=NUM_CLASSES,
-        input_idx_size=[context + 2],
-        max_context_length=context,
-        position_encoding_type="rotary",
-        input_embed_dim=channels,
-        num_z_channels=channels,
-        num_transformers_per_block=layers,
-        z_index_dim=latents,
-        num_transformer_heads=8,
-        num_cross_attend_heads=1,
-        cross_attend_widening_factor=4,
-        transformer_widening_factor=4,
-        use_positions_from_data=True,
-        max_wavelength=max(8192, context),
+    """PerceiverAR's constructor keywords for this context: the byte language model's."""
+    from perceiver import language_model
+
+    return language_model.perceiver_ar_config(
+        max_context_length=context, num_latents=latents, num_channels=channels, num_layers=layers,
+        num_heads=8, num_cross_attend_heads=1, widening_factor=4,
     )
 
 

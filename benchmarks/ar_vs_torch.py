@@ -226,13 +226,12 @@ def prompt_bytes(seed: int, length: int) -> np.ndarray:
 
 
 def our_config(a) -> Dict[str, Any]:
-    return dict(
-        num_classes=VOCAB, input_idx_size=[a.context + 2], max_context_length=a.context,
-        position_encoding_type="rotary", input_embed_dim=a.channels, num_z_channels=a.channels,
-        num_transformers_per_block=a.layers, z_index_dim=a.latents,
-        num_transformer_heads=a.heads, num_cross_attend_heads=a.heads,
-        cross_attend_widening_factor=4, transformer_widening_factor=4,
-        use_positions_from_data=True, max_wavelength=max(8192, a.context),
+    """The byte language model's PerceiverAR keywords at these sizes (heads tied, as the ports tie them)."""
+    from perceiver import language_model
+
+    return language_model.perceiver_ar_config(
+        max_context_length=a.context, num_latents=a.latents, num_channels=a.channels,
+        num_layers=a.layers, num_heads=a.heads, num_cross_attend_heads=a.heads, widening_factor=4,
     )
 
 
