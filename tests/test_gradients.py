@@ -13,8 +13,10 @@ from perceiver import compute, models
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _mlm_loss(model, state, tokens, mask):
-    def loss(params):
+def _mlm_loss(model, state):
+    # The batch is an argument, as in training: traced integer inputs closed
+    # over by a chunk's recomputation once leaked into the backward pass.
+    def loss(params, tokens, mask):
         out, _ = model.apply(params, state, None, tokens, mask, is_training=False)
         return jnp.mean(jnp.square(out))
 
@@ -35,7 +37,7 @@ def test_chunked_decoder_gradient_compiles_and_equals_the_unchunked_one():
     grads = {}
     for chunk in (16, None):
         model = compute.configure(base, decoder_chunk_size=chunk)
-        grads[chunk] = jax.jit(jax.grad(_mlm_loss(model, state, tokens, mask)))(params)
+        grads[chunk] = jax.jit(jax.grad(_mlm_loss(model, state)))(params, tokens, mask)
     expected = jax.tree_util.tree_leaves(grads[None])
     scale = max(float(np.abs(b).max()) for b in expected)
     for a, b in zip(jax.tree_util.tree_leaves(grads[16]), expected):
@@ -65,9 +67,10 @@ def test_gradient_lowers_for_each_published_model_at_full_size(model):
         lambda: transformed.init(jax.random.PRNGKey(0), *inputs, is_training=True)
     )
 
-    def loss(params, state, rng):
+    def loss(params, state, rng, inputs):
         out, _ = transformed.apply(params, state, rng, *inputs, is_training=True)
         return sum(jnp.mean(jnp.square(x.astype(jnp.float32))) for x in jax.tree_util.tree_leaves(out))
 
-    lowered = jax.jit(jax.grad(loss)).lower(params, state, jax.random.PRNGKey(0))
+    # The inputs are traced arguments, as a training step's batch is.
+    lowered = jax.jit(jax.grad(loss)).lower(params, state, jax.random.PRNGKey(0), inputs)
     assert lowered.as_text()

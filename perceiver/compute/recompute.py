@@ -32,9 +32,21 @@ def checkpoint(fun):
             a, k = jax.tree_util.tree_unflatten(treedef, leaves)
             return fun(*a, **k)
 
-        pure, consts = jax.closure_convert(call, *leaves)
+        # Every value `fun` closes over becomes an explicit input, integer
+        # tracers included: `jax.closure_convert` hoists only floats, and a
+        # closed-over integer tracer (a scan's index, a mask) would leak into
+        # the backward pass, which runs in another trace (under `jit(grad)`
+        # of a loop of chunks that failed to lower).
+        closed, out_shape = jax.make_jaxpr(call, return_shape=True)(*leaves)
+        out_tree = jax.tree_util.tree_structure(out_shape)
+        num_leaves = len(leaves)
+
+        def pure(*inputs):
+            flat = jax.core.eval_jaxpr(closed.jaxpr, inputs[num_leaves:], *inputs[:num_leaves])
+            return jax.tree_util.tree_unflatten(out_tree, flat)
+
         num_tied = len(jax.tree_util.tree_leaves(args))
-        return _checkpointed(pure, num_tied, *leaves, *consts)
+        return _checkpointed(pure, num_tied, *leaves, *closed.consts)
 
     return wrapped
 
