@@ -13,6 +13,7 @@ for the sizes a recipe or a checkpoint's description names; the factory
 
 from typing import Any, Dict, Sequence, Union
 
+import jax.numpy as jnp
 import numpy as np
 
 PAD = 0
@@ -56,6 +57,8 @@ def decode(tokens: Sequence[int]) -> str:
 def positions(batch: int, length: int) -> np.ndarray:
     """`[B, T, 1]` 1-based positions, as the model reads them."""
     idxs = np.arange(1, length + 1, dtype=np.int32)[None, :, None]
+    if not isinstance(batch, (int, np.integer)):  # a symbolic batch (jax.export)
+        return jnp.broadcast_to(idxs, (batch, length, 1))
     return np.broadcast_to(idxs, (batch, length, 1))
 
 

@@ -47,7 +47,7 @@ def decoder_chunk(batch: int, heads: int, num_queries: int, num_latents: int) ->
         return None
     if chosen != settings.AUTO:
         return int(chosen) if int(chosen) < num_queries else None
-    per_query = max(1, batch * max(1, heads) * num_latents)
+    per_query = max(1, settings.planned_batch(batch) * max(1, heads) * num_latents)
     max_chunk = max(8, settings.TILE_ELEMENTS // per_query)
     if num_queries <= 2 * max_chunk:
         return None

@@ -91,7 +91,7 @@ def absorb_enabled(num_queries: int, num_keys: int, batch: int) -> Optional[bool
         return False  # init creates parameters exactly as the reference does.
     if chosen != settings.AUTO:
         return chosen
-    if batch * num_queries * num_keys < settings.ABSORB_MIN_ELEMENTS:
+    if settings.planned_batch(batch) * num_queries * num_keys < settings.ABSORB_MIN_ELEMENTS:
         return False
     return None
 

@@ -41,7 +41,7 @@ def choose_attention(
     if kind != settings.AUTO:
         return kind
     if (
-        batch * heads * q_len * kv_len > settings.ONE_TILE_MAX_ELEMENTS
+        settings.planned_batch(batch) * heads * q_len * kv_len > settings.ONE_TILE_MAX_ELEMENTS
         and _cudnn_eligible(dtype, qk_dim, v_dim, has_bias)
     ):
         return "fused"
@@ -64,7 +64,7 @@ def _cudnn_eligible(dtype, qk_dim, v_dim, has_bias) -> bool:
 def attention_tiles(batch: int, heads: int, q_len: int, kv_len: int) -> Tuple[int, int]:
     """`(query_chunk, key_chunk)` for the tiled kernel under the current options."""
     opts = settings.current()
-    per_row = max(1, batch * heads)
+    per_row = max(1, settings.planned_batch(batch) * heads)
     if (
         opts.query_chunk_size == settings.AUTO
         and opts.key_chunk_size == settings.AUTO

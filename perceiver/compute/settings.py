@@ -179,6 +179,15 @@ def configure(transformed, base: Optional[Options] = None, **overrides):
     return type(transformed)(init=wrap(transformed.init), apply=wrap(transformed.apply))
 
 
+def planned_batch(batch: Any) -> int:
+    """`batch` for choosing tiles and chunks: itself, or 1 when it is symbolic.
+
+    A model exported with a dynamic batch (`jax.export` symbolic shapes) is
+    planned per example: its tiles then grow with the batch it is given.
+    """
+    return batch if isinstance(batch, (int, np.integer)) else 1
+
+
 def running_init() -> bool:
     """Whether an `init` is being traced (False outside Haiku transforms)."""
     try:
