@@ -15,6 +15,12 @@ API (`pip install 'perceiver-io-jax[hf]'`), keyed as `SAFETENSORS_FORMAT` says, 
 its header bounded, its dtypes numeric, and the same non-finite check; any
 other path is a pickle. A description (`save_description`) sits beside
 either as `NAME.json`.
+
+Before reading, `load` tells from the file's first bytes what it is
+(`check_file`): a folder, an empty file, a description, a text, an image...
+is refused as what it is ("x.json is a checkpoint description, expected a
+checkpoint file; give the checkpoint it describes, x.pystate"), and a
+damaged pickle as "a damaged checkpoint" before the parser's detail.
 """
 
 import functools
@@ -26,6 +32,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from perceiver import _messages
 from perceiver import safe_unpickle
 
 try:  # Ships with jax; lets bfloat16 checkpoints written by `save` load again.
@@ -372,6 +379,93 @@ def _nonfinite(tree: Tree, what: str) -> List[str]:
     return lines
 
 
+# The first bytes of the pickles people write: protocol 2+ (PROTO), and
+# protocol 0/1's usual openings (MARK, an empty dict, list or tuple, a global).
+_PICKLE_OPENINGS = b"\x80(}]),c"
+
+
+def wrong_kind_hint(path: str, kind: _messages.Kind) -> str:
+    """What to give instead of a file of `kind` where a checkpoint was expected ('' if nothing to say)."""
+    if kind.name == "description":
+        stem = os.path.splitext(path)[0]
+        for suffix in (".pystate", SAFETENSORS_SUFFIX, ".pickle", ".pkl"):
+            if os.path.isfile(stem + suffix):
+                return f"give the checkpoint it describes, {stem + suffix}"
+        return "give the checkpoint file it describes (NAME.pystate or NAME.safetensors beside NAME.json)"
+    if kind.name == "hf_folder":
+        return f"convert it first: perceiver convert {path} model.pystate"
+    if kind.name in ("hf_config", "torch"):
+        folder = os.path.dirname(os.path.abspath(path))
+        return f"for a transformers folder, convert it first: perceiver convert {folder} model.pystate"
+    if kind.name == "folder":
+        try:
+            inside = sorted(
+                n for n in os.listdir(path) if n.endswith((".pystate", SAFETENSORS_SUFFIX, ".pickle"))
+            )
+        except OSError:
+            inside = []
+        if inside:
+            more = f" and {len(inside) - 3} more" if len(inside) > 3 else ""
+            return f"it holds {', '.join(inside[:3])}{more}"
+    return ""
+
+
+def _ends_with_stop(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) == b"."
+    except OSError:
+        return True  # Unreadable now: opening it again will say why.
+
+
+def check_file(path: "os.PathLike[str] | str") -> _messages.Kind:
+    """Raises unless `path` is a file that may be a checkpoint; returns its kind.
+
+    From the file's first bytes only: a folder, an empty file, JSON (a
+    checkpoint's description among them), an image, a video, a zip archive...
+    are refused, saying what the file is and what to give instead.
+
+    Raises:
+      FileNotFoundError: if nothing is at `path`.
+      CheckpointError: "PATH is KIND, expected a checkpoint file", for a
+        folder or a file of another kind.
+    """
+    path = os.fspath(path)
+    kind = _messages.file_kind(path)
+    if kind.name == "missing":
+        raise FileNotFoundError(f"no such checkpoint file: {path}")
+    # Text is a protocol-0 pickle only if it ends with STOP ('.'): then the parser decides.
+    if kind.name == "text" and _ends_with_stop(path):
+        return kind
+    # An unreadable file says why when opened.
+    if kind.name not in ("pickle", "safetensors", "binary", "unreadable"):
+        raise CheckpointError(
+            _messages.wrong_kind(path, kind, _messages.CHECKPOINT, wrong_kind_hint(path, kind))
+        )
+    return kind
+
+
+def _unreadable(source: str, data: bytes, error: "safe_unpickle.UnpicklingError") -> str:
+    """Why `data` did not read, in the reader's words: what the bytes are, before opcodes."""
+    kind = _messages.bytes_kind(data[:4096], len(data))
+    if kind.name not in ("pickle", "safetensors", "text", "binary"):
+        return _messages.wrong_kind(source, kind, _messages.CHECKPOINT)
+    malformed = isinstance(error, safe_unpickle.MalformedPickle)
+    # A protocol-0 pickle is text too: one that is whole (ends with STOP) and
+    # refused keeps the refusal's reason.
+    if kind.name == "text" and (malformed or not data.rstrip(b"\r\n").endswith(b".")):
+        return _messages.wrong_kind(source, kind, _messages.CHECKPOINT)
+    if malformed and data[:1] and data[:1] in _PICKLE_OPENINGS:
+        return f"{source} is a damaged checkpoint: {error}"
+    if malformed:
+        return (
+            f"{source} is not a checkpoint: neither a pickle nor a safetensors file (it starts "
+            f"with {safe_unpickle.short(bytes(data[:12]))})."
+        )
+    return f"{source}: {error}"
+
+
 def loads(data: bytes, source: str = "<bytes>", *, allow_nonfinite: bool = False) -> Tuple[Tree, Tree]:
     """Like `load`, from bytes; `source` names them in errors."""
     try:
@@ -383,7 +477,9 @@ def loads(data: bytes, source: str = "<bytes>", *, allow_nonfinite: bool = False
             params, state = obj, {}
         seen: set = set()
         params, state = _file_tree(params, "params", seen), _file_tree(state, "state", seen)
-    except (CheckpointError, safe_unpickle.UnpicklingError) as e:
+    except safe_unpickle.UnpicklingError as e:
+        raise CheckpointError(_unreadable(source, data, e)) from None
+    except CheckpointError as e:
         raise CheckpointError(f"{source}: {e}") from None
     except RecursionError:  # pragma: no cover - the reader does not recurse.
         raise CheckpointError(f"{source}: the checkpoint is nested too deeply.") from None
@@ -422,12 +518,19 @@ def load(path: "os.PathLike[str] | str", *, allow_nonfinite: bool = False) -> Tu
 
     Raises:
       FileNotFoundError: if `path` does not exist.
-      CheckpointError: (a ValueError) for a truncated, foreign or hostile file,
-        or non-finite values, naming the file and what was refused.
+      CheckpointError: (a ValueError) for a folder or a file of another kind
+        ("PATH is a text file, expected a checkpoint file", see
+        `check_file`), a damaged, foreign or hostile file, or non-finite
+        values, naming the file and what was refused.
       ImportError: for a `.safetensors` file without the safetensors package.
     """
     path = os.fspath(path)
     if is_safetensors(path):
+        _safetensors_numpy(path)  # Without the package, what to install comes first.
+    kind = check_file(path)  # Before reading it all: a 2 GB video is refused from its first bytes.
+    if is_safetensors(path) and kind.name in ("text", "pickle"):
+        raise CheckpointError(_messages.wrong_kind(path, kind, "a safetensors file, as its name says"))
+    if is_safetensors(path) or kind.name == "safetensors":
         return _load_safetensors(path, allow_nonfinite)
     with open(path, "rb") as f:
         data = f.read()
@@ -584,7 +687,7 @@ def _safetensors_numpy(path: str):
     except ImportError:
         raise ImportError(
             f"{path}: safetensors files need the safetensors package: "
-            "pip install 'perceiver-io-jax[hf]'"
+            f"{_messages.install_hint('hf')}"
         ) from None
     return st_numpy
 
@@ -788,12 +891,14 @@ def save_description(path: "os.PathLike[str] | str", description: Mapping[str, A
 
     A description says what rebuilds and runs the checkpoint, so that a task
     or `--checkpoint FILE` needs nothing else:
+
       factory: the `perceiver.models` function that builds the model;
       sizes: that factory's keyword arguments (tuples become lists);
       task: the task's options (e.g. flow's `min_overlap`);
       labels: class names, in the order of the model's outputs;
       tokenizer: facts about the text encoding (e.g. `{"kind": "bytes"}`);
       description: one line for people.
+
     Other keys are kept as written. `format` is added.
 
     Raises:

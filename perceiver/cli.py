@@ -19,9 +19,11 @@ A checkpoint file's description beside it (NAME.json, which `perceiver train
 
 Bad input (a missing or unreadable file, frames of different sizes, an
 unknown checkpoint, an output path that cannot be written) ends with one line
-on stderr and exit status 2, never a traceback; Ctrl-C with
-"perceiver: interrupted" and status 130. Output paths are checked before any
-computing, and outputs are written whole or not at all.
+on stderr and exit status 2, never a traceback; Ctrl-C, at any moment, with
+one line saying what was written ("perceiver: interrupted (no output
+written)") and status 130. Output paths are checked before any computing (an
+output that names an input, or whose extension names another format, is
+refused), and outputs are written whole or not at all.
 """
 
 import argparse
@@ -30,13 +32,22 @@ import os
 import pathlib
 import secrets
 import sys
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
+from perceiver import _interrupt
 
+if _interrupt.is_program(__name__):  # Ctrl-C while the imports run: one line, no traceback
+    _interrupt.early("perceiver: interrupted (no output written)")
 
-class UserError(Exception):
-    """An error to report in one line."""
+import numpy as np  # noqa: E402
+from perceiver._outputs import (  # noqa: E402
+    UserError,
+    _Input,
+    _check_not_inputs,
+    _check_outputs,
+    _check_output_folder,
+    _checkpoint_files,
+)
 
 
 # ---------------------------------------------------------------------------
@@ -77,7 +88,13 @@ def _megabytes(path: pathlib.Path) -> str:
 
 
 def _cmd_list(args) -> str:
-    """The published checkpoints, which of them are cached (with sizes), and the shipped model."""
+    """The published checkpoints, which of them are cached (with sizes), and the shipped models.
+
+    Every name shown is accepted wherever a checkpoint is (--checkpoint,
+    `fetch`, `check`, the tasks' from_pretrained).
+    """
+    import textwrap
+
     from perceiver import checkpoint, hub
 
     cache = pathlib.Path(args.cache_dir).expanduser() if args.cache_dir else hub.cache_dir()
@@ -86,14 +103,13 @@ def _cmd_list(args) -> str:
         cached = cache / entry.filename
         where = f"cached, {_megabytes(cached)}" if cached.is_file() else "not cached"
         lines.append(f"  {entry.name:20s} {where:18s} {entry.description}")
-    shipped = pathlib.Path(_bundled_flow_model())
-    about = checkpoint.read_description(shipped).get("description", "")
     lines.append("shipped with the package (what `perceiver flow` and `demo` use while flow is not cached):")
-    lines.append(f"  {'flow_small':20s} {_megabytes(shipped):18s} {shipped}")
-    if about:
-        import textwrap
-
-        lines.append(f"  {'':20s} {'':18s} {textwrap.shorten(about, 100, placeholder=' ...')}")
+    for name in hub.SHIPPED:
+        shipped = hub.shipped_path(name)
+        about = checkpoint.read_description(shipped).get("description", "")
+        lines.append(f"  {name:20s} {_megabytes(shipped):18s} {shipped}")
+        if about:
+            lines.append(f"  {'':20s} {'':18s} {textwrap.shorten(about, 100, placeholder=' ...')}")
     return "\n".join(lines)
 
 
@@ -101,22 +117,29 @@ def _cmd_fetch(args) -> str:
     from perceiver import loading
 
     # --force replaces a cached file that fails to load; a download is checked before it is kept.
+    # A shipped model's name gives its file, which is never downloaded.
     return str(loading.fetch(args.name, cache_dir=args.cache_dir, force=args.force, progress=True))
 
 
 def _cmd_check(args) -> str:
+    """A published or shipped model (or a file with its description) read and checked against its model."""
     import jax
 
     from perceiver import hub, loading, models
 
-    entry = hub.get(args.name)
-    model, params, state = models.pretrained(args.name, cache_dir=args.cache_dir)
+    source = loading.resolve(args.name)  # What the name or path is, before anything is read.
+    if loading.is_published(source):
+        entry = hub.get(source)
+        model, params, state = models.pretrained(source, cache_dir=args.cache_dir)
+        factory, sizes = entry.factory, dict(entry.factory_kwargs)
+        path = loading.fetch(source, cache_dir=args.cache_dir, progress=False)
+    else:
+        path = source
+        factory, sizes, model, params, state = loading.load_described(path)
     count = sum(int(np.prod(v.shape)) for v in jax.tree_util.tree_leaves(params))
-    path = loading.fetch(args.name, cache_dir=args.cache_dir, progress=False)
     lines = [f"{args.name}: {path} matches the model ({count:,} parameters)"]
-    if entry.factory == "optical_flow":
-        image_shape = dict(entry.factory_kwargs).get("image_shape", (368, 496))
-        lines.append(_check_flow(model, params, state, image_shape))
+    if factory == "optical_flow":
+        lines.append(_check_flow(model, params, state, sizes.get("image_shape", (368, 496))))
     return "\n".join(lines)
 
 
@@ -124,65 +147,62 @@ def _cmd_check(args) -> str:
 # Output files: checked before computing, written whole or not at all
 # ---------------------------------------------------------------------------
 
-# (option, path, kind): kind "image" or "video" checks the extension against
-# media.write_image's or media.write_video's; None takes any name.
-_Output = Tuple[str, Optional[str], Optional[str]]
+# Each command's input options (dest: "file", or "checkpoint" for a checkpoint
+# and its description) and output options (dest: option, or a function of
+# the arguments giving (option, path) pairs). `perceiver convert` checks its
+# own (convert.convert); `train` and `plot` have their own parsers.
+_INPUT_OPTIONS: Dict[str, Dict[str, str]] = {
+    "flow": {"frame1": "file", "frame2": "file", "checkpoint": "checkpoint"},
+    "demo": {"checkpoint": "checkpoint"},
+    "autoencode": {"video": "file", "checkpoint": "checkpoint"},
+    "fill-mask": {"checkpoint": "checkpoint"},
+    "classify": {"images": "file", "checkpoint": "checkpoint"},
+    "classify-text": {"checkpoint": "checkpoint"},
+    "attention": {"image": "file", "checkpoint": "checkpoint"},
+    "generate": {"checkpoint": "checkpoint"},
+    "export": {"checkpoint": "checkpoint"},
+}
+_OUTPUT_OPTIONS: Dict[str, Dict[str, object]] = {
+    "flow": {"output": "-o", "flo": "--flo"},
+    "demo": {
+        "outdir": lambda args: [
+            ("-o", os.path.join(args.outdir, name)) for name in _DEMO_IMAGES + ("flow.flo",)
+        ]
+    },
+    "autoencode": {"output": "-o", "audio_out": "--audio-out", "labels_out": "--labels-out"},
+    "fill-mask": {"json": "--json"},
+    "classify": {"json": "--json"},
+    "classify-text": {"json": "--json"},
+    "attention": {"output": "-o"},
+    "export": {"output": "-o"},
+}
 
 
-def _check_output(option: str, path: str, kind: Optional[str] = None) -> None:
-    """Fails now, before any computing, if `path` cannot be written.
+def _check_no_input_replaced(args) -> None:
+    """Fails before any work if an output option of `args.command` names one of its inputs.
 
     Raises:
-      UserError: naming the option, if path is a directory or another
-        non-regular file, its folder is missing or not writable, or (for
-        kind "image" or "video") the writer does not know its extension.
+      UserError: naming the output option and the input.
     """
-    from perceiver import media
-
-    target = os.path.realpath(path)
-    if os.path.isdir(target):
-        raise UserError(f"{option} {path} is a directory; give a file name")
-    if os.path.exists(target) and not os.path.isfile(target):
-        raise UserError(f"{option} {path} exists and is not a regular file")
-    folder = os.path.dirname(target)
-    if not os.path.isdir(folder):
-        raise UserError(f"{option} {path}: there is no folder {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {path}: the folder {folder} is not writable")
-    try:
-        if kind == "image":
-            media.check_image_suffix(path)
-        elif kind == "video":
-            media.check_video_suffix(path)
-    except ValueError as e:
-        raise UserError(f"{option}: {e}") from None
-
-
-def _check_outputs(outputs: Sequence[_Output]) -> None:
-    """`_check_output` on each output given (path not None), and that no two are one file."""
-    seen: Dict[str, str] = {}
-    for option, path, kind in outputs:
-        if path is None:
+    inputs: List[_Input] = []
+    for dest, kind in _INPUT_OPTIONS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        values = value if isinstance(value, list) else [value]
+        what = dest.upper() if dest in ("frame1", "frame2", "video", "image", "images") else (
+            "--" + dest.replace("_", "-")
+        )
+        for item in values:
+            if kind == "checkpoint":
+                files = _checkpoint_files(item, getattr(args, "cache_dir", None))
+                inputs += [(what if i == 0 else f"{what}'s description", f) for i, f in enumerate(files)]
+            elif item:
+                inputs.append((what, item))
+    outputs: List[Tuple[str, str]] = []
+    for dest, option in _OUTPUT_OPTIONS.get(args.command, {}).items():
+        if getattr(args, dest, None) is None:
             continue
-        _check_output(option, path, kind)
-        target = os.path.realpath(path)
-        if target in seen:
-            raise UserError(f"{seen[target]} and {option} both name {path}; give two files")
-        seen[target] = option
-
-
-def _check_output_folder(option: str, folder: str, names: Sequence[str]) -> None:
-    """Fails now if `folder` cannot be made or its files `names` cannot be written."""
-    if os.path.exists(folder):
-        if not os.path.isdir(folder):
-            raise UserError(f"{option} {folder} exists and is not a folder")
-        _check_outputs([(option, os.path.join(folder, name), None) for name in names])
-        return
-    parent = os.path.dirname(os.path.abspath(folder))
-    while not os.path.exists(parent):  # makedirs makes every missing level.
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"{option} {folder}: cannot make it in {parent} (not a writable folder)")
+        outputs += option(args) if callable(option) else [(option, getattr(args, dest))]
+    _check_not_inputs(outputs, inputs)
 
 
 def _write_all(writes: Sequence[Tuple[str, Callable[[str], None]]]) -> None:
@@ -209,12 +229,19 @@ def _write_all(writes: Sequence[Tuple[str, Callable[[str], None]]]) -> None:
             except (ValueError, OSError) as e:
                 # The writer named the file it was given; name the output.
                 raise UserError(_one_line(e).replace(temporary, path)) from e
-        for temporary, target in staged:
-            os.replace(temporary, target)
+        # All or none: Ctrl-C waits for the last rename.
+        with _interrupt.held():
+            for (temporary, target), (path, _) in zip(staged, writes):
+                os.replace(temporary, target)
+                _WRITTEN.append(path)
     finally:
         for temporary, _ in staged:
             if os.path.lexists(temporary):
                 os.unlink(temporary)
+
+
+# The outputs this command has written, for the line Ctrl-C prints.
+_WRITTEN: list = []
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +256,7 @@ def _check_positive(option: str, value: Optional[int], least: int = 1) -> None:
 
 
 def _read_image(path: str) -> np.ndarray:
+    """The image at `path`; a folder, a checkpoint, a text... is named as what it is (media's ValueError)."""
     from perceiver import media
 
     try:
@@ -237,37 +265,40 @@ def _read_image(path: str) -> np.ndarray:
         raise UserError(f"no such image: {path}") from None
 
 
-def _checkpoint_source(value: Optional[str], default: str) -> str:
-    """A registry name, or an existing file's path."""
-    from perceiver import hub
+def _checkpoint_source(value: Optional[str], default: Optional[str]) -> str:
+    """`value` (else `default`), checked to be a checkpoint name or a file that may be a checkpoint.
+
+    Raises:
+      ValueError, FileNotFoundError, perceiver.checkpoint.CheckpointError:
+        as `perceiver.loading.resolve`, saying what was given (an unknown
+        name, a path to nothing, a folder, a description, an image...).
+    """
+    from perceiver import loading
 
     value = value or default
-    if value in hub.CHECKPOINTS or os.path.exists(value):
-        return value
-    known = ", ".join(hub.CHECKPOINTS)
-    raise UserError(f"unknown checkpoint {value!r}: give a file path or one of {known}")
+    loading.resolve(value)  # Raises now, before anything is read or built.
+    # As given: a name (e.g. a shipped model's) lets the task say whose model it is.
+    return value
 
 
 def _bundled_flow_model() -> str:
-    """The small flow model shipped in perceiver/data (see its .json)."""
-    from importlib import resources
+    """The small flow model shipped in perceiver/data (see its .json): `flow_small`."""
+    from perceiver import hub
 
-    return str(resources.files("perceiver").joinpath("data", "flow_small.pystate"))
+    return str(hub.shipped_path("flow_small"))
 
 
 def _default_flow_source(cache_dir: Optional[str]) -> str:
-    """The published flow model if it is in the cache, else the shipped small one."""
-    from perceiver import hub
+    """The published flow model if it is in the cache, else the shipped small one, saying so.
 
-    published = (pathlib.Path(cache_dir) if cache_dir else hub.cache_dir()) / hub.get("flow").filename
-    if published.is_file():
-        return "flow"
-    print(
-        "perceiver: using the small flow model shipped with the package (32x32 tiles, trained "
-        "on synthetic motion); `perceiver fetch flow` gets DeepMind's published model.",
-        file=sys.stderr,
-    )
-    return _bundled_flow_model()
+    The same choice, and the same line, as `OpticalFlow.from_pretrained()`'s.
+    """
+    from perceiver import loading
+
+    source, note = loading.default_source("flow", "flow_small", cache_dir)
+    if note:
+        print(f"perceiver: {note}.", file=sys.stderr)
+    return source
 
 
 def _flow_estimator(checkpoint: Optional[str], cache_dir: Optional[str]):
@@ -281,7 +312,7 @@ def _flow_estimator(checkpoint: Optional[str], cache_dir: Optional[str]):
     return flow_lib.OpticalFlow.from_pretrained(source, cache_dir=cache_dir)
 
 
-_DEMO_IMAGES = ("frame1.png", "frame2.png", "flow.png", "true_flow.png")
+_DEMO_IMAGES = ("frame1.png", "frame2.png", "flow.png", "true_flow.png", "figure.png")
 
 
 def _cmd_demo(args) -> str:
@@ -290,6 +321,7 @@ def _cmd_demo(args) -> str:
     from perceiver.tasks import flow as flow_lib
     from perceiver.train import synthetic_flow
 
+    _check_positive("--seed", args.seed, least=0)
     _check_output_folder("-o", args.outdir, _DEMO_IMAGES + ("flow.flo",))
     from perceiver import checkpoint
 
@@ -300,27 +332,41 @@ def _cmd_demo(args) -> str:
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
     flow = estimator(frames[0], frames[1], progress=True)
     truth, valid = pair["flow"], pair["valid"]
-    # One colour scale for both flows, so that they can be compared.
-    max_flow = float(np.linalg.norm(truth, axis=-1).max())
+    # One colour scale for both flows, so that they can be compared: the
+    # truth's largest motion (the scene's are a few pixels).
+    max_flow = max(float(np.linalg.norm(truth, axis=-1).max()), 1e-3)
     images = dict(zip(_DEMO_IMAGES, (
         frames[0],
         frames[1],
-        flow_lib.flow_to_color(flow, max_flow=max_flow),
-        flow_lib.flow_to_color(truth, max_flow=max_flow),
+        flow_lib.draw_flow(flow, max_flow=max_flow),
+        flow_lib.draw_flow(truth, max_flow=max_flow),
+        flow_lib.flow_figure(frames[0], frames[1], flow, truth, valid, max_flow=max_flow),
     )))
-    os.makedirs(args.outdir, exist_ok=True)
     writes = [
         (os.path.join(args.outdir, name), lambda p, image=image: media.write_image(p, image))
         for name, image in images.items()
     ]
     writes.append((os.path.join(args.outdir, "flow.flo"), lambda p: flow_lib.write_flo(p, flow)))
-    _write_all(writes)
+    made, folder = [], os.path.abspath(args.outdir)
+    while not os.path.exists(folder):  # the folders makedirs will make, deepest first
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    os.makedirs(args.outdir, exist_ok=True)
+    try:
+        _write_all(writes)
+    except BaseException:
+        # A failed or interrupted demo leaves no empty folders behind.
+        for folder in made:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        raise
     error = flow_lib.end_point_error(flow, truth, valid)
     baseline = flow_lib.end_point_error(np.zeros_like(truth), truth, valid)
     return (
         f"synthetic pair 128x96 with known motion (seed {args.seed}): end-point error "
         f"{error:.2f} px, against {baseline:.2f} px for zero flow\n"
-        f"wrote {', '.join(_DEMO_IMAGES)} and flow.flo to {args.outdir}"
+        f"wrote {', '.join(_DEMO_IMAGES)} and flow.flo to {args.outdir}; figure.png shows "
+        f"frames, true and predicted flow, error and colour key together"
     )
 
 
@@ -332,7 +378,7 @@ def _cmd_flow(args) -> str:
         return _cmd_flow_video(args)
     if args.max_frames is not None:
         raise UserError("--max-frames is for a video; two images give one pair")
-    _check_outputs([("-o", args.output, "image"), ("--flo", args.flo, None)])
+    _check_outputs([("-o", args.output, "image"), ("--flo", args.flo, "flo")])
     _check_flow_options(args)
     first, second = _read_image(args.frame1), _read_image(args.frame2)
     if first.shape != second.shape:
@@ -341,20 +387,32 @@ def _cmd_flow(args) -> str:
             f"{args.frame2} is {second.shape[1]}x{second.shape[0]} (width x height)"
         )
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
+    _check_levels_fit(args.levels, estimator, first.shape[:2])
     flow = estimator(first, second, levels=args.levels, progress=True)
-    # A fixed --max-flow gives several pairs one colour scale; default: this flow's largest.
-    color = flow_lib.flow_to_color(flow, max_flow=args.max_flow)
+    # A fixed colour scale (--max-flow, default flow_lib.DEFAULT_MAX_FLOW): no
+    # motion is near-white, and pictures of several pairs compare.
+    max_flow = args.max_flow or flow_lib.DEFAULT_MAX_FLOW
+    color = flow_lib.draw_flow(flow, max_flow=max_flow)
     writes = [(args.output, lambda p: media.write_image(p, color))]
     if args.flo:
         writes.append((args.flo, lambda p: flow_lib.write_flo(p, flow)))
     _write_all(writes)
     written = [path for path, _ in writes]
-    magnitude = np.linalg.norm(flow, axis=-1)
     levels = args.levels or estimator.levels_for(*flow.shape[:2])
     return (
         f"flow {flow.shape[1]}x{flow.shape[0]} ({levels} pyramid level{'s' * (levels > 1)}): "
-        f"mean |flow| {magnitude.mean():.2f} px, max {magnitude.max():.2f} px; "
-        f"wrote {', '.join(written)}"
+        f"{_flow_numbers(flow, max_flow)}; wrote {', '.join(written)}"
+    )
+
+
+def _flow_numbers(flow: np.ndarray, max_flow: float) -> str:
+    """The mean motion (dx, dy), the mean and largest length, and the colour scale, in words."""
+    vectors = flow.reshape(-1, 2)
+    mean = vectors.mean(axis=0)
+    magnitude = np.linalg.norm(vectors, axis=-1)
+    return (
+        f"mean (dx, dy) = ({mean[0]:.2f}, {mean[1]:.2f}) px, mean |flow| {magnitude.mean():.2f} px, "
+        f"max {magnitude.max():.2f} px (drawn at full colour: {max_flow:g} px)"
     )
 
 
@@ -365,11 +423,31 @@ def _check_flow_options(args) -> None:
     _check_positive("--max-frames", args.max_frames, least=2)
 
 
+def _check_levels_fit(levels: Optional[int], estimator, shape) -> None:
+    """Fails before any computing if --levels would halve the frames below what the model reads."""
+    if levels is None:
+        return
+    limit = estimator.max_levels(*shape)
+    if levels > limit:
+        raise UserError(
+            f"--levels must be at most {limit} for these {shape[1]}x{shape[0]} frames (each level "
+            f"halves them, and the coarsest must keep sides of {estimator.least_level_side()} px "
+            f"or more); got {levels}"
+        )
+
+
 def _cmd_flow_video(args) -> str:
     """The flow of each pair of consecutive frames of a video, as a colour video."""
     from perceiver import media
+    from perceiver import _messages
     from perceiver.tasks import flow as flow_lib
 
+    kind = _messages.file_kind(args.frame1)
+    if kind.name == "image":  # The second frame was left out: say so, before the outputs.
+        raise UserError(
+            f"{args.frame1} is {kind.phrase} and no second frame is given: flow needs two images "
+            "(perceiver flow FRAME1 FRAME2 -o FLOW.png) or one video"
+        )
     if args.flo:
         raise UserError("--flo writes the flow of one pair; give two images (FRAME1 FRAME2)")
     _check_outputs([("-o", args.output, "video")])
@@ -389,11 +467,11 @@ def _cmd_flow_video(args) -> str:
     if not fps > 0:
         fps = 25.0  # a container without a rate: the output plays at PAL's
     estimator = _flow_estimator(args.checkpoint, args.cache_dir)
+    _check_levels_fit(args.levels, estimator, frames.shape[1:3])
     flows = estimator.sequence(frames, levels=args.levels, progress=True)
-    magnitude = np.linalg.norm(flows, axis=-1)
-    # One colour scale for the whole video, so that frames can be compared.
-    max_flow = args.max_flow or max(float(magnitude.max()), 1e-6)
-    colors = flow_lib.flow_to_color(flows, max_flow=max_flow)
+    # One fixed colour scale for the whole video, so that frames compare.
+    max_flow = args.max_flow or flow_lib.DEFAULT_MAX_FLOW
+    colors = flow_lib.draw_flow(flows, max_flow=max_flow)
     if not args.output.lower().endswith(".gif"):
         # H.264 needs even sides: repeat the last row or column where one is odd.
         height, width = colors.shape[1:3]
@@ -402,8 +480,7 @@ def _cmd_flow_video(args) -> str:
     levels = args.levels or estimator.levels_for(*flows.shape[1:3])
     return (
         f"flow of {len(flows)} frame pairs {flows.shape[2]}x{flows.shape[1]} ({levels} pyramid "
-        f"level{'s' * (levels > 1)}): mean |flow| {magnitude.mean():.2f} px, max "
-        f"{magnitude.max():.2f} px (drawn at full colour: {max_flow:.2f} px); wrote {args.output}"
+        f"level{'s' * (levels > 1)}): {_flow_numbers(flows, max_flow)}; wrote {args.output}"
     )
 
 
@@ -413,8 +490,8 @@ def _cmd_autoencode(args) -> str:
 
     _check_outputs([
         ("-o", args.output, "video"),
-        ("--audio-out", args.audio_out, None),
-        ("--labels-out", args.labels_out, None),
+        ("--audio-out", args.audio_out, "audio"),
+        ("--labels-out", args.labels_out, "json"),
     ])
     _check_positive("--top-k", args.top_k)
     _check_positive("--max-frames", args.max_frames)
@@ -480,7 +557,7 @@ def _write_json(path: str, value) -> None:
 def _cmd_fill_mask(args) -> str:
     from perceiver.tasks import text as text_lib
 
-    _check_outputs([("--json", args.json, None)])
+    _check_outputs([("--json", args.json, "json")])
     spans = [text_lib.spans_from_placeholder(t, args.placeholder) for t in args.texts]
     empty = [t for t, s in zip(args.texts, spans) if not s]
     if empty:
@@ -513,21 +590,17 @@ def _cmd_fill_mask(args) -> str:
 def _cmd_classify_text(args) -> str:
     from perceiver.tasks import text_classification
 
-    _check_outputs([("--json", args.json, None)])
+    _check_outputs([("--json", args.json, "json")])
     _check_positive("--top-k", args.top_k)
     if not args.checkpoint:
         raise UserError(
             "classify-text needs --checkpoint FILE: a text classifier exported by "
             "`perceiver train --config finetune_text ... --export FILE` (none is published)"
         )
-    from perceiver import hub
-
-    # A published name is refused by the task itself, saying what to do instead.
-    if args.checkpoint not in hub.CHECKPOINTS and not os.path.exists(args.checkpoint):
-        raise UserError(f"no such checkpoint file: {args.checkpoint}")
-    model = text_classification.TextClassifier.from_pretrained(
-        args.checkpoint, cache_dir=args.cache_dir
-    )
+    # Checked before the model is built; a published name is refused by the
+    # task itself, saying what to do instead.
+    source = _checkpoint_source(args.checkpoint, None)
+    model = text_classification.TextClassifier.from_pretrained(source, cache_dir=args.cache_dir)
     results = model.classify(list(args.texts), top_k=args.top_k)
     if args.json:
         classes = [
@@ -545,7 +618,7 @@ def _cmd_classify_text(args) -> str:
 def _cmd_classify(args) -> str:
     from perceiver.tasks import imagenet as imagenet_lib
 
-    _check_outputs([("--json", args.json, None)])
+    _check_outputs([("--json", args.json, "json")])
     _check_positive("--top-k", args.top_k)
     images = [_read_image(path) for path in args.images]
     source = _checkpoint_source(args.checkpoint, "imagenet_conv")
@@ -589,10 +662,10 @@ def _cached_image_classifier(cache_dir: Optional[str]) -> str:
 
 
 def _cmd_attention(args) -> str:
-    """Each latent's encoder cross-attention over the preprocessed image, as a grid of maps."""
+    """Each latent's encoder cross-attention laid over the photo's centre crop, in a grid."""
     import importlib.util
 
-    _check_outputs([("-o", args.output, "image")])
+    _check_outputs([("-o", args.output, "figure")])
     _check_positive("--latents", args.latents)
     from perceiver import inspect_plots
 
@@ -627,16 +700,20 @@ def _cmd_attention(args) -> str:
     probabilities /= probabilities.sum()
     top = int(np.argmax(probabilities))
     label = f"{classifier.class_names[top]} ({probabilities[top]:.3f})"
-    # The image as the model sees it (cropped and resized), back in [0, 1].
-    shown = batch[0] * np.float32(imagenet_lib.STDDEV_RGB) + np.float32(imagenet_lib.MEAN_RGB)
+    # The part of the photo the model sees (its centre crop), at the photo's
+    # own resolution: the keys' grid covers it, and each map is drawn over it.
+    crop = imagenet_lib.center_crop(image, classifier.crop_fraction, classifier.min_crop_size)
     fig = inspect_plots.latent_grid(
-        weights, (side, side), latents=range(count), image=shown / 255.0, title=f"{name}: {label}"
+        weights, (side, side), latents=range(count), image=np.asarray(crop, np.float32) / 255.0,
+        title=f"{name}: {label}",
     )
     _write_all([(args.output, lambda p: fig.savefig(p, dpi=100))])
     return (
         f"{args.image}: {label}\n"
         f"wrote {args.output}: the attention of {count} of {weights.shape[2]} latents over "
-        f"{side}x{side} keys ({name}, head 0)"
+        f"{side}x{side} keys ({name}, head 0), each over the photo's {crop.shape[0]}x"
+        f"{crop.shape[1]} centre crop in grey: red to yellow where the latent looks, "
+        "the brighter the more"
     )
 
 
@@ -649,8 +726,24 @@ def _add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", help="default: $PERCEIVER_CACHE or ~/.cache/perceiver")
 
 
+def _version() -> str:
+    """This package's version and those of the libraries it computes with (read without importing them)."""
+    import importlib.metadata
+
+    from perceiver import __version__
+
+    def version(name):
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return "not installed"
+
+    return f"perceiver-io-jax {__version__} (jax {version('jax')}, jaxlib {version('jaxlib')}, dm-haiku {version('dm-haiku')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="perceiver", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=_version())
     commands = parser.add_subparsers(dest="command", required=True)
 
     sub = commands.add_parser(
@@ -659,10 +752,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cache_dir(sub)
     for command, text in (
         ("fetch", "download a published checkpoint into the cache"),
-        ("check", "download, verify and run a published checkpoint"),
+        ("check", "verify and run a checkpoint: a published one (downloaded), a shipped one, or a file"),
     ):
         sub = commands.add_parser(command, help=text)
-        sub.add_argument("name", help="checkpoint name (see `perceiver list`)")
+        sub.add_argument(
+            "name",
+            help="checkpoint name (see `perceiver list`)"
+            + (", or a checkpoint file with its description" if command == "check" else ""),
+        )
         _add_cache_dir(sub)
         if command == "fetch":
             sub.add_argument(
@@ -683,14 +780,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-flow",
         type=float,
         metavar="PX",
-        help="flow length in pixels drawn at full colour, the same for every pair (default: "
-        "the largest in this flow, or in the whole video)",
+        help="flow length in pixels drawn at full colour, the rim of the colour key drawn in "
+        "the corner (default 10: a fixed scale, so that no motion is near-white and pictures "
+        "compare)",
     )
     sub.add_argument(
         "--levels",
         type=int,
         help="coarse-to-fine pyramid levels; 1 is single-scale (default: from the image size "
-        "and the model's trained range)",
+        "and the model's trained range; at most as many as keep the coarsest level 16 px or "
+        "one tile wide)",
     )
     sub.add_argument("--max-frames", type=int, help="for a video: read at most this many frames")
     sub.add_argument(
@@ -699,9 +798,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_cache_dir(sub)
 
-    sub = commands.add_parser("demo", help="flow of a synthetic pair with known motion, and its error")
-    sub.add_argument("-o", "--outdir", default="perceiver_demo", help="folder for the images (default perceiver_demo)")
-    sub.add_argument("--seed", type=int, default=0, help="which synthetic pair (default 0)")
+    sub = commands.add_parser(
+        "demo", help="flow of a synthetic pair with known motion, its error, and one figure of it all"
+    )
+    sub.add_argument(
+        "-o", "--outdir", default="perceiver_demo",
+        help="folder for the images, figure.png among them (default perceiver_demo)",
+    )
+    sub.add_argument("--seed", type=int, default=0, help="which synthetic pair, >= 0 (default 0)")
     sub.add_argument(
         "--checkpoint",
         help="checkpoint name or path (default: flow if downloaded, else the shipped small model)",
@@ -711,8 +815,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = commands.add_parser("autoencode", help="reconstruct a video and its audio, and name its action")
     sub.add_argument("video", help="input video (MP4, GIF, ...)")
     sub.add_argument("-o", "--output", required=True, help="reconstructed video (MP4 with audio, or GIF)")
-    sub.add_argument("--audio-out", help="also write the reconstructed audio as WAV")
-    sub.add_argument("--labels-out", help="write the top Kinetics-700 labels per clip as JSON")
+    sub.add_argument("--audio-out", help="also write the reconstructed audio (a .wav file)")
+    sub.add_argument("--labels-out", help="write the top Kinetics-700 labels per clip (a .json file)")
     sub.add_argument("--top-k", type=int, default=5, help="labels per clip (default 5)")
     sub.add_argument("--max-frames", type=int, help="read at most this many frames")
     sub.add_argument("--chunk-size", type=int, help="outputs decoded per call (bounds memory)")
@@ -760,12 +864,19 @@ def build_parser() -> argparse.ArgumentParser:
     from perceiver import cli_generate
 
     cli_generate.add_parser(commands)
+    from perceiver import cli_export
+
+    cli_export.add_parser(commands)
 
     sub = commands.add_parser(
         "attention", help="draw each latent's cross-attention over an image (an image classifier's)"
     )
-    sub.add_argument("image", help="image (PNG, JPEG, ...), drawn as the classifier sees it")
-    sub.add_argument("-o", "--output", required=True, help="the grid of maps (PNG)")
+    sub.add_argument("image", help="image (PNG, JPEG, ...); its centre crop, as the classifier sees it, is drawn")
+    sub.add_argument(
+        "-o", "--output", required=True,
+        help="the grid (PNG): the crop, then each latent's map over it (the photo in grey, "
+        "the map red to yellow)",
+    )
     sub.add_argument(
         "--checkpoint",
         help="imagenet_conv, imagenet_fourier, imagenet_learned, or a path (default: the first "
@@ -821,6 +932,7 @@ COMMANDS: Dict[str, Callable] = {
     "classify-text": _cmd_classify_text,
     "attention": _cmd_attention,
     "generate": lambda args: __import__("perceiver.cli_generate", fromlist=["command"]).command(args),
+    "export": lambda args: __import__("perceiver.cli_export", fromlist=["command"]).command(args),
     # perceiver.convert (jax, haiku) is imported only when the command runs.
     "convert": lambda args: __import__("perceiver.convert", fromlist=["command"]).command(args),
 }
@@ -831,15 +943,24 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Runs one `perceiver` command: exit status 0, 2 for bad input, 130 for Ctrl-C."""
+    """Runs one `perceiver` command: exit status 0, 2 for bad input, 130 for Ctrl-C.
+
+    Without `argv` (the program) Ctrl-C is handled by `_interrupt`, which
+    stops cleanly at any moment.
+    """
+    program = argv is None
+    if program:
+        _interrupt.install()
+    _WRITTEN.clear()
     try:
-        return _main(list(sys.argv[1:] if argv is None else argv))
+        status = _main(list(sys.argv[1:] if argv is None else argv))
     except KeyboardInterrupt:
         # The user stopped it: say so in one line, as a shell would, without
-        # a traceback. Covers `perceiver train` too, which reports its own
-        # errors.
-        print("perceiver: interrupted", file=sys.stderr)
-        return 130
+        # a traceback (`perceiver train` says what it saved itself).
+        done = f"wrote {', '.join(_WRITTEN)}" if _WRITTEN else "no output written"
+        print(f"perceiver: interrupted ({done})", file=sys.stderr)
+        status = 130
+    return _interrupt.finish(status) if program else status
 
 
 def _main(argv: Sequence[str]) -> int:
@@ -858,8 +979,14 @@ def _main(argv: Sequence[str]) -> int:
 
     expected = (UserError, ValueError, TypeError, hub.FetchError, checkpoint.CheckpointError, OSError)
     try:
+        _check_no_input_replaced(args)  # before any work, for every command
         print(COMMANDS[args.command](args))
     except expected as e:
+        if isinstance(e, OSError) and e.strerror and e.filename is not None:
+            # The system's own error (a permission, a full disk): the path first,
+            # not Python's "[Errno 13] Permission denied: 'PATH'".
+            print(f"perceiver: error: {e.filename}: {e.strerror}", file=sys.stderr)
+            return 2
         print(f"perceiver: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except ImportError as e:

@@ -9,7 +9,6 @@ the speed, in bytes per second, to stderr at the end.
 
 import argparse
 import math
-import os
 import sys
 import time
 import warnings
@@ -61,8 +60,11 @@ def command(args: argparse.Namespace) -> str:
     if args.prompt == "-":
         args.prompt = sys.stdin.read()
     check_options(args)
-    if not os.path.isfile(args.checkpoint):
-        raise UsageError(f"no such checkpoint file: {args.checkpoint}")
+    from perceiver import loading
+
+    # Before the model is built: an unknown name, a path to nothing, a folder or
+    # a file of another kind is named as what it is.
+    loading.resolve(args.checkpoint)
     generator = generation.TextGenerator.from_pretrained(args.checkpoint)
     out = sys.stdout
 

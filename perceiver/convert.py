@@ -8,10 +8,12 @@
 
 `from_hf` reads a directory as transformers' `save_pretrained` writes it
 (`config.json` plus `model.safetensors` or `pytorch_model.bin`, sharded or
-not) for the six Perceiver IO heads transformers ships, and returns one of our
-factories' models with the sizes the config implies:
+not) for the seven Perceiver IO heads transformers ships, and returns one of
+our factories' models with the sizes the config implies:
 
 - PerceiverForMaskedLM -> `masked_language_model`
+- PerceiverForSequenceClassification -> `text_classifier` (the MLM's
+  encoder and a one-query classification decoder, as ours)
 - PerceiverForImageClassificationLearned, ...Fourier, ...ConvProcessing ->
   `imagenet_classifier` ('learned_position_encoding',
   'fourier_position_encoding', 'conv_preprocessing')
@@ -54,12 +56,13 @@ follow), checked on tiny random models (transformers 4.57.6, torch 2.13;
   the logits at padded positions differ (by O(10) on the tiny model); real
   positions agree.
 
-Measured max |ours - transformers| / max |transformers| (float32; "undone":
+Measured max `|ours - transformers|` / max `|transformers|` (float32; "undone":
 transformers with the deviation patched out on the torch side):
 
 | model   | vs undone | vs transformers' own            |
 | ------- | --------- | ------------------------------- |
 | mlm     | 2.8e-7    | 2.0e-4 (GELU; real positions)   |
+| text    | 3.1e-7    | 1.0e-4 (GELU)                   |
 | learned | 6.1e-7    | 2.8 (query residual)            |
 | fourier | 2.3e-7    | 7.8e-5 (GELU)                   |
 | conv    | 4.2e-7    | 1.3e-2 (padding, and GELU)      |
@@ -100,11 +103,17 @@ transformers then computes our function, not its deviations:
 - Sizes transformers fixes in code (MLM decoder heads 8 and qk channels 256,
   learned position channels 256, Fourier bands and the 224x224 resolution
   of the classifiers, flow bands 64, video bands 32/192) must have those
-  values; other sizes are refused by a ValueError naming the size and why.
+  values; other sizes are refused, before anything is read or written, by
+  one ValueError naming every such size, its fixed value and why. The
+  published models and the full-size imagenet, finetune_image, mlm and flow
+  recipes have them; no tiny recipe's model does, except the text
+  classifier's, whose sizes transformers all takes from the config (so
+  finetune_text converts, tiny or not). flow_small (16 bands) and the
+  Perceiver AR byte_language_model (no transformers class) do not convert.
 
 Measured at the published models' sizes, random weights (every tensor, as
 `tests/make_hf_fixtures.py` draws them), batch 1, float32, CPU, torch 2.13,
-transformers 4.57.6: max |ours - transformers| / max |transformers|, with
+transformers 4.57.6: max `|ours - transformers|` / max `|transformers|`, with
 `python tests/make_hf_fixtures.py --measure mlm imagenet_learned
 imagenet_fourier imagenet_conv` (about 4 minutes on 2 cores):
 
@@ -127,11 +136,31 @@ transformers directory becomes our checkpoint file (`.pystate`, or
 sizes, labels) beside it, which every task and `--checkpoint` read; our
 file with its description, or a published name, becomes a transformers
 directory.
+
+Beside the model, the directory gets what transformers' pipelines read: an
+image classifier's `preprocessor_config.json` (PerceiverImageProcessor: our
+crop as `size / crop_size`, bicubic resize, ImageNet's scaling; see
+`hf_preprocessor_config`), a language model's `tokenizer_config.json` and
+`special_tokens_map.json` (PerceiverTokenizer, the same byte tokens as
+ours); transformers has no processor for the flow and video models. So
+`pipeline("image-classification", model=DIR)` and `pipeline("fill-mask",
+model=DIR)` load it and give our top answers (checked on photos with
+transformers 4.57.6; PIL's bicubic is not TensorFlow's, so the scores
+differ in the third decimal). config.json also keeps our description
+(`DESCRIPTION_FIELD`, with the sha256 of model.safetensors): converting
+back gives the same description and the same model, as long as the
+weights file is unchanged and transformers' files still agree with it;
+otherwise the description is made from those files (the crop from
+`preprocessor_config.json`). Every file is written, or none; a folder
+holding another model's files, or a destination that would replace an
+input, is refused before anything is read.
 """
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import sys
 import zipfile
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
@@ -199,6 +228,7 @@ HIDDEN_ACTS = ("gelu", "gelu_new", "gelu_pytorch_tanh")
 # transformers class -> (our factory, imagenet variant or None).
 ARCHITECTURES: Dict[str, Tuple[str, Optional[str]]] = {
     "PerceiverForMaskedLM": ("masked_language_model", None),
+    "PerceiverForSequenceClassification": ("text_classifier", None),
     "PerceiverForImageClassificationLearned": ("imagenet_classifier", "learned_position_encoding"),
     "PerceiverForImageClassificationFourier": ("imagenet_classifier", "fourier_position_encoding"),
     "PerceiverForImageClassificationConvProcessing": ("imagenet_classifier", "conv_preprocessing"),
@@ -323,6 +353,31 @@ def hf_factory(config: Mapping) -> Tuple[str, Dict[str, Any]]:
             num_self_attends=self_attends,
             num_heads=self_heads,
             qk_channels=_HF_MLM_DECODER_QK,
+        )
+
+    if factory == "text_classifier":
+        # The MLM's encoder with a classification decoder whose sizes transformers
+        # derives from d_latents, as ours does: nothing is fixed in code.
+        _require(config, "vocab_size", (262,), "our byte tokenizer's vocabulary")
+        _require(config, "num_blocks", (1,))
+        _require(
+            config, "num_cross_attention_heads", (self_heads,),
+            "num_self_attention_heads: our model has one head count",
+        )
+        qk = _field(config, "qk_channels")
+        qk = channels if qk is None else _int(config, "qk_channels")
+        v_channels = _field(config, "v_channels")
+        if (qk if v_channels is None else v_channels) != channels:
+            raise _refuse("v_channels", v_channels, f"d_latents ({channels})")
+        return factory, dict(
+            num_classes=_num_labels(config),
+            max_seq_len=_int(config, "max_position_embeddings"),
+            d_model=_int(config, "d_model"),
+            num_latents=latents,
+            num_latent_channels=channels,
+            num_self_attends=self_attends,
+            num_heads=self_heads,
+            qk_channels=qk,
         )
 
     # The other heads leave attention sizes to their defaults, as ours do.
@@ -542,6 +597,15 @@ def _rules(architecture: str) -> List[Rule]:
                 _module_rule(pre + ".embeddings", "embed", "embed"),
                 _pos_rule(pre + ".position_embeddings.weight", "trainable_position_encoding"),
                 _module_rule("embedding_decoder", "embedding_decoder", "bias"),
+            ]
+        )
+    if factory == "text_classifier":
+        return (
+            _encoder_rules("perceiver_encoder")
+            + _decoder_rules("perceiver.decoder.decoder", "classification_decoder/~/basic_decoder")
+            + [
+                _module_rule(pre + ".embeddings", "embed", "embed"),
+                _pos_rule(pre + ".position_embeddings.weight", "trainable_position_encoding"),
             ]
         )
     if factory == "imagenet_classifier":
@@ -1233,33 +1297,34 @@ _HF_FIXED_SIZES: Dict[Tuple[str, Optional[str]], Dict[str, Tuple[Any, str]]] = {
     ("masked_language_model", None): {
         "num_heads": (
             _HF_MLM_DECODER_HEADS,
-            "transformers fixes the decoder at 8 heads, and our model has one head count",
+            "the decoder's heads; our model has one head count",
         ),
         "qk_channels": (
             _HF_MLM_DECODER_QK,
-            "transformers fixes the decoder's at 8 * 32, and our model has one size",
+            "the decoder's 8 * 32 query-key channels; our model has one size",
         ),
     },
+    ("text_classifier", None): {},
     ("imagenet_classifier", "learned_position_encoding"): {
         "learned_pos_channels": (
             _HF_LEARNED_CHANNELS,
-            "transformers fixes the 1x1 conv and the position table at 256 channels",
+            "the 1x1 conv's and the position table's channels",
         ),
     },
     ("imagenet_classifier", "fourier_position_encoding"): {
-        "image_size": (_HF_IMAGE_SIZE, "transformers fixes the Fourier features at 224x224"),
-        "num_bands": (_HF_IMAGE_BANDS, "transformers fixes the Fourier features' bands"),
+        "image_size": (_HF_IMAGE_SIZE, "the Fourier features' 224x224 grid"),
+        "num_bands": (_HF_IMAGE_BANDS, "the Fourier features' bands"),
     },
     ("imagenet_classifier", "conv_preprocessing"): {
-        "image_size": (_HF_IMAGE_SIZE, "transformers fixes the Fourier features at 56x56"),
-        "num_bands": (_HF_IMAGE_BANDS, "transformers fixes the Fourier features' bands"),
+        "image_size": (_HF_IMAGE_SIZE, "the Fourier features' 56x56 grid after the conv stem"),
+        "num_bands": (_HF_IMAGE_BANDS, "the Fourier features' bands"),
     },
     ("optical_flow", None): {
-        "num_bands": (_HF_FLOW_BANDS, "transformers fixes the Fourier features' bands"),
+        "num_bands": (_HF_FLOW_BANDS, "the Fourier features' bands"),
     },
     ("video_autoencoder", None): {
-        "image_bands": (_HF_VIDEO_IMAGE_BANDS, "transformers fixes the image Fourier bands"),
-        "audio_bands": (_HF_VIDEO_AUDIO_BANDS, "transformers fixes the audio Fourier bands"),
+        "image_bands": (_HF_VIDEO_IMAGE_BANDS, "the image Fourier features' bands"),
+        "audio_bands": (_HF_VIDEO_AUDIO_BANDS, "the audio Fourier features' bands"),
     },
 }
 # Sizes a variant's model does not use (its parameter tree and outputs ignore them).
@@ -1277,6 +1342,11 @@ def _factory_and_sizes(
     if callable(factory) and getattr(models, getattr(factory, "__name__", ""), None) is factory:
         factory = factory.__name__
     names = sorted({f for f, _ in HF_ARCHITECTURES})
+    if isinstance(factory, str) and factory in models.FACTORIES and factory not in names:
+        raise ValueError(
+            f"transformers has no Perceiver class for our {factory} models; it holds "
+            f"{', '.join(names)} (see perceiver.convert)."
+        )
     if not isinstance(factory, str) or factory not in names:
         raise ValueError(
             f"factory must be one of {', '.join(names)} (or that perceiver.models function); "
@@ -1329,12 +1399,17 @@ def hf_config(
     factory, sizes = _factory_and_sizes(factory, sizes)
     variant = sizes.get("variant")
     arch = HF_ARCHITECTURES[(factory, variant)]
-    for name, (fixed, why) in _HF_FIXED_SIZES[(factory, variant)].items():
-        if sizes[name] != fixed:
-            raise ValueError(
-                f"sizes {name}={sizes[name]!r} cannot be expressed in transformers' {arch}: "
-                f"expected {fixed!r} ({why})."
-            )
+    fixed = _HF_FIXED_SIZES[(factory, variant)]
+    wrong = [name for name, (value, _) in fixed.items() if sizes[name] != value]
+    if wrong:
+        raise ValueError(
+            f"transformers' {arch} cannot hold this model: its code fixes "
+            + "; ".join(f"{n}={fixed[n][0]!r} ({fixed[n][1]})" for n in wrong)
+            + "; this model has "
+            + ", ".join(f"{n}={sizes[n]!r}" for n in wrong)
+            + f". Only {factory} models of those sizes convert, as the published ones; no "
+            f"tiny recipe's {factory} (--tiny) can."
+        )
     if variant == "conv_preprocessing" and not allow_deviations:
         raise ValueError(
             f"transformers' {arch} pads its 7x7/2 conv (3, 3) and max-pools unpadded "
@@ -1358,6 +1433,20 @@ def hf_config(
     }
     num_classes = None
     if factory == "masked_language_model":
+        config.update(
+            num_latents=sizes["num_latents"],
+            d_latents=sizes["num_latent_channels"],
+            d_model=sizes["d_model"],
+            num_self_attends_per_block=sizes["num_self_attends"],
+            num_self_attention_heads=sizes["num_heads"],
+            num_cross_attention_heads=sizes["num_heads"],
+            qk_channels=sizes["qk_channels"],
+            v_channels=sizes["num_latent_channels"],
+            vocab_size=262,
+            max_position_embeddings=sizes["max_seq_len"],
+        )
+    elif factory == "text_classifier":
+        num_classes = sizes["num_classes"]
         config.update(
             num_latents=sizes["num_latents"],
             d_latents=sizes["num_latent_channels"],
@@ -1561,6 +1650,7 @@ def to_hf(
     conv_kernel_layout: str = "oihw",
     allow_deviations: bool = False,
     fold_query_residual: bool = True,
+    description: Optional[Mapping[str, Any]] = None,
 ) -> str:
     """Writes one of our models as a directory transformers' `from_pretrained` loads.
 
@@ -1569,8 +1659,13 @@ def to_hf(
               {"variant": "fourier_position_encoding"}, "hf_fourier")
         # transformers.PerceiverForImageClassificationFourier.from_pretrained("hf_fourier")
 
-    Writes `config.json` (see `hf_config`) and `model.safetensors` (with the
-    safetensors package's numpy API: no torch), each atomically. transformers
+    Writes `config.json` (see `hf_config`), `model.safetensors` (with the
+    safetensors package's numpy API: no torch) and what transformers'
+    pipelines read beside them: an image classifier's
+    `preprocessor_config.json` (see `hf_preprocessor_config`), a language
+    model's tokenizer files (see `hf_tokenizer_files`); all or none of them.
+    `pipeline("image-classification", model=out_dir)` and
+    `pipeline("fill-mask", model=out_dir)` then load it. transformers
     then computes our function: the tanh GELU is named "gelu_new", and the
     learned classifier's decoder query, which transformers adds to its
     output, is taken from the output bias (`fold_query_residual`; the config
@@ -1584,8 +1679,9 @@ def to_hf(
       sizes: its keyword arguments, as in a checkpoint description's
         `sizes` (imagenet_classifier's include `variant`).
       out_dir: the directory (made if missing; files of these names in it
-        are replaced).
-      labels: class names for `id2label` (see `hf_config`).
+        are replaced; one holding another model's files is refused).
+      labels: class names for `id2label` (see `hf_config`); default: the
+        description's.
       dtype: the weights' dtype in the file: 'float32' (None), 'float16' or
         'bfloat16'.
       conv_kernel_layout: 'oihw' (default: torch applies the kernel as ours
@@ -1597,13 +1693,19 @@ def to_hf(
         query into the output bias (default); False writes the tensors as
         they are (transformers' outputs then differ, as for checkpoints its
         own script converted).
+      description: the checkpoint's description (`checkpoint.read_description`):
+        its `task` gives the image preprocessing, and config.json keeps it
+        whole (`DESCRIPTION_FIELD`), so that `convert` back restores it
+        while model.safetensors is unchanged.
 
     Returns:
       `out_dir`.
 
     Raises:
       ValueError: for a model transformers cannot express, naming the size
-        and why, or a deviation not allowed.
+        and why, a deviation not allowed, or preprocessing an image
+        processor cannot hold.
+      FileExistsError: if out_dir is a file, or holds another model's files.
       CheckpointError: if the trees do not fit the model, listing the
         differences.
       ImportError: without the safetensors package (`pip install 'perceiver-io-jax[hf]'`).
@@ -1612,6 +1714,8 @@ def to_hf(
     _validation.check_choice("conv_kernel_layout", conv_kernel_layout, CONV_KERNEL_LAYOUTS)
     cast = _hf_dtype("float32" if dtype is None else dtype)
     factory, sizes = _factory_and_sizes(factory, sizes)
+    if labels is None and description and factory in _CLASSIFIERS:
+        labels = description.get("labels")
     config = hf_config(
         factory,
         sizes,
@@ -1620,6 +1724,19 @@ def to_hf(
         fold_query_residual=fold_query_residual,
     )
     arch = config["architectures"][0]
+    # As the description file would hold it (JSON values, with its format).
+    description = (
+        json.loads(checkpoint._description_text(description, os.path.join(os.fspath(out_dir), "x")))
+        if description
+        else {}
+    )
+    if description.get("factory", factory) != factory:
+        raise ValueError(
+            f"description is of a {description['factory']} model; the factory given is {factory}."
+        )
+    pipeline_files = _pipeline_files(factory, sizes, description)
+    out_dir = os.fspath(out_dir)
+    _check_out_dir(out_dir, ("config.json", "model.safetensors", *pipeline_files))
     params, state = _numpy_tree(params, "params"), _numpy_tree(state or {}, "state")
     expected = models.parameter_shapes(factory, **sizes)
     params, state = _cast_like(expected[0], params), _cast_like(expected[1], state)
@@ -1637,20 +1754,19 @@ def to_hf(
         tensors = _fold_decoder_query(tensors, -1)
     tensors = {n: v.astype(cast) if _is_float(v.dtype) else v for n, v in tensors.items()}
     config["torch_dtype"] = cast.name
-    out_dir = os.fspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise FileExistsError(f"out_dir {out_dir} exists and is not a directory.")
     st_numpy = checkpoint._safetensors_numpy(os.path.join(out_dir, "model.safetensors"))
     # transformers refuses safetensors files whose metadata has no "format" it knows.
     data = st_numpy.save(tensors, metadata={"format": "pt"})
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    os.makedirs(out_dir, exist_ok=True)
-    checkpoint._write_atomically(
-        os.path.join(out_dir, "model.safetensors"), lambda f: f.write(data)
-    )
-    checkpoint._write_atomically(
-        os.path.join(out_dir, "config.json"), lambda f: f.write(text.encode())
-    )
+    if description:
+        # The labels are id2label's already (a 21k-class list twice would not fit).
+        kept = {k: v for k, v in description.items() if k != "labels"}
+        field = {"description": kept, "weights_sha256": hashlib.sha256(data).hexdigest()}
+        if len(json.dumps(dict(config, **{DESCRIPTION_FIELD: field}))) < MAX_CONFIG_BYTES // 2:
+            config[DESCRIPTION_FIELD] = field
+    files = {"model.safetensors": data}
+    for name, value in {"config.json": config, **pipeline_files}.items():
+        files[name] = (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+    _write_files(out_dir, files)
     return out_dir
 
 
@@ -1662,6 +1778,347 @@ def _numpy_tree(tree: Any, what: str) -> Tree:
     return {
         str(m): {str(n): np.asarray(v) for n, v in leaves.items()} for m, leaves in tree.items()
     }
+
+
+# ---------------------------------------------------------------------------
+# What transformers' pipelines read beside the model, and our description
+# ---------------------------------------------------------------------------
+
+PREPROCESSOR_FILE = "preprocessor_config.json"
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+# Our factories whose outputs are classes, named by id2label.
+_CLASSIFIERS = ("imagenet_classifier", "video_autoencoder", "text_classifier")
+# Files of a save_pretrained directory that describe one model: a folder
+# holding one that a conversion does not write would mix two models.
+_MODEL_FILES = (
+    ("config.json",) + WEIGHTS_NAMES + (PREPROCESSOR_FILE,) + TOKENIZER_FILES
+    + ("tokenizer.json", "added_tokens.json")
+)
+# config.json field holding our checkpoint's description and the sha256 of
+# the model.safetensors it describes, so that converting back restores it.
+DESCRIPTION_FIELD = "perceiver_io_jax_description"
+
+_PIL_BICUBIC = 3  # PIL.Image.Resampling.BICUBIC: transformers' image processors' number for it.
+_IMAGE_PROCESSORS = ("PerceiverImageProcessor", "PerceiverImageProcessorFast", "PerceiverFeatureExtractor")
+# transformers' PerceiverImageProcessor defaults, for a file that omits a field.
+_PROCESSOR_DEFAULTS: Dict[str, Any] = {
+    "do_center_crop": True,
+    "crop_size": {"height": 256, "width": 256},
+    "do_resize": True,
+    "size": {"height": 224, "width": 224},
+    "resample": _PIL_BICUBIC,
+    "do_rescale": True,
+    "rescale_factor": 1 / 255,
+    "do_normalize": True,
+    "image_mean": [0.485, 0.456, 0.406],
+    "image_std": [0.229, 0.224, 0.225],
+}
+# Token ids 0..5 of our BytesTokenizer, as PerceiverTokenizer names them (bytes follow from 6).
+_SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]")
+_SPECIAL_TOKEN_KEYS = ("pad_token", "bos_token", "eos_token", "mask_token", "cls_token", "sep_token")
+
+
+def _imagenet():
+    from perceiver.tasks import imagenet  # The task's preprocessing constants.
+
+    return imagenet
+
+
+def _imagenet_scales() -> Tuple[List[float], List[float]]:
+    """ImageNet's mean and std on transformers' 0..1 scale (after its 1/255 rescale)."""
+    imagenet = _imagenet()
+    return (
+        [round(m / 255, 10) for m in imagenet.MEAN_RGB],
+        [round(s / 255, 10) for s in imagenet.STDDEV_RGB],
+    )
+
+
+def hf_preprocessor_config(
+    sizes: Mapping[str, Any], task: Optional[Mapping[str, Any]] = None
+) -> Dict[str, Any]:
+    """transformers' `preprocessor_config.json` (PerceiverImageProcessor) for our image classifier.
+
+    transformers centre-crops a square of `size / crop_size` of the shorter
+    side (our `crop_fraction`), resizes it to `size` (our `image_size`) with
+    PIL's bicubic filter, and normalises with ImageNet's mean and std, as
+    `perceiver.tasks.imagenet` does. Its crop starts at most one pixel
+    before ours, and PIL's bicubic is not TensorFlow's (ours): inputs differ
+    slightly, top classes agree. It has no least crop (`min_crop_size`):
+    photos whose shorter side is under `min_crop_size / crop_fraction` are
+    cropped tighter there.
+
+    Args:
+      sizes: the classifier's sizes (`image_size`).
+      task: the description's task options (`crop_fraction`, `resize`,
+        `mean_rgb`, `stddev_rgb`, `image_size`); missing ones take
+        `ImageClassifier`'s defaults.
+
+    Raises:
+      ValueError: for options an image processor cannot hold (a resize other
+        than bicubic, another normalisation), naming them.
+    """
+    imagenet = _imagenet()
+    task = dict(task or {})
+    size = sizes["image_size"]
+    fraction = task.get("crop_fraction", imagenet.CROP_FRACTION)
+    if (
+        isinstance(fraction, bool)
+        or not isinstance(fraction, (int, float))
+        or not 0 < fraction <= 1
+    ):
+        raise ValueError(f"task crop_fraction must be a number in (0, 1]; got {fraction!r}.")
+    if task.get("image_size", size) != size:
+        raise ValueError(
+            f"task image_size={task['image_size']!r} is not the model's image_size={size}."
+        )
+    if task.get("resize", "bicubic") != "bicubic":
+        raise ValueError(
+            f"task resize={task['resize']!r} cannot be held by transformers' image processor: "
+            "expected 'bicubic'."
+        )
+    for key, ours in (("mean_rgb", imagenet.MEAN_RGB), ("stddev_rgb", imagenet.STDDEV_RGB)):
+        given = task.get(key, ours)
+        try:
+            same = np.shape(given) == (3,) and np.allclose(np.asarray(given, float), ours, rtol=1e-6)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise ValueError(f"task {key}={given!r}: expected ImageNet's {list(ours)}.")
+    crop: Any = size / fraction
+    if size / round(crop) == fraction:  # A whole number when one gives the same fraction.
+        crop = round(crop)
+    mean, std = _imagenet_scales()
+    return {
+        "image_processor_type": "PerceiverImageProcessor",
+        "do_center_crop": True,
+        "crop_size": {"height": crop, "width": crop},
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "resample": _PIL_BICUBIC,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": mean,
+        "image_std": std,
+    }
+
+
+def hf_tokenizer_files(max_seq_len: int) -> Dict[str, Dict[str, Any]]:
+    """`{file name: JSON}` of transformers' PerceiverTokenizer, our BytesTokenizer's twin.
+
+    Both map byte b to token b + 6 after the same six special tokens.
+    PerceiverTokenizer adds [CLS] before a text and [SEP] after it, which
+    ours does not: call transformers' pipelines with
+    `tokenizer_kwargs={"add_special_tokens": False}` for our inputs.
+    """
+    spelled = dict(lstrip=False, normalized=True, rstrip=False, single_word=False)
+    special = dict(zip(_SPECIAL_TOKEN_KEYS, _SPECIAL_TOKENS))
+    config = {
+        "tokenizer_class": "PerceiverTokenizer",
+        "model_max_length": int(max_seq_len),
+        "clean_up_tokenization_spaces": False,
+        "added_tokens_decoder": {
+            str(i): dict(content=token, special=True, **spelled)
+            for i, token in enumerate(_SPECIAL_TOKENS)
+        },
+        **special,
+    }
+    return {"tokenizer_config.json": config, "special_tokens_map.json": special}
+
+
+def _pipeline_files(
+    factory: str, sizes: Mapping[str, Any], description: Mapping[str, Any]
+) -> Dict[str, Dict[str, Any]]:
+    """`{file name: JSON}` transformers' pipelines read beside the model (none for flow, video)."""
+    if factory == "imagenet_classifier":
+        return {PREPROCESSOR_FILE: hf_preprocessor_config(sizes, description.get("task"))}
+    if factory in ("masked_language_model", "text_classifier"):
+        return hf_tokenizer_files(sizes["max_seq_len"])
+    return {}
+
+
+def _read_json_file(file: str) -> Optional[Dict[str, Any]]:
+    """A small JSON object file, or None when absent."""
+    if not os.path.isfile(file):
+        return None
+    with open(file, "rb") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise CheckpointError(f"{file}: larger than {MAX_CONFIG_BYTES} bytes; not a transformers file.")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e}).") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file}: must hold a JSON object; got {type(value).__name__}.")
+    return value
+
+
+def _square_side(processor: Mapping, name: str, file: str) -> float:
+    value = processor.get(name, _PROCESSOR_DEFAULTS[name])
+    if isinstance(value, dict) and set(value) == {"height", "width"}:
+        if value["height"] == value["width"]:
+            value = value["height"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise CheckpointError(
+            f"{file}: {name}={value!r} cannot be held by our image task: expected a square "
+            '{"height": S, "width": S} with S > 0.'
+        )
+    return value
+
+
+def _task_from_processor(processor: Mapping, image_size: int, file: str) -> Dict[str, Any]:
+    """Our image task's options for a PerceiverImageProcessor's config.
+
+    Raises:
+      CheckpointError: naming the field, for preprocessing our task cannot do.
+    """
+    kind = processor.get("image_processor_type", processor.get("feature_extractor_type"))
+    if kind is not None and kind not in _IMAGE_PROCESSORS:
+        raise CheckpointError(
+            f"{file}: image_processor_type={kind!r}: expected one of {', '.join(_IMAGE_PROCESSORS)}."
+        )
+    mean, std = _imagenet_scales()
+    wanted = {
+        "do_center_crop": True,
+        "do_resize": True,
+        "resample": _PIL_BICUBIC,
+        "do_rescale": True,
+        "do_normalize": True,
+    }
+    for key, value in wanted.items():
+        got = processor.get(key, _PROCESSOR_DEFAULTS[key])
+        if got != value or isinstance(got, bool) != isinstance(value, bool):
+            raise CheckpointError(
+                f"{file}: {key}={got!r} cannot be held by our image task (which centre-crops, "
+                f"resizes bicubic and normalises as ImageNet's): expected {value!r}."
+            )
+    for key, value in (("rescale_factor", [1 / 255]), ("image_mean", mean), ("image_std", std)):
+        got = processor.get(key, _PROCESSOR_DEFAULTS[key])
+        try:
+            values = np.ravel(np.asarray(got, float))
+            same = values.size in (1, len(value)) and np.allclose(values, value, rtol=1e-6)
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise CheckpointError(
+                f"{file}: {key}={got!r} cannot be held by our image task: expected "
+                f"{value if len(value) > 1 else value[0]!r} (ImageNet's scaling)."
+            )
+    size = _square_side(processor, "size", file)
+    crop = _square_side(processor, "crop_size", file)
+    if size != image_size:
+        raise CheckpointError(
+            f"{file}: size={size!r} is not the model's input side {image_size} (config.json)."
+        )
+    if not crop >= size:
+        raise CheckpointError(
+            f"{file}: crop_size={crop!r} is smaller than size={size!r}; our crop keeps at most "
+            "the whole shorter side (crop_fraction = size / crop_size <= 1)."
+        )
+    return {"crop_fraction": size / crop}
+
+
+def _check_tokenizer(src: str) -> None:
+    """Refuses a tokenizer other than PerceiverTokenizer, whose bytes our models read."""
+    file = os.path.join(src, "tokenizer_config.json")
+    tokenizer = _read_json_file(file)
+    kind = None if tokenizer is None else tokenizer.get("tokenizer_class")
+    if kind not in (None, "PerceiverTokenizer"):
+        raise CheckpointError(
+            f"{file}: tokenizer_class={kind!r}: our language models read UTF-8 bytes as "
+            "PerceiverTokenizer does; expected 'PerceiverTokenizer'."
+        )
+
+
+def _sha256(file: str) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _same_model(factory: str, one: Mapping, other: Mapping) -> bool:
+    """Whether two sizes mappings build the same model of `factory`."""
+    try:
+        _, a = _factory_and_sizes(factory, one)
+        _, b = _factory_and_sizes(factory, other)
+    except (TypeError, ValueError):
+        return False
+    unused = _UNUSED_SIZES.get(a.get("variant"), ())
+    return {k: v for k, v in a.items() if k not in unused} == {
+        k: v for k, v in b.items() if k not in unused
+    }
+
+
+def _restored_description(src: str, config: Mapping, derived: Mapping) -> Optional[Dict[str, Any]]:
+    """The description `to_hf` kept in config.json, if the folder still holds that very model.
+
+    It is restored only while model.safetensors is the file it was written
+    with and what transformers' files say (sizes, labels, the crop) agrees
+    with it; otherwise (a model fine-tuned in transformers, an edited
+    config) the folder's own files describe the model.
+    """
+    kept = config.get(DESCRIPTION_FIELD)
+    if not isinstance(kept, dict) or not isinstance(kept.get("description"), dict):
+        return None
+    stored = kept["description"]
+    weights = os.path.join(src, "model.safetensors")
+    if not os.path.isfile(weights) or kept.get("weights_sha256") != _sha256(weights):
+        return None
+    factory = derived["factory"]
+    if stored.get("factory") != factory:
+        return None
+    if not _same_model(factory, stored.get("sizes", {}), derived["sizes"]):
+        return None
+    stored = dict(stored)
+    if "labels" in derived:  # Kept in id2label alone (see `to_hf`).
+        stored["labels"] = derived["labels"]
+    if "task" in derived:
+        task = stored.get("task") if isinstance(stored.get("task"), dict) else {}
+        fraction = task.get("crop_fraction", _imagenet().CROP_FRACTION)
+        if not np.isclose(fraction, derived["task"]["crop_fraction"], rtol=1e-9, atol=0):
+            return None
+    return stored
+
+
+def _check_out_dir(out_dir: str, writing: Sequence[str]) -> None:
+    """Refuses a folder holding another model's files that `writing` would not replace."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"out_dir {out_dir} exists and is not a directory.")
+    if not os.path.isdir(out_dir):
+        return
+    foreign = [n for n in _MODEL_FILES if n not in writing and os.path.exists(os.path.join(out_dir, n))]
+    if foreign:
+        raise FileExistsError(
+            f"out_dir {out_dir} holds {', '.join(foreign)} of another model, which this one would "
+            "not replace; give a new or empty folder."
+        )
+
+
+def _write_files(out_dir: str, files: Mapping[str, bytes]) -> None:
+    """Writes every file into `out_dir`, or none: all are complete before any is renamed in."""
+    created = not os.path.isdir(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    staged: List[Tuple[str, str]] = []
+    try:
+        for name, data in files.items():
+            tmp = os.path.join(out_dir, f".{name}.{secrets.token_hex(6)}.tmp")
+            staged.append((tmp, name))
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, name in staged:
+            os.replace(tmp, os.path.join(out_dir, name))
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        if created and not os.listdir(out_dir):
+            os.rmdir(out_dir)
+        raise
 
 
 # ---------------------------------------------------------------------------
@@ -1734,13 +2191,17 @@ def convert(
       OSError: if `dst` cannot be written.
     """
     src, dst = os.fspath(src), os.fspath(dst)
+    if src in hub.SHIPPED:  # A model shipped with the package: its file, with its description.
+        src = str(hub.shipped_path(src))
     if os.path.isdir(src):
         if dtype is not None:
             raise ValueError(
                 "dtype applies to writing transformers' format; our checkpoints keep float32."
             )
         return _convert_from_hf(src, dst, conv_kernel_layout)
+    description: Dict[str, Any] = {}
     if os.path.isfile(src):
+        checkpoint.check_file(src)  # A text, a description, an image... named as what it is.
         description = checkpoint.read_description(src)
         factory, sizes = description.get("factory"), description.get("sizes", {})
         if not factory:
@@ -1760,12 +2221,23 @@ def convert(
     else:
         raise FileNotFoundError(
             f"src {src} is not a transformers save_pretrained directory, a checkpoint file, or a "
-            f"published name ({', '.join(hub.CHECKPOINTS)})."
+            f"checkpoint name ({', '.join(hub.names())})."
         )
     if os.path.isfile(dst):
         raise FileExistsError(f"dst {dst} is a file; transformers' format is a directory.")
-    # What transformers cannot express is refused before anything is read or downloaded.
-    hf_config(factory, sizes, labels=labels, allow_deviations=allow_deviations)
+    # What transformers cannot hold is refused before anything is read, downloaded or written.
+    config = hf_config(factory, sizes, labels=labels, allow_deviations=allow_deviations)
+    _, full_sizes = _factory_and_sizes(factory, sizes)
+    names = ["config.json", "model.safetensors", *_pipeline_files(factory, full_sizes, description)]
+    _check_out_dir(dst, names)
+    if path is not None:
+        inputs = (path, checkpoint.description_path(path))
+        clash = [n for n in names if any(_same_file(os.path.join(dst, n), i) for i in inputs)]
+        if clash:
+            raise FileExistsError(
+                f"dst {dst}: writing {clash[0]} there would replace the input {path} or its "
+                "description; give another folder."
+            )
     params, state = checkpoint.load(path or loading.fetch(src, cache_dir=cache_dir))
     to_hf(
         params,
@@ -1777,12 +2249,42 @@ def convert(
         dtype=dtype,
         conv_kernel_layout=conv_kernel_layout,
         allow_deviations=allow_deviations,
+        description=description,
     )
-    arch = read_config(dst)["architectures"][0]
-    return (
-        f"wrote {os.path.join(dst, 'config.json')} and {os.path.join(dst, 'model.safetensors')} "
-        f"from {what}: transformers.{arch}.from_pretrained({dst!r}) loads it"
+    arch = config["architectures"][0]
+    line = (
+        f"wrote {', '.join(os.path.join(dst, n) for n in names)} from {what}: "
+        f"transformers.{arch}.from_pretrained({dst!r}) loads it"
     )
+    pipeline = {
+        "imagenet_classifier": "image-classification",
+        "masked_language_model": "fill-mask",
+        "text_classifier": "text-classification",
+    }.get(factory)
+    if pipeline:
+        line += f", and transformers.pipeline({pipeline!r}, model={dst!r})"
+    least = (description.get("task") or {}).get("min_crop_size") or 0
+    if factory == "imagenet_classifier" and least:
+        line += (
+            f" (transformers' image processor has no least crop: photos whose shorter side is "
+            f"under {least} / crop_fraction pixels are cropped tighter there than min_crop_size="
+            f"{least} crops them here)"
+        )
+    if factory == "masked_language_model":
+        line += (
+            ' (its tokenizer adds [CLS] and [SEP] around a text, ours does not: pass '
+            'tokenizer_kwargs={"add_special_tokens": False} for our answers)'
+        )
+    if factory == "text_classifier":
+        line += (
+            " (its tokenizer adds [CLS] and [SEP] around a text, ours does not: pass "
+            "add_special_tokens=False for our answers)"
+        )
+    return line
+
+
+def _same_file(one: str, other: str) -> bool:
+    return os.path.exists(one) and os.path.exists(other) and os.path.samefile(one, other)
 
 
 def _convert_from_hf(src: str, dst: str, conv_kernel_layout: str) -> str:
@@ -1796,6 +2298,23 @@ def _convert_from_hf(src: str, dst: str, conv_kernel_layout: str) -> str:
             f"dst {dst} is a directory; give our checkpoint's file name (NAME.pystate or "
             "NAME.safetensors)."
         )
+    for target in (dst, checkpoint.description_path(dst)):
+        inside = os.path.realpath(os.path.dirname(os.path.abspath(target))) == os.path.realpath(src)
+        if inside and os.path.exists(target):
+            raise FileExistsError(
+                f"dst {dst}: writing {target} would replace a file of the input folder {src}; "
+                "give a name outside it, or a new one."
+            )
+    # The preprocessing and tokenizer are checked before the weights are read.
+    factory, sizes = hf_factory(read_config(src))
+    task = None
+    if factory == "imagenet_classifier":
+        processor_file = os.path.join(src, PREPROCESSOR_FILE)
+        processor = _read_json_file(processor_file)
+        if processor is not None:
+            task = _task_from_processor(processor, sizes["image_size"], processor_file)
+    if factory in ("masked_language_model", "text_classifier"):
+        _check_tokenizer(src)
     config, factory, sizes, params, state = _read_hf(
         src, weights_name=None, conv_kernel_layout=conv_kernel_layout
     )
@@ -1812,10 +2331,13 @@ def _convert_from_hf(src: str, dst: str, conv_kernel_layout: str) -> str:
         },
     }
     labels = _meaningful_labels(config)
-    if labels is not None and factory in ("imagenet_classifier", "video_autoencoder"):
+    if labels is not None and factory in _CLASSIFIERS:
         description["labels"] = labels
-    if factory == "masked_language_model":
+    if factory in ("masked_language_model", "text_classifier"):
         description["tokenizer"] = {"kind": "bytes"}
+    if task is not None:
+        description["task"] = task
+    description = _restored_description(src, config, description) or description
     checkpoint.save(dst, params, state, description=description)
     return (
         f"wrote {dst} and {checkpoint.description_path(dst)} ({factory}"

@@ -9,6 +9,7 @@ returns its path. This module knows no model and reads no checkpoint:
 model's, and `perceiver.loading.pretrained` loads it.
 
 Environment:
+
   PERCEIVER_CACHE: the cache directory (default ~/.cache/perceiver).
   PERCEIVER_BASE_URL: fetch files from `$PERCEIVER_BASE_URL/<filename>`
     instead of DeepMind's bucket (a mirror, or a local server in tests).
@@ -26,7 +27,7 @@ import time
 import types
 import urllib.error
 import urllib.request
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 from perceiver import _progress
 
@@ -151,18 +152,70 @@ CHECKPOINTS: Mapping[str, Checkpoint] = types.MappingProxyType(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class Shipped:
+    """A model shipped inside the package (in perceiver/data), its description beside it.
+
+    Attributes:
+      name: the name `perceiver list` shows, e.g. 'flow_small'.
+      filename: the checkpoint's file in perceiver/data.
+      factory: the `perceiver.models` factory of its model (its description's).
+      about: a few words for messages.
+    """
+
+    name: str
+    filename: str
+    factory: str
+    about: str
+
+
+SHIPPED: Mapping[str, Shipped] = types.MappingProxyType(
+    {
+        "flow_small": Shipped(
+            "flow_small", "flow_small.pystate", "optical_flow",
+            "32x32 tiles, trained on synthetic motion",
+        ),
+    }
+)
+
+
+def names() -> Tuple[str, ...]:
+    """Every checkpoint name, as `perceiver list` shows them: the published, then the shipped."""
+    return tuple(CHECKPOINTS) + tuple(SHIPPED)
+
+
+def shipped_path(name: str) -> pathlib.Path:
+    """The file of the model `name` shipped with the package (see `SHIPPED`).
+
+    Raises:
+      ValueError: for a name not in `SHIPPED`.
+    """
+    from importlib import resources
+
+    if not isinstance(name, str) or name not in SHIPPED:
+        raise ValueError(f"{name!r} is not a model shipped with the package ({', '.join(SHIPPED)}).")
+    return pathlib.Path(str(resources.files("perceiver").joinpath("data", SHIPPED[name].filename)))
+
+
+def _known() -> str:
+    return f"{', '.join(CHECKPOINTS)} (published), {', '.join(SHIPPED)} (shipped with the package)"
+
+
 def get(name: str) -> Checkpoint:
     """The registry entry called `name`.
 
     Raises:
-      ValueError: for an unknown name, listing the known ones.
+      ValueError: for an unknown name, listing the known ones; for a shipped
+        model's name, giving its file.
     """
     try:
         return CHECKPOINTS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"unknown checkpoint {name!r}; known checkpoints: {', '.join(CHECKPOINTS)}."
-        ) from None
+        if isinstance(name, str) and name in SHIPPED:
+            raise ValueError(
+                f"{name!r} is shipped with the package, not published: its file is {shipped_path(name)}."
+            ) from None
+        raise ValueError(f"unknown checkpoint {name!r}; known checkpoints: {_known()}.") from None
 
 
 def cache_dir() -> pathlib.Path:
@@ -203,8 +256,8 @@ def fetch(
     left by killed downloads are removed once older than a few hours.
 
     Args:
-      name_or_path: a name in `CHECKPOINTS`, or the path of an existing file
-        (returned as is).
+      name_or_path: a name in `CHECKPOINTS`, a name in `SHIPPED` (its file is
+        returned), or the path of an existing file (returned as is).
       cache_dir: where checkpoints are kept (default `cache_dir()`).
       progress: show a progress bar on stderr while downloading (only when
         stderr is a terminal).
@@ -220,25 +273,29 @@ def fetch(
         `perceiver.loading.check_checkpoint`, the published model's trees.
 
     Raises:
-      ValueError: if `name_or_path` is neither a known name nor a file.
+      ValueError: if `name_or_path` is neither a known name nor a file (a
+        folder, or an unknown name).
       FileNotFoundError: if it is a path (os.PathLike, or a str with a path
-        separator) to no file.
+        separator) to nothing.
       FetchError: if the download fails, is refused, or cannot be saved;
         nothing is left under the final name (a cached file is kept), and the
         message gives the URL and the path to put the file at by hand.
     """
     if isinstance(name_or_path, str) and name_or_path in CHECKPOINTS:
         entry = CHECKPOINTS[name_or_path]
+    elif isinstance(name_or_path, str) and name_or_path in SHIPPED:
+        return shipped_path(name_or_path)
     else:
         path = pathlib.Path(name_or_path)
         if path.is_file():
             return path
+        if path.exists():  # What else a file is, `perceiver.loading.resolve` tells before this.
+            what = "a folder" if path.is_dir() else "not a regular file"
+            raise ValueError(f"{path} is {what}, expected a checkpoint file")
         if not isinstance(name_or_path, str) or any(
             sep and sep in name_or_path for sep in (os.sep, os.altsep)
         ):
-            raise FileNotFoundError(
-                f"no checkpoint file at {path}; known checkpoint names: {', '.join(CHECKPOINTS)}."
-            )
+            raise FileNotFoundError(f"no such checkpoint file: {path}; known checkpoints: {_known()}.")
         entry = get(name_or_path)  # Not a known name: raises the ValueError listing them.
 
     if cache_dir is None:

@@ -14,7 +14,18 @@ from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-INSTALL_HINT = "pip install 'perceiver-io-jax[notebook]'"
+from perceiver import _messages
+
+INSTALL_HINT = _messages.install_hint("notebook")
+
+# Photos are drawn at most this many pixels on their longer side: a panel
+# is 160 pixels wide at the default size, and 32 maps of a 4000-pixel photo
+# would not fit in memory.
+MAX_DRAWN_SIDE = 256
+# The opacity of the heat at a map's peak: the photo still shows through.
+PEAK_ALPHA = 0.8
+# ITU-R BT.601 luma, the photo's grey under the heat.
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _figure(rows: int, columns: int, panel: Tuple[float, float] = (1.6, 1.6)):
@@ -49,6 +60,85 @@ def _heads(weights, name: str, example: int, head: Optional[int]) -> np.ndarray:
     return weights[example, head]
 
 
+def _resample_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """`[size_out, size_in]` weights: linear interpolation up, area average down (pixel centres)."""
+    if size_out >= size_in:
+        x = np.clip((np.arange(size_out) + 0.5) * size_in / size_out - 0.5, 0, size_in - 1)
+        low = np.floor(x).astype(int)
+        high = np.minimum(low + 1, size_in - 1)
+        matrix = np.zeros((size_out, size_in))
+        rows = np.arange(size_out)
+        np.add.at(matrix, (rows, low), 1 - (x - low))
+        np.add.at(matrix, (rows, high), x - low)
+        return matrix
+    edges = np.arange(size_out + 1) * (size_in / size_out)
+    pixels = np.arange(size_in)
+    overlap = np.minimum(edges[1:, None], pixels + 1) - np.maximum(edges[:-1, None], pixels)
+    matrix = np.clip(overlap, 0, None)
+    return matrix / matrix.sum(axis=1, keepdims=True)
+
+
+def resize(values, shape: Sequence[int]) -> np.ndarray:
+    """`[H, W, ...]` resampled to `[shape[0], shape[1], ...]` float64.
+
+    Each axis is interpolated linearly when enlarged (so a map's largest
+    value stays at its cell's centre) and averaged over each output pixel's
+    area when reduced (so a photo does not alias).
+    """
+    out = np.asarray(values, np.float64)
+    for axis, size in enumerate(shape[:2]):
+        matrix = _resample_matrix(out.shape[axis], int(size))
+        out = np.moveaxis(np.tensordot(matrix, out, axes=([1], [axis])), 0, axis)
+    return out
+
+
+def _drawn_photo(image) -> np.ndarray:
+    """`image` `[H, W, 3]` in [0, 1], reduced to at most MAX_DRAWN_SIDE on its longer side."""
+    image = np.clip(np.asarray(image, np.float64), 0, 1)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] RGB in [0, 1]; got shape {image.shape}.")
+    longer = max(image.shape[:2])
+    if longer > MAX_DRAWN_SIDE:
+        scale = MAX_DRAWN_SIDE / longer
+        shape = [max(1, round(d * scale)) for d in image.shape[:2]]
+        image = resize(image, shape)
+    return image
+
+
+def attention_overlay(image, attention, *, alpha: float = PEAK_ALPHA) -> np.ndarray:
+    """One attention map drawn over a photo: `[H, W, 3]` RGB in [0, 1].
+
+    The photo is shown in grey (BT.601 luma); the map, resized to it
+    (`resize`) and divided by its largest value, is laid over it in heat
+    colours, red (weak) to yellow (strongest), whose opacity is `alpha`
+    times that level: where the map is near zero the photo shows unchanged.
+    Pixel colour: `(1 - a) * grey + a * (1, level, 0)` with `a = alpha * level`.
+
+    Args:
+      image: `[H, W, 3]` RGB in [0, 1].
+      attention: `[h, w]`, the weights over the grid the image covers.
+      alpha: the opacity at the map's peak, in [0, 1].
+
+    Raises:
+      ValueError: for shapes other than these, or alpha outside [0, 1].
+    """
+    image = np.clip(np.asarray(image, np.float64), 0, 1)
+    attention = np.asarray(attention, np.float64)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] RGB in [0, 1]; got shape {image.shape}.")
+    if attention.ndim != 2:
+        raise ValueError(f"attention must be a map [h, w]; got shape {attention.shape}.")
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1]; got {alpha}.")
+    level = np.clip(resize(attention, image.shape[:2]), 0, None)
+    peak = level.max()
+    level = level / peak if peak > 0 else np.zeros_like(level)
+    grey = image @ np.array(_LUMA)
+    heat = np.stack([np.ones_like(level), level, np.zeros_like(level)], axis=-1)
+    a = (alpha * level)[..., None]
+    return (1 - a) * grey[..., None] + a * heat
+
+
 def top_latents(
     decoder_weights, query: int = 0, *, example: int = 0, head: Optional[int] = None, top: int = 4
 ):
@@ -80,12 +170,17 @@ def latent_grid(
     columns: int = 8,
     image=None,
     title: Optional[str] = None,
+    overlay: bool = True,
 ):
     """Each latent's cross-attention over an image, as a grid of maps (the paper's Fig. 3).
 
-    Panel `i` shows `weights[example, head, latents[i]].reshape(H, W)` as an
-    image (its colours span that map's own minimum to maximum), after the
-    image itself if one is given.
+    With `image`, the first panel is the image and panel `i + 1` is
+    `attention_overlay(image, weights[example, head, latents[i]].reshape(H,
+    W))`: the map resized to the image and laid over it in grey, labelled
+    with its latent (an image longer than MAX_DRAWN_SIDE pixels is drawn
+    reduced to it). Without `image`, or with `overlay=False`, panel `i` is
+    the raw map `weights[example, head, latents[i]].reshape(H, W)` (its
+    colours span that map's own minimum to maximum).
 
     Args:
       weights: `[B, heads, latents, H * W]`, e.g. the encoder's cross-attention
@@ -94,8 +189,11 @@ def latent_grid(
       example, head: which example; which head (None: the mean of the heads).
       latents: indices of the latents to draw (default: the first 32).
       columns: most panels per row (the image, if given, is the first).
-      image: optional `[H', W', 3]` image in [0, 1] drawn first.
+      image: optional `[H', W', 3]` image in [0, 1] that the keys cover
+        (e.g. the photo's centre crop the model was given, at any
+        resolution), drawn first and under each map.
       title: optional title above the grid.
+      overlay: False draws the raw maps beside the image instead.
 
     Returns:
       A matplotlib `Figure`.
@@ -116,14 +214,21 @@ def latent_grid(
     bad = [i for i in latents if not 0 <= i < maps.shape[0]]
     if bad:
         raise ValueError(f"latents must be in [0, {maps.shape[0]}); got {bad}.")
-    panels = len(latents) + (image is not None)
+    photo = None if image is None else _drawn_photo(image)
+    panels = len(latents) + (photo is not None)
     columns = max(1, min(columns, panels))
     fig, axes = _figure(-(-panels // columns), columns)
     flat = list(axes.flat)
-    if image is not None:
-        flat.pop(0).imshow(np.clip(np.asarray(image), 0, 1))
+    if photo is not None:
+        first = flat.pop(0)
+        first.imshow(photo)
+        first.set_title("image", fontsize=7)
     for ax, latent in zip(flat, latents):
-        ax.imshow(maps[latent].reshape(height, width), cmap="viridis")
+        grid = maps[latent].reshape(height, width)
+        if photo is not None and overlay:
+            ax.imshow(attention_overlay(photo, grid))
+        else:
+            ax.imshow(grid, cmap="viridis")
         ax.set_title(f"latent {latent}", fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
@@ -141,6 +246,7 @@ def decoder_reads(
     head: Optional[int] = None,
     top: int = 3,
     image=None,
+    overlay: bool = True,
 ):
     """For chosen output pixels, which latents the decoder reads, and where those latents look.
 
@@ -149,7 +255,8 @@ def decoder_reads(
     (`decoder_weights[example, :, row]`, the mean over heads for head None;
     the `top` largest in orange); then the encoder cross-attention maps of
     those `top` latents over the frame, as `latent_grid` draws them (head 0
-    or `head`), with the pixel marked.
+    or `head`; over the frame when `image` is given and `overlay`), with
+    the pixel marked.
 
     Args:
       decoder_weights: `[B, heads, len(pixels), latents]`: the decoder's
@@ -159,7 +266,9 @@ def decoder_reads(
       pixels: `(y, x)` of each chosen output, in the order of the queries.
       example, head, top: which example, head (None: the mean of the
         heads) and how many of the latents read most to draw.
-      image: optional `[H, W, 3]` frame in [0, 1].
+      image: optional `[H', W', 3]` frame in [0, 1] (any resolution; the
+        keys and pixels are of the `frame_shape` grid over it).
+      overlay: False draws the raw maps instead of over the frame.
 
     Returns:
       A matplotlib `Figure`.
@@ -180,13 +289,17 @@ def decoder_reads(
             f"encoder_weights must be [B, heads, {reads.shape[1]} latents, {height * width} "
             f"= H * W keys]; got shape {np.shape(encoder_weights)}."
         )
-    first = 2 if image is not None else 1
+    photo = None if image is None else _drawn_photo(image)
+    first = 2 if photo is not None else 1
     fig, axes = _figure(len(pixels), first + top, panel=(1.8, 1.6))
+    # Where a pixel's centre falls on the drawn frame (maps are drawn at its size when over it).
+    scale_y, scale_x = (1.0, 1.0) if photo is None else (photo.shape[0] / height, photo.shape[1] / width)
     for row, (y, x) in enumerate(pixels):
         chosen = top_latents(decoder_weights, row, example=example, head=head, top=top)
-        if image is not None:
-            axes[row, 0].imshow(np.clip(np.asarray(image), 0, 1))
-            axes[row, 0].plot([x], [y], "r+", markersize=8)
+        at_y, at_x = (y + 0.5) * scale_y - 0.5, (x + 0.5) * scale_x - 0.5
+        if photo is not None:
+            axes[row, 0].imshow(photo)
+            axes[row, 0].plot([at_x], [at_y], "c+", markersize=8)
             axes[row, 0].set_title(f"pixel ({y}, {x})", fontsize=7)
         bars = axes[row, first - 1]
         bars.axis("on")
@@ -196,8 +309,13 @@ def decoder_reads(
         bars.tick_params(labelsize=6)
         for column, latent in enumerate(chosen):
             ax = axes[row, first + column]
-            ax.imshow(maps[latent].reshape(height, width), cmap="viridis")
-            ax.plot([x], [y], "r+", markersize=8)
+            grid = maps[latent].reshape(height, width)
+            if photo is not None and overlay:
+                ax.imshow(attention_overlay(photo, grid))
+                ax.plot([at_x], [at_y], "c+", markersize=8)
+            else:
+                ax.imshow(grid, cmap="viridis")
+                ax.plot([x], [y], "r+", markersize=8)
             ax.set_title(f"latent {latent}", fontsize=7)
     fig.tight_layout()
     return fig

@@ -156,6 +156,80 @@ def is_published(name_or_path: Any) -> bool:
     return isinstance(name_or_path, str) and name_or_path in hub.CHECKPOINTS
 
 
+def _looks_like_a_name(value: Any) -> bool:
+    """A str without a folder or an extension: meant as a name, not as a path."""
+    marks = [mark for mark in (os.sep, os.altsep, ".") if mark]
+    return isinstance(value, str) and not any(mark in value for mark in marks)
+
+
+def resolve(name_or_path: Any) -> Union[str, "os.PathLike[str]"]:
+    """What a checkpoint argument names, checked before anything is read or built.
+
+    Every name `perceiver list` shows is accepted wherever a checkpoint is:
+    a published name is returned as it is (it is downloaded later), a model
+    shipped with the package (`perceiver.hub.SHIPPED`, e.g. 'flow_small')
+    as its file's path; a path must be a file that may be a checkpoint
+    (`perceiver.checkpoint.check_file`: a folder, a description, an image...
+    are refused from their first bytes, saying what they are).
+
+    Raises:
+      TypeError: for something other than a str or a path.
+      ValueError: for a word that is neither a file nor a known name,
+        listing the names.
+      FileNotFoundError: for a path to nothing.
+      perceiver.checkpoint.CheckpointError: "PATH is KIND, expected a
+        checkpoint file", for a folder or a file of another kind.
+    """
+    if isinstance(name_or_path, str):
+        if name_or_path in hub.CHECKPOINTS:
+            return name_or_path
+        if name_or_path in hub.SHIPPED:
+            return str(hub.shipped_path(name_or_path))
+    elif not isinstance(name_or_path, os.PathLike):
+        raise TypeError(
+            f"a checkpoint must be a name or a path (str or os.PathLike); got "
+            f"{type(name_or_path).__name__}."
+        )
+    path = os.fspath(name_or_path)
+    if not os.path.lexists(path) and _looks_like_a_name(name_or_path):
+        raise ValueError(
+            f"unknown checkpoint {name_or_path!r}: no such file, nor a checkpoint name "
+            f"({', '.join(hub.names())}; `perceiver list` describes them)."
+        )
+    checkpoint.check_file(path)  # FileNotFoundError for a path to nothing.
+    return name_or_path
+
+
+def default_source(
+    published: str, shipped: str, cache_dir: Union[str, "os.PathLike[str]", None] = None
+) -> Tuple[str, Optional[str]]:
+    """The published model if it is in the cache, else the one shipped with the package.
+
+    What `perceiver flow` and `OpticalFlow.from_pretrained()` both do when no
+    checkpoint is named: never a download the caller did not ask for.
+
+    Args:
+      published: a name in `perceiver.hub.CHECKPOINTS`.
+      shipped: a name in `perceiver.hub.SHIPPED`, of the same task.
+      cache_dir: where checkpoints are kept (default `perceiver.hub.cache_dir()`).
+
+    Returns:
+      `(source, note)`: `published` and None when it is cached; else the
+      shipped model's path and one line saying so and how to get the
+      published one (the caller warns or prints it).
+    """
+    directory = pathlib.Path(cache_dir).expanduser() if cache_dir else hub.cache_dir()
+    if (directory / hub.get(published).filename).is_file():
+        return published, None
+    note = (
+        f"using the small {published} model shipped with the package ({shipped}: "
+        f"{hub.SHIPPED[shipped].about}), "
+        f"as {published!r} is not in the cache {directory}; `perceiver fetch {published}` "
+        "downloads DeepMind's published model"
+    )
+    return str(hub.shipped_path(shipped)), note
+
+
 def fetch(
     name_or_path: Union[str, "os.PathLike[str]"],
     cache_dir: Union[str, "os.PathLike[str]", None] = None,
@@ -166,16 +240,20 @@ def fetch(
     """`perceiver.hub.fetch`, keeping a download only if it is the published model's checkpoint.
 
     Args:
-      name_or_path: a name in `perceiver.hub.CHECKPOINTS`, or the path of an
-        existing file (returned as is).
+      name_or_path: a name in `perceiver.hub.CHECKPOINTS` or
+        `perceiver.hub.SHIPPED` (its file is returned), or the path of an
+        existing file (returned as is, once `resolve` has checked it).
       cache_dir, timeout, force: as for `perceiver.hub.fetch`.
       progress: show a download progress bar (only when stderr is a terminal).
 
     Raises:
-      ValueError, FileNotFoundError, perceiver.hub.FetchError: as
-        `perceiver.hub.fetch`; a download whose trees are not the published
-        model's (`check_checkpoint`) is refused with a FetchError.
+      ValueError, FileNotFoundError, perceiver.checkpoint.CheckpointError:
+        as `resolve`, for a name or path that is no checkpoint.
+      perceiver.hub.FetchError: as `perceiver.hub.fetch`; a download whose
+        trees are not the published model's (`check_checkpoint`) is refused
+        with a FetchError.
     """
+    name_or_path = resolve(name_or_path)
     verify = None
     if is_published(name_or_path):
         verify = functools.partial(check_checkpoint, entry=hub.get(name_or_path))
@@ -216,18 +294,55 @@ def load_for(
     return model, params, state
 
 
+def load_described(
+    path: Union[str, "os.PathLike[str]"], **sizes
+) -> Tuple[str, Mapping[str, Any], hk.TransformedWithState, Mapping, Mapping]:
+    """A checkpoint file loaded for the model its description (NAME.json beside it) names.
+
+    Args:
+      path: the checkpoint file.
+      **sizes: factory arguments that override the description's.
+
+    Returns:
+      `(factory, sizes, model, params, state)`.
+
+    Raises:
+      perceiver.checkpoint.CheckpointError: if no description names the
+        model, or the file does not read or fit it.
+      FileNotFoundError: for a path to nothing.
+    """
+    checkpoint.check_file(path)
+    description = checkpoint.read_description(path)
+    factory = description.get("factory")
+    if not factory:
+        checkpoint.load(path)  # A file that is no checkpoint says so first.
+        raise checkpoint.CheckpointError(
+            f"{os.fspath(path)} has no description naming its model "
+            f"({checkpoint.description_path(path)} with \"factory\" and \"sizes\", which "
+            "`perceiver train --export` writes)."
+        )
+
+    def tuples(value):  # JSON lists as the tuples the factories take (image shapes).
+        return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+    sizes = {**{k: tuples(v) for k, v in description.get("sizes", {}).items()}, **sizes}
+    model, params, state = load_for(factory, path, **sizes)
+    return factory, sizes, model, params, state
+
+
 def pretrained(
     name: str, *, cache_dir: Optional[str] = None, progress: bool = True
 ) -> Tuple[hk.TransformedWithState, Mapping, Mapping]:
-    """One of DeepMind's published models, ready to apply.
+    """One of DeepMind's published models, or one shipped with the package, ready to apply.
 
     Downloads the checkpoint on first use (see `fetch`), reads it safely, and
     checks it against the model.
 
     Args:
       name: a name in `perceiver.hub.CHECKPOINTS`: 'mlm', 'imagenet_learned',
-        'imagenet_fourier', 'imagenet_conv', 'flow' or 'video_autoencoding'.
-        (For a file of your own, use `load_for`.)
+        'imagenet_fourier', 'imagenet_conv', 'flow' or 'video_autoencoding';
+        or in `perceiver.hub.SHIPPED`: 'flow_small' (read with its
+        description). (For a file of your own, use `load_for`.)
       cache_dir: where checkpoints are kept (default `$PERCEIVER_CACHE` or
         ~/.cache/perceiver).
       progress: show a download progress bar (only when stderr is a terminal).
@@ -240,6 +355,8 @@ def pretrained(
       perceiver.checkpoint.CheckpointError: if the cached file does not read
         or fit the model, with the differences and how to download it again.
     """
+    if isinstance(name, str) and name in hub.SHIPPED:
+        return load_described(hub.shipped_path(name))[2:]
     entry = hub.get(name)
     path = fetch(name, cache_dir=cache_dir, progress=progress)
     try:

@@ -8,8 +8,11 @@ Conventions: images and frames are uint8 RGB, `[H, W, 3]` and `[T, H, W, 3]`;
 audio is float32 `[samples, channels]` in [-1, 1].
 
 Raises, for every reader: `FileNotFoundError` naming the path when there is no
-such file, and `ValueError` naming the path when the file cannot be decoded
-(corrupt, truncated, or an image larger than Pillow's decompression-bomb limit).
+such file; `ValueError` saying what the path is when it is a folder or a file
+of another kind ("x.pystate is a Python pickle (a checkpoint?), expected an
+image ...", told from its first bytes), and naming the path when the file
+cannot be decoded (corrupt, truncated, or an image larger than Pillow's
+decompression-bomb limit).
 """
 
 import contextlib
@@ -19,6 +22,7 @@ import io
 import os
 import pathlib
 import re
+import secrets
 import struct
 import warnings
 import wave
@@ -26,9 +30,11 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from perceiver import _messages
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-_INSTALL_HINT = "install the media extra: pip install 'perceiver-io-jax[media]'"
+_INSTALL_HINT = f"install the media extra: {_messages.install_hint('media')}"
 _GIF_SUFFIXES = (".gif",)
 # The extensions write_video writes: containers that take H.264 and AAC (and GIF).
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".avi") + _GIF_SUFFIXES
@@ -55,10 +61,32 @@ def _pyav():
     return av
 
 
-def _existing_file(path: PathLike) -> pathlib.Path:
+# The kinds of file each reader tries to decode; any other kind is named and
+# refused before decoding. "binary" (no signature known here) and
+# "unreadable" go to the decoder, which says what is wrong.
+_IMAGE_KINDS = ("image", "gif", "binary", "unreadable")
+_VIDEO_KINDS = ("video", "gif", "binary", "unreadable")
+_WAV_KINDS = ("wav", "binary", "unreadable")
+# Pillow's image formats that are text (netpbm's plain variants, X bitmaps).
+_TEXT_IMAGE_SUFFIXES = (".pbm", ".pgm", ".ppm", ".pnm", ".xbm", ".xpm")
+
+
+def _existing_file(path: PathLike, expected: str, kinds) -> pathlib.Path:
+    """`path`, if it is a file of one of `kinds` (see `_messages.Kind`).
+
+    Raises:
+      FileNotFoundError: if nothing is at `path`.
+      ValueError: "PATH is KIND, expected EXPECTED" for a folder or a file of
+        another kind.
+    """
     path = pathlib.Path(path)
-    if not path.is_file():
+    kind = _messages.file_kind(path)
+    if kind.name == "missing":
         raise FileNotFoundError(f"no such file: {path}")
+    if kind.name == "text" and path.suffix.lower() in _TEXT_IMAGE_SUFFIXES and "image" in kinds:
+        return path
+    if kind.name not in kinds:
+        raise ValueError(_messages.wrong_kind(path, kind, expected))
     return path
 
 
@@ -187,11 +215,13 @@ def read_image(path: PathLike) -> np.ndarray:
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
-      ValueError: naming the path, if the file is not an image Pillow can
-        decode, has no pixels, or claims more than PIL.Image.MAX_IMAGE_PIXELS.
+      ValueError: saying what the path is, for a folder or a file of another
+        kind (a checkpoint, a text, a video...); naming the path, if the file
+        is not an image Pillow can decode, has no pixels, or claims more than
+        PIL.Image.MAX_IMAGE_PIXELS.
       ImportError: without Pillow.
     """
-    path = _existing_file(path)
+    path = _existing_file(path, _messages.IMAGE, _IMAGE_KINDS)
     with _pillow_decoding(path, "an image") as Image:
         with Image.open(path) as image:
             _check_has_pixels(image)
@@ -209,6 +239,25 @@ def _pillow_writes_rgb(format_name: str) -> bool:
         # E.g. "cannot write mode RGB as XBM", or a stub without a writer.
         return False
     return True
+
+
+@contextlib.contextmanager
+def _replacing(path: PathLike):
+    """A temporary name beside `path` to write, renamed over `path` when the block ends without error.
+
+    The name keeps `path`'s extension (the writers take the format from it).
+    A failure or Ctrl-C inside the block removes the temporary file, so that
+    `path` is written whole or left as it was, never half-written. A
+    symbolic link is written through: its target is replaced.
+    """
+    target = pathlib.Path(os.path.realpath(path))
+    temporary = target.with_name(f".{target.stem}.{secrets.token_hex(4)}.part{target.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
 
 
 def check_image_suffix(path: PathLike) -> None:
@@ -253,7 +302,8 @@ def write_image(path: PathLike, image) -> None:
     pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     options = {"quality": 95} if path.suffix.lower() in (".jpg", ".jpeg") else {}
     try:
-        pil.save(path, **options)
+        with _replacing(path) as temporary:
+            pil.save(temporary, **options)
     except (KeyError, ValueError) as e:
         # Pillow raises KeyError/ValueError for an extension it cannot write.
         raise ValueError(f"cannot write an image to {path}: {e!r}") from e
@@ -308,12 +358,13 @@ def read_video(
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
-      ValueError: naming the path, if the file cannot be decoded (see
-        read_image for GIFs), has no video frames, or its audio holds NaN
-        or Inf.
+      ValueError: saying what the path is, for a folder or a file of another
+        kind (an image, a text...); naming the path, if the file cannot be
+        decoded (see read_image for GIFs), has no video frames, or its audio
+        holds NaN or Inf.
       ImportError: without PyAV (or Pillow, for GIFs).
     """
-    path = _existing_file(path)
+    path = _existing_file(path, _messages.VIDEO, _VIDEO_KINDS)
     if max_frames is not None:
         if isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer)):
             raise TypeError(f"max_frames must be an int or None; got {max_frames!r}.")
@@ -458,7 +509,8 @@ def write_video(
     if path.suffix.lower() in _GIF_SUFFIXES:
         if audio is not None:
             raise ValueError(f"a GIF cannot hold audio; write {path.with_suffix('.mp4')} instead.")
-        _write_gif(path, frames, fps)
+        with _replacing(path) as temporary:
+            _write_gif(temporary, frames, fps)
         return
     height, width = frames.shape[1:3]
     if height % 2 or width % 2:
@@ -470,10 +522,10 @@ def write_video(
         raise ValueError(f"audio must have 1 or 2 channels for AAC; got {audio.shape[1]}.")
     av = _pyav()
     try:
-        _encode_mp4(av, path, frames, fps, audio, sample_rate)
+        with _replacing(path) as temporary:  # no half-written video, and a failure keeps the old one
+            _encode_mp4(av, temporary, frames, fps, audio, sample_rate)
     except (av.FFmpegError, ValueError) as e:
         # PyAV raises ValueError too, e.g. for a codec the container refuses.
-        path.unlink(missing_ok=True)  # Leave no half-written video behind.
         raise ValueError(f"cannot write video to {path}: {e}") from e
 
 
@@ -579,9 +631,10 @@ def read_wav(path: PathLike) -> Tuple[np.ndarray, int]:
 
     Raises:
       FileNotFoundError: if there is no file at `path`.
-      ValueError: if the file is not an integer PCM WAV file.
+      ValueError: saying what the path is, for a folder or a file of another
+        kind; if the file is not an integer PCM WAV file.
     """
-    path = _existing_file(path)
+    path = _existing_file(path, _messages.WAV, _WAV_KINDS)
     try:
         with wave.open(str(path), "rb") as reader:
             channels = reader.getnchannels()
@@ -607,24 +660,46 @@ def read_wav(path: PathLike) -> Tuple[np.ndarray, int]:
     return samples.astype(np.float32).reshape(-1, channels), rate
 
 
+# The extensions write_wav writes (it writes WAV only).
+AUDIO_SUFFIXES = (".wav", ".wave")
+
+
+def check_audio_suffix(path: PathLike) -> None:
+    """Raises `ValueError` unless `path` has an extension `write_wav` writes (AUDIO_SUFFIXES).
+
+    Raises:
+      ValueError: naming the path and its extension; WAV bytes under another
+        name (.mp3, .flac) would not play as that format.
+    """
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix not in AUDIO_SUFFIXES:
+        raise ValueError(
+            f"cannot write audio to {path}: it is written as WAV, so the extension must be one "
+            f"of {', '.join(AUDIO_SUFFIXES)}; got {suffix or 'none'!r}."
+        )
+
+
 def write_wav(path: PathLike, audio, sample_rate: int) -> None:
     """Writes 16-bit PCM WAV.
 
     Args:
-      path: the output file.
+      path: the output file, ending in .wav (or .wave).
       audio: float `[samples, channels]` or `[samples]` in [-1, 1] (a value
         x becomes round(x * 32768), 1.0 saturating at 32767), or int16.
       sample_rate: samples per second.
 
     Raises:
-      ValueError: for a bad shape, values out of [-1, 1] or a bad rate.
+      ValueError: for another extension, a bad shape, values out of [-1, 1]
+        or a bad rate.
       TypeError: for a dtype other than float or int16.
     """
+    check_audio_suffix(path)
     _check_rate(sample_rate)
     audio = _check_audio(audio)
     ints = np.clip(np.round(audio.astype(np.float64) * 32768.0), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as writer:
-        writer.setnchannels(audio.shape[1])
-        writer.setsampwidth(2)
-        writer.setframerate(int(sample_rate))
-        writer.writeframes(ints.tobytes())
+    with _replacing(path) as temporary:
+        with wave.open(str(temporary), "wb") as writer:
+            writer.setnchannels(audio.shape[1])
+            writer.setsampwidth(2)
+            writer.setframerate(int(sample_rate))
+            writer.writeframes(ints.tobytes())

@@ -14,8 +14,9 @@ pickle opcodes itself, on a machine that knows only:
   the one mapping that also takes a BUILD (of named attributes, kept apart).
 
 Everything else (INST/OBJ/NEWOBJ, extension codes, persistent ids unless a
-hook is given, out-of-band buffers, sets, unknown opcodes) is refused with
-`UnpicklingError`. Work is bounded: opcodes, container items, key length,
+hook is given, out-of-band buffers, sets) is refused with `UnpicklingError`;
+bytes that break the format itself (cut short, unknown opcodes, a malformed
+stack) with its subclass `MalformedPickle`. Work is bounded: opcodes, container items, key length,
 memo size, and the text of every message (`short`).
 """
 
@@ -31,6 +32,10 @@ MAX_MESSAGE_CHARS = 200  # Of the file's content, in any message.
 
 class UnpicklingError(ValueError):
     """The bytes are not a pickle this reader builds; nothing from them ran."""
+
+
+class MalformedPickle(UnpicklingError):
+    """The bytes break the pickle format itself (cut short, unknown opcode, bad structure)."""
 
 
 def short(value: Any, limit: int = MAX_MESSAGE_CHARS // 2) -> str:
@@ -131,7 +136,7 @@ class Reader:
 
     def _take(self, n: int) -> memoryview:
         if n < 0 or self._pos + n > len(self._data):
-            raise UnpicklingError(
+            raise MalformedPickle(
                 f"the pickle is cut short: {n} bytes wanted at offset {self._pos} "
                 f"of {len(self._data)}."
             )
@@ -142,7 +147,7 @@ class Reader:
     def _line(self) -> bytes:
         end = self._bytes.find(b"\n", self._pos)
         if end < 0:
-            raise UnpicklingError(f"the pickle is cut short: no end of line after offset {self._pos}.")
+            raise MalformedPickle(f"the pickle is cut short: no end of line after offset {self._pos}.")
         line = bytes(self._data[self._pos : end])
         self._pos = end + 1
         return line
@@ -154,12 +159,12 @@ class Reader:
 
     def _pop(self) -> Any:
         if not self._stack:
-            raise UnpicklingError("malformed pickle: the stack is empty.")
+            raise MalformedPickle("malformed pickle: the stack is empty.")
         return self._stack.pop()
 
     def _pop_mark(self) -> List[Any]:
         if not self._marks:
-            raise UnpicklingError("malformed pickle: no MARK on the stack.")
+            raise MalformedPickle("malformed pickle: no MARK on the stack.")
         items = self._stack
         self._stack = self._marks.pop()
         return items
@@ -188,13 +193,13 @@ class Reader:
         try:
             return self._memo[index]
         except KeyError:
-            raise UnpicklingError(f"malformed pickle: memo entry {index} was never stored.") from None
+            raise MalformedPickle(f"malformed pickle: memo entry {index} was never stored.") from None
 
     def _memo_put(self, index: int) -> None:
         if not self._stack:
-            raise UnpicklingError("malformed pickle: PUT on an empty stack.")
+            raise MalformedPickle("malformed pickle: PUT on an empty stack.")
         if index < 0:
-            raise UnpicklingError(f"malformed pickle: negative memo index {index}.")
+            raise MalformedPickle(f"malformed pickle: negative memo index {index}.")
         self._memo[index] = self._stack[-1]
 
     def _global(self, module: Any, name: Any) -> Global:
@@ -242,7 +247,7 @@ class Reader:
             raise
         except (ValueError, OverflowError, UnicodeDecodeError, struct.error, MemoryError) as e:
             # Text-mode numbers and strings that do not parse.
-            raise UnpicklingError(
+            raise MalformedPickle(
                 f"malformed pickle near offset {self._pos}: {type(e).__name__}: "
                 f"{short(str(e), MAX_MESSAGE_CHARS)}"
             ) from None
@@ -254,19 +259,19 @@ class Reader:
         stack_push = self._push
         for _ in range(MAX_OPS):
             if self._pos >= len(self._data):
-                raise UnpicklingError("the pickle is cut short: it ends before its STOP opcode.")
+                raise MalformedPickle("the pickle is cut short: it ends before its STOP opcode.")
             code = self._data[self._pos]
             self._pos += 1
             op = _OPS.get(code)
             if op is None:
-                raise UnpicklingError(
+                raise MalformedPickle(
                     f"the pickle uses opcode {bytes([code])!r} at offset {self._pos - 1}, "
                     "which this reader does not build."
                 )
             if op is _STOP:
                 result = self._pop()
                 if self._marks:
-                    raise UnpicklingError("malformed pickle: an open MARK at STOP.")
+                    raise MalformedPickle("malformed pickle: an open MARK at STOP.")
                 return result
             op(self, stack_push)
         raise UnpicklingError(f"the pickle runs more than {MAX_OPS} opcodes.")
@@ -292,7 +297,7 @@ def _text_string(line: bytes) -> Any:
     # Protocol 0's STRING is a repr-quoted Python 2 str.
     body = line
     if len(body) < 2 or body[0] != body[-1] or body[:1] not in (b'"', b"'"):
-        raise UnpicklingError("malformed pickle: an unquoted STRING.")
+        raise MalformedPickle("malformed pickle: an unquoted STRING.")
     raw = codecs.escape_decode(body[1:-1])[0]
     return _py2_string(raw)
 
@@ -388,7 +393,7 @@ def _make_ops() -> Dict[int, Callable]:
     def _tuple_n(n):
         def fn(r, push):
             if len(r._stack) < n:
-                raise UnpicklingError("malformed pickle: the stack is too short for a tuple.")
+                raise MalformedPickle("malformed pickle: the stack is too short for a tuple.")
             items = r._stack[len(r._stack) - n :]
             del r._stack[len(r._stack) - n :]
             r._count(n)
@@ -410,7 +415,7 @@ def _make_ops() -> Dict[int, Callable]:
     def _dict(r, push):
         items = r._pop_mark()
         if len(items) % 2:
-            raise UnpicklingError("malformed pickle: DICT with an odd number of items.")
+            raise MalformedPickle("malformed pickle: DICT with an odd number of items.")
         r._count(len(items) // 2)
         result: dict = {}
         for i in range(0, len(items), 2):
@@ -421,21 +426,21 @@ def _make_ops() -> Dict[int, Callable]:
     def _append(r, push):
         value = r._pop()
         if not r._stack:
-            raise UnpicklingError("malformed pickle: APPEND with no list.")
+            raise MalformedPickle("malformed pickle: APPEND with no list.")
         r._append(r._stack[-1], [value])
 
     @op(b"e")
     def _appends(r, push):
         items = r._pop_mark()
         if not r._stack:
-            raise UnpicklingError("malformed pickle: APPENDS with no list.")
+            raise MalformedPickle("malformed pickle: APPENDS with no list.")
         r._append(r._stack[-1], items)
 
     @op(b"s")
     def _setitem(r, push):
         value, key = r._pop(), r._pop()
         if not r._stack:
-            raise UnpicklingError("malformed pickle: SETITEM with no dict.")
+            raise MalformedPickle("malformed pickle: SETITEM with no dict.")
         r._count(1)
         r._set_item(r._stack[-1], key, value)
 
@@ -443,7 +448,7 @@ def _make_ops() -> Dict[int, Callable]:
     def _setitems(r, push):
         items = r._pop_mark()
         if len(items) % 2 or not r._stack:
-            raise UnpicklingError("malformed pickle: SETITEMS without a dict or with odd items.")
+            raise MalformedPickle("malformed pickle: SETITEMS without a dict or with odd items.")
         r._count(len(items) // 2)
         target = r._stack[-1]
         for i in range(0, len(items), 2):
@@ -456,7 +461,7 @@ def _make_ops() -> Dict[int, Callable]:
     @op(b"2")
     def _dup(r, push):
         if not r._stack:
-            raise UnpicklingError("malformed pickle: DUP on an empty stack.")
+            raise MalformedPickle("malformed pickle: DUP on an empty stack.")
         push(r._stack[-1])
 
     op(b"g")(lambda r, push: push(r._memo_get(int(r._line()))))
@@ -488,7 +493,7 @@ def _make_ops() -> Dict[int, Callable]:
     def _build(r, push):
         state = r._pop()
         if not r._stack:
-            raise UnpicklingError("malformed pickle: BUILD with no object.")
+            raise MalformedPickle("malformed pickle: BUILD with no object.")
         r._build(r._stack[-1], state)
 
     op(b"P")(lambda r, push: _op_persid(r, push, r._line().decode("ascii")))

@@ -1,4 +1,4 @@
-"""Shared pytest set-up: slow tests run only with --runslow; the `folds` spy."""
+"""Shared pytest set-up: slow tests run only with --runslow; the `folds` spy; `offline`, `run_cli`."""
 
 import pytest
 
@@ -31,3 +31,25 @@ def folds(monkeypatch):
 
     monkeypatch.setattr(folding, "folds_tail", spy)
     return seen
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path_factory):
+    """An empty checkpoint cache, and any download fails at once (nothing listens on port 9)."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("PERCEIVER_CACHE", str(cache))
+    monkeypatch.setenv("PERCEIVER_BASE_URL", "http://127.0.0.1:9")
+    return cache
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Runs `perceiver ARGS...` in this process: `run_cli(*args)` -> (exit status, stdout, stderr)."""
+    from perceiver import cli
+
+    def run(*args):
+        code = cli.main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run

@@ -10,7 +10,7 @@ release whose `save_pretrained(safe_serialization=False)` still writes
     python tests/make_hf_fixtures.py --measure mlm imagenet_learned imagenet_fourier imagenet_conv
                                                 # transformers vs ours at the published sizes
 
-For each of the six architectures it builds a tiny random model (every
+For each of the seven architectures it builds a tiny random model (every
 parameter drawn at random, rounded to float16 values so that the float16
 files hold exactly the float32 model), saves it with `save_pretrained`
 (safetensors for all, float16 where transformers' fixed widths make the model
@@ -65,6 +65,20 @@ SPECS = {
         ),
         torch.float32,
         True,
+    ),
+    "text": (
+        transformers.PerceiverForSequenceClassification,
+        # The MLM's encoder; its sizes are all the config's (qk 8, v = d_latents).
+        _config(
+            d_model=8,
+            num_cross_attention_heads=2,
+            qk_channels=8,
+            v_channels=16,
+            max_position_embeddings=16,
+            num_labels=3,
+        ),
+        torch.float16,
+        False,
     ),
     "learned": (
         transformers.PerceiverForImageClassificationLearned,
@@ -172,7 +186,7 @@ def quantized(rng: np.random.Generator, shape, low=-1.0, high=1.0) -> np.ndarray
 def inputs_for(name: str, rng: np.random.Generator, config: PerceiverConfig):
     """`(npz arrays in our layout, a function running a transformers model on them)`."""
     t = torch.from_numpy
-    if name == "mlm":
+    if name in ("mlm", "text"):
         tokens = rng.integers(0, 262, (2, config.max_position_embeddings)).astype(np.int32)
         mask = np.ones_like(tokens)
         mask[1, 11:] = 0  # Padding in the second row.

@@ -515,7 +515,7 @@ def test_autoencode_clips_audio_beyond_one_for_the_video_too(tmp_path, cache, mo
     monkeypatch.setattr(
         video_lib.VideoAutoencoder, "from_pretrained", lambda *args, **kwargs: _LoudAutoencoder()
     )
-    (tmp_path / "fake.pystate").write_bytes(b"")
+    (tmp_path / "fake.pystate").write_bytes(b"\x80\x04}.")  # A pickle: the model is stubbed.
     tone = 0.5 * np.sin(2 * np.pi * 200 * np.arange(4000) / 8000)[:, None]
     media.write_video(tmp_path / "in.mp4", np.zeros((12, 16, 16, 3), np.uint8), 25, tone, 8000)
     out, wav = tmp_path / "out.mp4", tmp_path / "out.wav"
@@ -571,7 +571,7 @@ def test_ctrl_c_is_one_line_and_status_130(tmp_path, cache, monkeypatch, capsys,
         monkeypatch.setattr(flow_lib, "write_flo", interrupt)
     code = cli.main(["flow", a, b, "-o", str(tmp_path / "f.png"), "--flo", str(tmp_path / "f.flo")])
     assert code == 130
-    assert capsys.readouterr().err == "perceiver: interrupted\n"
+    assert capsys.readouterr().err == "perceiver: interrupted (no output written)\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
@@ -583,7 +583,7 @@ def test_ctrl_c_in_train_is_status_130(monkeypatch, capsys):
 
     monkeypatch.setattr(train_main, "main", interrupt)
     assert cli.main(["train", "--config", "flow"]) == 130
-    assert capsys.readouterr().err == "perceiver: interrupted\n"
+    assert capsys.readouterr().err == "perceiver: interrupted (no output written)\n"
 
 
 def test_plot_is_a_top_level_command(tmp_path, capsys):
@@ -591,3 +591,16 @@ def test_plot_is_a_top_level_command(tmp_path, capsys):
     assert cli.main(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics" in err[0], err
+
+
+def test_version_names_the_package_and_its_libraries(capsys):
+    import importlib.metadata
+
+    import perceiver
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    said = capsys.readouterr().out.strip()
+    assert said.startswith(f"perceiver-io-jax {perceiver.__version__} ")
+    assert f"jax {importlib.metadata.version('jax')}" in said

@@ -4,7 +4,7 @@ The fixtures in tests/data/hf/<arch>/ were written by make_hf_fixtures.py with
 torch and transformers: a save_pretrained directory and io.npz holding the
 inputs, transformers' own outputs (`hf_*`) and its outputs with its
 deviations from DeepMind's reference undone (`undone_*`). Measured max
-|ours - undone| / max|undone|: 2.8e-7 (mlm, real positions), 6.1e-7
+|ours - undone| / max|undone|: 2.8e-7 (mlm, real positions), 3.1e-7 (text), 6.1e-7
 (learned), 2.3e-7 (fourier), 4.2e-7 (conv), 9.2e-7 (flow), 3.2e-6 (video);
 see perceiver/convert.py for the distances to transformers' own outputs.
 """
@@ -26,7 +26,7 @@ from perceiver.checkpoint import CheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "hf")
-ARCHS = ("mlm", "learned", "fourier", "conv", "flow", "video")
+ARCHS = ("mlm", "text", "learned", "fourier", "conv", "flow", "video")
 
 try:
     import safetensors  # noqa: F401
@@ -42,6 +42,7 @@ needs_safetensors = pytest.mark.skipif(
 # (at least, at most). GELU alone (exact erf vs tanh) moves them ~1e-4.
 HF_DISTANCE = {
     "mlm": (1e-5, 1e-2),  # GELU; real positions only (padded ones: see the mask test).
+    "text": (1e-5, 1e-2),  # GELU.
     "learned": (0.1, np.inf),  # The decoder query residual.
     "fourier": (1e-5, 1e-2),  # GELU.
     "conv": (1e-3, np.inf),  # Conv/pool padding: 55x55 vs 56x56 inputs.
@@ -52,7 +53,7 @@ HF_DISTANCE = {
 
 def _apply(name, model, params, state, io):
     """Our outputs on the fixture's inputs, keyed as in io.npz."""
-    if name == "mlm":
+    if name in ("mlm", "text"):
         args = (io["inputs"], io["input_mask"])
     elif name == "video":
         points = dict(image=io["subsample_image"], audio=io["subsample_audio"])
@@ -259,7 +260,9 @@ def _config(name):
     "name, field, value",
     [
         ("flow", "hidden_act", "relu"),
-        ("mlm", "architectures", ["PerceiverForSequenceClassification"]),
+        ("mlm", "architectures", ["PerceiverModel"]),
+        ("text", "num_cross_attention_heads", 1),
+        ("text", "v_channels", 8),
         ("mlm", "qk_channels", None),
         ("mlm", "num_cross_attention_heads", 4),
         ("learned", "cross_attention_widening_factor", 4),

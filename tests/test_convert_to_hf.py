@@ -7,6 +7,7 @@ slow test at the end loads what `to_hf` wrote with transformers itself.
 """
 
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -17,7 +18,7 @@ from perceiver.checkpoint import CheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data", "hf")
-ARCHS = ("mlm", "learned", "fourier", "conv", "flow", "video")
+ARCHS = ("mlm", "text", "learned", "fourier", "conv", "flow", "video")
 
 pytest.importorskip("safetensors", reason="needs safetensors (pip install 'perceiver-io-jax[hf]')")
 from safetensors import numpy as st_numpy  # noqa: E402
@@ -124,14 +125,14 @@ def test_factory_functions_and_jax_trees_are_accepted(tmp_path):
         (
             "masked_language_model",
             {"num_heads": 4},
-            "sizes num_heads=4 cannot be expressed in transformers' PerceiverForMaskedLM: "
-            "expected 8",
+            "transformers' PerceiverForMaskedLM cannot hold this model: its code fixes "
+            "num_heads=8 .*; this model has num_heads=4",
         ),
-        ("masked_language_model", {"qk_channels": 64}, "qk_channels=64 .*expected 256"),
+        ("masked_language_model", {"qk_channels": 64}, "fixes qk_channels=256 .*has qk_channels=64"),
         (
             "imagenet_classifier",
-            {"variant": "fourier_position_encoding", "image_size": 64},
-            "image_size=64 .*224x224",
+            {"variant": "fourier_position_encoding", "image_size": 64, "num_bands": 8},
+            "fixes image_size=224 .*224x224 grid.; num_bands=64 .*has image_size=64, num_bands=8",
         ),
         (
             "imagenet_classifier",
@@ -146,7 +147,8 @@ def test_factory_functions_and_jax_trees_are_accepted(tmp_path):
             r"pads its 7x7/2 conv .*allow_deviations=True",
         ),
         ("imagenet_classifier", {}, "sizes must hold 'variant'"),
-        ("text_classifier", {}, "factory must be one of"),
+        ("byte_language_model", {}, "transformers has no Perceiver class for our byte_language_model"),
+        ("nothing", {}, "factory must be one of"),
     ],
 )
 def test_models_transformers_cannot_express_are_refused_naming_why(factory, sizes, match):
@@ -296,6 +298,267 @@ def test_command_refuses_the_conv_classifier_without_allow_deviations(tmp_path, 
 
 
 # ---------------------------------------------------------------------------
+# What transformers' pipelines read beside the model, and the round trip
+# ---------------------------------------------------------------------------
+
+PHOTO = os.path.join(HERE, "data", "flow", "astronaut_160.png")
+
+
+def _json(path):
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _described_fourier(tmp, **task):
+    """The fourier fixture as our checkpoint, described as a trained classifier would be."""
+    _, factory, sizes, params, state = _read("fourier")
+    path = tmp / "mine.pystate"
+    description = {
+        "factory": factory,
+        "sizes": sizes,
+        "labels": ["cat", "dog", "emu", "gnu", "yak"],
+        "task": dict(task),
+        "description": "trained here",
+        "trained": {"recipe": "imagenet", "step": 7},
+    }
+    checkpoint.save(path, params, state, description=description)
+    return path
+
+
+def test_image_classifier_folder_holds_the_image_processor_config(tmp_path, capsys):
+    src = _described_fourier(tmp_path, crop_fraction=0.7, min_crop_size=224)
+    code, out, err = _cli(capsys, src, tmp_path / "hf")
+    assert code == 0, err
+    assert "pipeline('image-classification'" in out and "no least crop" in out
+    processor = _json(tmp_path / "hf" / convert.PREPROCESSOR_FILE)
+    assert processor["image_processor_type"] == "PerceiverImageProcessor"
+    # transformers keeps size / crop_size of the shorter side: our crop_fraction.
+    assert processor["size"] == {"height": 224, "width": 224}
+    assert 224 / processor["crop_size"]["height"] == pytest.approx(0.7, rel=1e-12)
+    assert processor["crop_size"]["height"] == processor["crop_size"]["width"]
+    assert processor["resample"] == 3  # PIL's BICUBIC
+    assert processor["rescale_factor"] == pytest.approx(1 / 255)
+    np.testing.assert_allclose(np.array(processor["image_mean"]) * 255, [123.675, 116.28, 103.53])
+    np.testing.assert_allclose(np.array(processor["image_std"]) * 255, [58.395, 57.12, 57.375])
+    assert all(processor[k] is True for k in ("do_center_crop", "do_resize", "do_rescale", "do_normalize"))
+    # The published crop, 224 of 256, is written as the whole number transformers uses.
+    default = convert.hf_preprocessor_config({"image_size": 224})
+    assert default["crop_size"] == {"height": 256, "width": 256}
+
+
+def test_language_model_folder_holds_the_tokenizer_files(tmp_path, capsys):
+    from perceiver.bytes_tokenizer import BytesTokenizer
+
+    code, out, err = _cli(capsys, os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")
+    assert code == 0, err
+    code, out, err = _cli(capsys, tmp_path / "mlm.pystate", tmp_path / "hf")
+    assert code == 0, err
+    assert "pipeline('fill-mask'" in out and "add_special_tokens" in out
+    tokenizer = _json(tmp_path / "hf" / "tokenizer_config.json")
+    special = _json(tmp_path / "hf" / "special_tokens_map.json")
+    assert tokenizer["tokenizer_class"] == "PerceiverTokenizer"
+    assert tokenizer["model_max_length"] == 16  # The fixture's max_seq_len.
+    ours = BytesTokenizer()
+    ids = {name: getattr(ours, name) for name in ("pad_token", "bos_token", "eos_token",
+                                                  "mask_token", "cls_token", "sep_token")}
+    for name, token_id in ids.items():
+        content = tokenizer["added_tokens_decoder"][str(token_id)]["content"]
+        assert tokenizer[name] == special[name] == content, name
+    assert sorted(int(i) for i in tokenizer["added_tokens_decoder"]) == list(range(6))
+    assert ours.to_int(b"\0")[0] == 6  # bytes follow the six, as in PerceiverTokenizer
+
+
+@pytest.mark.parametrize("name", ["flow", "video"])
+def test_models_without_a_transformers_processor_get_config_and_weights_alone(tmp_path, name):
+    _, factory, sizes, params, state = _read(name)
+    convert.to_hf(params, state, factory, sizes, tmp_path / "hf")
+    assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
+
+
+def test_ours_to_hf_to_ours_keeps_the_description_and_the_outputs(tmp_path, capsys):
+    from perceiver import media
+    from perceiver.tasks import imagenet
+
+    src = _described_fourier(tmp_path, crop_fraction=0.7, min_crop_size=100)
+    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
+    code, _, err = _cli(capsys, tmp_path / "hf", tmp_path / "back.pystate")
+    assert code == 0, err
+    back = checkpoint.read_description(tmp_path / "back.pystate")
+    assert back == checkpoint.read_description(src)
+    # The same model on the same input: the same outputs.
+    for (m, leaves), (m2, leaves2) in zip(
+        sorted(checkpoint.load(src)[0].items()), sorted(checkpoint.load(tmp_path / "back.pystate")[0].items())
+    ):
+        assert m == m2 and all(np.array_equal(leaves[k], leaves2[k]) for k in leaves)
+    photo = media.read_image(PHOTO)
+    want = imagenet.ImageClassifier.from_pretrained(str(src)).preprocess(photo)
+    got = imagenet.ImageClassifier.from_pretrained(str(tmp_path / "back.pystate")).preprocess(photo)
+    np.testing.assert_array_equal(got, want)
+    # The crop matters (on the 160-px photo: 112 px kept, where the default keeps 140).
+    side = 112
+    top = (160 - side + 1) // 2
+    crop = photo[top : top + side, top : top + side]
+    np.testing.assert_allclose(want, imagenet.preprocess(crop, 224, 1.0), rtol=0, atol=1e-5)
+    assert not np.allclose(want, imagenet.preprocess(photo, 224, 224 / 256), atol=0.1)
+
+
+def test_what_transformers_files_say_wins_over_a_stale_description(tmp_path, capsys):
+    import json
+
+    src = _described_fourier(tmp_path, crop_fraction=0.7)
+    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
+    processor_file = tmp_path / "hf" / convert.PREPROCESSOR_FILE
+    processor = _json(processor_file)
+    processor["crop_size"] = 280  # An int, as older files spell it: 224 / 280 = 0.8.
+    processor_file.write_text(json.dumps(processor))
+    assert _cli(capsys, tmp_path / "hf", tmp_path / "a.pystate")[0] == 0
+    edited = checkpoint.read_description(tmp_path / "a.pystate")
+    assert edited["task"] == {"crop_fraction": 0.8}
+    assert "trained" not in edited and edited["converted_from"]["format"] == "transformers"
+    # Weights changed in transformers (here: rewritten as float16): the training record goes.
+    processor["crop_size"] = 320
+    processor_file.write_text(json.dumps(processor))
+    assert _cli(capsys, src, tmp_path / "hf16", "--dtype", "float16")[0] == 0
+    config = convert.read_config(tmp_path / "hf16")
+    kept = config[convert.DESCRIPTION_FIELD]
+    config[convert.DESCRIPTION_FIELD] = dict(kept, weights_sha256="0" * 64)
+    (tmp_path / "hf16" / "config.json").write_text(json.dumps(config))
+    assert _cli(capsys, tmp_path / "hf16", tmp_path / "b.pystate")[0] == 0
+    changed = checkpoint.read_description(tmp_path / "b.pystate")
+    assert "trained" not in changed and changed["labels"] == ["cat", "dog", "emu", "gnu", "yak"]
+    assert changed["task"]["crop_fraction"] == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("do_center_crop", False, "do_center_crop=False cannot be held"),
+        ("resample", 2, "resample=2 cannot be held .*expected 3"),
+        ("image_mean", [0.5, 0.5, 0.5], "image_mean=.*ImageNet's"),
+        ("size", {"height": 224, "width": 200}, "size=.* expected a square"),
+        ("size", 192, "size=192 is not the model's input side 224"),
+        ("crop_size", 200, "crop_size=200 is smaller than size=224"),
+        ("image_processor_type", "ViTImageProcessor", "expected one of PerceiverImageProcessor"),
+    ],
+)
+def test_preprocessing_our_task_cannot_do_is_refused_before_writing(
+    tmp_path, capsys, field, value, match
+):
+    import json
+    import re
+
+    folder = tmp_path / "hf"
+    shutil.copytree(os.path.join(DATA, "fourier"), folder)
+    processor = convert.hf_preprocessor_config({"image_size": 224})
+    processor[field] = value
+    (folder / convert.PREPROCESSOR_FILE).write_text(json.dumps(processor))
+    code, out, err = _cli(capsys, folder, tmp_path / "mine.pystate")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert re.search(match, err), err
+    assert not (tmp_path / "mine.pystate").exists() and not (tmp_path / "mine.json").exists()
+
+
+def test_another_tokenizer_is_refused(tmp_path, capsys):
+    folder = tmp_path / "hf"
+    shutil.copytree(os.path.join(DATA, "mlm"), folder)
+    (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')
+    code, _, err = _cli(capsys, folder, tmp_path / "mine.pystate")
+    assert code == 2 and "tokenizer_class='BertTokenizer'" in err and "PerceiverTokenizer" in err
+    assert not (tmp_path / "mine.pystate").exists()
+
+
+def test_text_classifier_converts_both_ways_with_its_tokenizer(tmp_path, capsys):
+    from perceiver.tasks import text_classification
+
+    ours = tmp_path / "text.pystate"
+    assert _cli(capsys, os.path.join(DATA, "text"), ours)[0] == 0
+    description = checkpoint.read_description(ours)
+    assert description["factory"] == "text_classifier" and description["tokenizer"] == {"kind": "bytes"}
+    assert description["sizes"]["num_classes"] == 3 and description["sizes"]["qk_channels"] == 8
+    code, out, err = _cli(capsys, ours, tmp_path / "hf", "--dtype", "float16")  # As the fixture.
+    assert code == 0, err
+    assert "PerceiverForSequenceClassification" in out and "pipeline('text-classification'" in out
+    assert _json(tmp_path / "hf" / "tokenizer_config.json")["tokenizer_class"] == "PerceiverTokenizer"
+    _assert_same_tensors(_tensors(tmp_path / "hf"), convert.read_weights(os.path.join(DATA, "text")))
+    # The task runs it (test_convert_hf.py compares its outputs with transformers').
+    model = text_classification.TextClassifier.from_pretrained(str(ours))
+    assert len(model.classify(["hello"], top_k=3)[0]) == 3
+
+
+def test_which_recipes_models_transformers_can_hold():
+    from perceiver.train import recipes
+
+    held = set()
+    for name, recipe in recipes.RECIPES.items():
+        for tiny in (False, True):
+            sizes = dict(recipes.get_config(name, tiny).model)
+            if sizes.get("num_classes") == 0:  # Taken from the data at training time.
+                sizes["num_classes"] = 2
+            try:
+                convert.hf_config(recipe.kind.factory, sizes)
+            except ValueError as e:
+                assert "--tiny" in str(e) or "no Perceiver class" in str(e), (name, tiny, str(e))
+                continue
+            held.add((name, "tiny" if tiny else "full"))
+    # What the README says: the full-size image, MLM and flow recipes, and the text classifier.
+    assert held == {
+        ("imagenet", "full"), ("finetune_image", "full"), ("mlm", "full"), ("flow", "full"),
+        ("finetune_text", "full"), ("finetune_text", "tiny"),
+    }
+
+
+def test_outputs_never_replace_the_input(tmp_path, capsys):
+    # Our checkpoint saved as model.safetensors, converted into its own folder.
+    _, factory, sizes, params, state = _read("mlm")
+    own = tmp_path / "own"
+    own.mkdir()
+    checkpoint.save(own / "model.safetensors", params, state, description={"factory": factory, "sizes": sizes})
+    before = (own / "model.safetensors").read_bytes()
+    code, _, err = _cli(capsys, own / "model.safetensors", own)
+    assert code == 2 and "would replace the input" in err, err
+    assert (own / "model.safetensors").read_bytes() == before
+    assert sorted(os.listdir(own)) == ["model.json", "model.safetensors"]
+    # A transformers folder converted to a file whose description would be its config.json.
+    folder = tmp_path / "hf"
+    shutil.copytree(os.path.join(DATA, "mlm"), folder)
+    config = (folder / "config.json").read_bytes()
+    for dst in (folder / "config.pystate", folder / "model.safetensors"):
+        code, _, err = _cli(capsys, folder, dst)
+        assert code == 2 and "would replace a file of the input folder" in err, err
+    assert (folder / "config.json").read_bytes() == config
+    assert not (folder / "config.pystate").exists()
+
+
+def test_a_folder_of_another_model_is_refused_and_writing_is_all_or_nothing(tmp_path, capsys, monkeypatch):
+    _, factory, sizes, params, state = _read("mlm")
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    (folder / convert.PREPROCESSOR_FILE).write_text("{}")  # left by an image classifier
+    with pytest.raises(FileExistsError, match="holds preprocessor_config.json of another model"):
+        convert.to_hf(params, state, factory, sizes, folder)
+    assert sorted(os.listdir(folder)) == [convert.PREPROCESSOR_FILE]
+    # A failure while writing (here the third file) leaves no file and no new folder.
+    calls = []
+    original = os.replace
+
+    def failing(a, b):
+        calls.append(b)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return original(a, b)
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(convert.os, "replace", failing)
+    monkeypatch.setattr(convert.os, "fsync", lambda fd: None)
+    with pytest.raises(OSError, match="disk full"):
+        convert._write_files(str(fresh), {"a": b"1", "b": b"2", "c": b"3"})
+    monkeypatch.undo()
+    assert not fresh.exists() or sorted(os.listdir(fresh)) == ["a", "b"]
+
+
+# ---------------------------------------------------------------------------
 # Against transformers itself (needs torch and transformers)
 # ---------------------------------------------------------------------------
 
@@ -353,3 +616,52 @@ def test_transformers_loads_what_to_hf_wrote_and_computes_ours(tmp_path, name):
     real = arrays["input_mask"].astype(bool) if name == "mlm" else None
     for key, value in ours.items():
         assert test_convert_hf._relative(value, theirs[key], real) < 1e-5, key
+
+
+@pytest.mark.slow
+def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, capsys):
+    pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from perceiver import media
+    from perceiver.tasks import imagenet, text
+
+    # A classifier whose answers move with the photo (random weights, 10 classes).
+    sizes = dict(
+        variant="fourier_position_encoding", num_classes=10, num_latents=8,
+        num_latent_channels=32, num_blocks=1, num_self_attends_per_block=1, num_self_attend_heads=2,
+    )
+    params, state = _random_trees("imagenet_classifier", sizes, seed=3)
+    labels = [f"class {i}" for i in range(10)]
+    src = tmp_path / "mine.pystate"
+    description = {"factory": "imagenet_classifier", "sizes": sizes, "labels": labels,
+                   "task": {"crop_fraction": 0.7}}
+    checkpoint.save(src, params, state, description=description)
+    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
+    pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"))
+    theirs = pipe(PHOTO, top_k=3)
+    ours = imagenet.ImageClassifier.from_pretrained(str(src)).classify(media.read_image(PHOTO), top_k=3)[0]
+    assert [r["label"] for r in theirs] == [name for name, _ in ours]
+    # PIL's bicubic (antialiased) is not TensorFlow's: inputs, not answers, differ a little.
+    np.testing.assert_allclose([r["score"] for r in theirs], [p for _, p in ours], atol=5e-3)
+
+    assert _cli(capsys, os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")[0] == 0
+    assert _cli(capsys, tmp_path / "mlm.pystate", tmp_path / "hf_mlm")[0] == 0
+    fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf_mlm"))
+    (span,) = text.MaskedLanguageModel.from_pretrained(str(tmp_path / "mlm.pystate")).fill(
+        "hello _orld", [(6, 7)]
+    ).spans
+    top = fill("hello [MASK]orld", top_k=1, tokenizer_kwargs={"add_special_tokens": False})[0]
+    assert top["token"] - 6 == span.predicted[0]
+    assert top["score"] == pytest.approx(float(span.probabilities[0]), abs=1e-5)
+
+    from perceiver.tasks import text_classification
+
+    assert _cli(capsys, os.path.join(DATA, "text"), tmp_path / "text.pystate")[0] == 0
+    assert _cli(capsys, tmp_path / "text.pystate", tmp_path / "hf_text")[0] == 0
+    classify = transformers.pipeline("text-classification", model=str(tmp_path / "hf_text"))
+    theirs = classify("hello world", top_k=3, add_special_tokens=False)
+    ours = text_classification.TextClassifier.from_pretrained(str(tmp_path / "text.pystate")).classify(
+        ["hello world"], top_k=3
+    )[0]
+    assert [int(r["label"].split("_")[1]) for r in theirs] == [int(name) for name, _ in ours]
+    np.testing.assert_allclose([r["score"] for r in theirs], [p for _, p in ours], atol=1e-5)

@@ -60,7 +60,7 @@ def test_video_of_odd_size_is_padded_for_h264_and_bad_uses_fail_early(tmp_path, 
     media.write_image(image, _clip(16, 16, frames=1)[0])
     for argv, message in (
         ([str(clip), "-o", str(out), "--flo", str(tmp_path / "x.flo")], "--flo writes the flow of one pair"),
-        ([str(image), "-o", str(out)], "for two images give FRAME1 FRAME2"),
+        ([str(image), "-o", str(out)], "no second frame is given"),
         ([str(clip), "-o", str(tmp_path / "f.png")], "-o"),
         ([str(image), str(image), "-o", str(tmp_path / "f.png"), "--max-frames", "3"], "--max-frames is for a video"),
         ([str(clip), "-o", str(out), "--levels", "0"], "--levels must be >= 1"),

@@ -313,7 +313,9 @@ def test_decoder_reads_draws_the_latents_each_pixel_reads():
     assert inspect_plots.pixel_queries(pixels, frame) == [2, 3]
     decoder = rng.dirichlet(np.ones(latents), size=(1, 2, len(pixels))).astype(np.float32)
     encoder = rng.dirichlet(np.ones(6), size=(1, 1, latents)).astype(np.float32)
-    fig = inspect_plots.decoder_reads(decoder, encoder, frame, pixels, top=2, image=np.zeros((2, 3, 3)))
+    fig = inspect_plots.decoder_reads(
+        decoder, encoder, frame, pixels, top=2, image=np.zeros((2, 3, 3)), overlay=False
+    )
     mean = decoder[0].mean(0)  # heads averaged
     for row in range(len(pixels)):
         bars = fig.axes[row * 4 + 1]
@@ -329,6 +331,96 @@ def test_decoder_reads_draws_the_latents_each_pixel_reads():
         inspect_plots.decoder_reads(decoder, encoder[..., :4], frame, pixels)
     with pytest.raises(ValueError, match="pixels must lie in the 2x3 frame"):
         inspect_plots.pixel_queries([(2, 0)], frame)
+
+
+def _photo(height, width, block, seed=0):
+    """A photo of flat colour blocks in [0.15, 0.85] (no white, smooth at any scale above a block)."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.uniform(0.15, 0.85, (-(-height // block), -(-width // block), 3))
+    return np.repeat(np.repeat(blocks, block, 0), block, 1)[:height, :width]
+
+
+def _grey(photo):
+    return photo @ np.array([0.299, 0.587, 0.114])
+
+
+def _chroma(rgb):
+    return rgb.max(-1) - rgb.min(-1)
+
+
+def test_attention_overlay_shows_the_photo_in_grey_and_the_map_as_heat():
+    from perceiver import inspect_plots
+
+    photo = _photo(40, 60, 5)
+    attention = np.zeros((4, 6))
+    attention[2, 4] = 3.0  # one key: the cell of rows 20..29, columns 40..49
+    drawn = inspect_plots.attention_overlay(photo, attention)
+    assert drawn.shape == (40, 60, 3)
+    # Two cells away from the peak nothing is laid over: the photo, in grey.
+    far = np.zeros((40, 60), bool)
+    far[:5] = far[:, :25] = True
+    np.testing.assert_allclose(drawn[far], np.repeat(_grey(photo)[far][:, None], 3, 1), atol=1e-12)
+    # The heat's strength (its colourfulness over grey) peaks at the key's cell, at the
+    # peak opacity, in yellow laid over grey: (1 - a) * grey + a * (1, 1, 0).
+    chroma = _chroma(drawn)
+    y, x = np.unravel_index(np.argmax(chroma), chroma.shape)
+    assert 20 <= y < 30 and 40 <= x < 50
+    assert chroma.max() == pytest.approx(inspect_plots.PEAK_ALPHA)
+    a = inspect_plots.PEAK_ALPHA
+    np.testing.assert_allclose(drawn[y, x], (1 - a) * _grey(photo)[y, x] + a * np.array([1, 1, 0]))
+    # A map of zeros leaves the grey photo; bad shapes are named.
+    np.testing.assert_allclose(inspect_plots.attention_overlay(photo, np.zeros((4, 6)))[..., 0], _grey(photo))
+    with pytest.raises(ValueError, match="attention must be a map"):
+        inspect_plots.attention_overlay(photo, np.zeros(24))
+    with pytest.raises(ValueError, match="image must be"):
+        inspect_plots.attention_overlay(photo[..., 0], attention)
+
+
+def test_latent_grid_draws_each_map_over_the_photo_and_the_raw_grid_on_request():
+    pytest.importorskip("matplotlib")
+    from perceiver import inspect_plots
+
+    photo = _photo(60, 90, 6)
+    weights = np.full((1, 1, 3, 6), 1e-3, np.float32)
+    weights[0, 0, np.arange(3), [0, 4, 5]] = 1  # latent i looks at one key of a 2x3 grid
+    fig = inspect_plots.latent_grid(weights, (2, 3), image=photo, columns=4)
+    assert [ax.get_title() for ax in fig.axes[:4]] == ["image", "latent 0", "latent 1", "latent 2"]
+    panels = _figure_images(fig)
+    np.testing.assert_allclose(panels[0], photo)
+    for latent, (row, column) in enumerate([(0, 0), (1, 1), (1, 2)]):
+        drawn = np.asarray(panels[latent + 1], np.float64)
+        chroma = _chroma(drawn)
+        y, x = np.unravel_index(np.argmax(chroma), chroma.shape)
+        assert (y // 30, x // 30) == (row, column), latent  # each key covers 30x30 pixels
+        quiet = chroma < 0.01
+        assert quiet.mean() > 0.3
+        assert np.corrcoef(drawn[quiet].mean(-1), _grey(photo)[quiet])[0, 1] > 0.99
+    raw = _figure_images(inspect_plots.latent_grid(weights, (2, 3), image=photo, overlay=False))
+    np.testing.assert_array_equal(raw[2], weights[0, 0, 1].reshape(2, 3))
+    # A large photo is drawn reduced, its colours kept.
+    big = _photo(600, 400, 50)
+    (shown, _, _, _) = _figure_images(inspect_plots.latent_grid(weights, (2, 3), image=big))
+    assert max(shown.shape[:2]) == inspect_plots.MAX_DRAWN_SIDE and shown.shape[:2] == (256, 171)
+    np.testing.assert_allclose(np.asarray(shown).mean((0, 1)), big.mean((0, 1)), atol=0.01)
+
+
+def test_decoder_reads_draws_the_maps_over_the_frame():
+    pytest.importorskip("matplotlib")
+    from perceiver import inspect_plots
+
+    frame, pixels = (2, 3), [(1, 2)]
+    decoder = np.array([[[[0.1, 0.7, 0.2]]]], np.float32)  # the pixel reads latent 1 most
+    encoder = np.full((1, 1, 3, 6), 1e-3, np.float32)
+    encoder[0, 0, 1, 3] = 1  # latent 1 looks at key (1, 0)
+    photo = _photo(20, 30, 2)
+    fig = inspect_plots.decoder_reads(decoder, encoder, frame, pixels, top=1, image=photo)
+    drawn = np.asarray(fig.axes[2].images[0].get_array(), np.float64)
+    assert fig.axes[2].get_title() == "latent 1" and drawn.shape == (20, 30, 3)
+    y, x = np.unravel_index(np.argmax(_chroma(drawn)), drawn.shape[:2])
+    assert (y // 10, x // 10) == (1, 0)
+    # The pixel is marked at its centre on the drawn frame: (1, 2) of 2x3 -> (14.5, 24.5).
+    marker = fig.axes[0].lines[0]
+    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (24.5, 14.5)
 
 
 def test_text_attention_draws_rows_under_the_bytes():

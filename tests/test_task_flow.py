@@ -332,14 +332,18 @@ def test_flow_to_color_on_known_vectors():
     np.testing.assert_array_equal(colors[1, 3], (0, 0, 0))  # unknown: black
 
 
-def test_flow_to_color_normalises_by_the_largest_vector():
+def test_flow_to_color_normalises_by_the_largest_vector_when_asked():
     flow = np.zeros((3, 4, 2))
     flow[1, 2] = (6.0, 0.0)
     flow[0, 0] = (3.0, 0.0)
-    colors = flow_lib.flow_to_color(flow)
+    colors = flow_lib.flow_to_color(flow, max_flow=None)
     np.testing.assert_array_equal(colors[1, 2], (255, 0, 0))
     np.testing.assert_array_equal(colors[0, 0], (255, 127, 127))
-    np.testing.assert_array_equal(flow_lib.flow_to_color(np.zeros((2, 2, 2))), 255)
+    np.testing.assert_array_equal(flow_lib.flow_to_color(np.zeros((2, 2, 2)), max_flow=None), 255)
+    # By default the scale is fixed at 10 px: 6 px is 6/10 of the way from white to red.
+    np.testing.assert_array_equal(flow_lib.flow_to_color(flow)[1, 2], (255, 102, 102))
+    with pytest.raises(TypeError, match="max_flow must be a number"):
+        flow_lib.flow_to_color(flow, max_flow="10")
     with pytest.raises(ValueError, match=r"\[\.\.\., 2\]"):
         flow_lib.flow_to_color(np.zeros((2, 2, 3)))
 

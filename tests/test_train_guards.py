@@ -277,7 +277,7 @@ def test_missing_train_extra_is_one_line(monkeypatch, capsys, tmp_path):
     assert status == 2
     assert err == (
         "perceiver train: error: training needs the 'train' extra (missing: grain, orbax-checkpoint): "
-        "pip install -e '.[train]'\n"
+        "pip install 'perceiver-io-jax[train]'\n"
     )
 
 

@@ -105,6 +105,32 @@ class Description:
 
 # The tasks ask here; the loading layer answers.
 is_published = loading.is_published
+# Every from_pretrained starts here: names of `perceiver list` accepted, paths checked.
+resolve = loading.resolve
+default_source = loading.default_source
+
+
+def resolve_for(name_or_path: Any, factory: str) -> Any:
+    """`resolve`, refusing a published or shipped name of another task's model before any download.
+
+    Raises:
+      ValueError: for a name of another kind of model, naming the task
+        that runs it and the names this one takes; else as `resolve`.
+    """
+    if isinstance(name_or_path, str):
+        entry = hub.CHECKPOINTS.get(name_or_path) or hub.SHIPPED.get(name_or_path)
+        if entry is not None and entry.factory != factory:
+            task, command = TASKS.get(entry.factory, (None, None))
+            runs = f"; run it with {task} or `{command}`" if task else ""
+            names = [
+                n for n, e in [*hub.CHECKPOINTS.items(), *hub.SHIPPED.items()] if e.factory == factory
+            ]
+            takes = f"one of {', '.join(names)} or a file" if names else "a file (none is published)"
+            raise ValueError(
+                f"{name_or_path!r} is a checkpoint of {entry.factory}, not of {factory}{runs}; "
+                f"this task takes {takes}."
+            )
+    return resolve(name_or_path)
 
 
 def read_description(name_or_path: Any, factory: str) -> Description:

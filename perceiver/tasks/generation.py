@@ -66,9 +66,12 @@ class TextGenerator:
         given here override them.
 
         Raises:
-          ValueError: for a published name (none is a byte language model).
-          perceiver.checkpoint.CheckpointError: if the file is not a
-            checkpoint or does not fit, or its description is of another
+          ValueError: for a published name (none is a byte language model),
+            or a word that is neither a file nor a checkpoint name.
+          FileNotFoundError: for a path to nothing.
+          perceiver.checkpoint.CheckpointError: for a folder or a file that is
+            not a checkpoint, saying what it is (a description, an image...);
+            if the file does not fit, or its description is of another
             model (naming the task that runs it) or of other tokens.
         """
         from perceiver import checkpoint, hub
@@ -79,6 +82,7 @@ class TextGenerator:
                 "model; train one (perceiver train --config perceiver_ar ... --export lm.pystate) "
                 "and give that file."
             )
+        path = _loading.resolve_for(path, FACTORY)
         description = _loading.read_description(path, FACTORY)
         description.check_bytes_tokenizer()
         reserved = description.tokenizer.get("reserved", language_model.NUM_RESERVED)

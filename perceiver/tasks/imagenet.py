@@ -249,12 +249,16 @@ class ImageClassifier:
             description's, else the published ones).
 
         Raises:
-          ValueError: if variant contradicts a published name.
-          perceiver.checkpoint.CheckpointError: if the file fits no variant
-            (or not the one given), showing the differences of the closest;
-            or its description is of another model or names another number
-            of classes.
+          ValueError: if variant contradicts a published name, or for a word
+            that is neither a file nor a checkpoint name.
+          FileNotFoundError: for a path to nothing.
+          perceiver.checkpoint.CheckpointError: for a folder or a file that is
+            not a checkpoint, saying what it is (a description, an image...);
+            if the file fits no variant (or not the one given), showing the
+            differences of the closest; or its description is of another
+            model or names another number of classes.
         """
+        name = _loading.resolve_for(name, "imagenet_classifier")
         description = _loading.read_description(name, "imagenet_classifier")
         sizes = description.sizes_with(sizes)
         # The variant is a factory argument (sizes); older sidecars put it in task.

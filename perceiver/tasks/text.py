@@ -242,9 +242,14 @@ class MaskedLanguageModel:
             description's, else the published ones).
 
         Raises:
-          perceiver.checkpoint.CheckpointError: if the file does not fit, or
-            its description is of another model or another tokenizer.
+          ValueError: for a word that is neither a file nor a checkpoint name.
+          FileNotFoundError: for a path to nothing.
+          perceiver.checkpoint.CheckpointError: for a folder or a file that is
+            not a checkpoint, saying what it is (a description, an image...);
+            if the file does not fit, or its description is of another
+            model or another tokenizer.
         """
+        name_or_path = _loading.resolve_for(name_or_path, "masked_language_model")
         description = _loading.read_description(name_or_path, "masked_language_model")
         description.check_bytes_tokenizer()
         sizes = description.sizes_with(sizes)

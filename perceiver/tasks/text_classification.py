@@ -132,11 +132,13 @@ class TextClassifier:
           **sizes: `text_classifier`'s keywords (default: the description's).
 
         Raises:
-          ValueError: for a published name (none is a text classifier).
-          FileNotFoundError: for a path to no file.
-          perceiver.checkpoint.CheckpointError: if the file does not fit, its
-            description is of another model or tokenizer, or nothing gives
-            the number of classes.
+          ValueError: for a published name (none is a text classifier), or a
+            word that is neither a file nor a checkpoint name.
+          FileNotFoundError: for a path to nothing.
+          perceiver.checkpoint.CheckpointError: for a folder or a file that is
+            not a checkpoint, saying what it is (a description, an image...);
+            if the file does not fit, its description is of another model
+            or tokenizer, or nothing gives the number of classes.
         """
         from perceiver import hub
 
@@ -147,6 +149,7 @@ class TextClassifier:
                 "classifier; fine-tune one from it (perceiver train --config finetune_text "
                 "... --export model.pystate) and give that file."
             )
+        name_or_path = _loading.resolve_for(name_or_path, "text_classifier")
         description = _loading.read_description(name_or_path, "text_classifier")
         description.check_bytes_tokenizer()
         sizes = description.sizes_with(sizes)

@@ -323,10 +323,14 @@ class VideoAutoencoder:
             description's, else the published ones).
 
         Raises:
-          perceiver.checkpoint.CheckpointError: if the file does not fit, or
-            its description is of another model or names another number of
-            classes.
+          ValueError: for a word that is neither a file nor a checkpoint name.
+          FileNotFoundError: for a path to nothing.
+          perceiver.checkpoint.CheckpointError: for a folder or a file that is
+            not a checkpoint, saying what it is (a description, an image...);
+            if the file does not fit, or its description is of another
+            model or names another number of classes.
         """
+        name_or_path = _loading.resolve_for(name_or_path, "video_autoencoder")
         description = _loading.read_description(name_or_path, "video_autoencoder")
         sizes = description.sizes_with(sizes)
         chunk_size = description.option("chunk_size", chunk_size, DEFAULT_CHUNK_SIZE)

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from perceiver import _interrupt
 from perceiver import checkpoint as inference_checkpoint
 
 
@@ -202,6 +203,7 @@ def export(path: str, params: Any, state: Any = None, description: Any = None) -
     Raises:
       NonFiniteError: if a parameter or state value is NaN or infinite
         (nothing is written).
+      OSError: if a file cannot be written.
     """
     to_host = lambda tree: {m: {n: fetch(v) for n, v in ps.items()} for m, ps in (tree or {}).items()}
     params, state = to_host(params), to_host(state)  # every process takes part in gathers
@@ -214,7 +216,9 @@ def export(path: str, params: Any, state: Any = None, description: Any = None) -
             f"refusing to export {path}: non-finite values in {few(bad)}."
         )
     if jax.process_index() == 0:
-        inference_checkpoint.save(path, params, state, description=description)
+        # The checkpoint and its description are one export: Ctrl-C waits for both.
+        with _interrupt.held():
+            inference_checkpoint.save(path, params, state, description=description)
     return path
 
 

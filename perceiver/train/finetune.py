@@ -85,6 +85,8 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
         return path
     from perceiver import hub, loading
 
+    if name_or_path in hub.SHIPPED:  # Every name `perceiver list` shows is accepted.
+        return str(hub.shipped_path(name_or_path))
     if name_or_path in hub.CHECKPOINTS:
         try:
             return str(loading.fetch(name_or_path, cache_dir=cache_dir))
@@ -97,6 +99,6 @@ def resolve_pretrained(name_or_path: str, cache_dir: str = None) -> str:
             ) from None
     where = "" if os.path.isabs(path) else f", relative to {os.getcwd()},"
     raise FileNotFoundError(
-        f"pretrained checkpoint {name_or_path!r} is neither a file{where} nor a published name "
-        f"({', '.join(hub.CHECKPOINTS)})."
+        f"pretrained checkpoint {name_or_path!r} is neither a file{where} nor a checkpoint name "
+        f"({', '.join(hub.names())})."
     )

@@ -32,15 +32,23 @@ exporting nothing; other errors are one line on stderr with status 2.
 
 import argparse
 import copy
+import glob
 import importlib.util
 import json
 import os
 import sys
 from typing import List, Optional, Sequence
 
+from perceiver import _interrupt
+
+if __name__ == "__main__":  # Ctrl-C while the imports run: one line, no traceback
+    _interrupt.early("perceiver train: interrupted (nothing written)")
+
+from perceiver import _messages
+
 # The modules of the optional 'train' extra, and the packages that install them.
 REQUIREMENTS = (("grain", "grain"), ("orbax.checkpoint", "orbax-checkpoint"), ("PIL", "pillow"))
-INSTALL = "pip install -e '.[train]'"
+INSTALL = _messages.install_hint("train")
 
 
 def missing_requirements() -> List[str]:
@@ -82,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tiny",
         action="store_true",
         help="a small variant that runs in about a minute on a CPU, on generated data or text "
-        "that ships with Python "
-        "(at the first start: a workdir keeps its config)",
+        "that ships with Python; data you name (data.train_dir, data.train_paths, ...) replace "
+        "those (at the first start: a workdir keeps its config)",
     )
     parser.add_argument("--print-config", action="store_true", help="print the config and exit")
     parser.add_argument(
@@ -169,10 +177,103 @@ def _export(workdir: str, path: str, step: Optional[int], config) -> str:
     except (OSError, ValueError, TypeError) as e:
         description = None
         note = " (without a description: " + " ".join(str(e).split()) + ")"
-    checkpointing.export(path, params, state, description=description)
+    with _interrupt.held():  # Ctrl-C during the writes comes after them: say they happened
+        checkpointing.export(path, params, state, description=description)
+        _EXPORTED.append(path)
     if description is not None:
         note = f" (described in {inference_checkpoint.description_path(path)})"
     return f"exported step {step} of {workdir} to {path}{note}"
+
+
+# What `_export` has written in this process, for the line Ctrl-C prints.
+_EXPORTED: List[str] = []
+
+
+def _undone(start) -> str:
+    """What a failed start took away, in words."""
+    if start.made:
+        return f"removed {start.path}, which this start had made"
+    return f"{start.path} is left as it was"
+
+
+def _interrupted(mode: str, workdir: str, undone) -> str:
+    """What an interrupted command leaves, in words that are true whenever Ctrl-C came."""
+    if mode == "export":
+        return f"after exporting {_EXPORTED[-1]}" if _EXPORTED else "nothing exported"
+    if mode == "eval-only":
+        return "nothing written"
+    from perceiver.train import checkpointing
+
+    steps = checkpointing.saved_steps(os.path.join(workdir, "checkpoints"))
+    if steps:
+        return f"the latest checkpoint is step {steps[-1]} in {workdir}; rerun to resume"
+    where = f"; {_undone(undone)}" if undone is not None else ""
+    return f"before the first checkpoint: nothing saved{where}"
+
+
+def _paths_of(value) -> List[str]:
+    """The files and folders a data path setting names (globs expanded)."""
+    values = [value] if isinstance(value, str) else list(value or ())
+    found: List[str] = []
+    for item in values:
+        if not item:
+            continue
+        item = os.path.expanduser(item)
+        found += sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+    return found
+
+
+def _check_run_paths(workdir: str, config, export: Optional[str], training: bool) -> None:
+    """Refuses, before any work, outputs that would replace what the run reads.
+
+    The run reads its data (data.train_dir, data.eval_dir, data.train_paths,
+    data.eval_paths), task.pretrained and the workdir's own files; it writes
+    `export` (and its description) or, training, the workdir (with
+    WORKDIR/model.pystate and model.json at the end).
+
+    Raises:
+      ValueError: in one line, naming the output and the input.
+    """
+    from perceiver import checkpoint as inference_checkpoint
+    from perceiver import _outputs as outputs
+
+    inputs = []
+    for key in ("train_dir", "eval_dir", "train_paths", "eval_paths"):
+        for item in _paths_of(getattr(config.data, key, None)):
+            inputs.append((f"data.{key}", item))
+    pretrained = getattr(getattr(config, "task", None), "pretrained", "") or ""
+    if pretrained and pretrained != "none":
+        files = outputs._checkpoint_files(pretrained, None)
+        inputs += [("task.pretrained" + " description" * (i > 0), f) for i, f in enumerate(files)]
+    try:
+        if export is not None:
+            own = [(f"the run's {name}", os.path.join(workdir, name))
+                   for name in ("config.json", "schedule.json", "summary.json", "metrics.jsonl", ".lock")]
+            outputs._check_outputs([("--export", export, "checkpoint")], inputs + own)
+            description = inference_checkpoint.description_path(export)
+            outputs._check_outputs([("--export's description", description, None)], inputs + own)
+        elif training:
+            for what, item in inputs:
+                if what.startswith("data.") and os.path.isdir(item):
+                    folder = os.path.realpath(item)
+                    inside = os.path.realpath(workdir)
+                    if inside == folder or inside.startswith(folder + os.sep):
+                        raise outputs.UserError(
+                            f"--workdir {workdir} is inside {what} {item}: the run's files would be "
+                            "read as data; give a workdir outside it"
+                        )
+            if config.checkpoint.export:
+                model = os.path.join(workdir, "model.pystate")
+                for target in (model, inference_checkpoint.description_path(model)):
+                    for what, item in inputs:
+                        if os.path.isfile(item) and outputs._same_file(target, item):
+                            raise outputs.UserError(
+                                f"{what} {item} is {target}, which this run replaces with its "
+                                "own model at the end; copy it elsewhere and give the copy, or "
+                                "set checkpoint.export=false"
+                            )
+    except outputs.UserError as e:
+        raise ValueError(str(e)) from None
 
 
 def _finished_line(workdir: str, steps: int) -> str:
@@ -220,8 +321,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     user_errors = (ValueError, OSError, inference_checkpoint.CheckpointError, hub.FetchError)
     lock = None
+    start = None  # what the workdir held before a training start, to undo a failed one
+    mode = "export" if args.export else "eval-only" if args.eval_only else "train"
+    _EXPORTED.clear()
+    path = os.path.abspath(os.path.expanduser(args.workdir))
     try:
-        path = os.path.abspath(os.path.expanduser(args.workdir))
         config, _, changes = runconfig.resolve(path, args.config, args.tiny, args.overrides)
         recipes.validate(config)  # every field, before any data or model is built
         if args.print_config:
@@ -237,6 +341,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             elif resuming:
                 runconfig.check(changes, runconfig.SAFE_ON_RESUME, path, args.allow_config_change,
                                 "resuming")
+        # Outputs that would replace an input are refused before any work.
+        _check_run_paths(path, config, args.export if args.export else None, training)
         if args.export:
             workdir = workdir_lib.prepare(args.workdir, create=False)
             _require_checkpoints(workdir, "export")
@@ -246,7 +352,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(_export(workdir, args.export, args.step, config))
             return 0
         # Before any other JAX call: joining a multi-process run.
-        parallel.maybe_initialize_distributed(config.mesh.distributed)
+        distributed = parallel.maybe_initialize_distributed(config.mesh.distributed)
+        if training and not distributed:  # several processes share the folder: leave it be
+            start = workdir_lib.StartRecord(path)
         workdir = workdir_lib.prepare(args.workdir, create=not args.eval_only)
         if args.eval_only:
             _require_checkpoints(workdir, "evaluate")
@@ -278,12 +386,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(_finished_line(workdir, summary["steps"]))
             return 0
     except trainer.NonFiniteError as e:
+        # The workdir stays: its metrics show how the run diverged.
         return _fail(e, status=1)
     except user_errors as e:
+        undone = start is not None and start.undo(locked=lock is not None)
+        if undone and start.made:
+            return _fail(f"{str(e).rstrip('.')} ({_undone(start)})")
         return _fail(e)
     except KeyboardInterrupt:
-        print("perceiver train: interrupted (checkpoint saved; rerun to resume)", file=sys.stderr)
+        undone = start is not None and start.undo(locked=lock is not None)
+        print(f"perceiver train: interrupted ({_interrupted(mode, path, start if undone else None)})",
+              file=sys.stderr)
         return 130
+    except BaseException:
+        if start is not None:
+            start.undo(locked=lock is not None)
+        raise
     finally:
         if lock is not None:
             lock.release()
@@ -301,4 +419,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    _interrupt.install()  # Ctrl-C stops cleanly at any moment (see _interrupt)
+    try:
+        status = main()
+    except KeyboardInterrupt:  # before main's own handling began
+        print("perceiver train: interrupted (nothing written)", file=sys.stderr)
+        status = 130
+    sys.exit(_interrupt.finish(status))

@@ -111,7 +111,10 @@ def plot(workdir: str, output: Optional[str] = None) -> str:
     figure.tight_layout()
     output = os.path.abspath(os.path.expanduser(output or os.path.join(workdir, "curves.png")))
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    figure.savefig(output, dpi=100)
+    from perceiver import media
+
+    with media._replacing(output) as temporary:  # whole or not at all
+        figure.savefig(temporary, dpi=100)
     plt.close(figure)
     return output
 
@@ -134,7 +137,9 @@ def main(argv: Optional[Sequence[str]] = None, prog: str = "perceiver plot") -> 
     try:
         print(f"curves of {args.workdir} drawn in {plot(args.workdir, args.output)}")
     except ImportError:
-        print(f"{prog}: error: plotting needs matplotlib: pip install -e '.[train]'", file=sys.stderr)
+        from perceiver import _messages
+
+        print(f"{prog}: error: plotting needs matplotlib: {_messages.install_hint('train')}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)

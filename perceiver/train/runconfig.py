@@ -5,6 +5,9 @@ overrides given) to WORKDIR/config.json. Every later command on that
 workdir (resume, `--eval-only`, `--export`, `--print-config`) starts from
 it: overrides apply on top of it, `--config` may be omitted (when given it
 must name the same recipe) and `--tiny` only matters at the first start.
+Data you name with `--tiny` (`data.train_dir=...`) replace its generated
+ones; a data setting beside `data.generate=true`, which would ignore it, is
+refused.
 
 An override that changes the stored value of a key is refused, in one line
 naming each changed key with its old and new value, unless the key is one
@@ -111,6 +114,9 @@ def resolve(
             )
         config = recipes.get_config(recipe, tiny=tiny)
         config_lib.apply_overrides(config, overrides)
+        if tiny:
+            _user_data_wins(config, recipes.get_config(recipe), overrides)
+        _check_data_sources(config, overrides, workdir, tiny)
         return config, None, {}
     if recipe and recipe != stored["recipe"]:
         raise ValueError(
@@ -120,7 +126,79 @@ def resolve(
     config = load(stored, path(workdir))
     before = config_lib.to_dict(config)
     config_lib.apply_overrides(config, overrides)
+    _check_data_sources(config, overrides, workdir, tiny=False)
     return config, stored, config_lib.differences(before, config_lib.to_dict(config))
+
+
+# The settings that name the user's own data. `data.generate` (the tiny image
+# and text recipes') writes generated data and points these at it, replacing
+# whatever they held.
+DATA_SOURCES = ("data.train_dir", "data.eval_dir", "data.train_paths", "data.eval_paths")
+TRAINING_SOURCES = ("data.train_dir", "data.train_paths")
+
+
+def _given(overrides: Sequence[str]) -> Dict[str, str]:
+    """`{key: value text}` of the KEY=VALUE overrides (already checked by apply_overrides)."""
+    return {k.strip(): v.strip() for k, _, v in (item.partition("=") for item in overrides)}
+
+
+def _user_data_wins(config: config_lib.Config, full: config_lib.Config, overrides: Sequence[str]) -> None:
+    """With --tiny, training data the user names replace the tiny variant's data, in place.
+
+    A training source given (e.g. `data.train_dir=my_photos`) turns off the
+    tiny variant's generated data, and the sources not given go back to the
+    full recipe's defaults (so a tiny text run given `data.train_paths` does
+    not evaluate on the tiny variant's texts). Sizes and the rest stay tiny.
+    An evaluation source alone keeps the tiny training data (see
+    `_check_data_sources` for generated ones).
+    """
+    given = _given(overrides)
+    if not any(key in given and getattr(config.data, key[5:], None) for key in TRAINING_SOURCES):
+        return
+    if "data.generate" in given:
+        return  # said explicitly: `_check_data_sources` judges it
+    if getattr(config.data, "generate", False):
+        config.data.generate = False
+    for key in DATA_SOURCES:
+        name = key[5:]
+        if key not in given and hasattr(config.data, name) and hasattr(full.data, name):
+            setattr(config.data, name, getattr(full.data, name))
+
+
+def _check_data_sources(
+    config: config_lib.Config, overrides: Sequence[str], workdir: str, tiny: bool
+) -> None:
+    """Refuses data sources given alongside `data.generate=true`, which would ignore them.
+
+    Raises:
+      ValueError: naming the sources and where `data.generate` comes from.
+    """
+    if not getattr(config.data, "generate", False):
+        return
+    given = _given(overrides)
+    named = [
+        f"{key}={given[key]}"
+        for key in DATA_SOURCES
+        if key in given and getattr(config.data, key[5:], None)
+    ]
+    if not named:
+        return
+    if "data.generate" not in given and tiny:
+        raise ValueError(
+            f"{', '.join(named)} would be ignored: --tiny trains on generated data "
+            "(data.generate=true), which brings its own evaluation set; name your training "
+            "data too (data.train_dir or data.train_paths), or drop it."
+        )
+    if "data.generate" not in given and os.path.isfile(path(workdir)):
+        raise ValueError(
+            f"{', '.join(named)} would be ignored: the run in {workdir} trains on generated data "
+            f"(data.generate=true in {CONFIG_FILE}), which puts its own data there; a run on your "
+            "own data needs a new --workdir."
+        )
+    raise ValueError(
+        f"{', '.join(named)} would be ignored: data.generate=true writes its own data and uses "
+        "it instead; drop one of the two."
+    )
 
 
 def load(stored: Dict[str, Any], source: str = CONFIG_FILE) -> config_lib.Config:

@@ -11,6 +11,8 @@ does the rest the same way on one CPU, many GPUs or a TPU pod:
 - checkpoints (with the data iterator's state) are saved every
   `checkpoint.every_steps`; running the same command again resumes from the
   latest one and ends with the same parameters as a run never stopped;
+- Ctrl-C (or SIGTERM) saves the state of the last whole step with its data
+  position, then stops (never mid-step: see `_interrupt.held`);
 - a run resumed with another length (`train.num_steps`) keeps its learning
   rate continuous (`optim.continued_schedule`; the lengths it was run with
   are in WORKDIR/schedule.json), and a finished run rerun does nothing.
@@ -31,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from perceiver import _interrupt
 from perceiver import checkpoint as inference_checkpoint
 from perceiver.train import checkpointing
 from perceiver.train import config as config_lib
@@ -225,9 +228,13 @@ def _write_json(path: str, text: str) -> None:
     """Writes `text` to `path` atomically, on process 0."""
     if jax.process_index() == 0:
         tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.replace(tmp, path)
+        finally:  # a failure or Ctrl-C leaves neither a partial file nor the temporary one
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def _write_config(config: config_lib.Config, workdir: str, overwrite: bool) -> None:
@@ -401,6 +408,7 @@ def train(
     last_eval: Dict[str, float] = {}
     window_start, window_steps = time.time(), 0
     run_start = time.time()
+    consumed = batches.state  # the data position of the batches `ts` has been trained on
 
     def diverged(what: str) -> NonFiniteError:
         ckpt.wait()  # saves in flight are of earlier, checked steps
@@ -456,7 +464,7 @@ def train(
             raise diverged(
                 f"non-finite values in {checkpointing.few(bad)} at step {s} (not saved)"
             )
-        ckpt.save(s, ts, batches.state)
+        ckpt.save(s, ts, consumed)
 
     # SIGTERM (a cluster pre-empting the job) saves a checkpoint and stops cleanly.
     stop_signal = []
@@ -469,30 +477,46 @@ def train(
     try:
         while step < num_steps:
             host_batch = next(batches)
-            ts, metrics = train_step(ts, data_lib.to_global(host_batch, batch_sharding))
-            step += 1
-            if pending is not None:
-                flush(pending)  # fetched one step late, so the host never waits idle
-            pending = (step, metrics)
-            if ckpt.due(step):
-                flush(pending)  # the loss of the step about to be saved is checked too
-                pending = None
-                save(step)
+            # Ctrl-C inside the step may come after it took (donated) `ts`: see below.
+            stepped = train_step(ts, data_lib.to_global(host_batch, batch_sharding))
+            # The state, its step and data position, and a due save change together:
+            # Ctrl-C waits for the block's end.
+            with _interrupt.held():
+                ts, metrics = stepped
+                step += 1
+                consumed = batches.state
+                if pending is not None:
+                    flush(pending)  # fetched one step late, so the host never waits idle
+                pending = (step, metrics)
+                if ckpt.due(step):
+                    flush(pending)  # the loss of the step about to be saved is checked too
+                    pending = None
+                    save(step)
             if stop_signal:
                 raise KeyboardInterrupt
             if config.train.eval_every and step % config.train.eval_every == 0 and step < num_steps:
                 run_eval()
-        if pending is not None:
-            flush(pending)
-            pending = None
-        save(step)
-        ckpt.wait()
-    except KeyboardInterrupt:
-        try:
+        # The last checkpoint is written whole before Ctrl-C is heard (orbax
+        # reports an interrupted wait with a traceback of its own).
+        with _interrupt.held():
             if pending is not None:
                 flush(pending)
-            _log(f"interrupted: saving step {step} before stopping")
+                pending = None
             save(step)
+            ckpt.wait()
+    except KeyboardInterrupt:
+        try:
+            if _donated(ts):
+                # Stopped inside a step after it took the state and before it
+                # gave the new one back: there is no state to save.
+                _log(f"interrupted during step {step + 1}; the latest checkpoint stays")
+            elif step == start:
+                _log("interrupted before this run's first step: nothing new to save")
+            else:
+                if pending is not None:
+                    flush(pending)
+                _log(f"interrupted: saving step {step} before stopping")
+                save(step)
         finally:  # also when the state turned out non-finite
             ckpt.close()
             writer.close()
@@ -531,12 +555,19 @@ def train(
         summary["model"] = dict(task.export_info)
         if description is not None:
             summary["description"] = inference_checkpoint.description_path(path)
-    ckpt.close()
-    writer.close()
-    if jax.process_index() == 0:
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    with _interrupt.held():  # closing waits on orbax's threads, as above
+        ckpt.close()
+        writer.close()
+        # Atomic: a summary.json marks a finished run (see `finished_step`).
+        _write_json(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2, default=str))
     return summary
+
+
+def _donated(ts: TrainState) -> bool:
+    """Whether `ts`'s arrays were given to a step (donated) and are gone."""
+    return any(
+        isinstance(x, jax.Array) and x.is_deleted() for x in jax.tree_util.tree_leaves(ts)
+    )
 
 
 def evaluate_checkpoint(
