@@ -28,10 +28,14 @@ EXTRAS = {
     "train": ["grain>=0.2", "orbax-checkpoint>=0.6", "tqdm>=4.60", "pillow>=10", "tensorboardX>=2.6", "matplotlib>=3.7"],
     # Reading Hugging Face transformers checkpoints (perceiver.convert.from_hf).
     "hf": ["safetensors>=0.4"],
+    # Writing and reading models exported with jax.export (perceiver.export).
+    "export": ["flatbuffers>=24"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 # pytest-xdist: the suite runs on two processes (`-n 2`), as the README says.
 EXTRAS["test"] = EXTRAS["all"] + ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3.5"]
+# Building the documentation in docs/ (not in "all": nothing at run time needs it).
+EXTRAS["docs"] = ["sphinx>=7.2", "myst-parser>=3"]
 
 setup(
     name="perceiver-io-jax",  # "perceiver" on PyPI is another project; the import name stays perceiver

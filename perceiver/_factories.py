@@ -769,7 +769,7 @@ def factory_name(factory: "str | Callable") -> str:
 
 
 def parameter_shapes(factory: "str | Callable", **kwargs) -> Tuple[Mapping, Mapping]:
-    """`(params, state)` of a factory's model as `jax.ShapeDtypeStruct`s (no compute).
+    """`(params, state)` of a factory's model as `jax.ShapeDtypeStruct` leaves (no compute).
 
     Args:
       factory: a factory, by name ('masked_language_model',

@@ -262,9 +262,9 @@ class Attention(hk.Module):
           inputs_kv: `[B, S, Ckv]`, or a `compute.LayerNormed` of it: the
             kernel then applies the norm, inside its tiles where it can.
           attention_mask: `[B, T, S]`, nonzero where query t may attend to key s.
-          bias, causal, query_offset, heads, q_positions, kv_positions,
-            cache: new attention math, as for `compute.attention_layer`
-            (not in the reference; the defaults compute its function).
+          bias, causal, query_offset, heads, q_positions, kv_positions, cache:
+            new attention math, as for `compute.attention_layer` (not in the
+            reference; the defaults compute its function).
 
         Returns:
           `[B, T, output_channels]`; with a `cache`, `(output, new cache)`.

@@ -205,9 +205,9 @@ class Attention(_perceiver.Attention):
           mask: `[B, 1, T, S]` (1: may attend) or None.
           memory: a `compute.KVCache` holding earlier keys, or None.
           q_positions, kv_positions: `[B, T]`, `[B, S]` for rotary encodings.
-          head_group_size, use_chunked_attention, query_chunk_size,
-            key_chunk_size: the reference's memory-saving schedules; here
-            the compute options choose the kernel, and these change nothing.
+          head_group_size, use_chunked_attention, query_chunk_size, key_chunk_size:
+            the reference's memory-saving schedules; here the compute options
+            choose the kernel, and these change nothing.
 
         Raises:
           ValueError: for rotary attention without positions, or a memory with memory_type 'none'.
