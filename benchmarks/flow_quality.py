@@ -14,10 +14,22 @@ It reports the mean end-point error (EPE) and its ratio to zero flow's for
 `levels=1` (single-scale), several fixed levels and the automatic choice,
 and the time of a 640 x 480 pair (best of 3, after compilation).
 
+With `--opencv`, OpenCV's classical methods run on the same pairs with the
+same error: DIS (`cv2.DISOpticalFlow`, presets ultrafast, fast and medium)
+and Farneback (`cv2.calcOpticalFlowFarneback` with the parameters of
+OpenCV's own `samples/python/opt_flow.py`, `FARNEBACK` below), both on the
+frames converted to grayscale uint8. Their flow, like ours, goes from frame 1
+to frame 2, (dx, dy) in pixels. A second table gives the wall time per pair
+(the median over a row's pairs, after one untimed call per frame size) of
+each method, the model's automatic levels included. cv2 is imported only
+then (`pip install opencv-python-headless`; without it those rows are left
+out with a note).
+
     pip install scikit-image scikit-learn
     python benchmarks/flow_quality.py                    # the shipped model
     python benchmarks/flow_quality.py --checkpoint PATH  # another flow model
     python benchmarks/flow_quality.py --quick            # 2 photos, fewer motions
+    python benchmarks/flow_quality.py --opencv           # and OpenCV's DIS, Farneback
 """
 
 import argparse
@@ -33,6 +45,35 @@ TRANSLATIONS = [(3, 0), (0, -4), (5, 3), (-6, 4), (8, -2), (-3, -7)]
 SUBPIXEL = [(0.5, 0.25), (-1.5, 0.75), (3.3, -2.6), (-4.7, 5.2), (6.4, 1.9)]
 AFFINE = [(2.0, 0.02, 0.0, 3.0, -1.0), (-3.0, -0.03, 0.02, -2.0, 4.0), (0.0, 0.04, 0.0, 0.0, 0.0)]
 FRAME = (240, 320)  # the frames cut from each photo (H, W), a quarter of VGA
+# calcOpticalFlowFarneback's arguments as in OpenCV's samples/python/opt_flow.py.
+FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
+
+
+def opencv_methods():
+    """{name: flow(frame1, frame2)} for OpenCV's classical methods; {} without cv2."""
+    try:
+        import cv2
+    except ImportError:
+        print("cv2 not installed (pip install opencv-python-headless): the OpenCV rows are left out",
+              file=sys.stderr)
+        return {}
+
+    def gray(frame):
+        return cv2.cvtColor(np.round(frame).clip(0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+
+    def dis(preset):
+        solver = cv2.DISOpticalFlow_create(preset)
+        return lambda first, second: solver.calc(gray(first), gray(second), None)
+
+    def farneback(first, second):
+        return cv2.calcOpticalFlowFarneback(gray(first), gray(second), None, **FARNEBACK)
+
+    return {
+        "DIS ultrafast": dis(cv2.DISOpticalFlow_PRESET_ULTRAFAST),
+        "DIS fast": dis(cv2.DISOpticalFlow_PRESET_FAST),
+        "DIS medium": dis(cv2.DISOpticalFlow_PRESET_MEDIUM),
+        "Farneback": farneback,
+    }
 
 
 def photos(quick: bool):
@@ -122,6 +163,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="2 photos, 2 motions per kind")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--no-time", action="store_true", help="skip the 640 x 480 timing")
+    parser.add_argument("--opencv", action="store_true",
+                        help="also OpenCV's DIS (3 presets) and Farneback on the same pairs")
     args = parser.parse_args()
 
     from perceiver import cli
@@ -134,21 +177,43 @@ def main():
     if args.quick:
         kinds = {k: v[:2] for k, v in kinds.items()}
 
-    rows = {}  # case -> {setting: [epe, zero]}
+    methods = opencv_methods() if args.opencv else {}
+    rows = {}  # case -> {setting or method name: [epe, zero]}
+    times = {}  # case -> {"auto" or method name: [seconds per pair]}
+    sizes = {}  # case -> frame size
+    warmed = set()
     auto_levels = {}
 
     def add(case, setting, error, zero):
         rows.setdefault(case, {}).setdefault(setting, []).append((error, zero))
 
+    def timed(case, key, function, frames):
+        """function(frame1, frame2), its time added to the case's, after one untimed call per size."""
+        if (key, frames.shape) not in warmed:
+            function(frames[0], frames[1])  # compilation (the model), first-call set-up
+            warmed.add((key, frames.shape))
+        start = time.perf_counter()
+        flow = function(frames[0], frames[1])
+        times.setdefault(case, {}).setdefault(key, []).append(time.perf_counter() - start)
+        return flow
+
     def run_settings(case, frames, truth, valid=None):
         zero = epe(np.zeros_like(truth), truth, valid)
+        sizes[case] = f"{frames.shape[2]}x{frames.shape[1]}"
         errors = {}
+        auto = estimator.levels_for(*frames.shape[1:3])
         # 'auto' is one of the levels: computed once when that level is also asked for.
         for setting in sorted(settings, key=lambda s: s is None):
-            levels = estimator.levels_for(*frames.shape[1:3]) if setting is None else setting
+            levels = auto if setting is None else setting
             if levels not in errors:
-                errors[levels] = epe(estimator(frames[0], frames[1], levels=levels), truth, valid)
+                if levels == auto and None in settings:
+                    pred = timed(case, "auto", lambda a, b: estimator(a, b, levels=levels), frames)
+                else:
+                    pred = estimator(frames[0], frames[1], levels=levels)
+                errors[levels] = epe(pred, truth, valid)
             add(case, setting, errors[levels], zero)
+        for name, method in methods.items():
+            add(case, name, epe(timed(case, name, method, frames), truth, valid), zero)
 
     for name, photo in photos(args.quick):
         for kind, motions in kinds.items():
@@ -163,18 +228,21 @@ def main():
         print(f"done {case}", file=sys.stderr)
 
     def label(setting):
+        if isinstance(setting, str):
+            return setting  # an OpenCV method
         return "auto" if setting is None else f"levels={setting}"
 
     print(f"model: {path} (tile {estimator.tile_shape}, max_flow {estimator.max_flow}); "
           f"auto levels: {auto_levels}")
-    header = "| case | zero flow EPE | " + " | ".join(label(s) for s in settings) + " |"
+    columns = settings + list(methods)
+    header = "| case | zero flow EPE | " + " | ".join(label(s) for s in columns) + " |"
     print(header)
-    print("|" + "---|" * (2 + len(settings)))
+    print("|" + "---|" * (2 + len(columns)))
     summary = {}
     for case, by_setting in rows.items():
-        zero = float(np.mean([z for _, z in by_setting[settings[0]]]))
+        zero = float(np.mean([z for _, z in by_setting[columns[0]]]))
         cells = []
-        for setting in settings:
+        for setting in columns:
             errors = [e for e, _ in by_setting[setting]]
             mean = float(np.mean(errors))
             # The ratio of means (mean EPE over mean zero-flow EPE).
@@ -182,6 +250,22 @@ def main():
             summary.setdefault(case, {})[label(setting)] = {"epe": mean, "ratio": mean / zero}
         summary[case]["zero"] = zero
         print(f"| {case} | {zero:.2f} | " + " | ".join(cells) + " |")
+    if times:
+        keys = list(next(iter(times.values())))
+        note = ""
+        if methods:
+            import cv2
+
+            note = f", cv2 {cv2.__version__} with {cv2.getNumThreads()} threads"
+        print(f"\nmilliseconds per pair, median over the row's pairs ({os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}{note})")
+        print("| case | size | " + " | ".join("model, auto levels" if k == "auto" else k for k in keys) + " |")
+        print("|" + "---|" * (2 + len(keys)))
+        for case, by_key in times.items():
+            medians = {k: float(np.median(by_key[k])) for k in keys}
+            for k, t in medians.items():
+                summary[case].setdefault(label(None) if k == "auto" else k, {})["s_per_pair"] = t
+            print(f"| {case} | {sizes[case]} | " + " | ".join(f"{1000 * medians[k]:.1f}" for k in keys) + " |")
 
     if not args.no_time:
         from skimage import data
