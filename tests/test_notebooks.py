@@ -107,6 +107,7 @@ def test_video_autoencoding_notebook(offline):
     assert (workdir / "reconstruction.gif").exists() and (workdir / "reconstruction.wav").exists()
 
 
+@pytest.mark.slow  # the same notebook as above, with a synthetic clip
 def test_video_autoencoding_notebook_without_a_file(offline):
     workdir, cache, env = offline
     sizes = _small_sizes("video_autoencoding")
@@ -135,7 +136,9 @@ def test_masked_language_modelling_notebook(offline):
     assert "bytes 2-5:" in text and "bytes 0-4:" in text
 
 
-@pytest.mark.parametrize("model", ["imagenet_conv", "imagenet_learned"])
+@pytest.mark.parametrize(
+    "model", ["imagenet_conv", pytest.param("imagenet_learned", marks=pytest.mark.slow)]
+)
 def test_imagenet_classification_notebook(offline, model):
     workdir, cache, env = offline
     sizes = _small_sizes(model)

@@ -489,6 +489,7 @@ def flow_runs(tmp_path_factory):
     return dict(root=root, reference=reference, victim=victim, killed=killed, resumed=resumed)
 
 
+@pytest.mark.slow  # two trainings side by side: both cores for about a minute
 def test_flow_micro_runs_and_learns(flow_runs):
     loss = _train_losses(flow_runs["reference"])
     assert loss[-8:].mean() < 0.9 * loss[:8].mean(), loss
@@ -497,6 +498,7 @@ def test_flow_micro_runs_and_learns(flow_runs):
     assert set(evaluation) >= {"epe", "epe_zero_flow", "epe_visible"}
 
 
+@pytest.mark.slow  # shares the two trainings of flow_runs
 def test_killed_run_resumes_to_the_same_parameters(flow_runs, tmp_path):
     killed, resumed, victim = flow_runs["killed"], flow_runs["resumed"], flow_runs["victim"]
     assert not killed["finished_early"], "the run ended before it could be killed"
