@@ -116,7 +116,7 @@ def test_every_out_of_range_value_is_refused_naming_key_range_and_value():
         if isinstance(rule, config.Interval):
             assert rule.describe(integer, plural=isinstance(got, tuple)) in message, message
         checked.add(key.split(".")[0])
-    assert checked == {"model", "data", "task", "optimizer", "train", "checkpoint", "mesh"}
+    assert checked == {"model", "data", "task", "optimizer", "train", "checkpoint", "mesh", "compute"}
 
 
 def test_model_rules_cover_every_argument_of_every_factory():

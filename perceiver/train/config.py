@@ -241,6 +241,22 @@ class MeshConfig:
 
 
 @dataclasses.dataclass
+class ComputeConfig:
+    """How the model computes while training (`perceiver.compute` options); parameters stay float32.
+
+    dtype 'bfloat16' is mixed precision: float32 parameters and optimizer
+    state, bfloat16 activations and products, float32 layer norms, softmax
+    statistics and losses. remat recomputes each encoder layer's activations
+    in the backward pass instead of storing them (less memory, about a third
+    more compute). Neither changes the parameter tree or the exported model.
+    """
+
+    dtype: str = ranged("float32", ("float32", "bfloat16"))
+    remat: bool = False
+    attention: str = ranged("auto", ("auto", "plain", "tiled", "fused"))
+
+
+@dataclasses.dataclass
 class Config:
     """A complete training run."""
 
@@ -252,6 +268,7 @@ class Config:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
 
 
 # ---------------------------------------------------------------------------

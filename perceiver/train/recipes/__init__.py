@@ -114,9 +114,48 @@ def build_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     """
     validate(config)
     task = BUILDERS[config.recipe](config, workdir, pretrained)
+    _compute_in(task, config.compute)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     task.describe = lambda step: describe(config, task, step, workdir)
     return task
+
+
+def compute_options(settings: config_lib.ComputeConfig) -> Dict[str, Any]:
+    """The `perceiver.compute` options a config's `compute` section asks for (none for the defaults)."""
+    import jax.numpy as jnp
+
+    chosen = {
+        "compute_dtype": jnp.bfloat16 if settings.dtype == "bfloat16" else None,
+        "remat": settings.remat,
+        "attention": settings.attention,
+    }
+    defaults = {"compute_dtype": None, "remat": False, "attention": "auto"}
+    return {k: v for k, v in chosen.items() if v != defaults[k]}
+
+
+def _compute_in(task: Task, settings: config_lib.ComputeConfig) -> None:
+    """Makes `task`'s loss and evaluation trace their model under the `compute` section's options.
+
+    Options are read while the model is traced, so wrapping the two
+    functions reaches every model a recipe builds, whatever its factory.
+    Initialisation is left alone: options never change initial values.
+    """
+    from perceiver import compute
+
+    options = compute_options(settings)
+    if not options:
+        return
+
+    def under(fn):
+        def traced(*args, **kwargs):
+            with compute.options(**options):
+                return fn(*args, **kwargs)
+
+        return traced
+
+    task.loss = under(task.loss)
+    if task.evaluate is not None:
+        task.evaluate = under(task.evaluate)
 
 
 def describe(config: Config, task: Task, step: int, workdir: str = "") -> Dict[str, Any]:

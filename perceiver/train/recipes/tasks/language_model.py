@@ -97,7 +97,7 @@ def causal_lm_task(config: Config, workdir: str, pretrained: bool = True) -> Tas
 
     def loss(params, state, key, batch):
         output, state = model.apply(
-            params, state, key, batch["inputs"], is_training=True, use_remat=t.remat
+            params, state, key, batch["inputs"], is_training=True, use_remat=t.remat or config.compute.remat
         )
         nll, w, log_z = next_token_nll(output, batch["targets"])
         total = jnp.maximum(jnp.sum(w), 1.0)
