@@ -757,6 +757,7 @@ def test_looped_blocks_equal_unrolled_with_dropout_keys():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # 15 s; tests/test_train_compute.py checks that training's remat recomputes
 def test_remat_gives_the_same_gradients():
     model = _encoder_model()
     inputs = _rng(7).standard_normal((2, 9, 5)).astype(np.float32)
