@@ -1432,21 +1432,10 @@ def hf_config(
         "v_channels": None,
     }
     num_classes = None
-    if factory == "masked_language_model":
-        config.update(
-            num_latents=sizes["num_latents"],
-            d_latents=sizes["num_latent_channels"],
-            d_model=sizes["d_model"],
-            num_self_attends_per_block=sizes["num_self_attends"],
-            num_self_attention_heads=sizes["num_heads"],
-            num_cross_attention_heads=sizes["num_heads"],
-            qk_channels=sizes["qk_channels"],
-            v_channels=sizes["num_latent_channels"],
-            vocab_size=262,
-            max_position_embeddings=sizes["max_seq_len"],
-        )
-    elif factory == "text_classifier":
-        num_classes = sizes["num_classes"]
+    if factory in ("masked_language_model", "text_classifier"):
+        # The text classifier is the MLM's encoder with a classification head.
+        if factory == "text_classifier":
+            num_classes = sizes["num_classes"]
         config.update(
             num_latents=sizes["num_latents"],
             d_latents=sizes["num_latent_channels"],
