@@ -45,8 +45,8 @@ def _batch(value: str):
         batch = int(value)
     except ValueError:
         batch = 0
-    if batch < 1:
-        raise UsageError(f"--batch must be a positive integer or 'dynamic'; got {value!r}")
+    if not 1 <= batch <= 2**31 - 1:  # jax indexes in int32
+        raise UsageError(f"--batch must be a positive integer (at most 2147483647) or 'dynamic'; got {value!r}")
     return batch
 
 
@@ -57,6 +57,7 @@ def command(args: argparse.Namespace) -> str:
     batch = _batch(args.batch)
     from perceiver import export
 
+    export.check_serializable()  # before the model is loaded and traced
     exported = export.export(
         args.checkpoint,
         batch=batch,

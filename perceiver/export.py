@@ -20,11 +20,14 @@ import jax
 import numpy as np
 
 from perceiver import _factories as factories
+from perceiver import _messages
 from perceiver import checkpoint
 from perceiver import hub
 from perceiver import loading
 
 DYNAMIC = "dynamic"
+# jax indexes in int32 unless jax_enable_x64 is set: a larger batch overflows.
+MAX_BATCH = 2**31 - 1
 
 
 def _load(name_or_path: Any, sizes: Mapping[str, Any], cache_dir: Optional[str] = None):
@@ -79,8 +82,8 @@ def _plain(tree: Any) -> Any:
 def _check_batch(batch: Any) -> Union[int, str]:
     if batch == DYNAMIC:
         return batch
-    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
-        raise ValueError(f"batch must be a positive int or {DYNAMIC!r}; got {batch!r}.")
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= MAX_BATCH:
+        raise ValueError(f"batch must be a positive int (at most {MAX_BATCH}) or {DYNAMIC!r}; got {batch!r}.")
     return int(batch)
 
 
@@ -141,8 +144,27 @@ def export(
         ) from None
 
 
+def check_serializable() -> None:
+    """Fails early, in one line, where jax.export cannot serialize (it needs flatbuffers).
+
+    Raises:
+      ImportError: naming the extra that installs it.
+    """
+    try:
+        import flatbuffers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            f"writing an exported model needs the flatbuffers package: {_messages.install_hint('export')}"
+        ) from None
+
+
 def save(exported: "jax.export.Exported", path: Union[str, "os.PathLike[str]"]) -> None:
-    """Writes `exported.serialize()` to `path`, whole or not at all."""
+    """Writes `exported.serialize()` to `path`, whole or not at all.
+
+    Raises:
+      ImportError: without flatbuffers (see `check_serializable`).
+    """
+    check_serializable()
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     data = exported.serialize()

@@ -161,9 +161,9 @@ def test_a_fixed_batch_export_refuses_another_batch(tmp_path):
         loaded.call(arrays[0][:2])
 
 
-@pytest.mark.parametrize("batch", [0, -1, 1.5, True, "any"])
+@pytest.mark.parametrize("batch", [0, -1, 1.5, True, "any", 2**31])
 def test_bad_batch_is_refused(tmp_path, batch):
-    with pytest.raises(ValueError, match="batch must be a positive int or 'dynamic'"):
+    with pytest.raises(ValueError, match=r"batch must be a positive int \(at most 2147483647\) or 'dynamic'"):
         export.export(_described_copy(tmp_path, "mlm"), batch=batch)
 
 
@@ -172,6 +172,15 @@ def test_a_checkpoint_without_description_is_refused(tmp_path):
     shutil.copy(ref.checkpoint_path("mlm"), path)
     with pytest.raises(checkpoint.CheckpointError, match="no description"):
         export.export(str(path))
+
+
+def test_without_flatbuffers_the_cli_names_the_extra_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "flatbuffers", None)  # as if not installed
+    out = tmp_path / "m.jaxexport"
+    assert cli.main(["export", _described_copy(tmp_path, "mlm"), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'perceiver-io-jax[export]'" in err
+    assert not out.exists()
 
 
 def test_load_refuses_a_file_that_is_not_an_export(tmp_path):
@@ -190,8 +199,9 @@ def test_cli_exports_and_refuses_bad_options(tmp_path, capsys):
     assert export.load(out).in_avals[0].shape == (2, 2, 12, 16, 3)
     before = out.read_bytes()
     for argv, message in [
-        (["--batch", "0"], "--batch must be a positive integer or 'dynamic'"),
-        (["--batch", "two"], "--batch must be a positive integer or 'dynamic'"),
+        (["--batch", "0"], "--batch must be a positive integer (at most 2147483647) or 'dynamic'"),
+        (["--batch", "two"], "--batch must be a positive integer (at most 2147483647) or 'dynamic'"),
+        (["--batch", "99999999999"], "got '99999999999'"),
     ]:
         assert cli.main(["export", source, "-o", str(out), *argv]) == 2
         assert message in capsys.readouterr().err
