@@ -145,7 +145,7 @@ def _json_kind(path: Optional[str], size: int) -> Kind:
     try:
         with open(path, "rb") as f:
             value = json.loads(f.read(_MAX_JSON_BYTES + 1).decode("utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # RecursionError: JSON nested too deep
         return Kind("text", "a text file")
     if isinstance(value, dict):
         if str(value.get("format", "")).startswith("perceiver-checkpoint") or "factory" in value:

@@ -289,8 +289,9 @@ def _check_tree(tree) -> str:
 
 
 def _checkpoint_module():
-    # HOSTILE_CHECKPOINT_FILE names another checkpoint.py to measure (e.g. an
-    # older version, for a before/after); the default is the package's.
+    # HOSTILE_CHECKPOINT_FILE names another checkpoint module file to measure
+    # (e.g. an older single-file checkpoint.py, for a before/after); the
+    # default is the package's.
     path = os.environ.get("HOSTILE_CHECKPOINT_FILE")
     if not path:
         from perceiver import checkpoint

@@ -19,7 +19,7 @@ large; `pytorch_model.bin` as well for 'mlm' and 'conv'), and writes
 outputs: `hf_*`, transformers' own, and `undone_*`, transformers' with its
 deviations from DeepMind's reference undone on the torch side (tanh GELU,
 no decoder query residual for the learned classifier, TF SAME padding for
-the conv stem). See perceiver/convert.py's docstring.
+the conv stem). See docs/guides/hf_measurements.md.
 """
 
 import argparse

@@ -505,15 +505,15 @@ def _fail(*args, **kwargs):
 @pytest.mark.parametrize(
     "target, replacement",
     [
-        ("pickle.dump", _fail_midway_dump),
-        ("os.fsync", _fail),
-        ("os.replace", _fail),
+        ("files.pickle.dump", _fail_midway_dump),
+        ("atomic_write.os.fsync", _fail),
+        ("atomic_write.os.replace", _fail),
     ],
 )
 @pytest.mark.parametrize("existing", [False, True])
 def test_save_is_atomic(tmp_path, monkeypatch, target, replacement, existing):
-    module, attr = target.split(".")
-    monkeypatch.setattr(getattr(checkpoint, module), attr, replacement)
+    submodule, module, attr = target.split(".")
+    monkeypatch.setattr(getattr(getattr(checkpoint, submodule), module), attr, replacement)
     path = tmp_path / "ckpt.pystate"
     if existing:
         path.write_bytes(b"the old checkpoint")
@@ -531,7 +531,7 @@ def test_save_interrupted(tmp_path, monkeypatch):
         file.write(b"\x80\x04partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.pickle, "dump", interrupted_dump)
+    monkeypatch.setattr(checkpoint.files.pickle, "dump", interrupted_dump)
     with pytest.raises(KeyboardInterrupt):
         checkpoint.save(tmp_path / "ckpt.pystate", small_tree()[0])
     assert os.listdir(tmp_path) == []
@@ -725,7 +725,7 @@ def test_damaged_description_names_its_file(tmp_path, content, match):
 
 
 def test_huge_description_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(checkpoint, "MAX_DESCRIPTION_BYTES", 100)
+    monkeypatch.setattr(checkpoint.description, "MAX_DESCRIPTION_BYTES", 100)
     (tmp_path / "model.json").write_text('{"description": "' + "x" * 200 + '"}')
     with pytest.raises(CheckpointError, match="larger than 100 bytes"):
         checkpoint.read_description(tmp_path / "model.pystate")

@@ -30,7 +30,7 @@ def test_list_shows_what_is_cached_and_the_shipped_model(cache, capsys):
     size = (cache / hub.get("flow").filename).stat().st_size / 1e6
     assert f"cached, {size:.1f} MB" in rows["flow"]
     assert all("not cached" in rows[name] for name in hub.CHECKPOINTS if name != "flow")
-    assert cli._bundled_flow_model() in rows["flow_small"] and " MB " in rows["flow_small"]
+    assert cli.flow._bundled_flow_model() in rows["flow_small"] and " MB " in rows["flow_small"]
     assert str(cache) in lines[0]
 
 
@@ -335,9 +335,9 @@ def test_downloads_draw_no_bar_into_a_log(cache, monkeypatch):
 
 
 def test_flow_defaults_to_published_model_when_cached(tmp_path, cache, monkeypatch):
-    assert cli._default_flow_source(None).endswith("flow_small.pystate")
+    assert cli.flow._default_flow_source(None).endswith("flow_small.pystate")
     (cache / hub.get("flow").filename).write_bytes(b"")
-    assert cli._default_flow_source(None) == "flow"
+    assert cli.flow._default_flow_source(None) == "flow"
 
 
 def test_train_subcommand_is_wired(capsys):
@@ -365,7 +365,7 @@ def no_models(monkeypatch):
 
     from perceiver.tasks import text_classification
 
-    monkeypatch.setattr(cli, "_flow_estimator", _no_model)
+    monkeypatch.setattr(cli.flow, "_flow_estimator", _no_model)
     for task in (
         video.VideoAutoencoder,
         text.MaskedLanguageModel,
@@ -435,7 +435,7 @@ def test_outputs_are_checked_before_computing(tmp_path, cache, no_models, capsys
 def test_output_folder_must_be_writable(tmp_path, cache, no_models, monkeypatch, capsys):
     a, b, _ = _inputs(tmp_path)
     # As root every folder is writable; pretend this one is not.
-    monkeypatch.setattr(cli.os, "access", lambda path, mode: path != str(tmp_path))
+    monkeypatch.setattr("os.access", lambda path, mode: path != str(tmp_path))
     assert cli.main(["flow", a, b, "-o", str(tmp_path / "f.png")]) == 2
     _one_error_line(capsys, "is not writable")
 
@@ -531,7 +531,7 @@ def test_autoencode_clips_audio_beyond_one_for_the_video_too(tmp_path, cache, mo
 
 
 def _fake_flow(monkeypatch, flow_fn):
-    monkeypatch.setattr(cli, "_flow_estimator", lambda *args: flow_fn)
+    monkeypatch.setattr(cli.flow, "_flow_estimator", lambda *args: flow_fn)
 
 
 def test_a_failed_write_leaves_no_partial_output(tmp_path, cache, monkeypatch, capsys):

@@ -6,7 +6,7 @@ inputs, transformers' own outputs (`hf_*`) and its outputs with its
 deviations from DeepMind's reference undone (`undone_*`). Measured max
 |ours - undone| / max|undone|: 2.8e-7 (mlm, real positions), 3.1e-7 (text), 6.1e-7
 (learned), 2.3e-7 (fourier), 4.2e-7 (conv), 9.2e-7 (flow), 3.2e-6 (video);
-see perceiver/convert.py for the distances to transformers' own outputs.
+see docs/guides/hf_measurements.md for the distances to transformers' own outputs.
 """
 
 import json
@@ -541,6 +541,103 @@ def test_from_hf_refuses_a_hostile_bin(tmp_path):
     _write_bin(folder / "pytorch_model.bin", _state_dict_pickle({"x": _OS_SYSTEM}), {})
     with pytest.raises(CheckpointError, match="pytorch_model.bin: .*not allowed"):
         convert.from_hf(folder)
+
+
+def _damaged_archives(tmp_path):
+    """`(name, path)` of torch archives broken in their zip structure, not their pickle."""
+    good = _write_bin(
+        tmp_path / "good.bin",
+        _state_dict_pickle({"x": _tensor("0", 6, 0, (6,), (1,))}),
+        {"0": _good_storage()},
+    )
+    data = good.read_bytes()
+    end = data.rfind(b"PK\x05\x06")  # The end-of-archive record.
+    for name, at, value in (
+        ("directory_offset_past_the_file", end + 16, 0xFFFFFF00),
+        ("directory_size_past_the_file", end + 12, 0xFFFFFF00),
+    ):
+        broken = bytearray(data)
+        struct.pack_into("<I", broken, at, value)
+        (tmp_path / f"{name}.bin").write_bytes(bytes(broken))
+        yield name, tmp_path / f"{name}.bin"
+    # torch writes zip64 records; a locator claiming several disks makes
+    # zipfile.is_zipfile itself raise BadZipFile.
+    torch_bin = bytearray(open(os.path.join(DATA, "torch_state_dict.bin"), "rb").read())
+    struct.pack_into("<I", torch_bin, torch_bin.rfind(b"PK\x06\x07") + 16, 2)
+    (tmp_path / "zip64_disks.bin").write_bytes(bytes(torch_bin))
+    yield "zip64_disks", tmp_path / "zip64_disks.bin"
+    # A deflated data.pkl whose compressed bytes are garbled: zlib.error.
+    deflated = tmp_path / "deflated.bin"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", _state_dict_pickle({"x": _tensor("0", 6, 0, (6,), (1,))}))
+        zf.writestr("archive/data/0", _good_storage())
+    with zipfile.ZipFile(deflated) as zf:
+        info = zf.getinfo("archive/data.pkl")
+    broken = bytearray(deflated.read_bytes())
+    start = info.header_offset + 30 + len(info.filename)
+    broken[start : start + 8] = bytes(b ^ 0xFF for b in broken[start : start + 8])
+    deflated.write_bytes(bytes(broken))
+    yield "garbled_deflate", deflated
+    # A member name flagged UTF-8 that is not: UnicodeDecodeError.
+    named = tmp_path / "name.bin"
+    with zipfile.ZipFile(named, "w") as zf:
+        zf.writestr("archive/data.pkl", _state_dict_pickle({}))
+        zf.writestr("archive/\u00e9", b"")
+    raw = named.read_bytes()
+    directory = raw.find(b"PK\x01\x02")
+    named.write_bytes(raw[:directory] + raw[directory:].replace("\u00e9".encode(), b"\xff\xfe"))
+    yield "name_not_utf8", named
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(data[: len(data) // 2] + data[-22:])  # The middle lost, the end kept.
+    yield "cut_short", cut
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    yield "empty", empty
+
+
+def test_damaged_archives_are_refused_on_one_line(tmp_path):
+    seen = []
+    for name, path in _damaged_archives(tmp_path):
+        with pytest.raises(CheckpointError) as e:
+            convert.read_torch_bin(path)
+        text = str(e.value)
+        assert text.startswith(str(path)), (name, text)
+        assert "\n" not in text and len(text) < 2000, name
+        seen.append(name)
+    assert len(seen) == 7
+
+
+def test_damaged_safetensors_and_configs_are_refused(tmp_path):
+    pytest.importorskip("safetensors")
+    data = open(os.path.join(DATA, "mlm", "model.safetensors"), "rb").read()
+    header = int.from_bytes(data[:8], "little")
+    broken = {
+        "header_length_past_the_file": (2**63).to_bytes(8, "little") + data[8:],
+        "header_not_json": data[:8] + b"\xff" * header + data[8 + header :],
+        "cut_short": data[: len(data) // 2],
+        "header_a_list": b"\x02" + b"\x00" * 7 + b"[]",
+    }
+    for name, content in broken.items():
+        path = tmp_path / f"{name}.safetensors"
+        path.write_bytes(content)
+        with pytest.raises(CheckpointError) as e:
+            convert.read_safetensors(path)
+        assert str(e.value).startswith(str(path)) and "\n" not in str(e.value), name
+    for name, content in {
+        "not_utf8": b"\xff\xfe",
+        "nested_too_deep": b"[" * 100_000 + b"]" * 100_000,
+        "huge_int": b'{"d_model": ' + b"9" * 5000 + b"}",
+        "a_list": b"[]",
+    }.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "config.json").write_bytes(content)
+        with pytest.raises(CheckpointError, match="config.json: ") as e:
+            convert.read_config(folder)
+        assert len(str(e.value)) < 2000, name
+    (tmp_path / "folder" / "config.json").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        convert.read_config(tmp_path / "folder")
 
 
 def test_missing_weights_and_config(tmp_path):

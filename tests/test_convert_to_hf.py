@@ -14,6 +14,10 @@ import numpy as np
 import pytest
 
 from perceiver import checkpoint, cli, convert, hub, models
+from perceiver.hf import config as hf_config_table
+from perceiver.hf import names as hf_names
+from perceiver.hf import reading as hf_reading
+from perceiver.hf import writing as hf_writing
 from perceiver.checkpoint import CheckpointError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,7 +30,7 @@ from safetensors import numpy as st_numpy  # noqa: E402
 
 def _read(name):
     """`(config, factory, sizes, params, state)` of a fixture, as from_hf reads it."""
-    return convert._read_hf(os.path.join(DATA, name), weights_name=None, conv_kernel_layout="oihw")
+    return hf_reading._read_hf(os.path.join(DATA, name), weights_name=None, conv_kernel_layout="oihw")
 
 
 def _tensors(folder):
@@ -65,9 +69,9 @@ def test_learned_decoder_query_is_folded_into_the_bias_and_back(tmp_path):
     _, factory, sizes, params, state = _read("learned")
     convert.to_hf(params, state, factory, sizes, tmp_path)
     written, original = _tensors(tmp_path), convert.read_weights(os.path.join(DATA, "learned"))
-    query = original[convert._QUERY].astype(np.float32)[0]
-    bias = original[convert._QUERY_BIAS].astype(np.float32)
-    np.testing.assert_allclose(written[convert._QUERY_BIAS], bias - query, rtol=0, atol=1e-6)
+    query = original[hf_names._QUERY].astype(np.float32)[0]
+    bias = original[hf_names._QUERY_BIAS].astype(np.float32)
+    np.testing.assert_allclose(written[hf_names._QUERY_BIAS], bias - query, rtol=0, atol=1e-6)
     assert convert.read_config(tmp_path)[convert.FOLDED_QUERY_FIELD] is True
     # from_hf sees the field and unfolds: ours -> HF -> ours is our model again.
     _, back, back_state = convert.from_hf(tmp_path)
@@ -106,7 +110,7 @@ def test_published_sizes_read_back_as_the_published_model(name):
     assert factory == entry.factory
     want = models.factory_sizes(entry.factory, **entry.factory_kwargs)
     got = models.factory_sizes(factory, **sizes)
-    unused = convert._UNUSED_SIZES.get(want.get("variant"), ())
+    unused = hf_config_table._UNUSED_SIZES.get(want.get("variant"), ())
     assert {k: v for k, v in got.items() if k not in unused} == {
         k: v for k, v in want.items() if k not in unused
     }
@@ -550,10 +554,10 @@ def test_a_folder_of_another_model_is_refused_and_writing_is_all_or_nothing(tmp_
         return original(a, b)
 
     fresh = tmp_path / "fresh"
-    monkeypatch.setattr(convert.os, "replace", failing)
-    monkeypatch.setattr(convert.os, "fsync", lambda fd: None)
+    monkeypatch.setattr(hf_writing.os, "replace", failing)
+    monkeypatch.setattr(hf_writing.os, "fsync", lambda fd: None)
     with pytest.raises(OSError, match="disk full"):
-        convert._write_files(str(fresh), {"a": b"1", "b": b"2", "c": b"3"})
+        hf_writing._write_files(str(fresh), {"a": b"1", "b": b"2", "c": b"3"})
     monkeypatch.undo()
     assert not fresh.exists() or sorted(os.listdir(fresh)) == ["a", "b"]
 

@@ -17,8 +17,8 @@ class UsageError(ValueError):
     """A bad option, said in one line."""
 
 
-def add_parser(commands) -> None:
-    """Adds the `export` command to the CLI's subparsers."""
+def add_parsers(commands) -> None:
+    """Adds `export` to the CLI's subparsers."""
     sub = commands.add_parser(
         "export", help="save a model with its weights as StableHLO (jax.export), to run without this package"
     )
@@ -36,6 +36,9 @@ def add_parser(commands) -> None:
         help="a platform it must run on (repeat for several; default: this machine's)",
     )
     sub.add_argument("--cache-dir", help="where published checkpoints are cached")
+    sub.set_defaults(
+        handler=command, input_options={"checkpoint": "checkpoint"}, output_options={"output": "-o"}
+    )
 
 
 def _batch(value: str):

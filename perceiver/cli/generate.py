@@ -18,8 +18,8 @@ class UsageError(ValueError):
     """A bad option, said in one line."""
 
 
-def add_parser(commands) -> None:
-    """Adds the `generate` command to the CLI's subparsers."""
+def add_parsers(commands) -> None:
+    """Adds `generate` to the CLI's subparsers."""
     sub = commands.add_parser(
         "generate", help="continue a text with a byte language model you trained (Perceiver AR)"
     )
@@ -37,6 +37,7 @@ def add_parser(commands) -> None:
     sub.add_argument("--seed", type=int, default=0, help="for the draws (default 0)")
     sub.add_argument("--no-cache", action="store_true",
                      help="recompute the whole window at every byte (slow; the same bytes)")
+    sub.set_defaults(handler=command, input_options={"checkpoint": "checkpoint"})
 
 
 def check_options(args) -> None:
