@@ -54,7 +54,7 @@ def split(workdir):
 
 def held_out_bytes(folder):
     """The held-out articles as the trainer reads them (UTF-8 text), concatenated."""
-    from perceiver.train import text as text_lib
+    from perceiver.train import text_data as text_lib
 
     texts, _ = text_lib.read_documents([folder])
     return b"".join(t.encode("utf-8") for t in texts)

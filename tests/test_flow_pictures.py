@@ -42,7 +42,7 @@ def _stand_in(monkeypatch, motion=(0.0, 0.0), tile=(16, 16)):
         return np.broadcast_to(np.float32(motion), tiles.shape[:1] + tiles.shape[2:4] + (2,)).copy()
 
     estimator = flow_lib.OpticalFlow.from_function(tile_fn, tile, min_overlap=2, batch_size=8)
-    monkeypatch.setattr(cli, "_flow_estimator", lambda *args: estimator)
+    monkeypatch.setattr(cli.flow, "_flow_estimator", lambda *args: estimator)
     return calls
 
 
@@ -189,7 +189,7 @@ def test_demo_writes_one_figure_besides_its_files(tmp_path, offline, monkeypatch
     )
     # The error map (row 2, column 3): white for 0, black at the truth's
     # largest motion; unscored pixels pale blue.
-    scene = checkpoint.read_description(cli._bundled_flow_model())["scene"]
+    scene = checkpoint.read_description(cli.flow._bundled_flow_model())["scene"]
     spec = synthetic_flow.FlowSceneSpec(image_shape=(96, 128), **scene)
     pair = synthetic_flow.make_pair(spec, seed=0, index=0)
     length = np.linalg.norm(pair["flow"], axis=-1)

@@ -223,7 +223,7 @@ def photo():
 
 @pytest.fixture(scope="module")
 def shipped():
-    return flow_lib.OpticalFlow.from_pretrained(cli._bundled_flow_model())
+    return flow_lib.OpticalFlow.from_pretrained(cli.flow._bundled_flow_model())
 
 
 def test_levels_1_is_the_flow_recorded_before_the_pyramid(photo, shipped):
@@ -233,7 +233,7 @@ def test_levels_1_is_the_flow_recorded_before_the_pyramid(photo, shipped):
     a, b = photo[40:80, 50:106], photo[41:81, 52:108]
     recorded = np.load(os.path.join(DATA, "astronaut_levels1_flow.npy"))
     estimator = flow_lib.OpticalFlow.from_pretrained(
-        cli._bundled_flow_model(), min_overlap=8, batch_size=1
+        cli.flow._bundled_flow_model(), min_overlap=8, batch_size=1
     )
     np.testing.assert_allclose(estimator(a, b, levels=1), recorded, rtol=0, atol=1e-5)
 

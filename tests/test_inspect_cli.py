@@ -82,11 +82,11 @@ def test_bad_arguments_end_in_one_line(classifier_file, tmp_path, offline, capsy
 def test_default_is_the_first_cached_published_classifier(offline):
     offline.mkdir()
     with pytest.raises(cli.UserError, match="perceiver fetch imagenet_conv"):
-        cli._cached_image_classifier(None)
+        cli.images._cached_image_classifier(None)
     (offline / hub.get("imagenet_learned").filename).write_bytes(b"")
-    assert cli._cached_image_classifier(None) == "imagenet_learned"
+    assert cli.images._cached_image_classifier(None) == "imagenet_learned"
     (offline / hub.get("imagenet_fourier").filename).write_bytes(b"")
-    assert cli._cached_image_classifier(None) == "imagenet_fourier"
+    assert cli.images._cached_image_classifier(None) == "imagenet_fourier"
 
 
 def _numpy_cross_attention(path, image):

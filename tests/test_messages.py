@@ -347,7 +347,7 @@ def test_default_flow_model_offline_is_the_shipped_one_in_python_and_the_cli(off
     described = json.loads(SHIPPED_FLOW.with_suffix(".json").read_text())
     assert estimator.tile_shape == tuple(described["sizes"]["image_shape"])
     # The command line says the very same line, and picks the same file.
-    assert pathlib.Path(cli._default_flow_source(None)).samefile(SHIPPED_FLOW)
+    assert pathlib.Path(cli.flow._default_flow_source(None)).samefile(SHIPPED_FLOW)
     assert capsys.readouterr().err == f"perceiver: {note}.\n"
 
 

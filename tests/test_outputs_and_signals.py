@@ -34,7 +34,7 @@ def no_models(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the outputs were checked")
 
-    monkeypatch.setattr(cli, "_flow_estimator", refuse)
+    monkeypatch.setattr(cli.flow, "_flow_estimator", refuse)
     for task in (video.VideoAutoencoder, text.MaskedLanguageModel, imagenet.ImageClassifier,
                  text_classification.TextClassifier):
         monkeypatch.setattr(task, "from_pretrained", refuse)
@@ -148,7 +148,7 @@ def test_every_path_option_is_classified_as_input_or_output():
     for name, sub in commands.items():
         if name in ("convert", "train", "plot"):
             continue
-        classified = set(cli._INPUT_OPTIONS.get(name, {})) | set(cli._OUTPUT_OPTIONS.get(name, {}))
+        classified = set(sub.get_default("input_options") or {}) | set(sub.get_default("output_options") or {})
         for action in sub._actions:
             if set(action.dest.split("_")) & pathlike:
                 assert action.dest in classified, (name, action.dest)
@@ -412,7 +412,7 @@ def test_the_lock_follows_a_lock_file_removed_while_it_was_taken(tmp_path, monke
 
 
 def test_a_failed_demo_leaves_no_folder(tmp_path, cache, monkeypatch, capsys):
-    monkeypatch.setattr(cli, "_flow_estimator",
+    monkeypatch.setattr(cli.flow, "_flow_estimator",
                         lambda *a: lambda x, y, **k: np.zeros(x.shape[:2] + (2,), np.float32))
 
     def full_disk(path, image):
@@ -600,18 +600,18 @@ def _toy(every_steps=100):
     def loss(params, state, key, batch):
         return jnp.mean((batch["x"] * params["lin"]["w"] - batch["y"]) ** 2), ({}, state)
 
-    task = trainer.Task(
+    task = trainer.Objective(
         init=lambda key: ({"lin": {"w": jnp.ones((1,))}}, {}),
         loss=loss,
         train_loader=lambda size, seed: data.make_loader(_Numbers(), [], batch_size=size, seed=seed),
     )
     cfg = config.Config(
         recipe="toy", model={}, data=None, task=None,
-        optimizer=config.OptimizerConfig(optimizer="adamw", base_lr=0.1, scale_by_batch=False,
+        optimizer=config.OptimizerSettings(optimizer="adamw", base_lr=0.1, scale_by_batch=False,
                                          schedule="constant", weight_decay=0.0, max_norm=0.0),
-        train=config.TrainConfig(batch_size=4, num_steps=6, final_eval=False, progress=False,
+        train=config.TrainSettings(batch_size=4, num_steps=6, final_eval=False, progress=False,
                                  log_every=100),
-        checkpoint=config.CheckpointConfig(every_steps=every_steps, async_save=False, export=False),
+        checkpoint=config.CheckpointSettings(every_steps=every_steps, async_save=False, export=False),
     )
     return cfg, task
 

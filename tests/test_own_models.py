@@ -161,7 +161,7 @@ def _described(tmp_path, model, description=None, name=None):
 
 
 def test_shipped_flow_model_loads_from_python_by_its_path(offline):
-    estimator = flow_lib.OpticalFlow.from_pretrained(cli._bundled_flow_model())
+    estimator = flow_lib.OpticalFlow.from_pretrained(cli.flow._bundled_flow_model())
     assert estimator.tile_shape == (32, 32) and estimator.min_overlap == 4 and estimator.max_flow == 4.0
     assert estimator.sizes["num_latents"] == 64
 

@@ -16,7 +16,7 @@ from perceiver import checkpoint, cli, language_model  # noqa: E402
 from perceiver.tasks import generation  # noqa: E402
 from perceiver.train import main as train_main  # noqa: E402
 from perceiver.train import metrics  # noqa: E402
-from perceiver.train import text as text_lib  # noqa: E402
+from perceiver.train import text_data as text_lib  # noqa: E402
 
 # Small enough to train in seconds; 8 latents, so the sampler refills every 4 bytes.
 MICRO = [

@@ -28,9 +28,34 @@ def weights():
     return checkpoint.load(ref.checkpoint_path("video_autoencoding"))
 
 
+# Traces of the fixture's compiled encode and decode, counted by a spy.
+TRACES = {"encode": 0, "decode": 0}
+_PARTS = models.video_autoencoder_parts
+
+
+def _spied_parts(**sizes):
+    """`models.video_autoencoder_parts` whose apply functions count their calls.
+
+    The task calls them only inside its jitted functions: once per trace.
+    """
+    parts = _PARTS(**sizes)
+
+    def counted(name):
+        def apply(*args, **kwargs):
+            TRACES[name] += 1
+            return getattr(parts.apply, name)(*args, **kwargs)
+
+        return apply
+
+    spied = models.VideoAutoencoderParts(encode=counted("encode"), decode=counted("decode"))
+    return parts._replace(apply=spied)
+
+
 @pytest.fixture(scope="module")
 def autoencoder(weights):
-    return video_task.VideoAutoencoder(*weights, chunk_size=CHUNK_SIZE, **SIZES)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(models, "video_autoencoder_parts", _spied_parts)
+        return video_task.VideoAutoencoder(*weights, chunk_size=CHUNK_SIZE, **SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +179,7 @@ def test_encoder_runs_once_per_clip_and_compiles_once(autoencoder, monkeypatch):
     assert result.audio.shape == ((2 * FRAMES + 2) * SPF,)
     np.testing.assert_array_equal(result.clip_starts, [0, FRAMES, 2 * FRAMES])
     # Every clip and chunk, in every test here, used one trace of each.
-    assert autoencoder._traces == {"encode": 1, "decode": 1}
+    assert TRACES == {"encode": 1, "decode": 1}
 
 
 def test_clips_are_padded_then_trimmed(autoencoder, whole_model):

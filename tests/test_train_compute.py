@@ -11,23 +11,23 @@ from perceiver.train import config, recipes
 def _flow_task(tmp_path, *overrides):
     cfg = recipes.get_config("flow", tiny=True)
     config.apply_overrides(cfg, ["data.train_examples=2", "data.eval_examples=2", *overrides])
-    task = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
-    batch = {k: jnp.asarray(v) for k, v in next(iter(task.train_loader(2, 0))).items()}
-    params, state = task.init(jax.random.PRNGKey(0))
-    return task, params, state, batch
+    objective = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
+    batch = {k: jnp.asarray(v) for k, v in next(iter(objective.train_loader(2, 0))).items()}
+    params, state = objective.init(jax.random.PRNGKey(0))
+    return objective, params, state, batch
 
 
-def _gradient_program(task, params, state, batch) -> str:
+def _gradient_program(objective, params, state, batch) -> str:
     def loss(params):
-        return task.loss(params, state, jax.random.PRNGKey(1), batch)[0]
+        return objective.loss(params, state, jax.random.PRNGKey(1), batch)[0]
 
     return str(jax.make_jaxpr(jax.grad(loss))(params))
 
 
 def test_compute_options_follow_the_section():
-    settings = config.ComputeConfig()
+    settings = config.ComputeSettings()
     assert recipes.compute_options(settings) == {}
-    settings = config.ComputeConfig(dtype="bfloat16", remat=True, attention="tiled")
+    settings = config.ComputeSettings(dtype="bfloat16", remat=True, attention="tiled")
     assert recipes.compute_options(settings) == {
         "compute_dtype": jnp.bfloat16, "remat": True, "attention": "tiled",
     }
@@ -47,11 +47,11 @@ def test_a_step_in_each_mode_keeps_float32_parameters_and_changes_the_computatio
         "float32": [],
         "bfloat16": ["compute.dtype=bfloat16", "compute.remat=true"],
     }.items():
-        task, params, state, batch = _flow_task(tmp_path / mode, *overrides)
-        programs[mode] = _gradient_program(task, params, state, batch)
-        grads = jax.eval_shape(jax.grad(lambda p: task.loss(p, state, jax.random.PRNGKey(1), batch)[0]), params)
+        objective, params, state, batch = _flow_task(tmp_path / mode, *overrides)
+        programs[mode] = _gradient_program(objective, params, state, batch)
+        grads = jax.eval_shape(jax.grad(lambda p: objective.loss(p, state, jax.random.PRNGKey(1), batch)[0]), params)
         assert all(g.dtype == jnp.float32 for g in jax.tree_util.tree_leaves(grads))
-        loss, _ = jax.jit(lambda p: task.loss(p, state, jax.random.PRNGKey(1), batch))(params)
+        loss, _ = jax.jit(lambda p: objective.loss(p, state, jax.random.PRNGKey(1), batch))(params)
         assert np.isfinite(float(loss))
         losses[mode] = float(loss)
     # bfloat16 products only where asked; the same loss up to bfloat16's rounding.

@@ -130,6 +130,22 @@ def test_model_rules_cover_every_argument_of_every_factory():
     assert set(recipes.MODEL_RULES["text_classifier"]) == text
 
 
+def test_size_rules_are_read_from_the_factory_and_overrides_only_fill_what_it_cannot_say():
+    from perceiver.train.objectives.kind import SIZE, size_rules
+
+    flow = size_rules("optical_flow")
+    assert flow["num_latents"] == SIZE
+    assert flow["image_shape"] == config.Interval(SIZE, length=2)  # as many sides as the default's
+    # A float's range and a string's words are not in a signature: asked for, by name.
+    with pytest.raises(TypeError, match="the rule of dropout_prob .* needs an override"):
+        size_rules("byte_language_model")
+    with pytest.raises(TypeError, match="the rule of variant"):
+        size_rules("imagenet_classifier")
+    with pytest.raises(ValueError, match="no argument num_latent;"):
+        size_rules("optical_flow", num_latent=SIZE)
+    assert size_rules("text_classifier", num_classes="int [0, inf)")["num_classes"] == "int [0, inf)"
+
+
 def test_a_number_without_a_range_is_a_definition_error():
     @dataclasses.dataclass
     class Section:
@@ -321,7 +337,7 @@ class _Source:
         return "_Source()"
 
 
-def _toy_task(kink: bool = False) -> trainer.Task:
+def _toy_objective(kink: bool = False) -> trainer.Objective:
     """Linear regression from w = 1; `kink` adds sqrt(w - 1): 0 there, with an infinite gradient."""
 
     def loss(params, state, key, batch):
@@ -331,7 +347,7 @@ def _toy_task(kink: bool = False) -> trainer.Task:
             value = value + jnp.sum(jnp.sqrt(w - 1.0))
         return value, ({}, state)
 
-    return trainer.Task(
+    return trainer.Objective(
         init=lambda key: ({"lin": {"w": jnp.ones((1,))}}, {}),
         loss=loss,
         train_loader=lambda size, seed: data.make_loader(_Source(), [], batch_size=size, seed=seed),
@@ -341,12 +357,12 @@ def _toy_task(kink: bool = False) -> trainer.Task:
 def _toy_config(**optimizer) -> config.Config:
     return config.Config(
         recipe="toy", model={}, data=None, task=None,
-        optimizer=config.OptimizerConfig(optimizer="adamw", scale_by_batch=False, schedule="constant",
+        optimizer=config.OptimizerSettings(optimizer="adamw", scale_by_batch=False, schedule="constant",
                                          weight_decay=0.0, max_norm=0.0, **optimizer),
-        train=config.TrainConfig(
+        train=config.TrainSettings(
             batch_size=4, num_steps=5, final_eval=False, progress=False, log_every=100
         ),
-        checkpoint=config.CheckpointConfig(every_steps=1, async_save=False),
+        checkpoint=config.CheckpointSettings(every_steps=1, async_save=False),
     )
 
 
@@ -354,7 +370,7 @@ def test_non_finite_parameters_are_never_saved_even_with_a_finite_loss(tmp_path)
     # The loss of step 1 (at the initial w) is finite, its gradient is not, so
     # the update makes w NaN: the save of step 1 must refuse it.
     with pytest.raises(trainer.NonFiniteError) as info:
-        trainer.train(_toy_config(base_lr=0.05), _toy_task(kink=True), str(tmp_path))
+        trainer.train(_toy_config(base_lr=0.05), _toy_objective(kink=True), str(tmp_path))
     message = str(info.value)
     assert message.startswith("non-finite values in ") and "at step 1 (not saved)" in message
     assert "params/lin/w" in message and "no checkpoint was saved" in message
@@ -363,7 +379,7 @@ def test_non_finite_parameters_are_never_saved_even_with_a_finite_loss(tmp_path)
 
 
 def test_a_healthy_toy_run_is_untouched_by_the_checks(tmp_path):
-    summary = trainer.train(_toy_config(base_lr=0.05), _toy_task(), str(tmp_path))
+    summary = trainer.train(_toy_config(base_lr=0.05), _toy_objective(), str(tmp_path))
     assert summary["steps"] == 5 and math.isfinite(summary["final_train"]["loss"])
     params, _ = checkpoint.load(tmp_path / "model.pystate")
     assert np.all(np.isfinite(params["lin"]["w"]))

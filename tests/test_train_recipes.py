@@ -123,17 +123,19 @@ def recipes_snapshot():
             factory: {k: repr(config_lib.rule(v)) for k, v in rules.items()}
             for factory, rules in recipes.MODEL_RULES.items()
         },
+        # Each recipe's sizes, from its own module.
         "sizes": {
-            name: repr(getattr(recipes, name))
-            for name in (
-                "IMAGENET_MODEL", "TINY_IMAGE_MODEL", "MLM_MODEL", "TINY_MLM_MODEL", "FLOW_MODEL",
-                "FLOW_SMALL_MODEL", "TINY_FLOW_SMALL_MODEL", "TINY_FLOW_MODEL",
+            name: repr(getattr(getattr(recipes, module), name))
+            for module, name in (
+                ("imagenet", "IMAGENET_MODEL"), ("imagenet", "TINY_IMAGE_MODEL"), ("mlm", "MLM_MODEL"),
+                ("mlm", "TINY_MLM_MODEL"), ("flow", "FLOW_MODEL"), ("flow_small", "FLOW_SMALL_MODEL"),
+                ("flow_small", "TINY_FLOW_SMALL_MODEL"), ("flow", "TINY_FLOW_MODEL"),
             )
         },
         "configs": {},
     }
-    # A stand-in task: what `describe` reads (class names, examples per epoch).
-    task = trainer.Task(init=None, loss=None, train_loader=None, num_train_examples=1000,
+    # A stand-in objective: what `describe` reads (class names, examples per epoch).
+    objective = trainer.Objective(init=None, loss=None, train_loader=None, num_train_examples=1000,
                         export_info={"classes": ["cat", "dog"]})
     for name in recipes.CONFIGS:
         for tiny in (False, True):
@@ -148,7 +150,7 @@ def recipes_snapshot():
             }
             if cfg.model.get("num_classes") == 0:
                 cfg.model["num_classes"] = 3  # as `build_task` fills it in: two named, one not
-            entry["description"] = recipes.describe(cfg, task, 7, "/runs/x")
+            entry["description"] = recipes.describe(cfg, objective, 7, "/runs/x")
             snapshot["configs"][f"{name}{' --tiny' if tiny else ''}"] = entry
     errors = {"get_config unknown": _error(recipes.get_config, "nope")}
     for case, name, tiny, change in _bad_configs():
@@ -188,7 +190,7 @@ NEW_RECIPE = textwrap.dedent(
     """
     from perceiver.train.recipes._registry import register
     from perceiver.train.recipes.flow import flow_config
-    from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW
+    from perceiver.train.objectives.flow import OPTICAL_FLOW
 
 
     @register("flow_narrow", OPTICAL_FLOW)
@@ -240,20 +242,18 @@ def test_register_refuses_a_second_recipe_of_one_name_and_a_kind_that_is_not_one
     with pytest.raises(ValueError, match=r"recipe 'flow' is registered twice: by perceiver.train.recipes.flow"
                        r".flow_config and .*other_flow_config\."):
         recipes.register("flow", recipes.RECIPES["flow"].kind)(other_flow_config)
-    with pytest.raises(TypeError, match="kind must be a TaskKind; got str"):
+    with pytest.raises(TypeError, match="kind must be an ObjectiveKind; got str"):
         recipes.register("other", "optical_flow")
-    assert "other" not in recipes.CONFIGS and recipes.CONFIGS["flow"] is recipes.flow_config
+    assert "other" not in recipes.CONFIGS and recipes.CONFIGS["flow"] is recipes.flow.flow_config
 
 
-def test_the_names_of_the_single_recipes_module_are_still_there():
+def test_the_recipes_package_offers_its_api_and_each_recipe_its_own_names():
     from perceiver.train import recipes
 
-    names = """BUILDERS CONFIGS DESCRIBERS FACTORIES MODEL_RULES get_config validate build_task describe
-    flow_scene_spec imagenet_config finetune_image_config finetune_text_config mlm_config flow_config
-    flow_small_config IMAGENET_MODEL TINY_IMAGE_MODEL MLM_MODEL TINY_MLM_MODEL FLOW_MODEL TINY_FLOW_MODEL
-    FLOW_SMALL_MODEL TINY_FLOW_SMALL_MODEL ImageData ClassificationTask TextData MlmTask FlowData FlowTask
-    Config CheckpointConfig OptimizerConfig TrainConfig Task Interval SEED ranged _classification_fns"""
-    assert [n for n in names.split() if not hasattr(recipes, n)] == []
+    assert [n for n in recipes.__all__ if not hasattr(recipes, n)] == []
+    # A recipe's config function and sizes are in its module, not repeated in the package.
+    assert not hasattr(recipes, "flow_config") and not hasattr(recipes, "TINY_FLOW_MODEL")
+    assert recipes.flow.TINY_FLOW_MODEL["image_shape"] == (16, 16)
 
 
 def test_recipes_register_themselves_in_their_listed_order():
@@ -265,9 +265,9 @@ def test_recipes_register_themselves_in_their_listed_order():
     for name in listed:
         assert recipes.CONFIGS[name] is recipes.RECIPES[name].config
         assert recipes.get_config(name).recipe == name == recipes.get_config(name, tiny=True).recipe
-    # The names of the days of one recipes module stay importable from it.
-    for name in listed[:4] + listed[5:7]:
-        assert recipes.CONFIGS[name] is getattr(recipes, f"{name}_config")
+    # Each recipe's config function is NAME_config in its module NAME.
+    for name in listed:
+        assert recipes.CONFIGS[name] is getattr(getattr(recipes, name), f"{name}_config")
 
 
 def _flat(tree, prefix=""):
@@ -281,14 +281,14 @@ def _flat(tree, prefix=""):
 
 
 def test_flow_small_photo_is_the_run_that_made_the_shipped_flow_model():
-    from perceiver import cli
+    from perceiver.cli import flow as cli_flow
     from perceiver.train import config as config_lib
     from perceiver.train import recipes
 
-    ran = _flat(checkpoint.read_description(cli._bundled_flow_model())["trained"]["config"])
+    ran = _flat(checkpoint.read_description(cli_flow._bundled_flow_model())["trained"]["config"])
     recipe = _flat(json.loads(json.dumps(config_lib.to_dict(recipes.get_config("flow_small_photo")))))
     # The compute section came after that run, which computed as its defaults say.
-    defaults = _flat({"compute": config_lib.to_dict(config_lib.ComputeConfig())})
+    defaults = _flat({"compute": config_lib.to_dict(config_lib.ComputeSettings())})
     assert set(ran) == set(recipe) - set(defaults)
     assert all(recipe[key] == value for key, value in defaults.items())
     differ = {key: (ran[key], recipe[key]) for key in ran if ran[key] != recipe[key]}
@@ -393,16 +393,16 @@ EQUIVALENCE = textwrap.dedent(
     cfg = recipes.get_config("imagenet", tiny=True)
     # The conv stem has BatchNorm: its statistics must be those of the global batch too.
     cfg.model.update(variant="conv_preprocessing", image_size=16, num_classes=5, num_blocks=1)
-    task = recipes.build_task(cfg, sys.argv[1])
+    objective = recipes.build_task(cfg, sys.argv[1])
     opt, schedule = optim.make_optimizer(cfg.optimizer, 10, 16)  # LAMB, clipping, weight decay
     rng = np.random.default_rng(0)
     batches = [dict(images=rng.normal(size=(16, 16, 16, 3)).astype(np.float32),
                     labels=rng.integers(0, 5, 16).astype(np.int32),
                     mix_labels=rng.integers(0, 5, 16).astype(np.int32),
                     ratio=rng.uniform(size=16).astype(np.float32)) for _ in range(2)]
-    build = trainer.initial_state(task, opt, seed=0)
+    build = trainer.initial_state(objective, opt, seed=0)
     initial = jax.device_get(jax.jit(build)())
-    step_fn = trainer.make_train_step(task.loss, opt, schedule)
+    step_fn = trainer.make_train_step(objective.loss, opt, schedule)
 
     def run(n, shard):
         mesh = parallel.make_mesh(n)
@@ -536,10 +536,11 @@ FLOW_SMALL = os.path.join(REPO, "perceiver", "data", "flow_small.pystate")
 @pytest.mark.skipif(not os.path.exists(FLOW_SMALL), reason="perceiver/data/flow_small.pystate not built")
 def test_shipped_flow_small_beats_zero_flow_on_held_out_pairs():
     from perceiver.train import recipes, synthetic_flow
+    from perceiver.train.objectives.flow import flow_scene_spec
 
     config = recipes.get_config("flow_small")
     model, params, state = models.load_for("optical_flow", FLOW_SMALL, **config.model)
-    spec = recipes.flow_scene_spec(config)
+    spec = flow_scene_spec(config)
     # A seed used neither for training (0) nor for the recipe's evaluation set.
     pairs = [synthetic_flow.make_pair(spec, 12345, i) for i in range(16)]
     frames = np.stack([p["frames"] for p in pairs])

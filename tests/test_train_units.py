@@ -13,7 +13,7 @@ pytest.importorskip("orbax.checkpoint")
 
 from perceiver import checkpoint, models  # noqa: E402
 from perceiver.train import augment, config, data, finetune, losses, optim  # noqa: E402
-from perceiver.train import recipes, synthetic_flow, text  # noqa: E402
+from perceiver.train import recipes, synthetic_flow, text_data  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # Losses against numpy
@@ -157,7 +157,7 @@ def test_weight_decay_mask_excludes_biases_norms_and_position_embeddings():
 
 def test_optimizer_decays_only_masked_parameters():
     params = {"lin": {"w": jnp.ones((2, 2)), "b": jnp.ones(2)}, "layer_norm": {"scale": jnp.ones(2)}}
-    cfg = config.OptimizerConfig(optimizer="adamw", base_lr=0.1, scale_by_batch=False,
+    cfg = config.OptimizerSettings(optimizer="adamw", base_lr=0.1, scale_by_batch=False,
                                  weight_decay=0.5, max_norm=0, schedule="constant")
     opt, _ = optim.make_optimizer(cfg, total_steps=10, batch_size=8)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
@@ -170,8 +170,8 @@ def test_optimizer_decays_only_masked_parameters():
 def test_gradient_clipping_by_global_norm_comes_first():
     kwargs = dict(optimizer="adamw", base_lr=0.1, scale_by_batch=False, weight_decay=0.0,
                   schedule="constant", eps=1e-8)
-    clipped, _ = optim.make_optimizer(config.OptimizerConfig(max_norm=1.0, **kwargs), 10, 8)
-    unclipped, _ = optim.make_optimizer(config.OptimizerConfig(max_norm=0.0, **kwargs), 10, 8)
+    clipped, _ = optim.make_optimizer(config.OptimizerSettings(max_norm=1.0, **kwargs), 10, 8)
+    unclipped, _ = optim.make_optimizer(config.OptimizerSettings(max_norm=0.0, **kwargs), 10, 8)
     by_hand = optim.optax.chain(optim.optax.clip_by_global_norm(1.0),
                                 optim.optax.adamw(0.1, eps=1e-8, weight_decay=0.0))
     params = {"m": {"w": jnp.zeros(2)}}
@@ -196,7 +196,7 @@ def test_train_step_draws_a_fresh_key_per_step_and_eval_none():
         return jnp.sum(params["m"]["w"] * batch["x"]), ({"noise": noise}, state)
 
     opt, schedule = optim.make_optimizer(
-        config.OptimizerConfig(optimizer="adamw", base_lr=0.1, scale_by_batch=False, schedule="constant"), 10, 2)
+        config.OptimizerSettings(optimizer="adamw", base_lr=0.1, scale_by_batch=False, schedule="constant"), 10, 2)
     params = {"m": {"w": jnp.ones(2)}}
     rng = jax.random.PRNGKey(3)
     ts = trainer.TrainState(jnp.zeros((), jnp.int32), params, {}, opt.init(params), rng)
@@ -214,7 +214,7 @@ def test_train_step_draws_a_fresh_key_per_step_and_eval_none():
 def _schedule(**kwargs):
     base = dict(base_lr=1.0, scale_by_batch=False)
     base.update(kwargs)
-    return optim.learning_rate_schedule(config.OptimizerConfig(**base), total_steps=100, batch_size=256)
+    return optim.learning_rate_schedule(config.OptimizerSettings(**base), total_steps=100, batch_size=256)
 
 
 def test_constant_cosine_schedule_values():
@@ -235,7 +235,7 @@ def test_cosine_warmup_schedule_values():
 def test_step_decay_schedule_and_batch_scaling():
     f = _schedule(schedule="steps", decay_boundaries=(0.5, 0.8), decay_rate=0.1)
     np.testing.assert_allclose([f(49), f(50), f(79), f(80), f(99)], [1, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
-    g = optim.learning_rate_schedule(config.OptimizerConfig(base_lr=5e-4, schedule="constant"), 10, 1024)
+    g = optim.learning_rate_schedule(config.OptimizerSettings(base_lr=5e-4, schedule="constant"), 10, 1024)
     np.testing.assert_allclose(g(3), 5e-4 * 1024 / 256, rtol=1e-6)
     with pytest.raises(ValueError, match="schedule"):
         _schedule(schedule="linear")
@@ -394,9 +394,9 @@ def _assert_same(a, b):
 
 
 def test_text_pipeline_order_is_deterministic_and_resumable(tmp_path):
-    paths = text.write_generated_text(str(tmp_path), documents=40)
-    source = text.ByteChunks([paths["corpus"]], seq_len=32)
-    make = lambda seed: data.make_loader(source, [text.MaskTokens()], batch_size=4, seed=seed)
+    paths = text_data.write_generated_text(str(tmp_path), documents=40)
+    source = text_data.ByteChunks([paths["corpus"]], seq_len=32)
+    make = lambda seed: data.make_loader(source, [text_data.MaskTokens()], batch_size=4, seed=seed)
     first, _ = _batches(make(3), 6)
     again, _ = _batches(make(3), 6)
     _assert_same(first, again)  # same seed: same order and same masks
@@ -470,16 +470,16 @@ def test_training_images_are_read_upright_as_at_inference(tmp_path):
 
 def test_span_masking_counts_and_replacements():
     rng = np.random.default_rng(0)
-    mask = text.span_mask(rng, 200, mask_prob=0.15, mean_span=3.0, max_span=10)
+    mask = text_data.span_mask(rng, 200, mask_prob=0.15, mean_span=3.0, max_span=10)
     assert mask.sum() == 30
     runs = np.diff(np.flatnonzero(np.diff(np.r_[0, mask.astype(int), 0])))[::2]
     assert runs.max() > 1  # spans, not single bytes
-    tokens = text.TOKENIZER.to_int("hello world, this is a test of masking " * 20)[:512]
+    tokens = text_data.TOKENIZER.to_int("hello world, this is a test of masking " * 20)[:512]
     pad = np.r_[np.ones(500), np.zeros(12)].astype(np.int32)
-    out = text.mask_tokens(tokens, pad, np.random.default_rng(1))
+    out = text_data.mask_tokens(tokens, pad, np.random.default_rng(1))
     chosen = out["weights"] > 0
     assert chosen[500:].sum() == 0 and chosen.sum() == 75
-    masked = out["inputs"] == text.TOKENIZER.mask_token
+    masked = out["inputs"] == text_data.TOKENIZER.mask_token
     assert masked[chosen].mean() > 0.6 and not masked[~chosen].any()
     np.testing.assert_array_equal(out["inputs"][~chosen], tokens[~chosen])
 

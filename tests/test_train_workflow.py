@@ -145,7 +145,7 @@ def test_a_longer_run_keeps_the_learning_rate_continuous(run, capsys):
 
 
 def test_continued_schedule_is_continuous_and_ends_at_the_new_total():
-    cfg = config.OptimizerConfig(base_lr=1.0, scale_by_batch=False, schedule="cosine", warmup_steps=10,
+    cfg = config.OptimizerSettings(base_lr=1.0, scale_by_batch=False, schedule="cosine", warmup_steps=10,
                                  end_lr=0.1)
     old = optim.learning_rate_schedule(cfg, 100, 256)
     f = optim.continued_schedule(cfg, [(0, 100), (60, 200)], 256)
@@ -158,7 +158,7 @@ def test_continued_schedule_is_continuous_and_ends_at_the_new_total():
     np.testing.assert_allclose(f(200), 0.1, rtol=1e-6)
     values = np.array([float(f(s)) for s in range(60, 201)])
     assert np.all(np.diff(values) <= 1e-7) and values[0] > values[70] > values[-1]
-    steps = config.OptimizerConfig(base_lr=1.0, scale_by_batch=False, schedule="steps",
+    steps = config.OptimizerSettings(base_lr=1.0, scale_by_batch=False, schedule="steps",
                                    decay_boundaries=(0.5,), decay_rate=0.1)
     g = optim.continued_schedule(steps, [(0, 100), (60, 200)], 256)
     # Decayed at 50 (half of 100); from 60 on the next decay is at 100 (half of 200), from 0.1.
@@ -174,7 +174,7 @@ def test_overrides_anywhere_on_the_command_line(tmp_path, capsys):
     assert status == 0
     cfg = json.loads(out)
     assert (cfg["model"]["num_latents"], cfg["train"]["batch_size"], cfg["data"]["max_objects"]) == (7, 4, 2)
-    assert cfg["model"]["image_shape"] == list(recipes.TINY_FLOW_MODEL["image_shape"])  # --tiny applied
+    assert cfg["model"]["image_shape"] == list(recipes.flow.TINY_FLOW_MODEL["image_shape"])  # --tiny applied
 
 
 # ---------------------------------------------------------------------------
@@ -200,8 +200,8 @@ def test_eval_on_small_images_sees_the_whole_image(tmp_path):
     cfg = recipes.get_config("imagenet", tiny=True)
     config.apply_overrides(cfg, ["data.generate=false", f"data.train_dir={tmp_path / 'digits'}",
                                  f"data.eval_dir={tmp_path / 'digits'}"])
-    task = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
-    batch = next(iter(task.eval_loader(6)))
+    objective = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
+    batch = next(iter(objective.eval_loader(6)))
     size = cfg.model["image_size"]
     source = images.ImageFolder(tmp_path / "digits")
     for i in range(6):
@@ -248,8 +248,8 @@ def test_data_order_does_not_depend_on_the_number_of_workers(tmp_path):
     for workers in (0, 2):
         cfg = recipes.get_config("imagenet", tiny=True)  # RandAugment, MixUp and CutMix
         cfg.data.workers = workers
-        task = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
-        iterator = iter(task.train_loader(4, 0))
+        objective = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=False)
+        iterator = iter(objective.train_loader(4, 0))
         batches[workers] = [next(iterator) for _ in range(3)]
         state = iterator.get_state()
         iterator.close()
@@ -263,7 +263,7 @@ def test_data_order_does_not_depend_on_the_number_of_workers(tmp_path):
         for key in a:
             np.testing.assert_array_equal(a[key], b[key])
     assert not np.array_equal(batches[0][0]["images"], batches[0][1]["images"])
-    fourth = iter(task.train_loader(4, 0))
+    fourth = iter(objective.train_loader(4, 0))
     expected = [next(fourth) for _ in range(4)][3]
     for key in expected:
         np.testing.assert_array_equal(batches["resumed"][0][key], expected[key])
@@ -284,17 +284,17 @@ SHARDING = textwrap.dedent(
     def loss(params, state, key, batch):
         return jnp.mean((batch["x"] @ params["big"]["w"]).sum() + params["small"]["w"].sum()), ({}, state)
 
-    task = trainer.Task(
+    objective = trainer.Objective(
         init=lambda key: ({"big": {"w": jnp.zeros((8, 64))}, "small": {"w": jnp.zeros((8,))}}, {}),
         loss=loss,
         train_loader=lambda size, seed: data.make_loader(Source(), [], batch_size=size, seed=seed))
     for i, min_size in enumerate((100, 10**6)):
         cfg = config.Config(recipe="toy", model={}, data=None, task=None,
-            optimizer=config.OptimizerConfig(optimizer="adamw", schedule="constant"),
-            train=config.TrainConfig(batch_size=2, num_steps=1, final_eval=False, progress=False),
-            checkpoint=config.CheckpointConfig(async_save=False, export=False),
-            mesh=config.MeshConfig(shard_params=True, shard_min_size=min_size))
-        trainer.train(cfg, task, os.path.join(sys.argv[1], str(i)))
+            optimizer=config.OptimizerSettings(optimizer="adamw", schedule="constant"),
+            train=config.TrainSettings(batch_size=2, num_steps=1, final_eval=False, progress=False),
+            checkpoint=config.CheckpointSettings(async_save=False, export=False),
+            mesh=config.MeshSettings(shard_params=True, shard_min_size=min_size))
+        trainer.train(cfg, objective, os.path.join(sys.argv[1], str(i)))
     """
 )
 
@@ -319,14 +319,14 @@ def test_the_sharding_threshold_is_a_field_and_what_is_sharded_is_logged(tmp_pat
 def test_mlm_evaluation_counts_examples_and_masked_tokens(tmp_path):
     cfg = recipes.get_config("mlm", tiny=True)
     config.apply_overrides(cfg, ["model.num_self_attends=1", "train.eval_batch_size=8"])
-    task = recipes.build_task(cfg, str(tmp_path / "run"))
-    params, state = jax.jit(task.init)(jax.random.PRNGKey(0))
+    objective = recipes.build_task(cfg, str(tmp_path / "run"))
+    params, state = jax.jit(objective.init)(jax.random.PRNGKey(0))
     mesh = parallel.make_mesh(1)
     rep = parallel.replicated(mesh)
-    step = trainer.compile_eval_step(task.evaluate, rep, rep, mesh)
+    step = trainer.compile_eval_step(objective.evaluate, rep, rep, mesh)
     ts = trainer.TrainState(jnp.zeros((), jnp.int32), params, state, None, None)
-    result = trainer.evaluate(task, step, ts, 8, mesh, max_batches=2)
-    masked = sum(float(b["weights"].sum()) for b, _ in zip(task.eval_loader(8), range(2)))
+    result = trainer.evaluate(objective, step, ts, 8, mesh, max_batches=2)
+    masked = sum(float(b["weights"].sum()) for b, _ in zip(objective.eval_loader(8), range(2)))
     assert result["examples"] == 16
     assert result["masked_tokens"] == masked and masked > 16
     assert set(result) == {"loss", "masked_acc", "examples", "masked_tokens"}
@@ -336,7 +336,9 @@ def test_top_5_accuracy_only_with_more_than_5_classes():
     def apply_logits(params, state, key, batch, is_training):
         return batch["logits"], state
 
-    _, evaluate = recipes._classification_fns(apply_logits, 0.0)
+    from perceiver.train.objectives import classification
+
+    _, evaluate = classification.classification_fns(apply_logits, 0.0)
     for classes, names in ((4, {"loss", "top_1_acc"}), (5, {"loss", "top_1_acc"}),
                            (10, {"loss", "top_1_acc", "top_5_acc"})):
         batch = {"logits": jnp.eye(2, classes), "labels": jnp.array([0, 1]), "example_weights": jnp.ones(2)}
@@ -418,9 +420,9 @@ def test_training_exports_a_description_that_rebuilds_the_model(finished):
 def test_export_description_rebuilds_every_recipes_tiny_model(recipe, tmp_path, capsys):
     workdir = tmp_path / "run"
     cfg = recipes.get_config(recipe, tiny=True)
-    task = recipes.build_task(cfg, str(workdir), pretrained=False)
+    objective = recipes.build_task(cfg, str(workdir), pretrained=False)
     opt, _ = optim.make_optimizer(cfg.optimizer, 10, cfg.train.batch_size)
-    abstract = jax.eval_shape(trainer.initial_state(task, opt, 0))
+    abstract = jax.eval_shape(trainer.initial_state(objective, opt, 0))
     zeros = lambda tree: jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), tree)
     saver = checkpointing.Checkpointer(str(workdir / "checkpoints"), async_save=False)
     tree = {"params": zeros(abstract.params), "state": zeros(abstract.state), "step": np.int32(3)}
@@ -464,9 +466,9 @@ def test_a_flow_recipe_starts_from_a_flow_checkpoint_given_as_task_pretrained(tm
     path = tmp_path / "start.pystate"
     checkpoint.save(path, params, state)
     config.apply_overrides(cfg, [f"task.pretrained={path}"])
-    task = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=True)
-    fresh, fresh_state = task.init(jax.random.PRNGKey(0))
-    loaded, _ = task.load_pretrained(fresh, fresh_state)
+    objective = recipes.build_task(cfg, str(tmp_path / "run"), pretrained=True)
+    fresh, fresh_state = objective.init(jax.random.PRNGKey(0))
+    loaded, _ = objective.load_pretrained(fresh, fresh_state)
     assert sorted(loaded) == sorted(params)
     for module in params:
         for name in params[module]:
@@ -476,6 +478,6 @@ def test_a_flow_recipe_starts_from_a_flow_checkpoint_given_as_task_pretrained(tm
     shipped = os.path.join(os.path.dirname(models.__file__), "data", "flow_small.pystate")
     cfg = recipes.get_config("flow_small", tiny=True)
     config.apply_overrides(cfg, [f"task.pretrained={shipped}"])
-    task = recipes.build_task(cfg, str(tmp_path / "run3"), pretrained=True)
+    objective = recipes.build_task(cfg, str(tmp_path / "run3"), pretrained=True)
     with pytest.raises(CheckpointError, match="mismatched"):
-        task.load_pretrained(*task.init(jax.random.PRNGKey(0)))
+        objective.load_pretrained(*objective.init(jax.random.PRNGKey(0)))

@@ -202,10 +202,8 @@ class MaskedLanguageModel:
         # Token ids below byte 0's are special (pad, mask, ...).
         first_byte = int(self.tokenizer.to_int(b"\0")[0])
         self._first_byte = first_byte
-        self._traces = 0
 
         def predict(params, state, tokens, mask):
-            self._traces += 1
             logits, _ = model.apply(params, state, None, tokens, mask)
             # Only bytes may fill a span: the best byte, and its probability
             # under the whole vocabulary.

@@ -271,16 +271,12 @@ class VideoAutoencoder:
         self._params = jax.device_put(params)
         self._state = jax.device_put(state)
         parts = models.video_autoencoder_parts(**sizes)
-        # Traces of each compiled function, for tests: one each per shape.
-        self._traces = {"encode": 0, "decode": 0}
 
         def encode(params, state, images, audio):
-            self._traces["encode"] += 1
             latents, _ = parts.apply.encode(params, state, None, images, audio)
             return latents
 
         def decode(params, state, latents, image_points, audio_points):
-            self._traces["decode"] += 1
             out, _ = parts.apply.decode(
                 params, state, None, latents, {"image": image_points, "audio": audio_points}
             )

@@ -6,7 +6,7 @@ iterator's state. Orbax writes into a temporary folder and renames it when
 complete, so a run killed mid-save leaves the previous checkpoints intact;
 only the last `keep` are kept. `export` writes params and model state in
 the published `.pystate` format that `perceiver.checkpoint.load` and the
-task functions read.
+inference tasks (`perceiver.tasks`) read.
 """
 
 import os

@@ -163,7 +163,7 @@ SCHEDULES = ("constant", "constant_cosine", "cosine", "steps")
 
 
 @dataclasses.dataclass
-class OptimizerConfig:
+class OptimizerSettings:
     """Optimiser, learning-rate schedule, weight decay and clipping.
 
     Defaults are the reference's ImageNet settings: LAMB, base learning rate
@@ -196,7 +196,7 @@ class OptimizerConfig:
 
 
 @dataclasses.dataclass
-class TrainConfig:
+class TrainSettings:
     """Length of training, batch, logging and evaluation."""
 
     batch_size: int = ranged(1024, "[1, inf)")  # global, over all devices and hosts
@@ -213,7 +213,7 @@ class TrainConfig:
 
 
 @dataclasses.dataclass
-class CheckpointConfig:
+class CheckpointSettings:
     """Periodic, atomic checkpoints (orbax) of the full training state."""
 
     every_steps: int = ranged(1000, "[1, inf)")
@@ -223,7 +223,7 @@ class CheckpointConfig:
 
 
 @dataclasses.dataclass
-class MeshConfig:
+class MeshSettings:
     """How the computation is laid out over devices and hosts."""
 
     # Devices on the data axis; -1: all devices.
@@ -241,7 +241,7 @@ class MeshConfig:
 
 
 @dataclasses.dataclass
-class ComputeConfig:
+class ComputeSettings:
     """How the model computes while training (`perceiver.compute` options); parameters stay float32.
 
     dtype 'bfloat16' is mixed precision: float32 parameters and optimizer
@@ -258,17 +258,22 @@ class ComputeConfig:
 
 @dataclasses.dataclass
 class Config:
-    """A complete training run."""
+    """A complete training run: one section per key, each a `*Settings` dataclass but `model`.
+
+    `model` is a dict of the factory's sizes; `data` and `task` are the
+    settings of the recipe's objective (e.g. `ImageDataSettings`,
+    `ClassificationSettings`, in `perceiver.train.objectives`).
+    """
 
     recipe: str
     model: Dict[str, Any]
     data: Any
     task: Any
-    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
-    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
-    mesh: MeshConfig = dataclasses.field(default_factory=MeshConfig)
-    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+    optimizer: OptimizerSettings = dataclasses.field(default_factory=OptimizerSettings)
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    checkpoint: CheckpointSettings = dataclasses.field(default_factory=CheckpointSettings)
+    mesh: MeshSettings = dataclasses.field(default_factory=MeshSettings)
+    compute: ComputeSettings = dataclasses.field(default_factory=ComputeSettings)
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Losses and metrics for each Perceiver IO task.
+"""Losses and metrics for each training objective (classification, masked LM, flow).
 
 All take and return jax arrays and work under `jit`; each returns a scalar
 (mean over the batch unless stated) so that a data-parallel step over a

@@ -146,7 +146,7 @@ def _require_checkpoints(workdir: str, what: str) -> str:
 def _export(workdir: str, path: str, step: Optional[int], config) -> str:
     """Writes checkpoint `step` (default: the latest) of `workdir` to `path`; returns a report.
 
-    The description beside it (`recipes.describe`) needs the task built from
+    The description beside it (`recipes.describe`) needs the objective built from
     `config` (for class names): when that fails (the data moved), the
     checkpoint is exported without one, and the report says why.
 
@@ -172,8 +172,8 @@ def _export(workdir: str, path: str, step: Optional[int], config) -> str:
             f"export an earlier step with --step (saved steps: {sorted(steps)})."
         )
     try:
-        task = recipes.build_task(config, workdir, pretrained=False)
-        description, note = task.describe(step), ""
+        objective = recipes.build_task(config, workdir, pretrained=False)
+        description, note = objective.describe(step), ""
     except (OSError, ValueError, TypeError) as e:
         description = None
         note = " (without a description: " + " ".join(str(e).split()) + ")"
@@ -369,11 +369,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 0
         requested = copy.deepcopy(config)  # build_task fills in what the data decide
         try:
-            task = recipes.build_task(config, workdir, pretrained=training)
+            objective = recipes.build_task(config, workdir, pretrained=training)
         except TypeError as e:  # e.g. a model.KEY the factory does not take
             raise ValueError(f"the {config.recipe} recipe's model or data settings: {e}") from None
         if args.eval_only:
-            result = trainer.evaluate_checkpoint(config, task, workdir, args.step)
+            result = trainer.evaluate_checkpoint(config, objective, workdir, args.step)
             print(json.dumps(result, sort_keys=True))
             return 0
         if changes and jax.process_index() == 0:
@@ -381,7 +381,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{workdir}: config changed from {runconfig.CONFIG_FILE}: {changed}")
         # Written by the trainer once the checkpoint is restored: a change that
         # does not fit it leaves the stored config as it was.
-        summary = trainer.train(config, task, workdir, stored_config=requested)
+        summary = trainer.train(config, objective, workdir, stored_config=requested)
         if summary.get("finished"):  # a length given in epochs
             print(_finished_line(workdir, summary["steps"]))
             return 0

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from perceiver import _validation
-from perceiver.train.config import OPTIMIZERS, SCHEDULES, OptimizerConfig
+from perceiver.train.config import OPTIMIZERS, SCHEDULES, OptimizerSettings
 
 # A module is a normalisation layer when its path contains one of these
 # (Haiku's LayerNorm and BatchNorm modules, as the reference names them).
@@ -56,7 +56,7 @@ def weight_decay_mask(
 
 
 def learning_rate_schedule(
-    config: OptimizerConfig, total_steps: int, batch_size: int
+    config: OptimizerSettings, total_steps: int, batch_size: int
 ) -> optax.Schedule:
     """The learning rate at each step (0-based) of a run of `total_steps`.
 
@@ -111,7 +111,7 @@ def learning_rate_schedule(
 
 
 def continued_schedule(
-    config: OptimizerConfig, segments: Sequence[Tuple[int, int]], batch_size: int
+    config: OptimizerSettings, segments: Sequence[Tuple[int, int]], batch_size: int
 ) -> optax.Schedule:
     """The learning rate of a run whose length changed at resume steps; continuous there.
 
@@ -156,7 +156,7 @@ def _spliced(previous, new, start, reached, floor, ratio) -> optax.Schedule:
 
 
 def make_optimizer(
-    config: OptimizerConfig,
+    config: OptimizerSettings,
     total_steps: int,
     batch_size: int,
     segments: Optional[Sequence[Tuple[int, int]]] = None,

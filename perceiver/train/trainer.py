@@ -1,7 +1,8 @@
 """The training loop shared by every recipe: state, jit-compiled steps, checkpoints.
 
-A recipe supplies a `Task` (model init, loss, evaluation, data); `train`
-does the rest the same way on one CPU, many GPUs or a TPU pod:
+A recipe supplies an `Objective` (what it optimises: model init, loss,
+evaluation, data); `train` does the rest the same way on one CPU, many GPUs
+or a TPU pod:
 
 - the `TrainState` (params, model state, optimiser state, step, key) lives
   on a device mesh, replicated or sharded (`parallel`);
@@ -68,8 +69,8 @@ class TrainState(NamedTuple):
 
 
 @dataclasses.dataclass
-class Task:
-    """What a recipe contributes to the generic loop.
+class Objective:
+    """What a recipe optimises, and on what data: its part of the generic loop.
 
     Attributes:
       init: key -> (params, model_state), freshly initialised.
@@ -146,12 +147,12 @@ def compile_eval_step(eval_fn: EvalFn, params_shardings, state_shardings, mesh):
     )
 
 
-def initial_state(task: Task, optimizer, seed: int) -> Callable[[], TrainState]:
+def initial_state(objective: Objective, optimizer, seed: int) -> Callable[[], TrainState]:
     """A function building the step-0 state (to trace shapes or run under jit)."""
 
     def build():
         init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
-        params, model_state = task.init(init_key)
+        params, model_state = objective.init(init_key)
         return TrainState(
             jnp.zeros((), jnp.int32), params, model_state, optimizer.init(params), train_key
         )
@@ -159,7 +160,7 @@ def initial_state(task: Task, optimizer, seed: int) -> Callable[[], TrainState]:
     return build
 
 
-def total_steps(config: config_lib.Config, task: Task) -> int:
+def total_steps(config: config_lib.Config, objective: Objective) -> int:
     """`train.num_steps`, or `train.epochs` over the training set.
 
     Raises:
@@ -167,8 +168,9 @@ def total_steps(config: config_lib.Config, task: Task) -> int:
     """
     if config.train.num_steps > 0:
         return config.train.num_steps
-    if config.train.epochs > 0 and task.num_train_examples:
-        return max(1, math.ceil(config.train.epochs * task.num_train_examples / config.train.batch_size))
+    if config.train.epochs > 0 and objective.num_train_examples:
+        epochs, examples = config.train.epochs, objective.num_train_examples
+        return max(1, math.ceil(epochs * examples / config.train.batch_size))
     raise ValueError(
         "set train.num_steps (> 0), or train.epochs (> 0) for a data set of known size; got "
         f"num_steps={config.train.num_steps}, epochs={config.train.epochs}."
@@ -176,17 +178,17 @@ def total_steps(config: config_lib.Config, task: Task) -> int:
 
 
 def evaluate(
-    task: Task, eval_step, ts: TrainState, batch_size: int, mesh, max_batches: int = 0
+    objective: Objective, eval_step, ts: TrainState, batch_size: int, mesh, max_batches: int = 0
 ) -> Dict[str, float]:
-    """Means of the task's evaluation metrics over the evaluation set.
+    """Means of the objective's evaluation metrics over the evaluation set.
 
-    Also `examples` (how many were evaluated) and the task's `eval_counts`.
+    Also `examples` (how many were evaluated) and the objective's `eval_counts`.
     """
     per_process = batch_size // jax.process_count()
     sharding = parallel.batch_sharding(mesh)
     sums: Dict[str, np.ndarray] = {}
     examples = 0.0
-    batches = iter(task.eval_loader(per_process))
+    batches = iter(objective.eval_loader(per_process))
     try:
         for i, host_batch in enumerate(batches):
             if max_batches and i >= max_batches:
@@ -203,7 +205,7 @@ def evaluate(
         if hasattr(batches, "close"):
             batches.close()  # stop the workers of a loader left early
     result = {name: total / max(n, 1e-12) for name, (total, n) in sums.items()}
-    for name, metric in task.eval_counts.items():
+    for name, metric in objective.eval_counts.items():
         if metric in sums:
             result[name] = float(sums[metric][1])
     result["examples"] = examples
@@ -294,7 +296,7 @@ def finished_step(workdir: str, num_steps: int) -> Optional[int]:
 
 def train(
     config: config_lib.Config,
-    task: Task,
+    objective: Objective,
     workdir: str,
     stored_config: Optional[config_lib.Config] = None,
 ) -> Dict[str, Any]:
@@ -324,7 +326,7 @@ def train(
     """
     workdir = os.path.abspath(os.path.expanduser(workdir))
     os.makedirs(workdir, exist_ok=True)
-    num_steps = total_steps(config, task)
+    num_steps = total_steps(config, objective)
     check_length(workdir, num_steps)
     if finished_step(workdir, num_steps) is not None:
         return {"finished": True, "steps": num_steps, "recipe": config.recipe, "workdir": workdir}
@@ -333,7 +335,7 @@ def train(
     batch_size = config.train.batch_size
     parallel.check_batch_size(batch_size, mesh)
     eval_batch_size = config.train.eval_batch_size or batch_size
-    if task.evaluate is not None and task.eval_loader is not None:
+    if objective.evaluate is not None and objective.eval_loader is not None:
         parallel.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
     ckpt = checkpointing.Checkpointer(
         os.path.join(workdir, "checkpoints"),
@@ -353,7 +355,7 @@ def train(
         )
     _write_json(os.path.join(workdir, SCHEDULE_FILE), json.dumps({"segments": segments}) + "\n")
 
-    build = initial_state(task, optimizer, config.train.seed)
+    build = initial_state(objective, optimizer, config.train.seed)
     abstract = jax.eval_shape(build)
     min_size = config.mesh.shard_min_size
     shardings = parallel.tree_shardings(abstract, mesh, config.mesh.shard_params, min_size)
@@ -370,8 +372,8 @@ def train(
     else:
         start = 0
         ts = jax.jit(build, out_shardings=shardings)()
-        if task.load_pretrained is not None:
-            params, model_state = task.load_pretrained(
+        if objective.load_pretrained is not None:
+            params, model_state = objective.load_pretrained(
                 jax.tree_util.tree_map(checkpointing.fetch, ts.params),
                 jax.tree_util.tree_map(checkpointing.fetch, ts.state),
             )
@@ -386,10 +388,10 @@ def train(
         f"on {mesh.size} device(s) ({jax.process_count()} process(es)), workdir {workdir}"
     )
 
-    train_step = compile_train_step(make_train_step(task.loss, optimizer, schedule), shardings, mesh)
+    train_step = compile_train_step(make_train_step(objective.loss, optimizer, schedule), shardings, mesh)
     eval_step = None
-    if task.evaluate is not None and task.eval_loader is not None:
-        eval_step = compile_eval_step(task.evaluate, shardings.params, shardings.state, mesh)
+    if objective.evaluate is not None and objective.eval_loader is not None:
+        eval_step = compile_eval_step(objective.evaluate, shardings.params, shardings.state, mesh)
 
     writer = metrics_lib.MetricsWriter(
         workdir,
@@ -399,7 +401,7 @@ def train(
         redo_eval_at=start if start == num_steps and config.train.final_eval else None,
     )
     per_process = batch_size // jax.process_count()
-    batches = data_lib.Prefetcher(task.train_loader(per_process, config.train.seed), data_state)
+    batches = data_lib.Prefetcher(objective.train_loader(per_process, config.train.seed), data_state)
     bar = _progress(num_steps, start, config.train.progress)
     batch_sharding = parallel.batch_sharding(mesh)
     step = start
@@ -450,7 +452,7 @@ def train(
         if eval_step is None:
             return
         last_eval = evaluate(
-            task, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches
+            objective, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches
         )
         writer.write(step, "eval", last_eval)
         _log(f"eval at step {step}: " + " ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
@@ -547,12 +549,12 @@ def train(
         "processes": jax.process_count(),
     }
     if config.checkpoint.export:
-        description = dict(task.describe(step)) if task.describe is not None else None
+        description = dict(objective.describe(step)) if objective.describe is not None else None
         path = checkpointing.export(
             os.path.join(workdir, "model.pystate"), ts.params, ts.state, description=description
         )
         summary["exported"] = path
-        summary["model"] = dict(task.export_info)
+        summary["model"] = dict(objective.export_info)
         if description is not None:
             summary["description"] = inference_checkpoint.description_path(path)
     with _interrupt.held():  # closing waits on orbax's threads, as above
@@ -571,24 +573,24 @@ def _donated(ts: TrainState) -> bool:
 
 
 def evaluate_checkpoint(
-    config: config_lib.Config, task: Task, workdir: str, step: Optional[int] = None
+    config: config_lib.Config, objective: Objective, workdir: str, step: Optional[int] = None
 ) -> Dict[str, float]:
-    """Evaluates a checkpoint of `workdir` (default: the latest) on the task's evaluation set.
+    """Evaluates a checkpoint of `workdir` (default: the latest) on the objective's evaluation set.
 
     Raises:
-      ValueError: if the task has no evaluation set.
+      ValueError: if the objective has no evaluation set.
       FileNotFoundError: if there is no checkpoint.
     """
-    if task.evaluate is None or task.eval_loader is None:
+    if objective.evaluate is None or objective.eval_loader is None:
         raise ValueError(f"recipe {config.recipe!r} has no evaluation set configured.")
     workdir = os.path.abspath(os.path.expanduser(workdir))
     mesh = parallel.make_mesh(config.mesh.data_parallel)
     eval_batch_size = config.train.eval_batch_size or config.train.batch_size
     parallel.check_batch_size(eval_batch_size, mesh, "train.eval_batch_size")
     optimizer, _ = optim.make_optimizer(
-        config.optimizer, total_steps(config, task), config.train.batch_size
+        config.optimizer, total_steps(config, objective), config.train.batch_size
     )
-    abstract = jax.eval_shape(initial_state(task, optimizer, config.train.seed))
+    abstract = jax.eval_shape(initial_state(objective, optimizer, config.train.seed))
     shardings = parallel.tree_shardings(
         abstract, mesh, config.mesh.shard_params, config.mesh.shard_min_size
     )
@@ -600,6 +602,6 @@ def evaluate_checkpoint(
         ts, _, step = ckpt.restore(target, step)
     finally:
         ckpt.close()
-    eval_step = compile_eval_step(task.evaluate, shardings.params, shardings.state, mesh)
-    result = evaluate(task, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches)
+    eval_step = compile_eval_step(objective.evaluate, shardings.params, shardings.state, mesh)
+    result = evaluate(objective, eval_step, ts, eval_batch_size, mesh, config.train.eval_max_batches)
     return dict(result, step=float(step))

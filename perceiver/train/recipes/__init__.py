@@ -10,17 +10,20 @@
     flow_small_photo  flow_small continued on photo-like scenes: perceiver/data/flow_small.pystate
 
 `get_config(name, tiny=False)` returns a `Config`; `build_task(config,
-workdir)` the `Task` the trainer runs; `describe(config, task, step)` the
-description written beside an exported checkpoint (factory, sizes, task
-settings, labels), one function per kind of task. Tiny variants run in
-about a minute on a laptop CPU and generate their data (and, to fine-tune, a
-stand-in pretrained checkpoint) under WORKDIR/generated.
+workdir)` the `Objective` the trainer optimises; `describe(config,
+objective, step)` the description written beside an exported checkpoint
+(factory, sizes, task settings, labels), one function per kind of
+objective. Tiny variants run in about a minute on a laptop CPU and generate
+their data (and, to fine-tune, a stand-in pretrained checkpoint) under
+WORKDIR/generated.
 
 Layout: one module per recipe in this folder (NAME.py: its config function,
 its model sizes, its tiny variant), registered by `@register(NAME, KIND)`;
 every module here not named '_*' is imported, so a new recipe is one new file.
-The kinds of task (`TaskKind`: config sections, model size rules, task
-builder, checkpoint description) are in `tasks/`, one module per modality.
+The kinds of objective (`ObjectiveKind`: config sections, model size rules,
+objective builder, checkpoint description) are in `perceiver.train.objectives`,
+which the recipes depend on; a recipe's names are in its own module
+(`recipes.flow.flow_config`, `recipes.flow.TINY_FLOW_MODEL`).
 """
 
 import os
@@ -28,29 +31,19 @@ from typing import Any, Dict
 
 from perceiver.train import config as config_lib
 from perceiver.train import trainer
-from perceiver.train.config import SEED, CheckpointConfig, Config, Interval, OptimizerConfig  # noqa: F401
-from perceiver.train.config import TrainConfig, ranged  # noqa: F401
+from perceiver.train.config import Config
 from perceiver.train.recipes import _registry
-from perceiver.train.recipes._registry import BUILDERS, CONFIGS, DESCRIBERS, FACTORIES  # noqa: F401
-from perceiver.train.recipes._registry import MODEL_RULES, RECIPES, Recipe, TaskKind, register  # noqa: F401
-from perceiver.train.recipes.tasks.common import ClassificationTask  # noqa: F401
-from perceiver.train.recipes.tasks.common import classification_fns as _classification_fns  # noqa: F401
-from perceiver.train.recipes.tasks.flow import FlowData, FlowTask, flow_scene_spec  # noqa: F401
-from perceiver.train.recipes.tasks.image import ImageData  # noqa: F401
-from perceiver.train.recipes.tasks.text import MlmTask, TextData  # noqa: F401
-from perceiver.train.trainer import Task
+from perceiver.train.recipes._registry import BUILDERS, CONFIGS, DESCRIBERS, FACTORIES
+from perceiver.train.recipes._registry import MODEL_RULES, RECIPES, register
+from perceiver.train.trainer import Objective
+
+__all__ = [
+    "get_config", "validate", "build_task", "describe", "compute_options",
+    # The registry (see `_registry`): every recipe, and its tables by name.
+    "RECIPES", "CONFIGS", "BUILDERS", "FACTORIES", "DESCRIBERS", "MODEL_RULES", "register",
+]
 
 _registry.discover(__name__, __path__)
-
-# The recipes' names from the days of one recipes module, still importable from here
-# (a new recipe needs no line here: `get_config` finds it).
-from perceiver.train.recipes.finetune_image import finetune_image_config  # noqa: E402, F401
-from perceiver.train.recipes.finetune_text import finetune_text_config  # noqa: E402, F401
-from perceiver.train.recipes.flow import FLOW_MODEL, TINY_FLOW_MODEL, flow_config  # noqa: E402, F401
-from perceiver.train.recipes.flow_small import FLOW_SMALL_MODEL, TINY_FLOW_SMALL_MODEL  # noqa: E402, F401
-from perceiver.train.recipes.flow_small import flow_small_config  # noqa: E402, F401
-from perceiver.train.recipes.imagenet import IMAGENET_MODEL, TINY_IMAGE_MODEL, imagenet_config  # noqa: E402, F401
-from perceiver.train.recipes.mlm import MLM_MODEL, TINY_MLM_MODEL, mlm_config  # noqa: E402, F401
 
 
 def get_config(name: str, tiny: bool = False) -> Config:
@@ -94,11 +87,11 @@ def validate(config: Config) -> Config:
     return config
 
 
-def build_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
-    """The `Task` of `config.recipe`, with its data (generated under `workdir` if asked).
+def build_task(config: Config, workdir: str, pretrained: bool = True) -> Objective:
+    """The `Objective` of `config.recipe`, with its data (generated under `workdir` if asked).
 
     Fills in what the data decide (`model.num_classes` 0: one per class)
-    and sets the task's `describe` (see `describe`).
+    and sets the objective's `describe` (see `describe`).
 
     Args:
       config: a recipe's config; changed in place as said.
@@ -113,14 +106,14 @@ def build_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
         nor in the cache and cannot be downloaded.
     """
     validate(config)
-    task = BUILDERS[config.recipe](config, workdir, pretrained)
-    _compute_in(task, config.compute)
+    objective = BUILDERS[config.recipe](config, workdir, pretrained)
+    _compute_in(objective, config.compute)
     workdir = os.path.abspath(os.path.expanduser(workdir))
-    task.describe = lambda step: describe(config, task, step, workdir)
-    return task
+    objective.describe = lambda step: describe(config, objective, step, workdir)
+    return objective
 
 
-def compute_options(settings: config_lib.ComputeConfig) -> Dict[str, Any]:
+def compute_options(settings: config_lib.ComputeSettings) -> Dict[str, Any]:
     """The `perceiver.compute` options a config's `compute` section asks for (none for the defaults)."""
     import jax.numpy as jnp
 
@@ -133,8 +126,8 @@ def compute_options(settings: config_lib.ComputeConfig) -> Dict[str, Any]:
     return {k: v for k, v in chosen.items() if v != defaults[k]}
 
 
-def _compute_in(task: Task, settings: config_lib.ComputeConfig) -> None:
-    """Makes `task`'s loss and evaluation trace their model under the `compute` section's options.
+def _compute_in(objective: Objective, settings: config_lib.ComputeSettings) -> None:
+    """Makes `objective`'s loss and evaluation trace their model under the `compute` section's options.
 
     Options are read while the model is traced, so wrapping the two
     functions reaches every model a recipe builds, whatever its factory.
@@ -153,12 +146,12 @@ def _compute_in(task: Task, settings: config_lib.ComputeConfig) -> None:
 
         return traced
 
-    task.loss = under(task.loss)
-    if task.evaluate is not None:
-        task.evaluate = under(task.evaluate)
+    objective.loss = under(objective.loss)
+    if objective.evaluate is not None:
+        objective.evaluate = under(objective.evaluate)
 
 
-def describe(config: Config, task: Task, step: int, workdir: str = "") -> Dict[str, Any]:
+def describe(config: Config, objective: Objective, step: int, workdir: str = "") -> Dict[str, Any]:
     """The description of a checkpoint of step `step` (see `perceiver.checkpoint.save_description`).
 
     `factory` and `sizes` rebuild the model: `getattr(perceiver.models,
@@ -169,13 +162,13 @@ def describe(config: Config, task: Task, step: int, workdir: str = "") -> Dict[s
 
     Args:
       config: the run's config, as `build_task` completed it.
-      task: its task (for the class names).
+      objective: its objective (for the class names).
       step: the checkpoint's step.
       workdir: the run's folder, named in the description.
     """
-    out = DESCRIBERS[config.recipe](config, task)
+    out = DESCRIBERS[config.recipe](config, objective)
     try:
-        total = trainer.total_steps(config, task)
+        total = trainer.total_steps(config, objective)
     except ValueError:
         total = None
     of = f" of {total}" if total else ""

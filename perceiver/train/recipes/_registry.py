@@ -1,4 +1,4 @@
-"""The recipe registry: each recipe module registers its config function and its kind of task.
+"""The recipe registry: each recipe module registers its config function and its kind of objective.
 
 `perceiver.train.recipes` imports every module of its folder whose name does
 not start with '_' (see `discover`); a module registers itself with
@@ -9,34 +9,11 @@ file and no list elsewhere changes.
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping
 
 from perceiver.train.config import Config
-from perceiver.train.trainer import Task
-
-
-@dataclasses.dataclass(frozen=True)
-class TaskKind:
-    """What recipes of one kind share: model, size rules, task builder, checkpoint description.
-
-    Attributes:
-      factory: the `perceiver.models` factory whose sizes a config's `model` section holds.
-      model_rules: the values each of those sizes allows (short forms, see `config.rule`).
-      build: (config, workdir, pretrained) -> `Task`, with its data; see `recipes.build_task`.
-      describe: (config, task) -> the exported checkpoint's factory, sizes, task
-        settings and labels; see `recipes.describe`.
-      check: config -> None, raising ValueError for fields of this kind's
-        sections that bound each other (after the common checks); or None.
-      steps_only: '' when `train.epochs` may set the length of training;
-        otherwise who needs `train.num_steps`, and why, as the error names it.
-    """
-
-    factory: str
-    model_rules: Mapping[str, Any]
-    build: Callable[[Config, str, bool], Task]
-    describe: Callable[[Config, Task], Dict[str, Any]]
-    check: Optional[Callable[[Config], None]] = None
-    steps_only: str = ""
+from perceiver.train.objectives.kind import ObjectiveKind
+from perceiver.train.trainer import Objective
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +22,7 @@ class Recipe:
 
     name: str
     config: Callable[[bool], Config]
-    kind: TaskKind
+    kind: ObjectiveKind
     order: int
 
 
@@ -53,29 +30,29 @@ class Recipe:
 # below are views of it, kept in the same order, that callers index by name.
 RECIPES: Dict[str, Recipe] = {}
 CONFIGS: Dict[str, Callable[[bool], Config]] = {}
-# (config, workdir, pretrained: whether to load task.pretrained) -> Task
-BUILDERS: Dict[str, Callable[..., Task]] = {}
+# (config, workdir, pretrained: whether to load task.pretrained) -> Objective
+BUILDERS: Dict[str, Callable[..., Objective]] = {}
 # The model factory of each recipe, whose sizes the `model` section holds.
 FACTORIES: Dict[str, str] = {}
-DESCRIBERS: Dict[str, Callable[[Config, Task], Dict[str, Any]]] = {}
+DESCRIBERS: Dict[str, Callable[[Config, Objective], Dict[str, Any]]] = {}
 # The values each factory's sizes allow (the `model` section is a dict of them).
 MODEL_RULES: Dict[str, Mapping[str, Any]] = {}
 
 
-def register(name: str, kind: TaskKind, order: int = 1000) -> Callable:
+def register(name: str, kind: ObjectiveKind, order: int = 1000) -> Callable:
     """Decorates a recipe's config function `(tiny: bool = False) -> Config`, registering it.
 
     Args:
       name: the recipe's name (`perceiver train --config NAME`); the config's `recipe`.
-      kind: what it trains (one of the `TaskKind`s in `recipes/tasks/`).
+      kind: what it optimises (one of the `ObjectiveKind`s in `perceiver.train.objectives`).
       order: its place in listings (help, error messages); ties go by name.
 
     Raises:
       ValueError: for a name another function already registered.
-      TypeError: for a `kind` that is not a `TaskKind`.
+      TypeError: for a `kind` that is not an `ObjectiveKind`.
     """
-    if not isinstance(kind, TaskKind):
-        raise TypeError(f"register({name!r}): kind must be a TaskKind; got {type(kind).__name__}.")
+    if not isinstance(kind, ObjectiveKind):
+        raise TypeError(f"register({name!r}): kind must be an ObjectiveKind; got {type(kind).__name__}.")
 
     def add(config_fn: Callable[[bool], Config]) -> Callable[[bool], Config]:
         old = RECIPES.get(name)

@@ -1,9 +1,9 @@
 """What every recipe's tiny variant shares: an optimiser, a short run, frequent checkpoints."""
 
-from perceiver.train.config import CheckpointConfig, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, OptimizerSettings, TrainSettings
 
 
-def optimizer(**kwargs) -> OptimizerConfig:
+def optimizer(**kwargs) -> OptimizerSettings:
     """AdamW at 2e-3, 10 warm-up steps then cosine to 2e-4; `kwargs` change any field."""
     base = dict(
         optimizer="adamw",
@@ -17,16 +17,16 @@ def optimizer(**kwargs) -> OptimizerConfig:
         end_lr=2e-4,
     )
     base.update(kwargs)
-    return OptimizerConfig(**base)
+    return OptimizerSettings(**base)
 
 
-def train(**kwargs) -> TrainConfig:
+def train(**kwargs) -> TrainSettings:
     """120 steps of batch 16, logged every 20; `kwargs` change any field."""
     base = dict(batch_size=16, num_steps=120, log_every=20, eval_batch_size=16)
     base.update(kwargs)
-    return TrainConfig(**base)
+    return TrainSettings(**base)
 
 
-def checkpoint() -> CheckpointConfig:
+def checkpoint() -> CheckpointSettings:
     """Every 50 steps, the last 2 kept."""
-    return CheckpointConfig(every_steps=50, keep=2)
+    return CheckpointSettings(every_steps=50, keep=2)

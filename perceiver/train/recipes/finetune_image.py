@@ -1,11 +1,11 @@
 """finetune_image: a published ImageNet model on a new image folder, with a new head."""
 
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.classification import ClassificationSettings
+from perceiver.train.objectives.image import IMAGE_FINETUNING, ImageDataSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
 from perceiver.train.recipes.imagenet import IMAGENET_MODEL, TINY_IMAGE_MODEL
-from perceiver.train.recipes.tasks.common import ClassificationTask
-from perceiver.train.recipes.tasks.image import IMAGE_FINETUNING, ImageData
 
 
 @register("finetune_image", IMAGE_FINETUNING, order=20)
@@ -23,14 +23,14 @@ def finetune_image_config(tiny: bool = False) -> Config:
         return Config(
             recipe="finetune_image",
             model=dict(TINY_IMAGE_MODEL, num_classes=0),
-            data=ImageData(
+            data=ImageDataSettings(
                 generate=True,
                 randaugment_layers=1,
                 randaugment_magnitude=2.0,
                 mixup_alpha=0.0,
                 cutmix=False,
             ),
-            task=ClassificationTask(label_smoothing=0.0, pretrained="", new_modules=head),
+            task=ClassificationSettings(label_smoothing=0.0, pretrained="", new_modules=head),
             optimizer=_tiny.optimizer(),
             train=_tiny.train(num_steps=80),
             checkpoint=_tiny.checkpoint(),
@@ -38,12 +38,12 @@ def finetune_image_config(tiny: bool = False) -> Config:
     return Config(
         recipe="finetune_image",
         model=dict(IMAGENET_MODEL, num_classes=0),
-        data=ImageData(randaugment_layers=2, mixup_alpha=0.0, cutmix=False),
-        task=ClassificationTask(label_smoothing=0.1, pretrained="imagenet_fourier", new_modules=head),
-        optimizer=OptimizerConfig(
+        data=ImageDataSettings(randaugment_layers=2, mixup_alpha=0.0, cutmix=False),
+        task=ClassificationSettings(label_smoothing=0.1, pretrained="imagenet_fourier", new_modules=head),
+        optimizer=OptimizerSettings(
             base_lr=2e-4, scale_by_batch=False, weight_decay=0.05, max_norm=1.0,
             schedule="cosine", warmup_steps=500,
         ),
-        train=TrainConfig(batch_size=256, epochs=30, log_every=50),
-        checkpoint=CheckpointConfig(every_steps=1000),
+        train=TrainSettings(batch_size=256, epochs=30, log_every=50),
+        checkpoint=CheckpointSettings(every_steps=1000),
     )

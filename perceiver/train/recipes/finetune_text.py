@@ -1,11 +1,11 @@
 """finetune_text: text classification from the published byte MLM, with a new decoder."""
 
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.classification import ClassificationSettings
+from perceiver.train.objectives.masked_language import TEXT_CLASSIFICATION, TextDataSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
 from perceiver.train.recipes.mlm import MLM_MODEL, TINY_MLM_MODEL
-from perceiver.train.recipes.tasks.common import ClassificationTask
-from perceiver.train.recipes.tasks.text import TEXT_CLASSIFICATION, TextData
 
 
 @register("finetune_text", TEXT_CLASSIFICATION, order=30)
@@ -21,8 +21,8 @@ def finetune_text_config(tiny: bool = False) -> Config:
         return Config(
             recipe="finetune_text",
             model=dict(TINY_MLM_MODEL, num_classes=0),
-            data=TextData(generate=True, seq_len=64),
-            task=ClassificationTask(label_smoothing=0.0, new_modules=("classification_decoder",)),
+            data=TextDataSettings(generate=True, seq_len=64),
+            task=ClassificationSettings(label_smoothing=0.0, new_modules=("classification_decoder",)),
             optimizer=_tiny.optimizer(),
             train=_tiny.train(num_steps=120),
             checkpoint=_tiny.checkpoint(),
@@ -30,14 +30,14 @@ def finetune_text_config(tiny: bool = False) -> Config:
     return Config(
         recipe="finetune_text",
         model=dict(MLM_MODEL, num_classes=0),
-        data=TextData(seq_len=2048),
-        task=ClassificationTask(
+        data=TextDataSettings(seq_len=MLM_MODEL["max_seq_len"]),  # the whole published window
+        task=ClassificationSettings(
             label_smoothing=0.0, pretrained="mlm", new_modules=("classification_decoder",)
         ),
-        optimizer=OptimizerConfig(
+        optimizer=OptimizerSettings(
             optimizer="adamw", base_lr=3e-5, scale_by_batch=False, eps=1e-8, weight_decay=0.01,
             max_norm=1.0, schedule="cosine", warmup_steps=300,
         ),
-        train=TrainConfig(batch_size=64, epochs=3, log_every=50),
-        checkpoint=CheckpointConfig(every_steps=1000),
+        train=TrainSettings(batch_size=64, epochs=3, log_every=50),
+        checkpoint=CheckpointSettings(every_steps=1000),
     )

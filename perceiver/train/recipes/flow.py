@@ -1,10 +1,10 @@
 """flow: optical flow from scratch on synthetic pairs, at the published size."""
 
 from perceiver import models
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.flow import OPTICAL_FLOW, FlowDataSettings, FlowSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowData, FlowTask
 
 # The published sizes, from the factory itself.
 FLOW_MODEL = models.factory_sizes("optical_flow")
@@ -32,10 +32,10 @@ def flow_config(tiny: bool = False) -> Config:
             model=dict(TINY_FLOW_MODEL),
             # 64 scenes seen over and over: within a minute the loss visibly falls
             # (learning flow that generalises takes the ~35 minutes of flow_small).
-            data=FlowData(
+            data=FlowDataSettings(
                 max_translation=2.0, max_background_translation=1.5, train_examples=64, eval_examples=32
             ),
-            task=FlowTask(),
+            task=FlowSettings(),
             optimizer=_tiny.optimizer(),
             train=_tiny.train(batch_size=8, eval_batch_size=8, num_steps=150),
             checkpoint=_tiny.checkpoint(),
@@ -43,12 +43,12 @@ def flow_config(tiny: bool = False) -> Config:
     return Config(
         recipe="flow",
         model=dict(FLOW_MODEL),
-        data=FlowData(),
-        task=FlowTask(),
-        optimizer=OptimizerConfig(
+        data=FlowDataSettings(),
+        task=FlowSettings(),
+        optimizer=OptimizerSettings(
             base_lr=4e-4, scale_by_batch=False, weight_decay=1e-4, max_norm=1.0,
             schedule="cosine", warmup_steps=5000, eps=1e-6,
         ),
-        train=TrainConfig(batch_size=64, num_steps=200_000, eval_every=5000, log_every=100),
-        checkpoint=CheckpointConfig(every_steps=2000),
+        train=TrainSettings(batch_size=64, num_steps=200_000, eval_every=5000, log_every=100),
+        checkpoint=CheckpointSettings(every_steps=2000),
     )

@@ -1,9 +1,9 @@
 """flow_small: the small flow model, first stage of the shipped perceiver/data/flow_small.pystate."""
 
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.flow import OPTICAL_FLOW, FlowDataSettings, FlowSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowData, FlowTask
 
 # The sizes of the model shipped as perceiver/data/flow_small.pystate.
 FLOW_SMALL_MODEL = dict(
@@ -81,21 +81,21 @@ def flow_small_config(tiny: bool = False) -> Config:
         return Config(
             recipe="flow_small",
             model=dict(TINY_FLOW_SMALL_MODEL),
-            data=FlowData(train_examples=64, eval_examples=32, **scenes),
-            task=FlowTask(),
+            data=FlowDataSettings(train_examples=64, eval_examples=32, **scenes),
+            task=FlowSettings(),
             # The full recipe warms up for 4% of its steps; so does this one.
-            optimizer=OptimizerConfig(warmup_steps=6, **optimizer),
+            optimizer=OptimizerSettings(warmup_steps=6, **optimizer),
             train=_tiny.train(batch_size=8, eval_batch_size=8, num_steps=150),
             checkpoint=_tiny.checkpoint(),
         )
     return Config(
         recipe="flow_small",
         model=dict(FLOW_SMALL_MODEL),
-        data=FlowData(eval_examples=512, **scenes),
-        task=FlowTask(),
-        optimizer=OptimizerConfig(warmup_steps=200, **optimizer),
-        train=TrainConfig(
+        data=FlowDataSettings(eval_examples=512, **scenes),
+        task=FlowSettings(),
+        optimizer=OptimizerSettings(warmup_steps=200, **optimizer),
+        train=TrainSettings(
             batch_size=16, num_steps=5000, eval_every=1000, log_every=100, eval_batch_size=64
         ),
-        checkpoint=CheckpointConfig(every_steps=250, keep=2),
+        checkpoint=CheckpointSettings(every_steps=250, keep=2),
     )

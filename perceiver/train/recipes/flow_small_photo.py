@@ -3,9 +3,9 @@
 import dataclasses
 
 from perceiver.train.config import Config
+from perceiver.train.objectives.flow import OPTICAL_FLOW, FlowSettings
 from perceiver.train.recipes._registry import register
 from perceiver.train.recipes.flow_small import PHOTO_SCENES, flow_small_config
-from perceiver.train.recipes.tasks.flow import OPTICAL_FLOW, FlowTask
 
 # Where the first of the two commands below leaves the flow_small model.
 BASE_MODEL = "runs/flow_small/model.pystate"
@@ -36,7 +36,7 @@ def flow_small_photo_config(tiny: bool = False) -> Config:
     if tiny:
         return config
     config.data.eval_examples = 128
-    config.task = FlowTask(pretrained=BASE_MODEL)
+    config.task = FlowSettings(pretrained=BASE_MODEL)
     config.optimizer = dataclasses.replace(config.optimizer, base_lr=5e-4, warmup_steps=100)
     config.train.num_steps = 4000
     return config

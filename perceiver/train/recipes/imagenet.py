@@ -1,11 +1,11 @@
 """imagenet: ImageNet classification with the reference's hyper-parameters."""
 
 from perceiver import models
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.classification import ClassificationSettings
+from perceiver.train.objectives.image import IMAGE_CLASSIFICATION, ImageDataSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.tasks.common import ClassificationTask
-from perceiver.train.recipes.tasks.image import IMAGE_CLASSIFICATION, ImageData
 
 # The published sizes, from the factory itself.
 IMAGENET_MODEL = models.factory_sizes("imagenet_classifier", variant="fourier_position_encoding")
@@ -37,8 +37,8 @@ def imagenet_config(tiny: bool = False) -> Config:
         return Config(
             recipe="imagenet",
             model=dict(TINY_IMAGE_MODEL, num_classes=0),
-            data=ImageData(generate=True, randaugment_layers=1, randaugment_magnitude=2.0),
-            task=ClassificationTask(label_smoothing=0.1),
+            data=ImageDataSettings(generate=True, randaugment_layers=1, randaugment_magnitude=2.0),
+            task=ClassificationSettings(label_smoothing=0.1),
             optimizer=_tiny.optimizer(optimizer="lamb", eps=1e-6),
             train=_tiny.train(),
             checkpoint=_tiny.checkpoint(),
@@ -46,9 +46,9 @@ def imagenet_config(tiny: bool = False) -> Config:
     return Config(
         recipe="imagenet",
         model=dict(IMAGENET_MODEL),
-        data=ImageData(),
-        task=ClassificationTask(label_smoothing=0.1),
-        optimizer=OptimizerConfig(),
-        train=TrainConfig(batch_size=1024, epochs=110, eval_every=10_000, log_every=100),
-        checkpoint=CheckpointConfig(every_steps=1000),
+        data=ImageDataSettings(),
+        task=ClassificationSettings(label_smoothing=0.1),
+        optimizer=OptimizerSettings(),
+        train=TrainSettings(batch_size=1024, epochs=110, eval_every=10_000, log_every=100),
+        checkpoint=CheckpointSettings(every_steps=1000),
     )

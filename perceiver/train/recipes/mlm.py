@@ -1,10 +1,10 @@
 """mlm: masked byte language-model pre-training on a text corpus."""
 
 from perceiver import models
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.masked_language import MASKED_LM, MlmSettings, TextDataSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.tasks.text import MASKED_LM, MlmTask, TextData
 
 # The published sizes, from the factory itself.
 MLM_MODEL = models.factory_sizes("masked_language_model")
@@ -32,8 +32,8 @@ def mlm_config(tiny: bool = False) -> Config:
         return Config(
             recipe="mlm",
             model=dict(TINY_MLM_MODEL),
-            data=TextData(generate=True, seq_len=64),
-            task=MlmTask(),
+            data=TextDataSettings(generate=True, seq_len=64),
+            task=MlmSettings(),
             optimizer=_tiny.optimizer(),
             train=_tiny.train(num_steps=150),
             checkpoint=_tiny.checkpoint(),
@@ -41,12 +41,12 @@ def mlm_config(tiny: bool = False) -> Config:
     return Config(
         recipe="mlm",
         model=dict(MLM_MODEL),
-        data=TextData(seq_len=2048),
-        task=MlmTask(),
-        optimizer=OptimizerConfig(
+        data=TextDataSettings(seq_len=MLM_MODEL["max_seq_len"]),  # the whole published window
+        task=MlmSettings(),
+        optimizer=OptimizerSettings(
             base_lr=1e-3, scale_by_batch=False, weight_decay=0.01, max_norm=1.0,
             schedule="cosine", warmup_steps=1000,
         ),
-        train=TrainConfig(batch_size=512, num_steps=500_000, eval_every=10_000, log_every=100),
-        checkpoint=CheckpointConfig(every_steps=2000),
+        train=TrainSettings(batch_size=512, num_steps=500_000, eval_every=10_000, log_every=100),
+        checkpoint=CheckpointSettings(every_steps=2000),
     )

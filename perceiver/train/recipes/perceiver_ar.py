@@ -3,11 +3,11 @@
 import os
 import sysconfig
 
-from perceiver.train.config import CheckpointConfig, Config, OptimizerConfig, TrainConfig
+from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.objectives.language_model import CAUSAL_LM, CausalLmSettings
+from perceiver.train.objectives.masked_language import TextDataSettings
 from perceiver.train.recipes import _tiny
 from perceiver.train.recipes._registry import register
-from perceiver.train.recipes.tasks.language_model import CAUSAL_LM, CausalLmTask
-from perceiver.train.recipes.tasks.text import TextData
 
 # A long context on one CPU: 8192 bytes read, the last 512 predicted at once.
 AR_MODEL = dict(
@@ -57,12 +57,12 @@ def perceiver_ar_config(tiny: bool = False) -> Config:
         return Config(
             recipe="perceiver_ar",
             model=dict(TINY_AR_MODEL),
-            data=TextData(
+            data=TextDataSettings(
                 train_paths=stdlib_files(TINY_TRAIN_MODULES),
                 eval_paths=stdlib_files(TINY_EVAL_MODULES),
                 seq_len=TINY_AR_MODEL["max_context_length"],
             ),
-            task=CausalLmTask(),
+            task=CausalLmSettings(),
             optimizer=_tiny.optimizer(),
             train=_tiny.train(num_steps=300, batch_size=16, log_every=50, eval_batch_size=32),
             checkpoint=_tiny.checkpoint(),
@@ -70,12 +70,12 @@ def perceiver_ar_config(tiny: bool = False) -> Config:
     return Config(
         recipe="perceiver_ar",
         model=dict(AR_MODEL),
-        data=TextData(seq_len=AR_MODEL["max_context_length"]),
-        task=CausalLmTask(remat=True, compute_dtype="bfloat16"),
-        optimizer=OptimizerConfig(
+        data=TextDataSettings(seq_len=AR_MODEL["max_context_length"]),
+        task=CausalLmSettings(remat=True, compute_dtype="bfloat16"),
+        optimizer=OptimizerSettings(
             optimizer="adamw", base_lr=3e-4, scale_by_batch=False, weight_decay=0.01, max_norm=1.0,
             schedule="cosine", warmup_steps=1000,
         ),
-        train=TrainConfig(batch_size=16, num_steps=100_000, eval_every=5000, log_every=100),
-        checkpoint=CheckpointConfig(every_steps=1000),
+        train=TrainSettings(batch_size=16, num_steps=100_000, eval_every=5000, log_every=100),
+        checkpoint=CheckpointSettings(every_steps=1000),
     )

@@ -1,4 +1,7 @@
-"""Byte-level text: the corpus section, masked language modelling and text classification."""
+"""Masked byte language modelling, and text classification on the masked language model's encoder.
+
+Also the byte corpus section (`TextDataSettings`) every text recipe reads.
+"""
 
 import dataclasses
 import os
@@ -11,16 +14,18 @@ from perceiver import models
 from perceiver.train import data as data_lib
 from perceiver.train import finetune
 from perceiver.train import losses
-from perceiver.train import text as text_lib
+from perceiver.train import text_data
 from perceiver.train.config import Config, ranged
-from perceiver.train.recipes._registry import TaskKind
-from perceiver.train.recipes.tasks import common
-from perceiver.train.recipes.tasks.common import SIZE
-from perceiver.train.trainer import Task
+from perceiver.train.objectives import classification, evaluation, generated
+from perceiver.train.objectives import pretrained as pretrained_lib
+from perceiver.train.objectives.kind import ObjectiveKind, size_rules
+from perceiver.train.trainer import Objective
 
 
 @dataclasses.dataclass
-class TextData:
+class TextDataSettings:
+    """The `data` section of the text recipes: a byte corpus, or a labelled set."""
+
     train_paths: Tuple[str, ...] = ()  # files, folders or globs (.txt, .jsonl)
     eval_paths: Tuple[str, ...] = ()
     seq_len: int = ranged(2048, "[1, inf)")  # <= model.max_seq_len
@@ -31,23 +36,18 @@ class TextData:
 
 
 @dataclasses.dataclass
-class MlmTask:
+class MlmSettings:
+    """The `task` section of masked language modelling: which bytes are masked."""
+
     mask_prob: float = ranged(0.15, "[0, 1]")
     mean_span: float = ranged(3.0, "[1, inf)")  # mean masked span length in bytes (geometric)
     max_span: int = ranged(10, "[1, inf)")
 
 
-# The sizes of models.masked_language_model, and of models.text_classifier (the same encoder).
-MLM_RULES = dict(
-    max_seq_len=SIZE,
-    d_model=SIZE,
-    num_latents=SIZE,
-    num_latent_channels=SIZE,
-    num_self_attends=SIZE,
-    num_heads=SIZE,
-    qk_channels=SIZE,
-)
-CLASSIFIER_RULES = dict(MLM_RULES, num_classes="int [0, inf)")  # 0: one per label
+# The sizes of models.masked_language_model, and of models.text_classifier (the
+# same encoder), whose num_classes may also be 0: training's value for one per label.
+MLM_RULES = size_rules("masked_language_model")
+CLASSIFIER_RULES = size_rules("text_classifier", num_classes="int [0, inf)")
 
 
 def check_seq_len(config: Config) -> int:
@@ -65,29 +65,29 @@ def check_seq_len(config: Config) -> int:
 def _tiny_pretrained_mlm(workdir: str, sizes: Dict[str, Any]) -> str:
     """A stand-in for the published MLM: the tiny masked language model."""
     tokens = jnp.zeros((1, sizes["max_seq_len"]), jnp.int32)
-    return common.stand_in_checkpoint(
-        os.path.join(common.generated_dir(workdir), "pretrained_mlm.pystate"),
+    return generated.stand_in_checkpoint(
+        os.path.join(generated.generated_dir(workdir), "pretrained_mlm.pystate"),
         models.masked_language_model(**sizes),
         tokens,
         jnp.ones_like(tokens),
     )
 
 
-def mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
-    """The masked language model's `Task` on `data.train_paths` (a generated corpus for tiny runs)."""
+def mlm_objective(config: Config, workdir: str, pretrained: bool = True) -> Objective:
+    """The masked language model's `Objective` on `data.train_paths` (a generated corpus for tiny runs)."""
     d, t = config.data, config.task
     seq_len = check_seq_len(config)
     if d.generate:
-        paths = text_lib.write_generated_text(common.generated_dir(workdir, "text"))
+        paths = text_data.write_generated_text(generated.generated_dir(workdir, "text"))
         d.train_paths, d.eval_paths = (paths["corpus"],), (paths["eval"],)
     if not d.train_paths:
         raise ValueError(
             f"recipe {config.recipe!r} needs data.train_paths=PATH (text or JSON lines), or --tiny."
         )
-    train_source = text_lib.ByteChunks(d.train_paths, seq_len, d.text_field)
-    eval_source = text_lib.ByteChunks(d.eval_paths, seq_len, d.text_field) if d.eval_paths else None
+    train_source = text_data.ByteChunks(d.train_paths, seq_len, d.text_field)
+    eval_source = text_data.ByteChunks(d.eval_paths, seq_len, d.text_field) if d.eval_paths else None
     model = models.masked_language_model(**config.model)
-    masking = text_lib.MaskTokens(t.mask_prob, t.mean_span, t.max_span)
+    masking = text_data.MaskTokens(t.mask_prob, t.mean_span, t.max_span)
 
     def init(key):
         tokens = jnp.zeros((1, seq_len), jnp.int32)
@@ -106,7 +106,7 @@ def mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
         nll = -jnp.take_along_axis(log_probs, batch["targets"][..., None], -1)[..., 0]
         w = batch["weights"] * batch["example_weights"][:, None]
         correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
-        return {"loss": common.sums(nll, w), "masked_acc": common.sums(correct, w)}
+        return {"loss": evaluation.sums(nll, w), "masked_acc": evaluation.sums(correct, w)}
 
     def train_loader(batch_size, seed):
         return data_lib.make_loader(
@@ -114,9 +114,9 @@ def mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
         )
 
     # A fixed seed: the same positions are masked at every evaluation.
-    eval_loader = common.eval_loader_fn(eval_source, [masking], d.workers)
+    eval_loader = evaluation.eval_loader_fn(eval_source, [masking], d.workers)
 
-    return Task(
+    return Objective(
         init=init,
         loss=loss,
         evaluate=evaluate,
@@ -129,8 +129,8 @@ def mlm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     )
 
 
-def text_classification_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
-    """The byte classifier's `Task`, from `task.pretrained`'s encoder (a stand-in for tiny runs).
+def text_classification_objective(config: Config, workdir: str, pretrained: bool = True) -> Objective:
+    """The byte classifier's `Objective`, from `task.pretrained`'s encoder (a stand-in for tiny runs).
 
     `task.pretrained='none'` trains every module from a random start.
     `model.num_classes` 0 is set to the number of labels of the training data.
@@ -149,22 +149,22 @@ def text_classification_task(config: Config, workdir: str, pretrained: bool = Tr
                 f"{config.recipe} needs task.pretrained=PATH, 'mlm', or 'none' (from scratch)."
             )
         if path != "none":
-            load_pretrained = common.load_pretrained_fn(
+            load_pretrained = pretrained_lib.load_pretrained_fn(
                 finetune.resolve_pretrained(path), t.new_modules
             )
     if d.generate:
-        paths = text_lib.write_generated_text(common.generated_dir(workdir, "text"))
+        paths = text_data.write_generated_text(generated.generated_dir(workdir, "text"))
         d.train_paths, d.eval_paths = (paths["train"],), (paths["eval"],)
     if len(d.train_paths) != 1 or len(d.eval_paths) > 1:
         raise ValueError(
             f"{config.recipe} needs one data.train_paths entry (a .jsonl file or a folder of class "
             f"folders) and at most one data.eval_paths entry; got {d.train_paths}, {d.eval_paths}."
         )
-    train_source = text_lib.TextClassificationSource(
+    train_source = text_data.TextClassificationSource(
         d.train_paths[0], seq_len, text_field=d.text_field, label_field=d.label_field
     )
     eval_source = (
-        text_lib.TextClassificationSource(
+        text_data.TextClassificationSource(
             d.eval_paths[0], seq_len, train_source.classes, d.text_field, d.label_field
         )
         if d.eval_paths
@@ -179,7 +179,7 @@ def text_classification_task(config: Config, workdir: str, pretrained: bool = Tr
             params, state, key, batch["tokens"], batch["mask"], is_training=is_training
         )
 
-    cls_loss, evaluate = common.classification_fns(apply_logits, t.label_smoothing)
+    cls_loss, evaluate = classification.classification_fns(apply_logits, t.label_smoothing)
 
     def init(key):
         tokens = jnp.zeros((1, seq_len), jnp.int32)
@@ -196,9 +196,9 @@ def text_classification_task(config: Config, workdir: str, pretrained: bool = Tr
             train_source, [], batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    eval_loader = common.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
+    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
 
-    return Task(
+    return Objective(
         init=init,
         loss=loss,
         evaluate=lambda p, s, b: evaluate(p, s, as_labels(b)),
@@ -210,7 +210,7 @@ def text_classification_task(config: Config, workdir: str, pretrained: bool = Tr
     )
 
 
-def describe_mlm(config: Config, task: Task) -> Dict[str, Any]:
+def describe_mlm(config: Config, objective: Objective) -> Dict[str, Any]:
     """The masked byte language model and its tokenizer."""
     sizes = dict(config.model)
     return {
@@ -221,14 +221,14 @@ def describe_mlm(config: Config, task: Task) -> Dict[str, Any]:
     }
 
 
-def describe_classifier(config: Config, task: Task) -> Dict[str, Any]:
+def describe_classifier(config: Config, objective: Objective) -> Dict[str, Any]:
     """The byte classifier, its tokenizer and label names."""
     sizes = dict(config.model)
     return {
         "factory": "text_classifier",
         "sizes": sizes,
         "task": {"seq_len": config.data.seq_len},  # the length it was trained on
-        "labels": common.labels(task, sizes["num_classes"]),
+        "labels": classification.labels(objective, sizes["num_classes"]),
         "tokenizer": {"kind": "bytes", "max_seq_len": sizes["max_seq_len"]},
     }
 
@@ -239,12 +239,12 @@ def check(config: Config) -> None:
 
 
 # Masked byte language modelling (pre-training).
-MASKED_LM = TaskKind(
-    factory="masked_language_model", model_rules=MLM_RULES, build=mlm_task, describe=describe_mlm,
+MASKED_LM = ObjectiveKind(
+    factory="masked_language_model", model_rules=MLM_RULES, build=mlm_objective, describe=describe_mlm,
     check=check,
 )
 # Text classification with a new classification decoder on a (pretrained) byte encoder.
-TEXT_CLASSIFICATION = TaskKind(
-    factory="text_classifier", model_rules=CLASSIFIER_RULES, build=text_classification_task,
+TEXT_CLASSIFICATION = ObjectiveKind(
+    factory="text_classifier", model_rules=CLASSIFIER_RULES, build=text_classification_objective,
     describe=describe_classifier, check=check,
 )

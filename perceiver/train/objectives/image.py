@@ -1,4 +1,4 @@
-"""Image classification: the image-folder section, the classifier's task and its description."""
+"""Image classification: the image-folder section, the classifier's objective and its description."""
 
 import dataclasses
 import functools
@@ -13,15 +13,15 @@ from perceiver.train import data as data_lib
 from perceiver.train import finetune
 from perceiver.train import images as images_lib
 from perceiver.train.config import Config, Interval, ranged
-from perceiver.train.recipes._registry import TaskKind
-from perceiver.train.recipes.tasks import common
-from perceiver.train.recipes.tasks.common import SIZE
-from perceiver.train.trainer import Task
+from perceiver.train.objectives import classification, evaluation, generated
+from perceiver.train.objectives import pretrained as pretrained_lib
+from perceiver.train.objectives.kind import ObjectiveKind, size_rules
+from perceiver.train.trainer import Objective
 
 
 @dataclasses.dataclass
-class ImageData:
-    """An image folder per split (ImageNet layout), cropping and augmentation.
+class ImageDataSettings:
+    """The `data` section: an image folder per split (ImageNet layout), cropping and augmentation.
 
     Crops (a centred square to evaluate, a random box to train) are resized
     (bicubic) to model.image_size. Evaluation takes a centred square of `eval_crop_fraction` of the short
@@ -48,18 +48,11 @@ class ImageData:
     workers: int = ranged(0, "[0, inf)")  # grain worker processes (0: a reader thread in this process)
 
 
-# The sizes of models.imagenet_classifier.
-MODEL_RULES = dict(
-    variant=models.IMAGENET_VARIANTS,
-    num_classes="int [0, inf)",  # 0: one per class folder of data.train_dir
-    image_size=SIZE,
-    num_latents=SIZE,
-    num_latent_channels=SIZE,
-    num_blocks=SIZE,
-    num_self_attends_per_block=SIZE,
-    num_self_attend_heads=SIZE,
-    num_bands=SIZE,
-    learned_pos_channels=SIZE,
+# The sizes of models.imagenet_classifier: its signature's, but the variant
+# (a string whose words the signature does not list) and num_classes (0 is
+# training's own value: one per class folder of data.train_dir).
+MODEL_RULES = size_rules(
+    "imagenet_classifier", variant=models.IMAGENET_VARIANTS, num_classes="int [0, inf)"
 )
 
 
@@ -72,8 +65,10 @@ def check(config: Config) -> None:
         )
 
 
-def image_task(config: Config, workdir: str, pretrained: bool = True, finetune_from: bool = False) -> Task:
-    """The classifier's `Task` on `data.train_dir`'s class folders (generated ones for tiny runs).
+def image_objective(
+    config: Config, workdir: str, pretrained: bool = True, finetune_from: bool = False
+) -> Objective:
+    """The classifier's `Objective` on `data.train_dir`'s class folders (generated ones for tiny runs).
 
     Args:
       config: an image recipe's config; `model.num_classes` 0 is set to the number of classes.
@@ -94,9 +89,9 @@ def image_task(config: Config, workdir: str, pretrained: bool = True, finetune_f
             path = _tiny_pretrained_image(workdir, variant, kwargs)
         if not path:
             raise ValueError(f"{config.recipe} needs task.pretrained=PATH or a published name.")
-        load_pretrained = common.load_pretrained_fn(finetune.resolve_pretrained(path), t.new_modules)
+        load_pretrained = pretrained_lib.load_pretrained_fn(finetune.resolve_pretrained(path), t.new_modules)
     if d.generate:
-        root = common.generated_dir(workdir, "images")
+        root = generated.generated_dir(workdir, "images")
         d.train_dir = images_lib.write_generated_folder(os.path.join(root, "train"), seed=0)
         d.eval_dir = images_lib.write_generated_folder(
             os.path.join(root, "eval"), images_per_class=8, seed=1
@@ -121,7 +116,7 @@ def image_task(config: Config, workdir: str, pretrained: bool = True, finetune_f
     def apply_logits(params, state, key, batch, is_training):
         return model.apply(params, state, key, batch["images"], is_training=is_training)
 
-    loss, evaluate = common.classification_fns(apply_logits, t.label_smoothing)
+    loss, evaluate = classification.classification_fns(apply_logits, t.label_smoothing)
 
     def init(key):
         return model.init(key, jnp.zeros((1, image_size, image_size, 3)), is_training=True)
@@ -145,11 +140,11 @@ def image_task(config: Config, workdir: str, pretrained: bool = True, finetune_f
             pre_batch=2 * batch_size if mixing else 0,
         )
 
-    eval_loader = common.eval_loader_fn(
+    eval_loader = evaluation.eval_loader_fn(
         eval_source, [images_lib.EvalImageTransform(image_size, d.eval_crop_fraction)], d.workers
     )
 
-    return Task(
+    return Objective(
         init=init,
         loss=loss,
         evaluate=evaluate,
@@ -167,14 +162,14 @@ def _tiny_pretrained_image(workdir: str, variant: str, kwargs: Dict[str, Any]) -
     """A stand-in for a published ImageNet model: the tiny model with a 1000-class head."""
     sizes = dict(kwargs, num_classes=1000)
     size = sizes["image_size"]
-    return common.stand_in_checkpoint(
-        os.path.join(common.generated_dir(workdir), "pretrained_image.pystate"),
+    return generated.stand_in_checkpoint(
+        os.path.join(generated.generated_dir(workdir), "pretrained_image.pystate"),
         models.imagenet_classifier(variant, **sizes),
         jnp.zeros((1, size, size, 3)),
     )
 
 
-def describe(config: Config, task: Task) -> Dict[str, Any]:
+def describe(config: Config, objective: Objective) -> Dict[str, Any]:
     """The classifier, its input preparation and class names."""
     sizes = dict(config.model)  # with the variant and the number of classes
     size = int(sizes["image_size"])
@@ -193,15 +188,16 @@ def describe(config: Config, task: Task) -> Dict[str, Any]:
             "mean_rgb": list(augment.MEAN_RGB),
             "stddev_rgb": list(augment.STDDEV_RGB),
         },
-        "labels": common.labels(task, sizes["num_classes"]),
+        "labels": classification.labels(objective, sizes["num_classes"]),
     }
 
 
 # An image classifier trained from scratch.
-IMAGE_CLASSIFICATION = TaskKind(
-    factory="imagenet_classifier", model_rules=MODEL_RULES, build=image_task, describe=describe, check=check
+IMAGE_CLASSIFICATION = ObjectiveKind(
+    factory="imagenet_classifier", model_rules=MODEL_RULES, build=image_objective, describe=describe,
+    check=check,
 )
 # The same, starting from `task.pretrained` with modules `task.new_modules` initialised afresh.
 IMAGE_FINETUNING = dataclasses.replace(
-    IMAGE_CLASSIFICATION, build=functools.partial(image_task, finetune_from=True)
+    IMAGE_CLASSIFICATION, build=functools.partial(image_objective, finetune_from=True)
 )

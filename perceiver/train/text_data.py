@@ -61,7 +61,14 @@ def read_documents(
                 for number, line in enumerate(f, 1):
                     if not line.strip():
                         continue
-                    record = json.loads(line)
+                    try:
+                        record = json.loads(line)
+                    except (ValueError, RecursionError) as e:  # RecursionError: nested too deep
+                        raise ValueError(f"{path}:{number}: not a JSON line ({str(e)[:80]}).") from None
+                    if not isinstance(record, dict):
+                        raise ValueError(
+                            f"{path}:{number}: a JSON line must be an object; got {type(record).__name__}."
+                        )
                     if text_field not in record or (label_field and label_field not in record):
                         want = [text_field] + ([label_field] if label_field else [])
                         raise ValueError(f"{path}:{number}: a JSON line needs the fields {want}.")

@@ -1,4 +1,4 @@
-"""Causal byte language modelling with Perceiver AR: the task section, loss, bits per byte."""
+"""Causal byte language modelling with Perceiver AR: the `task` section, loss, bits per byte."""
 
 import dataclasses
 import math
@@ -11,18 +11,19 @@ from perceiver import compute
 from perceiver import language_model
 from perceiver import models
 from perceiver.train import data as data_lib
-from perceiver.train import text as text_lib
+from perceiver.train import text_data
 from perceiver.train.config import Config, ranged
-from perceiver.train.recipes._registry import TaskKind
-from perceiver.train.recipes.tasks import common
-from perceiver.train.recipes.tasks.common import SIZE
-from perceiver.train.trainer import Task
+from perceiver.train.objectives import evaluation
+from perceiver.train.objectives.kind import ObjectiveKind, size_rules
+from perceiver.train.trainer import Objective
 
 COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass
-class CausalLmTask:
+class CausalLmSettings:
+    """The `task` section of causal language modelling: memory, precision and the z-loss."""
+
     # Recompute each layer's activations in the backward pass: memory for time.
     remat: bool = False
     # 'bfloat16': activations and matmuls in bfloat16, parameters and the
@@ -32,16 +33,9 @@ class CausalLmTask:
     z_loss: float = ranged(1e-4, "[0, inf)")
 
 
-LM_RULES = dict(
-    max_context_length=SIZE,
-    num_latents=SIZE,
-    num_channels=SIZE,
-    num_layers=SIZE,
-    num_heads=SIZE,
-    num_cross_attend_heads=SIZE,
-    widening_factor=SIZE,
-    dropout_prob="[0, 1)",
-)
+# The sizes of models.byte_language_model: its signature's, but dropout_prob,
+# a float whose range the signature cannot say.
+LM_RULES = size_rules("byte_language_model", dropout_prob="[0, 1)")
 
 
 def check(config: Config) -> None:
@@ -51,8 +45,8 @@ def check(config: Config) -> None:
         language_model.perceiver_ar_config(**m)  # the sizes' own relations
     except ValueError as e:
         raise ValueError(f"model: {e}") from None
-    low = m.get("num_latents", 256)
-    high = m.get("max_context_length", 4096)
+    sizes = models.factory_sizes("byte_language_model", **m)  # the factory's defaults filled in
+    low, high = sizes["num_latents"], sizes["max_context_length"]
     if not low <= seq_len <= high:
         raise ValueError(
             f"data.seq_len must be in [{low}, {high}] (model.num_latents, "
@@ -74,17 +68,17 @@ def next_token_nll(output, targets: jax.Array):
     return nll, weights, log_z
 
 
-def causal_lm_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
-    """The byte language model's `Task` on `data.train_paths`, evaluated in bits per byte."""
+def causal_lm_objective(config: Config, workdir: str, pretrained: bool = True) -> Objective:
+    """The byte language model's `Objective` on `data.train_paths`, evaluated in bits per byte."""
     d, t = config.data, config.task
     check(config)
     if not d.train_paths:
         raise ValueError(f"recipe {config.recipe!r} needs data.train_paths=PATH (text or JSON lines), or --tiny.")
     sizes = dict(config.model)
     predicted = sizes.get("num_latents", models.factory_sizes("byte_language_model")["num_latents"])
-    train_source = text_lib.ByteWindows(d.train_paths, d.seq_len, predicted, d.text_field)
+    train_source = text_data.ByteWindows(d.train_paths, d.seq_len, predicted, d.text_field)
     eval_source = (
-        text_lib.ByteWindows(d.eval_paths, d.seq_len, predicted, d.text_field) if d.eval_paths else None
+        text_data.ByteWindows(d.eval_paths, d.seq_len, predicted, d.text_field) if d.eval_paths else None
     )
     model = models.byte_language_model(**sizes)
     dtype = COMPUTE_DTYPES[t.compute_dtype]
@@ -108,19 +102,19 @@ def causal_lm_task(config: Config, workdir: str, pretrained: bool = True) -> Tas
         output, _ = model.apply(params, state, None, batch["inputs"])
         nll, w, _ = next_token_nll(output, batch["targets"])
         w = w * batch["example_weights"][:, None]
-        return {"loss": common.sums(nll, w), "bits_per_byte": common.sums(nll / math.log(2), w)}
+        return {"loss": evaluation.sums(nll, w), "bits_per_byte": evaluation.sums(nll / math.log(2), w)}
 
     def train_loader(batch_size, seed):
         return data_lib.make_loader(
             train_source, [], batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    return Task(
+    return Objective(
         init=init,
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=common.eval_loader_fn(eval_source, [], d.workers) if eval_source else None,
+        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source else None,
         num_train_examples=len(train_source),
         export_info=dict(factory="byte_language_model", **sizes),
         # 'loss' (nats) and 'bits_per_byte' are means over predicted tokens: every
@@ -129,7 +123,7 @@ def causal_lm_task(config: Config, workdir: str, pretrained: bool = True) -> Tas
     )
 
 
-def describe_causal_lm(config: Config, task: Task) -> Dict[str, Any]:
+def describe_causal_lm(config: Config, objective: Objective) -> Dict[str, Any]:
     """The byte language model, its tokens and the window it was trained on."""
     sizes = dict(config.model)
     return {
@@ -145,7 +139,7 @@ def describe_causal_lm(config: Config, task: Task) -> Dict[str, Any]:
 
 
 # Causal byte language modelling with Perceiver AR.
-CAUSAL_LM = TaskKind(
-    factory="byte_language_model", model_rules=LM_RULES, build=causal_lm_task,
+CAUSAL_LM = ObjectiveKind(
+    factory="byte_language_model", model_rules=LM_RULES, build=causal_lm_objective,
     describe=describe_causal_lm, check=check,
 )

@@ -1,4 +1,4 @@
-"""Optical flow on synthetic scenes: the scene section, the flow model's task and its description."""
+"""Optical flow on synthetic scenes: the scene section, the flow model's objective and its description."""
 
 import dataclasses
 from typing import Any, Dict
@@ -10,16 +10,16 @@ from perceiver.train import data as data_lib
 from perceiver.train import finetune
 from perceiver.train import losses
 from perceiver.train import synthetic_flow
-from perceiver.train.config import SEED, Config, Interval, ranged
-from perceiver.train.recipes._registry import TaskKind
-from perceiver.train.recipes.tasks import common
-from perceiver.train.recipes.tasks.common import SIZE
-from perceiver.train.trainer import Task
+from perceiver.train.config import SEED, Config, ranged
+from perceiver.train.objectives import evaluation
+from perceiver.train.objectives import pretrained as pretrained_lib
+from perceiver.train.objectives.kind import ObjectiveKind, size_rules
+from perceiver.train.trainer import Objective
 
 
 @dataclasses.dataclass
-class FlowData:
-    """Synthetic scenes (see `synthetic_flow.FlowSceneSpec`); image size is model.image_shape."""
+class FlowDataSettings:
+    """The `data` section: synthetic scenes (`synthetic_flow.FlowSceneSpec`) of model.image_shape."""
 
     min_objects: int = ranged(1, "[0, inf)")
     max_objects: int = ranged(4, "[0, inf)")  # >= min_objects
@@ -48,22 +48,17 @@ class FlowData:
 
 
 @dataclasses.dataclass
-class FlowTask:
+class FlowSettings:
+    """The `task` section of the flow recipes: the loss's pixels and the starting point."""
+
     valid_only: bool = False  # end-point error only where the point stays visible
     # A flow checkpoint to start from (a file, e.g. perceiver/data/flow_small.pystate,
     # or a published name) instead of a random start; its sizes must be the model's.
     pretrained: str = ""
 
 
-# The sizes of models.optical_flow.
-MODEL_RULES = dict(
-    image_shape=Interval("int [1, inf)", length=2),
-    num_latents=SIZE,
-    num_latent_channels=SIZE,
-    num_self_attends=SIZE,
-    num_self_attend_heads=SIZE,
-    num_bands=SIZE,
-)
+# The sizes of models.optical_flow, all read from its signature.
+MODEL_RULES = size_rules("optical_flow")
 
 
 def check(config: Config) -> None:
@@ -87,8 +82,8 @@ def flow_scene_spec(config: Config) -> synthetic_flow.FlowSceneSpec:
     return synthetic_flow.FlowSceneSpec(image_shape=tuple(config.model["image_shape"]), **values)
 
 
-def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
-    """The flow model's `Task` on synthetic pairs (`flow_scene_spec`), made as they are read."""
+def flow_objective(config: Config, workdir: str, pretrained: bool = True) -> Objective:
+    """The flow model's `Objective` on synthetic pairs (`flow_scene_spec`), made as they are read."""
     d, t = config.data, config.task
     spec = flow_scene_spec(config)
     model = models.optical_flow(**config.model)
@@ -99,7 +94,7 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
     height, width = spec.image_shape
     load_pretrained = None
     if pretrained and t.pretrained:
-        load_pretrained = common.load_pretrained_fn(finetune.resolve_pretrained(t.pretrained), ())
+        load_pretrained = pretrained_lib.load_pretrained_fn(finetune.resolve_pretrained(t.pretrained), ())
 
     def init(key):
         return model.init(key, jnp.zeros((1, 2, height, width, 3)), is_training=True)
@@ -122,9 +117,9 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
         w = batch["example_weights"]
         zero = jnp.zeros_like(batch["flow"])
         return {
-            "epe": common.sums(per_example_epe(flow, batch["flow"]), w),
-            "epe_zero_flow": common.sums(per_example_epe(zero, batch["flow"]), w),
-            "epe_visible": common.sums(per_example_epe(flow, batch["flow"], batch["valid"]), w),
+            "epe": evaluation.sums(per_example_epe(flow, batch["flow"]), w),
+            "epe_zero_flow": evaluation.sums(per_example_epe(zero, batch["flow"]), w),
+            "epe_visible": evaluation.sums(per_example_epe(flow, batch["flow"], batch["valid"]), w),
         }
 
     def train_loader(batch_size, seed):
@@ -133,23 +128,23 @@ def flow_task(config: Config, workdir: str, pretrained: bool = True) -> Task:
             train_source, [], batch_size=batch_size, seed=seed, shuffle=False, worker_count=d.workers
         )
 
-    return Task(
+    return Objective(
         init=init,
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=common.eval_loader_fn(eval_source, [], d.workers),
+        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers),
         num_train_examples=None,
         load_pretrained=load_pretrained,
         export_info=dict(factory="optical_flow", **config.model),
     )
 
 
-def describe(config: Config, task: Task) -> Dict[str, Any]:
+def describe(config: Config, objective: Objective) -> Dict[str, Any]:
     """The flow model, a tiling that fits its tile and its trained range (for coarse to fine)."""
     sizes = dict(config.model, image_shape=list(config.model["image_shape"]))
     d = config.data
-    task = {
+    inference = {
         # Tiles overlap by an eighth of their side (4 px for 32 x 32, as shipped):
         # a quarter measured 5% better on real photos and took 40% longer.
         "min_overlap": min(sizes["image_shape"]) // 8,
@@ -158,11 +153,11 @@ def describe(config: Config, task: Task) -> Dict[str, Any]:
         # The largest translation of the training scenes: what one pyramid level resolves.
         "max_flow": float(max(d.max_translation, d.max_background_translation)),
     }
-    return {"factory": "optical_flow", "sizes": sizes, "task": task}
+    return {"factory": "optical_flow", "sizes": sizes, "task": inference}
 
 
 # Optical flow from scratch; scenes are endless, so training is counted in steps.
-OPTICAL_FLOW = TaskKind(
-    factory="optical_flow", model_rules=MODEL_RULES, build=flow_task, describe=describe, check=check,
+OPTICAL_FLOW = ObjectiveKind(
+    factory="optical_flow", model_rules=MODEL_RULES, build=flow_objective, describe=describe, check=check,
     steps_only="the flow recipes (endless scenes, no epochs)",
 )
