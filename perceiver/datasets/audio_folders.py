@@ -17,6 +17,7 @@ from typing import List
 import numpy as np
 
 from perceiver import media
+from perceiver import _messages
 
 SUFFIXES = (".wav", ".wave", ".flac", ".mp3")
 # A clip whose peak is below this (of full scale, 1.0) is refused as silent.
@@ -92,7 +93,7 @@ def _decode_av(path: pathlib.Path):
         import av
     except ImportError as e:
         raise ImportError(
-            f"reading {path.suffix} audio needs PyAV: pip install av (or the 'media' extra)"
+            f"reading {path.suffix} audio needs PyAV: {_messages.install_hint('media')}"
         ) from e
     with av.open(str(path)) as container:
         if not container.streams.audio:

@@ -23,6 +23,7 @@ import numpy as np
 
 from perceiver import media
 from perceiver.datasets import coco
+from perceiver import _messages
 
 # Colour photos: scikit-image's (bundled with it) and scikit-learn's sample images.
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field")
@@ -35,7 +36,9 @@ def _need(module: str, package: str):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError as e:
-        raise ImportError(f"the copy-paste detection set needs {package}: pip install {package}") from e
+        raise ImportError(
+            f"the copy-paste detection set needs {package}: {_messages.install_hint('datasets')}"
+        ) from e
 
 
 def load_photo(name: str) -> np.ndarray:

