@@ -1,16 +1,14 @@
 """The checkpoint registry and downloader (`perceiver.hub`).
 
-Downloads come from an HTTP server on 127.0.0.1 started here (via
+Downloads come from an HTTP server on 127.0.0.1 (conftest's `http_server`, via
 PERCEIVER_BASE_URL); nothing else is ever contacted.
 """
 
 import dataclasses
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -19,59 +17,36 @@ from perceiver import hub
 TIMEOUT = 2.0  # Seconds; every network wait in these tests is bounded by it.
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        server = self.server
-        name = self.path.lstrip("/")
-        server.requests.append(name)
-        if name in server.stalled:
-            server.release.wait(TIMEOUT * 2)  # Longer than the client waits.
-            return
-        body = server.files.get(name)
-        if body is None:
-            self.send_error(404, "Not Found")
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        if name in server.truncated:
-            # Announce the whole file, send a third, and hang up.
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 3])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        if name not in server.no_length:
-            self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+def _no_length(body):
+    """A route sending `body` without a Content-Length."""
 
-    def log_message(self, *args):  # Keep test output clean.
-        pass
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return route
 
 
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    """A file server on 127.0.0.1, with PERCEIVER_* pointing at it and at a tmp cache."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.files, httpd.requests = {}, []
-    httpd.truncated, httpd.no_length, httpd.stalled = set(), set(), set()
-    httpd.release = threading.Event()
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    host, port = httpd.server_address[:2]
-    httpd.url = f"http://{host}:{port}"
-    monkeypatch.setenv("PERCEIVER_BASE_URL", httpd.url)
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    try:
-        yield httpd
-    finally:
-        httpd.release.set()
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(TIMEOUT)
+def _truncated(body):
+    """A route announcing the whole `body`, sending a third, and hanging up."""
+
+    def route(handler):
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/octet-stream")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[: len(body) // 3])
+        handler.wfile.flush()
+        handler.close_connection = True
+
+    return route
+
+
+def _stalled(handler):
+    # Answers nothing for longer than the client waits (until the server stops).
+    handler.server.stop.wait(TIMEOUT * 2)
 
 
 def _payload(size=3 * 2**20 + 17):
@@ -181,20 +156,20 @@ def test_cache_dir(monkeypatch, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_download_then_cache_hit(server, tmp_path):
+def test_download_then_cache_hit(http_server, tmp_path):
     entry = hub.CHECKPOINTS["flow"]
     body = _payload()
-    server.files[entry.filename] = body
+    (http_server.folder / entry.filename).write_bytes(body)
 
     path = hub.fetch("flow", progress=False, timeout=TIMEOUT, verify=_accept)
     assert path == tmp_path / "cache" / entry.filename
     assert path.read_bytes() == body
-    assert server.requests == [entry.filename]
+    assert http_server.requests == [entry.filename]
     assert _cache_listing(tmp_path / "cache") == [entry.filename]  # No temp files left.
 
     # The second call reads the cache: no request at all.
     assert hub.fetch("flow", progress=False, timeout=TIMEOUT) == path
-    assert server.requests == [entry.filename]
+    assert http_server.requests == [entry.filename]
 
 
 def test_cache_hit_needs_no_server(monkeypatch, tmp_path):
@@ -205,18 +180,17 @@ def test_cache_hit_needs_no_server(monkeypatch, tmp_path):
     assert hub.fetch("mlm", cache_dir=tmp_path, progress=False) == tmp_path / entry.filename
 
 
-def test_explicit_cache_dir_is_created(server, tmp_path):
+def test_explicit_cache_dir_is_created(http_server, tmp_path):
     entry = hub.CHECKPOINTS["mlm"]
-    server.files[entry.filename] = b"weights"
+    (http_server.folder / entry.filename).write_bytes(b"weights")
     where = tmp_path / "a" / "b"
     path = hub.fetch("mlm", cache_dir=str(where), progress=False, timeout=TIMEOUT, verify=_accept)
     assert path == where / entry.filename and path.read_bytes() == b"weights"
 
 
-def test_download_without_content_length(server, tmp_path):
+def test_download_without_content_length(http_server, tmp_path):
     entry = hub.CHECKPOINTS["video_autoencoding"]
-    server.files[entry.filename] = _payload(100_000)
-    server.no_length.add(entry.filename)
+    http_server.routes[entry.filename] = _no_length(_payload(100_000))
     path = hub.fetch("video_autoencoding", progress=False, timeout=TIMEOUT, verify=_accept)
     assert path.read_bytes() == _payload(100_000)
 
@@ -226,11 +200,11 @@ def _terminal(monkeypatch):
     monkeypatch.setattr(hub._progress, "shown", lambda requested: requested)
 
 
-def test_progress_text_without_tqdm(server, monkeypatch, capsys):
+def test_progress_text_without_tqdm(http_server, monkeypatch, capsys):
     _terminal(monkeypatch)
     monkeypatch.setitem(sys.modules, "tqdm", None)  # import tqdm now fails.
     entry = hub.CHECKPOINTS["imagenet_learned"]
-    server.files[entry.filename] = _payload()
+    (http_server.folder / entry.filename).write_bytes(_payload())
     hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -238,17 +212,17 @@ def test_progress_text_without_tqdm(server, monkeypatch, capsys):
     assert captured.err.endswith("\n")
 
 
-def test_progress_false_is_silent(server, capsys):
+def test_progress_false_is_silent(http_server, capsys):
     entry = hub.CHECKPOINTS["imagenet_learned"]
-    server.files[entry.filename] = _payload()
+    (http_server.folder / entry.filename).write_bytes(_payload())
     hub.fetch("imagenet_learned", progress=False, timeout=TIMEOUT, verify=_accept)
     assert capsys.readouterr() == ("", "")
 
 
-def test_progress_is_left_out_of_logs(server, monkeypatch, capsys):
+def test_progress_is_left_out_of_logs(http_server, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "tqdm", None)
     entry = hub.CHECKPOINTS["imagenet_learned"]
-    server.files[entry.filename] = _payload()
+    (http_server.folder / entry.filename).write_bytes(_payload())
     hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)  # stderr captured: no tty
     assert capsys.readouterr() == ("", "")
 
@@ -259,29 +233,29 @@ def _assert_fetch_error(info, url, path):
     assert str(path) in message
 
 
-def test_interrupted_transfer_leaves_nothing(server, tmp_path):
+def test_interrupted_transfer_leaves_nothing(http_server, tmp_path):
     entry = hub.CHECKPOINTS["imagenet_conv"]
-    server.files[entry.filename] = _payload()
-    server.truncated.add(entry.filename)
+    (http_server.folder / entry.filename).write_bytes(_payload())
+    http_server.routes[entry.filename] = _truncated(_payload())
     with pytest.raises(hub.FetchError) as info:
         hub.fetch("imagenet_conv", progress=False, timeout=TIMEOUT)
     target = tmp_path / "cache" / entry.filename
-    _assert_fetch_error(info, f"{server.url}/{entry.filename}", target)
+    _assert_fetch_error(info, f"{http_server.url}/{entry.filename}", target)
     assert not target.exists()
     assert _cache_listing(tmp_path / "cache") == []  # The temp file is gone too.
 
     # A later, complete transfer succeeds.
-    server.truncated.clear()
+    del http_server.routes[entry.filename]
     path = hub.fetch("imagenet_conv", progress=False, timeout=TIMEOUT, verify=_accept)
     assert path.read_bytes() == _payload()
 
 
-def test_not_found(server, tmp_path):
+def test_not_found(http_server, tmp_path):
     entry = hub.CHECKPOINTS["imagenet_fourier"]
     with pytest.raises(hub.FetchError) as info:
         hub.fetch("imagenet_fourier", progress=False, timeout=TIMEOUT)
     target = tmp_path / "cache" / entry.filename
-    _assert_fetch_error(info, f"{server.url}/{entry.filename}", target)
+    _assert_fetch_error(info, f"{http_server.url}/{entry.filename}", target)
     assert "404" in str(info.value)
     assert _cache_listing(tmp_path / "cache") == []
 
@@ -303,12 +277,12 @@ def test_unreachable_server(monkeypatch, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_stalled_server_times_out(server, tmp_path):
+def test_stalled_server_times_out(http_server, tmp_path):
     entry = hub.CHECKPOINTS["flow"]
-    server.stalled.add(entry.filename)
+    http_server.routes[entry.filename] = _stalled
     with pytest.raises(hub.FetchError) as info:
         hub.fetch("flow", progress=False, timeout=0.3)
-    _assert_fetch_error(info, f"{server.url}/{entry.filename}", tmp_path / "cache" / entry.filename)
+    _assert_fetch_error(info, f"{http_server.url}/{entry.filename}", tmp_path / "cache" / entry.filename)
     assert _cache_listing(tmp_path / "cache") == []
 
 
@@ -316,39 +290,39 @@ def test_fetch_error_is_runtime_error():
     assert issubclass(hub.FetchError, RuntimeError)
 
 
-def test_base_url_trailing_slash(server, monkeypatch):
+def test_base_url_trailing_slash(http_server, monkeypatch):
     entry = hub.CHECKPOINTS["mlm"]
-    server.files[entry.filename] = b"ok"
-    monkeypatch.setenv("PERCEIVER_BASE_URL", server.url + "/")
+    (http_server.folder / entry.filename).write_bytes(b"ok")
+    monkeypatch.setenv("PERCEIVER_BASE_URL", http_server.url + "/")
     assert hub.fetch("mlm", progress=False, timeout=TIMEOUT, verify=_accept).read_bytes() == b"ok"
-    assert server.requests == [entry.filename]
+    assert http_server.requests == [entry.filename]
 
 
-def test_unknown_name(server):
+def test_unknown_name(http_server):
     with pytest.raises(ValueError) as info:
         hub.fetch("imagenet", progress=False, timeout=TIMEOUT)
     for name in hub.CHECKPOINTS:
         assert name in str(info.value)
-    assert server.requests == []
+    assert http_server.requests == []
 
 
-def test_existing_path_passes_through(server, tmp_path):
+def test_existing_path_passes_through(http_server, tmp_path):
     path = tmp_path / "my_weights.pystate"
     path.write_bytes(b"local")
     assert hub.fetch(path) == path
     assert hub.fetch(str(path)) == path
-    assert server.requests == []
+    assert http_server.requests == []
 
 
-def test_missing_path(server, tmp_path):
+def test_missing_path(http_server, tmp_path):
     with pytest.raises(FileNotFoundError):
         hub.fetch(tmp_path / "absent.pystate")
     with pytest.raises(FileNotFoundError):
         hub.fetch(str(tmp_path / "absent.pystate"))
-    assert server.requests == []
+    assert http_server.requests == []
 
 
-def test_progress_uses_tqdm_when_installed(server, monkeypatch):
+def test_progress_uses_tqdm_when_installed(http_server, monkeypatch):
     _terminal(monkeypatch)
     calls = []
 
@@ -365,7 +339,7 @@ def test_progress_uses_tqdm_when_installed(server, monkeypatch):
     monkeypatch.setitem(sys.modules, "tqdm", type(sys)("tqdm"))
     sys.modules["tqdm"].tqdm = FakeTqdm
     entry = hub.CHECKPOINTS["imagenet_learned"]
-    server.files[entry.filename] = _payload()
+    (http_server.folder / entry.filename).write_bytes(_payload())
     hub.fetch("imagenet_learned", progress=True, timeout=TIMEOUT, verify=_accept)
     (kind, kwargs), *rest = calls
     assert kind == "init" and kwargs["total"] == len(_payload()) and kwargs["file"] is sys.stderr

@@ -1,16 +1,14 @@
 """What `perceiver.hub.fetch` keeps: never a bad file, whatever the server or the disk does.
 
-Every server here listens on 127.0.0.1, answers a bounded number of requests
-and stops by itself; nothing else is ever contacted.
+The server (conftest's `http_server`) listens on 127.0.0.1 and stops by itself
+within 30 s; nothing else is ever contacted.
 """
 
 import errno
 import gzip
-import http.server
 import json
 import os
 import pathlib
-import threading
 import time
 
 import pytest
@@ -21,53 +19,6 @@ from perceiver import checkpoint, cli, hub, loading
 TIMEOUT = 2.0  # Seconds; every network wait in these tests is bounded by it.
 SMALL = pathlib.Path(__file__).parent / "data" / "reference" / "flow.pystate"
 ENTRY = hub.CHECKPOINTS["flow"]
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.server.requests.append((self.path, dict(self.headers)))
-        route = self.server.routes.get(self.path.lstrip("/"))
-        try:
-            if route is None:
-                self.send_error(404, "Not Found")
-            else:
-                route(self)
-        except ConnectionError:  # The client hung up on a refused body: as intended.
-            pass
-
-    def log_message(self, *args):  # Keep test output clean.
-        pass
-
-
-def _serve(httpd, stop, max_requests=20, lifetime=30.0):
-    # Bounded: stops after a few requests or seconds even if a test forgets to.
-    deadline = time.monotonic() + lifetime
-    for _ in range(max_requests):
-        if stop.is_set() or time.monotonic() > deadline:
-            break
-        httpd.handle_request()  # Returns after httpd.timeout when idle.
-
-
-@pytest.fixture
-def server(monkeypatch, tmp_path):
-    """A server on 127.0.0.1 with `routes` {filename: handler -> None}; PERCEIVER_* point at it."""
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.timeout = 0.05
-    httpd.routes, httpd.requests = {}, []
-    stop = threading.Event()
-    thread = threading.Thread(target=_serve, args=(httpd, stop), daemon=True)
-    thread.start()
-    host, port = httpd.server_address[:2]
-    httpd.url = f"http://{host}:{port}"
-    monkeypatch.setenv("PERCEIVER_BASE_URL", httpd.url)
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    try:
-        yield httpd
-    finally:
-        stop.set()
-        thread.join(TIMEOUT)
-        httpd.server_close()
 
 
 def _send(body, content_type="application/octet-stream", length=True, cut=None, **headers):
@@ -136,9 +87,9 @@ def _endless(handler):
     handler.close_connection = True
 
 
-def test_an_endless_body_is_cut_off(server, tmp_path, monkeypatch):
+def test_an_endless_body_is_cut_off(http_server, tmp_path, monkeypatch):
     monkeypatch.setattr(hub.Checkpoint, "max_bytes", property(lambda self: 1 << 20))
-    server.routes[ENTRY.filename] = _endless
+    http_server.routes[ENTRY.filename] = _endless
     message = _refused(tmp_path)
     assert f"more than {1 << 20} bytes" in message
 
@@ -171,17 +122,17 @@ _BODY_HEAD = _OK_HEAD + b"Content-Type: application/octet-stream\r\nContent-Leng
     ],
     ids=["body", "headers"],
 )
-def test_a_server_that_drips_is_given_up_on(server, tmp_path, head, piece, count, pause, most, says):
-    server.routes[ENTRY.filename] = _dripping(head, piece, count, pause)
+def test_a_server_that_drips_is_given_up_on(http_server, tmp_path, head, piece, count, pause, most, says):
+    http_server.routes[ENTRY.filename] = _dripping(head, piece, count, pause)
     start = time.monotonic()
     message = _refused(tmp_path, timeout=0.5)
     assert time.monotonic() - start < most < count * pause  # Long before the drip ends.
     assert says in message
 
 
-def test_an_announced_length_too_large_is_refused_before_reading(server, tmp_path):
+def test_an_announced_length_too_large_is_refused_before_reading(http_server, tmp_path):
     huge = ENTRY.max_bytes + 1
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes(), length=huge)
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes(), length=huge)
     message = _refused(tmp_path)
     assert f"announces {huge} bytes" in message
 
@@ -199,102 +150,102 @@ def test_max_bytes_covers_each_published_file():
         assert entry.max_bytes > 2 * 4 * (count["params"] + count["state"])  # A real file fits.
 
 
-def test_a_small_checkpoint_is_kept(server, tmp_path):
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+def test_a_small_checkpoint_is_kept(http_server, tmp_path):
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
     path = _fetch()
     assert path.read_bytes() == SMALL.read_bytes()
     assert _listing(tmp_path) == [ENTRY.filename]
-    (_, headers), = server.requests
+    headers, = http_server.request_headers
     assert headers["Accept-Encoding"] == "identity"
 
 
-def test_html_page_is_refused(server, tmp_path):
-    server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html; charset=utf-8")
+def test_html_page_is_refused(http_server, tmp_path):
+    http_server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html; charset=utf-8")
     message = _refused(tmp_path)
     assert "HTML page (text/html)" in message and "captive portal" in message
 
 
-def test_redirect_to_html_page_is_refused(server, tmp_path):
+def test_redirect_to_html_page_is_refused(http_server, tmp_path):
     def redirect(handler):
         handler.send_response(302)
-        handler.send_header("Location", f"{server.url}/login")
+        handler.send_header("Location", f"{http_server.url}/login")
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    server.routes[ENTRY.filename] = redirect
-    server.routes["login"] = _send(b"<!DOCTYPE html><p>Wi-Fi login</p>", "text/html")
+    http_server.routes[ENTRY.filename] = redirect
+    http_server.routes["login"] = _send(b"<!DOCTYPE html><p>Wi-Fi login</p>", "text/html")
     message = _refused(tmp_path)
-    assert "HTML page" in message and f"{server.url}/login" in message
+    assert "HTML page" in message and f"{http_server.url}/login" in message
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/json"])
-def test_text_is_refused(server, tmp_path, content_type):
-    server.routes[ENTRY.filename] = _send(b"Service unavailable", content_type)
+def test_text_is_refused(http_server, tmp_path, content_type):
+    http_server.routes[ENTRY.filename] = _send(b"Service unavailable", content_type)
     assert f"text ({content_type})" in _refused(tmp_path)
 
 
-def test_html_without_its_type_is_refused_by_content(server, tmp_path):
-    server.routes[ENTRY.filename] = _send(b"  <!DOCTYPE html><html>portal</html>")
+def test_html_without_its_type_is_refused_by_content(http_server, tmp_path):
+    http_server.routes[ENTRY.filename] = _send(b"  <!DOCTYPE html><html>portal</html>")
     assert "HTML page" in _refused(tmp_path)
 
 
-def test_content_length_shorter_than_body(server, tmp_path):
+def test_content_length_shorter_than_body(http_server, tmp_path):
     # The lengths agree with each other, so only reading the file shows it is cut.
     body = SMALL.read_bytes()
-    server.routes[ENTRY.filename] = _send(body, length=len(body) - 1000)
+    http_server.routes[ENTRY.filename] = _send(body, length=len(body) - 1000)
     assert "not this checkpoint" in _refused(tmp_path)
 
 
-def test_body_cut_short_without_content_length(server, tmp_path):
+def test_body_cut_short_without_content_length(http_server, tmp_path):
     body = SMALL.read_bytes()
-    server.routes[ENTRY.filename] = _send(body, length=None, cut=len(body) // 2)
+    http_server.routes[ENTRY.filename] = _send(body, length=None, cut=len(body) // 2)
     assert "not this checkpoint" in _refused(tmp_path)
 
 
-def test_body_cut_short_of_content_length(server, tmp_path):
+def test_body_cut_short_of_content_length(http_server, tmp_path):
     body = SMALL.read_bytes()
-    server.routes[ENTRY.filename] = _send(body, cut=len(body) // 2)
+    http_server.routes[ENTRY.filename] = _send(body, cut=len(body) // 2)
     assert f"of {len(body)} bytes" in _refused(tmp_path)
 
 
-def test_gzip_encoding_is_refused(server, tmp_path):
+def test_gzip_encoding_is_refused(http_server, tmp_path):
     body = gzip.compress(SMALL.read_bytes())
-    server.routes[ENTRY.filename] = _send(body, Content_Encoding="gzip")
+    http_server.routes[ENTRY.filename] = _send(body, Content_Encoding="gzip")
     assert "'gzip'" in _refused(tmp_path)
 
 
-def test_status_other_than_200_is_refused(server, tmp_path):
+def test_status_other_than_200_is_refused(http_server, tmp_path):
     def partial(handler):
         handler.send_response(203, "Non-Authoritative Information")
         handler.send_header("Content-Length", "0")
         handler.end_headers()
 
-    server.routes[ENTRY.filename] = partial
+    http_server.routes[ENTRY.filename] = partial
     assert "203" in _refused(tmp_path)
 
 
-def test_checkpoint_of_another_model_is_refused(server, tmp_path):
+def test_checkpoint_of_another_model_is_refused(http_server, tmp_path):
     other = SMALL.with_name("imagenet_fourier.pystate").read_bytes()
-    server.routes[ENTRY.filename] = _send(other)
+    http_server.routes[ENTRY.filename] = _send(other)
     assert "do not match" in _refused(tmp_path)
 
 
-def test_loading_checks_for_the_published_model(server, tmp_path):
+def test_loading_checks_for_the_published_model(http_server, tmp_path):
     # A real checkpoint of the small flow model is not the published flow file.
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
     kwargs = {"name_or_path": "flow", "progress": False, "timeout": TIMEOUT}
     assert "do not match" in _refused(tmp_path, loading.fetch, **kwargs)
 
 
-def test_the_hub_alone_checks_only_the_transfer(server, tmp_path):
+def test_the_hub_alone_checks_only_the_transfer(http_server, tmp_path):
     # The hub knows no model: what the content must be is its caller's to say.
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
     assert _fetch(verify=None).read_bytes() == SMALL.read_bytes()
 
 
-def test_messages_quote_at_most_200_characters_of_the_server(server, tmp_path):
+def test_messages_quote_at_most_200_characters_of_the_server(http_server, tmp_path):
     noise = "x" * 5000
-    server.routes[ENTRY.filename] = _send(b"hello", "text/" + noise)
+    http_server.routes[ENTRY.filename] = _send(b"hello", "text/" + noise)
 
     def long_reason(handler):
         handler.send_response(500, "Broken " + noise)
@@ -302,7 +253,7 @@ def test_messages_quote_at_most_200_characters_of_the_server(server, tmp_path):
         handler.end_headers()
 
     assert len(_refused(tmp_path)) < 600
-    server.routes[ENTRY.filename] = long_reason
+    http_server.routes[ENTRY.filename] = long_reason
     assert len(_refused(tmp_path)) < 600
 
 
@@ -311,26 +262,26 @@ def test_messages_quote_at_most_200_characters_of_the_server(server, tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _assert_save_error(info, server, target):
+def _assert_save_error(info, http_server, target):
     message = str(info.value)
-    assert f"{server.url}/{ENTRY.filename}" in message
+    assert f"{http_server.url}/{ENTRY.filename}" in message
     assert str(target) in message
     assert "by hand" in message and "writable" in message
 
 
-def test_cache_that_cannot_be_created(server, tmp_path, monkeypatch):
+def test_cache_that_cannot_be_created(http_server, tmp_path, monkeypatch):
     (tmp_path / "file").write_text("not a directory")
     cache = tmp_path / "file" / "cache"
     monkeypatch.setenv("PERCEIVER_CACHE", str(cache))
     with pytest.raises(hub.FetchError) as info:
         _fetch()
-    _assert_save_error(info, server, cache / ENTRY.filename)
-    assert server.requests == []  # Failed before any download.
+    _assert_save_error(info, http_server, cache / ENTRY.filename)
+    assert http_server.requests == []  # Failed before any download.
 
 
-def test_read_only_cache(server, tmp_path, monkeypatch):
+def test_read_only_cache(http_server, tmp_path, monkeypatch):
     (tmp_path / "cache").mkdir()
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
 
     def read_only(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
@@ -341,12 +292,12 @@ def test_read_only_cache(server, tmp_path, monkeypatch):
     monkeypatch.setattr(pathlib.Path, "unlink", read_only)
     with pytest.raises(hub.FetchError) as info:
         _fetch()
-    _assert_save_error(info, server, tmp_path / "cache" / ENTRY.filename)
+    _assert_save_error(info, http_server, tmp_path / "cache" / ENTRY.filename)
     assert "Read-only file system" in str(info.value)
 
 
-def test_disk_full_while_writing(server, tmp_path, monkeypatch):
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+def test_disk_full_while_writing(http_server, tmp_path, monkeypatch):
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
 
     class Full:
         def __init__(self, f):
@@ -364,12 +315,12 @@ def test_disk_full_while_writing(server, tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "open", lambda *args: Full(open(*args)), raising=False)
     with pytest.raises(hub.FetchError) as info:
         _fetch()
-    _assert_save_error(info, server, tmp_path / "cache" / ENTRY.filename)
+    _assert_save_error(info, http_server, tmp_path / "cache" / ENTRY.filename)
     assert _listing(tmp_path) == []
 
 
-def test_ctrl_c_removes_the_temporary_file_and_goes_through(server, tmp_path, monkeypatch):
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+def test_ctrl_c_removes_the_temporary_file_and_goes_through(http_server, tmp_path, monkeypatch):
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
 
     class Interrupting:
         def update(self, n):
@@ -385,8 +336,8 @@ def test_ctrl_c_removes_the_temporary_file_and_goes_through(server, tmp_path, mo
     assert _listing(tmp_path) == []  # ... and is gone.
 
 
-def test_ctrl_c_while_checking(server, tmp_path):
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+def test_ctrl_c_while_checking(http_server, tmp_path):
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
 
     def interrupted(path):
         raise KeyboardInterrupt
@@ -396,7 +347,7 @@ def test_ctrl_c_while_checking(server, tmp_path):
     assert _listing(tmp_path) == []
 
 
-def test_stale_temporary_files_are_removed(server, tmp_path):
+def test_stale_temporary_files_are_removed(http_server, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / ENTRY.filename).write_bytes(SMALL.read_bytes())
@@ -412,7 +363,7 @@ def test_stale_temporary_files_are_removed(server, tmp_path):
     _fetch()  # A cache hit cleans up too.
     assert not old.exists()
     assert live.exists() and other.exists() and mine.exists()
-    assert server.requests == []
+    assert http_server.requests == []
 
 
 # ---------------------------------------------------------------------------
@@ -427,19 +378,19 @@ def _bad_cache(tmp_path):
     return cache / ENTRY.filename
 
 
-def test_force_replaces_a_bad_cached_file(server, tmp_path):
+def test_force_replaces_a_bad_cached_file(http_server, tmp_path):
     target = _bad_cache(tmp_path)
-    server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
+    http_server.routes[ENTRY.filename] = _send(SMALL.read_bytes())
     assert _fetch() == target and target.read_bytes() == b"<html>portal</html>"  # Not read again.
     assert _fetch(force=True) == target
     assert target.read_bytes() == SMALL.read_bytes()
 
 
-def test_failed_force_keeps_the_cached_file(server, tmp_path):
+def test_failed_force_keeps_the_cached_file(http_server, tmp_path):
     cache = tmp_path / "cache"
     cache.mkdir()
     (cache / ENTRY.filename).write_bytes(SMALL.read_bytes())
-    server.routes[ENTRY.filename] = _send(b"<html>portal</html>", "text/html")
+    http_server.routes[ENTRY.filename] = _send(b"<html>portal</html>", "text/html")
     with pytest.raises(hub.FetchError):
         _fetch(force=True)
     assert os.listdir(cache) == [ENTRY.filename]
@@ -516,8 +467,8 @@ def test_task_loading_says_how_to_replace_a_bad_cached_file(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_cli_fetch_of_a_portal_page_fails_and_caches_nothing(server, tmp_path, capsys):
-    server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html")
+def test_cli_fetch_of_a_portal_page_fails_and_caches_nothing(http_server, tmp_path, capsys):
+    http_server.routes[ENTRY.filename] = _send(b"<html>Please log in</html>", "text/html")
     assert cli.main(["fetch", "flow"]) != 0
     assert "HTML page" in capsys.readouterr().err
     assert _listing(tmp_path) == []

@@ -144,19 +144,6 @@ def _numpy_perceiver(params, inputs, input_mask, query_mask):
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def chosen_folds(monkeypatch):
-    seen = []
-    original = _folding.choose_fold
-
-    def spy(*args):
-        seen.append(original(*args))
-        return seen[-1]
-
-    monkeypatch.setattr(_folding, "choose_fold", spy)
-    return seen
-
-
 @pytest.mark.parametrize("path", ["plain", "fast"])
 def test_weights_and_states_equal_numpy(setup, path, chosen_folds):
     params, state, args = setup

@@ -6,6 +6,7 @@ notebook's parameter cell at that small model and at local input files, and
 checks what the notebook shows.
 """
 
+import os
 import pathlib
 
 import jax
@@ -36,11 +37,9 @@ def _random_checkpoint(cache: pathlib.Path, name: str, factory: str, sizes: dict
     checkpoint.save(cache / hub.get(name).filename, params, state)
 
 
-@pytest.fixture
-def offline(tmp_path):
-    cache = tmp_path / "cache"
-    cache.mkdir()
-    env = {"PERCEIVER_CACHE": str(cache), "PERCEIVER_BASE_URL": "http://127.0.0.1:9"}
+def _offline(tmp_path, cache):
+    """The notebook's work folder, conftest's `offline` cache and the environment naming it."""
+    env = {"PERCEIVER_CACHE": str(cache), "PERCEIVER_BASE_URL": os.environ["PERCEIVER_BASE_URL"]}
     return tmp_path, cache, env
 
 
@@ -52,8 +51,8 @@ def _images(nb):
     return [o for o in outputs_of(nb, "display_data") if "image/png" in o.get("data", {})]
 
 
-def test_optical_flow_notebook(offline):
-    workdir, cache, env = offline
+def test_optical_flow_notebook(offline, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     sizes = dict(ref.SMALL_FACTORIES["flow"][1])
     _random_checkpoint(cache, "flow", "optical_flow", sizes)
     rng = np.random.default_rng(1)
@@ -84,8 +83,8 @@ def _small_sizes(model):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()}
 
 
-def test_video_autoencoding_notebook(offline):
-    workdir, cache, env = offline
+def test_video_autoencoding_notebook(offline, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     sizes = _small_sizes("video_autoencoding")
     _random_checkpoint(cache, "video_autoencoding", "video_autoencoder", sizes)
     rng = np.random.default_rng(2)
@@ -108,8 +107,8 @@ def test_video_autoencoding_notebook(offline):
 
 
 @pytest.mark.slow  # the same notebook as above, with a synthetic clip
-def test_video_autoencoding_notebook_without_a_file(offline):
-    workdir, cache, env = offline
+def test_video_autoencoding_notebook_without_a_file(offline, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     sizes = _small_sizes("video_autoencoding")
     _random_checkpoint(cache, "video_autoencoding", "video_autoencoder", sizes)
     nb = run_notebook(
@@ -121,8 +120,8 @@ def test_video_autoencoding_notebook_without_a_file(offline):
     assert "input: (4, 16, 16, 3) frames, (256,) audio samples" in _texts(nb)
 
 
-def test_masked_language_modelling_notebook(offline):
-    workdir, cache, env = offline
+def test_masked_language_modelling_notebook(offline, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     _random_checkpoint(cache, "mlm", "masked_language_model", _small_sizes("mlm"))
     nb = run_notebook(
         COLABS / "masked_language_modelling.ipynb",
@@ -139,8 +138,8 @@ def test_masked_language_modelling_notebook(offline):
 @pytest.mark.parametrize(
     "model", ["imagenet_conv", pytest.param("imagenet_learned", marks=pytest.mark.slow)]
 )
-def test_imagenet_classification_notebook(offline, model):
-    workdir, cache, env = offline
+def test_imagenet_classification_notebook(offline, model, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     sizes = _small_sizes(model)
     variant = sizes.pop("variant")
     _random_checkpoint(cache, model, "imagenet_classifier", dict(sizes, variant=variant))
@@ -223,8 +222,8 @@ def test_install_cell_installs_this_project_never_pypis_perceiver(path, tmp_path
         _run_install_cell(source, monkeypatch)
 
 
-def test_attention_maps_notebook(offline):
-    workdir, cache, env = offline
+def test_attention_maps_notebook(offline, tmp_path):
+    workdir, cache, env = _offline(tmp_path, offline)
     imagenet_sizes = _small_sizes("imagenet_conv")
     variant = imagenet_sizes.pop("variant")
     _random_checkpoint(cache, "imagenet_conv", "imagenet_classifier", dict(imagenet_sizes, variant=variant))

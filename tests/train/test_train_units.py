@@ -572,7 +572,8 @@ def test_published_checkpoints_fine_tune_cleanly():
     """The recorded trees of the published models load into the fine-tuning models."""
     import pathlib
 
-    trees = json.loads((pathlib.Path(__file__).parent / "data" / "reference" / "param_trees.json").read_text())
+    recorded = pathlib.Path(__file__).resolve().parents[1] / "data" / "reference" / "param_trees.json"
+    trees = json.loads(recorded.read_text())
 
     def fake(tree):  # zero-stride arrays of the right shapes: no memory
         return {m: {n: np.broadcast_to(np.float32(0), tuple(getattr(s, "shape", s))) for n, s in ps.items()}

@@ -10,7 +10,7 @@ import pytest
 
 from perceiver import compute, models
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _mlm_loss(model, state):

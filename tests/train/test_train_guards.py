@@ -20,7 +20,7 @@ from perceiver import checkpoint, models  # noqa: E402
 from perceiver.train import checkpointing, config, data, finetune, main, recipes, trainer  # noqa: E402
 from perceiver.train import workdir as workdir_lib  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _run(capsys, *argv):

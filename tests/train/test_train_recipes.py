@@ -1,7 +1,7 @@
 """Training recipes: configs as recorded, each runs and learns, 8 devices equal 1, kill and resume.
 
 The recorded configs (tests/data/recipe_configs.json) are rewritten, after a
-deliberate change to a recipe, by `python tests/test_train_recipes.py --write-golden`.
+deliberate change to a recipe, by `python tests/train/test_train_recipes.py --write-golden`.
 """
 
 import dataclasses
@@ -27,7 +27,7 @@ pytest.importorskip("orbax.checkpoint")
 from perceiver import checkpoint, models  # noqa: E402
 from perceiver.train import finetune, main, metrics  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(REPO, "tests", "data", "recipe_configs.json")
 # Halves XLA's CPU compile time; runs compared with each other use the same flags.
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
@@ -553,7 +553,7 @@ def test_shipped_flow_small_beats_zero_flow_on_held_out_pairs():
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write-golden"]:
-        sys.exit("usage: python tests/test_train_recipes.py --write-golden")
+        sys.exit("usage: python tests/train/test_train_recipes.py --write-golden")
     with open(GOLDEN, "w") as f:
         json.dump(recipes_snapshot(), f, indent=1)
         f.write("\n")

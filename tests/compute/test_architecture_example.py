@@ -11,7 +11,7 @@ import pytest
 
 from perceiver import compute
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
+DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "architecture.md"
 
 
 def _example() -> dict:

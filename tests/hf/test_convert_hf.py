@@ -24,8 +24,8 @@ import pytest
 from perceiver import convert, models
 from perceiver.checkpoint import CheckpointError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "data", "hf")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
+DATA = os.path.join(TESTS, "data", "hf")
 ARCHS = ("mlm", "text", "learned", "fourier", "conv", "flow", "video")
 
 try:

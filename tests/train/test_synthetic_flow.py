@@ -7,7 +7,8 @@ import numpy as np
 
 from perceiver.train import synthetic_flow
 
-RECORDED = os.path.join(os.path.dirname(__file__), "data", "flow", "synthetic_wave_scenes_8x12.npz")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECORDED = os.path.join(TESTS, "data", "flow", "synthetic_wave_scenes_8x12.npz")
 PHOTO = dict(photo_texture_prob=1.0, max_objects=3, max_translation=4.0, max_background_translation=3.0)
 
 

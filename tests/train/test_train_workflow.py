@@ -22,7 +22,7 @@ from perceiver import checkpoint, models  # noqa: E402
 from perceiver.train import augment, checkpointing, config, images, main, metrics  # noqa: E402
 from perceiver.train import optim, parallel, recipes, runconfig, trainer  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # A flow run of 4 steps (checkpoints at 2 and 4) with an evaluation at the end.
 RUN = [
     "--config", "flow", "--tiny", "train.num_steps=4", "optimizer.warmup_steps=1",

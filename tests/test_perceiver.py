@@ -1,6 +1,12 @@
-"""Bad input fails early with a ValueError/TypeError that names the argument."""
+"""perceiver.perceiver: attention, encoder, decoders and masks against numpy; bad input refused.
+
+Every expected value is computed with plain numpy written here; the code under
+test never builds one. Bad input fails early with a ValueError/TypeError that
+names the argument.
+"""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +20,253 @@ import pytest
 
 from perceiver import io_processors
 from perceiver import perceiver
-from perceiver import position_encoding
+
+
+RTOL = 1e-5
+ATOL = 1e-6
+
+
+def _rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+# ---------------------------------------------------------------------------
+# attend
+# ---------------------------------------------------------------------------
+
+
+def _np_attend(q, k, v, mask=None):
+    """Loop-based multi-head attention in float64.
+
+    q [B, T, H, Dqk], k [B, S, H, Dqk], v [B, S, H, Dv], mask [B or 1, T, S].
+    Returns [B, T, H * Dv]; queries with no valid key give zeros.
+    """
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    b_size, t_len, heads, dqk = q.shape
+    s_len, dv = k.shape[1], v.shape[-1]
+    out = np.zeros((b_size, t_len, heads, dv))
+    for b in range(b_size):
+        for h in range(heads):
+            for t in range(t_len):
+                if mask is not None:
+                    row = np.asarray(mask)[0 if mask.shape[0] == 1 else b, t] != 0
+                else:
+                    row = np.ones(s_len, bool)
+                if not row.any():
+                    continue  # stays exactly zero
+                logits = np.array(
+                    [np.dot(q[b, t, h], k[b, s, h]) / math.sqrt(dqk) for s in range(s_len)]
+                )
+                logits = np.where(row, logits, -np.inf)
+                w = np.exp(logits - logits[row].max())
+                w = w / w.sum()
+                for s in range(s_len):
+                    out[b, t, h] += w[s] * v[b, s, h]
+    return out.reshape(b_size, t_len, heads * dv).astype(np.float32)
+
+
+def _qkv(b, t, s, h, dqk, dv, seed=0):
+    rng = _rng(seed)
+    q = rng.standard_normal((b, t, h, dqk)).astype(np.float32)
+    k = rng.standard_normal((b, s, h, dqk)).astype(np.float32)
+    v = rng.standard_normal((b, s, h, dv)).astype(np.float32)
+    return q, k, v
+
+
+@pytest.mark.parametrize(
+    "b,t,s,h,dqk,dv",
+    [(1, 1, 1, 1, 1, 1), (2, 3, 5, 2, 4, 3), (3, 4, 2, 4, 2, 5), (1, 6, 7, 3, 8, 1)],
+)
+def test_attend_no_mask_matches_numpy(b, t, s, h, dqk, dv):
+    q, k, v = _qkv(b, t, s, h, dqk, dv, seed=b + t + s)
+    got = np.asarray(perceiver.attend(q, k, v))
+    assert got.shape == (b, t, h * dv)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, _np_attend(q, k, v), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("mask_dtype", [np.int32, np.bool_, np.float32])
+@pytest.mark.parametrize("b,t,s,h,dqk,dv", [(2, 3, 5, 2, 4, 3), (3, 4, 6, 1, 3, 2)])
+def test_attend_with_mask_matches_numpy(mask_dtype, b, t, s, h, dqk, dv):
+    q, k, v = _qkv(b, t, s, h, dqk, dv, seed=7)
+    rng = _rng(1)
+    mask = (rng.uniform(size=(b, t, s)) < 0.6)
+    mask[..., 0] = True  # every query has at least one key
+    mask = mask.astype(mask_dtype)
+    got = np.asarray(perceiver.attend(q, k, v, attention_mask=mask))
+    np.testing.assert_allclose(got, _np_attend(q, k, v, mask), rtol=RTOL, atol=ATOL)
+
+
+def test_attend_mask_changes_result_only_through_masked_keys():
+    # Masked keys must have no influence: changing their values changes nothing.
+    q, k, v = _qkv(2, 3, 5, 2, 4, 3, seed=3)
+    mask = np.ones((2, 3, 5), np.int32)
+    mask[:, :, 3:] = 0
+    v2, k2 = v.copy(), k.copy()
+    v2[:, 3:] = 1e3
+    k2[:, 3:] = -7.0
+    a = np.asarray(perceiver.attend(q, k, v, attention_mask=mask))
+    b = np.asarray(perceiver.attend(q, k2, v2, attention_mask=mask))
+    np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
+    # ... and equals attention over the unmasked keys only.
+    c = np.asarray(perceiver.attend(q, k[:, :3], v[:, :3]))
+    np.testing.assert_allclose(a, c, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("mask_dtype", [np.int32, np.bool_])
+def test_attend_fully_masked_rows_are_exactly_zero(mask_dtype):
+    b, t, s, h, dqk, dv = 2, 4, 5, 2, 3, 2
+    q, k, v = _qkv(b, t, s, h, dqk, dv, seed=11)
+    mask = np.ones((b, t, s), bool)
+    mask[0, 1] = False  # query 1 of batch 0 sees nothing
+    mask[1, 3] = False  # query 3 of batch 1 sees nothing
+    mask[1, 0, 2:] = False  # partial mask elsewhere
+    mask = mask.astype(mask_dtype)
+    got = np.asarray(perceiver.attend(q, k, v, attention_mask=mask))
+    assert np.all(got[0, 1] == 0.0)
+    assert np.all(got[1, 3] == 0.0)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, _np_attend(q, k, v, mask), rtol=RTOL, atol=ATOL)
+    # Rows that are not fully masked are generally non-zero.
+    assert np.any(got[0, 0] != 0.0)
+
+
+def test_attend_all_masked_is_all_zero():
+    q, k, v = _qkv(2, 3, 4, 2, 2, 2, seed=5)
+    got = np.asarray(perceiver.attend(q, k, v, attention_mask=np.zeros((2, 3, 4), np.int32)))
+    assert got.shape == (2, 3, 4)
+    assert np.all(got == 0.0)
+
+
+def test_attend_batch1_mask_broadcasts_over_batch():
+    b, t, s, h, dqk, dv = 3, 4, 6, 2, 4, 3
+    q, k, v = _qkv(b, t, s, h, dqk, dv, seed=13)
+    rng = _rng(2)
+    mask1 = (rng.uniform(size=(1, t, s)) < 0.5).astype(np.int32)
+    mask1[0, 0] = 0  # one fully masked query row, for every batch element
+    mask1[0, 1:, 0] = 1
+    got = np.asarray(perceiver.attend(q, k, v, attention_mask=mask1))
+    want = _np_attend(q, k, v, mask1)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert np.all(got[:, 0] == 0.0)
+    # Same as an explicitly tiled mask.
+    tiled = np.asarray(perceiver.attend(q, k, v, attention_mask=np.tile(mask1, (b, 1, 1))))
+    np.testing.assert_allclose(got, tiled, rtol=RTOL, atol=ATOL)
+
+
+def test_attend_under_jit_matches_numpy():
+    q, k, v = _qkv(2, 3, 4, 2, 4, 2, seed=17)
+    mask = np.ones((2, 3, 4), np.int32)
+    mask[1, 2] = 0
+    mask[0, 0, 1] = 0
+    got = np.asarray(jax.jit(lambda a, b_, c, m: perceiver.attend(a, b_, c, attention_mask=m))(q, k, v, mask))
+    np.testing.assert_allclose(got, _np_attend(q, k, v, mask), rtol=RTOL, atol=ATOL)
+    assert np.all(got[1, 2] == 0.0)
+
+
+# ---------------------------------------------------------------------------
+# Attention: parameters handed to the compute seam
+# ---------------------------------------------------------------------------
+
+
+def test_attention_module_matches_numpy_with_mask():
+    rng = _rng(20)
+    xq = rng.standard_normal((2, 5, 6)).astype(np.float32)
+    xkv = rng.standard_normal((2, 7, 3)).astype(np.float32)
+    mask = (rng.uniform(size=(2, 5, 7)) > 0.3).astype(np.int32)
+    mask[1, 4] = 0  # a query with no valid key
+
+    def forward(xq, xkv, mask):
+        return perceiver.Attention(num_heads=2, qk_channels=4, v_channels=6, output_channels=5)(
+            xq, xkv, attention_mask=mask
+        )
+
+    model = hk.transform(forward)
+    params = model.init(jax.random.PRNGKey(0), xq, xkv, mask)
+    params = jax.tree_util.tree_map(lambda p: p + 0.1 * rng.standard_normal(p.shape), params)
+    got = np.asarray(model.apply(params, None, xq, xkv, mask))
+
+    def dense(name, x):
+        p = params[f"attention/{name}"]
+        return np.asarray(x, np.float64) @ p["w"] + p["b"]
+
+    def heads(x):
+        return x.reshape(x.shape[0], x.shape[1], 2, -1)
+
+    q, k, v = heads(dense("linear", xq)), heads(dense("linear_1", xkv)), heads(dense("linear_2", xkv))
+    expected = dense("linear_3", _np_attend(q, k, v, mask))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # The row without keys is the output layer's bias alone, as in the reference.
+    np.testing.assert_allclose(got[1, 4], params["attention/linear_3"]["b"], rtol=1e-6)
+
+
+def test_attention_init_draws_the_dropout_key_where_the_reference_does():
+    # The reference creates q, k, v, draws the attention-dropout key inside
+    # attend(), then creates the output layer: init values depend on it.
+    xq = np.ones((1, 3, 4), np.float32)
+    xkv = np.ones((1, 5, 4), np.float32)
+
+    def ours(xq, xkv):
+        return perceiver.Attention(num_heads=2, dropout_prob=0.5)(xq, xkv)
+
+    def written_out(xq, xkv):
+        with hk.experimental.name_scope("attention"):
+            layers = [
+                hk.Linear(4, w_init=hk.initializers.VarianceScaling(1.0), name=name)
+                for name in ("linear", "linear_1", "linear_2")
+            ]
+            layers[0](xq), layers[1](xkv), layers[2](xkv)
+            hk.next_rng_key()  # the dropout key
+            hk.Linear(4, w_init=hk.initializers.VarianceScaling(1.0), name="linear_3")(xq)
+
+    key = jax.random.PRNGKey(7)
+    got = hk.transform(ours).init(key, xq, xkv)
+    expected = hk.transform(written_out).init(key, xq, xkv)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(expected)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got, expected)
+
+
+def test_attention_rejects_a_mask_of_the_wrong_shape():
+    def forward(xq, xkv, mask):
+        return perceiver.Attention(num_heads=1)(xq, xkv, attention_mask=mask)
+
+    xq, xkv = np.zeros((2, 3, 4), np.float32), np.zeros((2, 5, 4), np.float32)
+    with pytest.raises(ValueError, match=r"attention_mask must have shape .*\(2, 3, 5\)"):
+        hk.transform(forward).init(jax.random.PRNGKey(0), xq, xkv, np.ones((2, 5, 3)))
+
+
+# ---------------------------------------------------------------------------
+# make_cross_attention_mask
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b,t,s", [(1, 1, 1), (2, 3, 4), (3, 5, 2)])
+def test_make_cross_attention_mask_is_outer_product(b, t, s):
+    rng = _rng(b * 10 + t)
+    qm = rng.integers(0, 2, size=(b, t)).astype(np.int32)
+    km = rng.integers(0, 2, size=(b, s)).astype(np.int32)
+    got = np.asarray(perceiver.make_cross_attention_mask(qm, km))
+    want = np.zeros((b, t, s), np.int32)
+    for i in range(b):
+        for j in range(t):
+            for l in range(s):
+                want[i, j, l] = qm[i, j] * km[i, l]
+    assert got.shape == (b, t, s)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_make_cross_attention_mask_float_values():
+    qm = np.array([[1.0, 0.5, 0.0]], np.float32)
+    km = np.array([[2.0, 1.0]], np.float32)
+    got = np.asarray(perceiver.make_cross_attention_mask(qm, km))
+    want = np.array([[[2.0, 1.0], [1.0, 0.5], [0.0, 0.0]]], np.float32)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+
+
+# ===========================================================================
+# Bad input fails early with a ValueError/TypeError that names the argument
+# ===========================================================================
+
 
 KEY = jax.random.PRNGKey(0)
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -77,231 +329,6 @@ def _small_decoder(**kwargs):
     )
     args.update(kwargs)
     return perceiver.BasicDecoder(**args)
-
-
-# ---------------------------------------------------------------------------
-# ImagePreprocessor
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(2, 4, 4), (1, 2, 2, 4, 4, 3), (4, 4)])
-def test_image_preprocessor_wrong_rank(shape):
-    x = np.zeros(shape, np.float32)
-
-    def fn(x):
-        return _image_prep()(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"inputs must have rank 4 or 5"):
-        _init(fn, x)
-
-
-@pytest.mark.parametrize("prep_type", ["patches", "pixels", "conv1x1"])
-def test_image_preprocessor_wrong_rank_any_prep_type(prep_type):
-    def fn(x):
-        return _image_prep(prep_type=prep_type)(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"inputs"):
-        _init(fn, np.zeros((2, 4, 4), np.float32))
-
-
-@pytest.mark.parametrize(
-    "shape,what",
-    [((1, 5, 4, 3), "height"), ((1, 4, 6, 3), None), ((1, 4, 7, 3), "width"), ((1, 2, 3, 4, 3), "height")],
-)
-def test_image_preprocessor_patches_spatial_not_divisible(shape, what):
-    def fn(x):
-        return _image_prep(spatial_downsample=4 if shape == (1, 4, 6, 3) else 2)(x, is_training=False)
-
-    match = r"inputs (height|width).*divisible" if what is None else rf"inputs {what}.*divisible"
-    with pytest.raises(ValueError, match=match):
-        _init(fn, np.zeros(shape, np.float32))
-
-
-def test_image_preprocessor_patches_time_not_divisible():
-    def fn(x):
-        return _image_prep(spatial_downsample=1, temporal_downsample=2)(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"inputs time size \(3\).*divisible.*\(2\)"):
-        _init(fn, np.zeros((1, 3, 4, 4, 3), np.float32))
-
-
-def test_image_preprocessor_patches_divisible_works():
-    def fn(x):
-        return _image_prep(spatial_downsample=2, temporal_downsample=2)(x, is_training=False)
-
-    x = np.zeros((1, 4, 4, 6, 3), np.float32)
-    params, state = _init(fn, x)
-    out, _ = hk.transform_with_state(fn).apply(params, state, None, x)
-    assert out[0].shape[:2] == (1, 2 * 2 * 3)
-
-
-def test_image_preprocessor_unknown_prep_type():
-    with pytest.raises(ValueError, match=r"prep_type.*'bogus'"):
-        _init(lambda: _image_prep(prep_type="bogus"))
-
-
-def test_image_preprocessor_unknown_concat_or_add_pos():
-    with pytest.raises(ValueError, match=r"concat_or_add_pos.*'sum'"):
-        _init(lambda: _image_prep(concat_or_add_pos="sum"))
-
-
-@pytest.mark.parametrize("bad", ["learned", "none", "Fourier", ""])
-def test_image_preprocessor_unknown_position_encoding_type_at_construction(bad):
-    # Raised by the constructor, before any input is seen.
-    with pytest.raises(ValueError, match=r"position_encoding_type"):
-        _init(lambda: _image_prep(position_encoding_type=bad))
-
-
-@pytest.mark.parametrize("spatial_downsample", [2, 8, 3, 32])
-def test_image_preprocessor_conv_needs_power_of_4(spatial_downsample):
-    with pytest.raises(ValueError, match=r"spatial_downsample.*power of 4"):
-        _init(lambda: _image_prep(prep_type="conv", spatial_downsample=spatial_downsample))
-
-
-@pytest.mark.parametrize("spatial_downsample", [1, 4, 16])
-def test_image_preprocessor_conv_power_of_4_constructs(spatial_downsample):
-    _init(lambda: _image_prep(prep_type="conv", spatial_downsample=spatial_downsample))
-
-
-def test_image_preprocessor_conv_temporal_downsample_rejected():
-    with pytest.raises(ValueError, match=r"temporal_downsample"):
-        _init(lambda: _image_prep(prep_type="conv", spatial_downsample=4, temporal_downsample=2))
-
-
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-2, ValueError), (2.0, TypeError), (True, TypeError)])
-def test_image_preprocessor_bad_downsample_values(bad, exc):
-    with pytest.raises(exc, match=r"spatial_downsample"):
-        _init(lambda: _image_prep(spatial_downsample=bad))
-    with pytest.raises(exc, match=r"temporal_downsample"):
-        _init(lambda: _image_prep(temporal_downsample=bad))
-
-
-def test_image_preprocessor_add_with_mismatched_channels():
-    def fn(x):
-        return _image_prep(concat_or_add_pos="add")(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"concat_or_add_pos='add'"):
-        _init(fn, np.zeros((1, 4, 4, 3), np.float32))
-
-
-# ---------------------------------------------------------------------------
-# Postprocessors and audio
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bad", ["bogus", "PIXELS", "flow"])
-def test_image_postprocessor_unknown_type(bad):
-    with pytest.raises(ValueError, match=r"postproc_type.*" + repr(bad)):
-        _init(lambda: io_processors.ImagePostprocessor(postproc_type=bad))
-
-
-def test_image_postprocessor_conv_needs_n_outputs():
-    with pytest.raises(ValueError, match=r"n_outputs"):
-        _init(lambda: io_processors.ImagePostprocessor(postproc_type="conv"))
-
-
-def test_image_postprocessor_pixels_cannot_upsample():
-    with pytest.raises(ValueError, match=r"spatial_upsample"):
-        _init(lambda: io_processors.ImagePostprocessor(postproc_type="pixels", spatial_upsample=2))
-
-
-def test_audio_preprocessor_unknown_prep_type():
-    with pytest.raises(ValueError, match=r"prep_type.*'spectrogram'"):
-        _init(lambda: io_processors.AudioPreprocessor(prep_type="spectrogram", **_fourier_kwargs()))
-
-
-def test_audio_preprocessor_unknown_position_encoding_type():
-    with pytest.raises(ValueError, match=r"position_encoding_type"):
-        _init(lambda: io_processors.AudioPreprocessor(position_encoding_type="sinusoid"))
-
-
-def test_audio_preprocessor_unknown_concat_or_add_pos():
-    with pytest.raises(ValueError, match=r"concat_or_add_pos"):
-        _init(lambda: io_processors.AudioPreprocessor(concat_or_add_pos="x", **_fourier_kwargs()))
-
-
-def test_audio_postprocessor_unknown_type():
-    with pytest.raises(ValueError, match=r"postproc_type.*'pixels'"):
-        _init(lambda: io_processors.AudioPostprocessor(postproc_type="pixels"))
-
-
-@pytest.mark.parametrize("shape", [(2, 10), (1, 7, 2), (1, 5, 1)])
-def test_audio_preprocessor_samples_not_divisible(shape):
-    def fn(x):
-        prep = io_processors.AudioPreprocessor(
-            samples_per_patch=4, **_fourier_kwargs(max_resolution=(8,))
-        )
-        return prep(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"samples.*divisible by samples_per_patch \(4\)"):
-        _init(fn, np.zeros(shape, np.float32))
-
-
-def test_audio_preprocessor_divisible_works():
-    def fn(x):
-        prep = io_processors.AudioPreprocessor(samples_per_patch=4, **_fourier_kwargs())
-        return prep(x, is_training=False)
-
-    x = np.zeros((2, 12, 1), np.float32)
-    params, state = _init(fn, x)
-    (out, sizes, without_pos), _ = hk.transform_with_state(fn).apply(params, state, None, x)
-    assert out.shape == (2, 3, 4 + 1 + 2 * 2)
-    assert sizes is None
-    assert without_pos.shape == (2, 3, 4)
-
-
-@pytest.mark.parametrize("bad,exc", [(0, ValueError), (-4, ValueError), (4.0, TypeError)])
-def test_audio_preprocessor_bad_samples_per_patch(bad, exc):
-    with pytest.raises(exc, match=r"samples_per_patch"):
-        _init(lambda: io_processors.AudioPreprocessor(samples_per_patch=bad, **_fourier_kwargs()))
-
-
-# ---------------------------------------------------------------------------
-# build_position_encoding
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("bad", ["learned", "none", "sin", "TRAINABLE"])
-def test_build_position_encoding_unknown_type(bad):
-    with pytest.raises(ValueError, match=r"position_encoding_type.*" + repr(bad)):
-        position_encoding.build_position_encoding(bad, index_dims=(4,))
-
-
-def test_build_position_encoding_missing_trainable_kwargs():
-    with pytest.raises(ValueError, match=r"trainable_position_encoding_kwargs"):
-        _init(lambda: position_encoding.build_position_encoding("trainable", index_dims=(4,)))
-
-
-def test_build_position_encoding_missing_fourier_kwargs():
-    with pytest.raises(ValueError, match=r"fourier_position_encoding_kwargs"):
-        _init(lambda: position_encoding.build_position_encoding("fourier", index_dims=(4,)))
-
-
-def test_build_position_encoding_missing_kwargs_via_preprocessor():
-    def fn(x):
-        return io_processors.ImagePreprocessor(
-            prep_type="pixels", spatial_downsample=1, position_encoding_type="trainable"
-        )(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"trainable_position_encoding_kwargs"):
-        _init(fn, np.zeros((1, 2, 2, 3), np.float32))
-
-
-def test_generate_fourier_features_bad_pos():
-    with pytest.raises(ValueError, match=r"pos must have rank 2"):
-        position_encoding.generate_fourier_features(np.zeros((2, 3, 2), np.float32), 2, (4, 4))
-    with pytest.raises(ValueError, match=r"max_resolution"):
-        position_encoding.generate_fourier_features(np.zeros((3, 2), np.float32), 2, (4, 4, 4))
-
-
-def test_fourier_position_encoding_pos_with_wrong_dims():
-    def fn():
-        return position_encoding.FourierPositionEncoding(index_dims=(2, 2), num_bands=2)(
-            batch_size=1, pos=np.zeros((1, 4, 3), np.float32)
-        )
-
-    with pytest.raises(ValueError, match=r"pos must have 2 coordinates"):
-        _init(fn)
 
 
 # ---------------------------------------------------------------------------
@@ -409,105 +436,6 @@ def test_make_cross_attention_mask_errors():
         perceiver.make_cross_attention_mask(np.ones((2, 3)), np.ones((4,)))
     with pytest.raises(ValueError, match=r"same batch size"):
         perceiver.make_cross_attention_mask(np.ones((2, 3)), np.ones((3, 4)))
-
-
-# ---------------------------------------------------------------------------
-# MultimodalPreprocessor
-# ---------------------------------------------------------------------------
-
-
-def _multimodal(mask_probs=None):
-    return io_processors.MultimodalPreprocessor(
-        modalities={
-            "audio": io_processors.AudioPreprocessor(
-                samples_per_patch=2, **_fourier_kwargs(max_resolution=(8,))
-            ),
-            "label": io_processors.OneHotPreprocessor(),
-        },
-        mask_probs=mask_probs,
-        min_padding_size=2,
-    )
-
-
-def _mm_inputs():
-    return {"audio": np.ones((2, 8), np.float32), "label": np.eye(2, 3, dtype=np.float32)}
-
-
-@pytest.mark.parametrize(
-    "inputs,pattern",
-    [
-        ({"audio": np.ones((2, 8), np.float32)}, r"inputs must have exactly.*missing \['label'\]"),
-        (
-            dict(_mm_inputs(), video=np.ones((2, 4, 4, 3), np.float32)),
-            r"inputs must have exactly.*unexpected \['video'\]",
-        ),
-        ({"audio": np.ones((2, 8), np.float32), "lable": np.eye(2, 3)}, r"inputs.*'lable'"),
-    ],
-)
-def test_multimodal_inputs_keys(inputs, pattern):
-    def fn(inputs):
-        return _multimodal()(inputs, is_training=False)
-
-    with pytest.raises(ValueError, match=pattern):
-        _init(fn, inputs)
-
-
-def test_multimodal_inputs_not_a_dict():
-    def fn(x):
-        return _multimodal()(x, is_training=False)
-
-    with pytest.raises(TypeError, match=r"inputs must be a dict"):
-        _init(fn, np.ones((2, 8), np.float32))
-
-
-@pytest.mark.parametrize(
-    "mask_probs,pattern",
-    [
-        ({"audio": 0.0}, r"mask_probs.*missing \['label'\]"),
-        ({"audio": 0.0, "label": 1.0, "image": 0.5}, r"mask_probs.*unexpected \['image'\]"),
-        ({"audio": 0.1, "video": 0.0}, r"mask_probs"),
-    ],
-)
-def test_multimodal_mask_probs_keys(mask_probs, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        _init(lambda: _multimodal(mask_probs))
-
-
-@pytest.mark.parametrize("bad", [-0.1, 1.5, 2, float("nan")])
-def test_multimodal_mask_prob_out_of_range(bad):
-    with pytest.raises(ValueError, match=r"mask_probs\['audio'\] must be in \[0, 1\]"):
-        _init(lambda: _multimodal({"audio": bad, "label": 0.0}))
-
-
-def test_multimodal_random_mask_without_rng_raises():
-    def fn(inputs):
-        return _multimodal({"audio": 0.5, "label": 0.0})(inputs, is_training=False)
-
-    t = hk.transform_with_state(fn)
-    params, state = t.init(KEY, _mm_inputs())
-    with pytest.raises(ValueError, match=r"mask_probs\['audio'\]=0.5.*random key"):
-        t.apply(params, state, None, _mm_inputs())
-    # With a key it works.
-    (out, sizes, _), _ = t.apply(params, state, KEY, _mm_inputs())
-    assert sizes == {"audio": 4, "label": 1}
-    assert out.shape[:2] == (2, 5)
-
-
-def test_multimodal_mask_probs_0_and_1_need_no_rng():
-    def fn(inputs):
-        return _multimodal({"audio": 0.0, "label": 1.0})(inputs, is_training=False)
-
-    t = hk.transform_with_state(fn)
-    params, state = t.init(KEY, _mm_inputs())
-    (out, sizes, _), _ = t.apply(params, state, None, _mm_inputs())
-    (out_k, _, _), _ = t.apply(params, state, KEY, _mm_inputs())
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(out_k))
-    out = np.asarray(out)
-    # 'audio' (sorted first, 4 positions) is unmasked; 'label' is the mask token.
-    (token_module,) = [m for m in params if m.endswith("label_mask_token")]
-    token = np.asarray(params[token_module]["pos_embs"])[0]
-    np.testing.assert_array_equal(out[:, 4], np.broadcast_to(token, out[:, 4].shape))
-    assert not np.allclose(out[:, 0], out[:, 1])
 
 
 # ---------------------------------------------------------------------------
@@ -641,85 +569,6 @@ def test_perceiver_correct_masks_work():
     out, _ = jax.jit(t.apply)(params, state, None, x, im, qm)
     assert out.shape == (2, 4, 3)
     assert np.all(np.isfinite(np.asarray(out)))
-
-
-# ---------------------------------------------------------------------------
-# space_to_depth / extract_patches / patches_for_flow
-# ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("shape", [(4, 4, 3), (1, 1, 2, 4, 4, 3), (4,)])
-def test_space_to_depth_wrong_rank(shape):
-    with pytest.raises(ValueError, match=r"frames must have rank 4 or 5"):
-        io_processors.space_to_depth(np.zeros(shape, np.float32), spatial_block_size=1)
-    with pytest.raises(ValueError, match=r"frames must have rank 4 or 5"):
-        io_processors.reverse_space_to_depth(np.zeros(shape, np.float32))
-
-
-@pytest.mark.parametrize(
-    "shape,t,s,pattern",
-    [
-        ((1, 5, 4, 3), 1, 2, r"frames height \(5\).*spatial_block_size \(2\)"),
-        ((1, 4, 6, 3), 1, 4, r"frames height \(4\)|frames width \(6\)"),
-        ((1, 4, 6, 3), 1, 3, r"frames height \(4\).*spatial_block_size \(3\)"),
-        ((1, 3, 4, 4, 3), 2, 1, r"frames time size \(3\).*temporal_block_size \(2\)"),
-        ((1, 4, 4, 4, 3), 1, 0, r"spatial_block_size must be >= 1; got 0"),
-        ((1, 4, 4, 4, 3), -1, 1, r"temporal_block_size must be >= 1; got -1"),
-    ],
-)
-def test_space_to_depth_not_divisible(shape, t, s, pattern):
-    with pytest.raises(ValueError, match=pattern):
-        io_processors.space_to_depth(
-            np.zeros(shape, np.float32), temporal_block_size=t, spatial_block_size=s
-        )
-
-
-def test_reverse_space_to_depth_channels_not_divisible():
-    with pytest.raises(ValueError, match=r"frames channels \(6\)"):
-        io_processors.reverse_space_to_depth(np.zeros((1, 2, 2, 6), np.float32), spatial_block_size=2)
-    with pytest.raises(ValueError, match=r"frames channels \(8\)"):
-        io_processors.reverse_space_to_depth(
-            np.zeros((1, 2, 2, 2, 8), np.float32), temporal_block_size=3, spatial_block_size=1
-        )
-
-
-_GOOD_WINDOW = dict(sizes=[1, 2, 2, 1], strides=[1, 1, 1, 1], rates=[1, 1, 1, 1])
-
-
-@pytest.mark.parametrize("shape", [(4, 4, 3), (1, 2, 4, 4, 3), (4,)])
-def test_extract_patches_wrong_rank(shape):
-    with pytest.raises(ValueError, match=r"images must have rank 4"):
-        io_processors.extract_patches(np.zeros(shape, np.float32), **_GOOD_WINDOW)
-
-
-@pytest.mark.parametrize("arg", ["sizes", "strides", "rates"])
-@pytest.mark.parametrize("bad", [[1, 2, 2], [2, 2, 2, 1], [1, 2, 2, 3], [2, 2], [1, 1, 1, 1, 1]])
-def test_extract_patches_malformed_window(arg, bad):
-    kwargs = dict(_GOOD_WINDOW)
-    kwargs[arg] = bad
-    with pytest.raises(ValueError, match=rf"{arg} must be \[1, rows, cols, 1\]"):
-        io_processors.extract_patches(np.zeros((1, 4, 4, 1), np.float32), **kwargs)
-
-
-@pytest.mark.parametrize("bad", ["same", "valid", "FULL", "CAUSAL", ""])
-def test_extract_patches_unknown_padding(bad):
-    with pytest.raises(ValueError, match=r"padding must be one of"):
-        io_processors.extract_patches(np.zeros((1, 4, 4, 1), np.float32), padding=bad, **_GOOD_WINDOW)
-
-
-@pytest.mark.parametrize("arg", ["sizes", "strides", "rates"])
-@pytest.mark.parametrize("bad", [[1, 0, 2, 1], [1, 2, -1, 1], [1, 2.0, 2, 1], [1, 2.5, 2, 1]])
-def test_extract_patches_nonpositive_window_names_argument(arg, bad):
-    kwargs = dict(_GOOD_WINDOW)
-    kwargs[arg] = bad
-    with pytest.raises(ValueError, match=rf"{arg} must be \[1, rows, cols, 1\] of positive ints"):
-        io_processors.extract_patches(np.zeros((1, 4, 4, 1), np.float32), **kwargs)
-
-
-@pytest.mark.parametrize("shape", [(1, 4, 4, 3), (1, 1, 2, 4, 4, 3)])
-def test_patches_for_flow_wrong_rank(shape):
-    with pytest.raises(ValueError, match=r"inputs must have rank 5"):
-        io_processors.patches_for_flow(np.zeros(shape, np.float32))
 
 
 # ---------------------------------------------------------------------------
@@ -905,35 +754,3 @@ def test_trainable_decoder_subsampling_picks_rows(project_pos_dim):
     picked = t.apply(params, None, z, True)
     assert picked.shape == (2, 3, full.shape[-1])
     np.testing.assert_allclose(picked, full[:, points], rtol=1e-6)
-
-
-def test_fourier_encoding_accepts_array_max_resolution():
-    def fn():
-        return position_encoding.FourierPositionEncoding(
-            index_dims=(4, 4), num_bands=2, max_resolution=np.array([8, 8])
-        )(2)
-
-    assert hk.transform(fn).apply({}, None).shape == (2, 16, 2 + 2 * 2 * 2)
-
-
-def test_mask_probs_must_be_numbers():
-    def fn():
-        io_processors.MultimodalPreprocessor(
-            {"a": io_processors.OneHotPreprocessor()}, mask_probs={"a": "0.5"}
-        )
-
-    with pytest.raises(TypeError, match=r"mask_probs\['a'\] must be a number"):
-        hk.transform(fn).init(None)
-
-
-def test_patches_error_names_the_downsample_argument():
-    def fn(x):
-        return io_processors.ImagePreprocessor(
-            prep_type="patches",
-            spatial_downsample=4,
-            position_encoding_type="fourier",
-            fourier_position_encoding_kwargs=dict(num_bands=2),
-        )(x, is_training=False)
-
-    with pytest.raises(ValueError, match=r"inputs height \(6\) must be divisible by spatial_downsample \(4\)"):
-        hk.transform(fn).init(None, np.zeros((1, 6, 8, 3), np.float32))

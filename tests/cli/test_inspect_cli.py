@@ -13,14 +13,6 @@ from perceiver.tasks import imagenet
 pytest.importorskip("matplotlib")
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    # Any download attempt fails fast instead of reaching the internet.
-    monkeypatch.setenv("PERCEIVER_BASE_URL", "http://127.0.0.1:9")
-    return tmp_path / "cache"
-
-
 @pytest.fixture(scope="module")
 def classifier_file(tmp_path_factory):
     """The small reference Fourier classifier (16x16 pixels, 16 latents) as a described file, and an image."""
@@ -36,17 +28,11 @@ def classifier_file(tmp_path_factory):
     return str(path), str(image)
 
 
-def _run(argv, capsys):
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def test_draws_each_latents_map_into_a_png(classifier_file, tmp_path, offline, capsys):
+def test_draws_each_latents_map_into_a_png(classifier_file, tmp_path, offline, capsys, run_cli):
     path, image = classifier_file
     out = tmp_path / "maps.png"
     argv = ["attention", image, "-o", str(out), "--checkpoint", path, "--latents", "12"]
-    code, printed, err = _run(argv, capsys)
+    code, printed, err = run_cli(*argv)
     assert code == 0, err
     # The image and 12 maps: 13 panels, 8 a row, 1.6 x 1.6 inches each at 100 dpi.
     assert media.read_image(out).shape == (2 * 160, 8 * 160, 3)
@@ -57,7 +43,7 @@ def test_draws_each_latents_map_into_a_png(classifier_file, tmp_path, offline, c
     assert printed.startswith(f"{image}: {top[0][0]} ({top[0][1]:.3f})")
 
 
-def test_bad_arguments_end_in_one_line(classifier_file, tmp_path, offline, capsys, monkeypatch):
+def test_bad_arguments_end_in_one_line(classifier_file, tmp_path, offline, capsys, monkeypatch, run_cli):
     path, image = classifier_file
     out = str(tmp_path / "maps.png")
     cases = [
@@ -71,16 +57,15 @@ def test_bad_arguments_end_in_one_line(classifier_file, tmp_path, offline, capsy
         (["attention", image, "-o", str(tmp_path / "maps.xyz"), "--checkpoint", path], "-o:"),
     ]
     for argv, message in cases:
-        code, _, err = _run(argv, capsys)
+        code, _, err = run_cli(*argv)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     assert not (tmp_path / "maps.png").exists()
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    code, _, err = _run(["attention", image, "-o", out, "--checkpoint", path], capsys)
+    code, _, err = run_cli("attention", image, "-o", out, "--checkpoint", path)
     assert code == 2 and "pip install 'perceiver-io-jax[notebook]'" in err
 
 
 def test_default_is_the_first_cached_published_classifier(offline):
-    offline.mkdir()
     with pytest.raises(cli.UserError, match="perceiver fetch imagenet_conv"):
         cli.images._cached_image_classifier(None)
     (offline / hub.get("imagenet_learned").filename).write_bytes(b"")
@@ -142,7 +127,7 @@ def _panels(png):
     return panels
 
 
-def test_the_maps_are_drawn_over_the_photo_where_the_attention_is(classifier_file, tmp_path, offline, capsys):
+def test_the_maps_are_drawn_over_the_photo_where_the_attention_is(classifier_file, tmp_path, offline, capsys, run_cli):
     path, _ = classifier_file
     # A photo of flat colour blocks, neither white nor small: 120x180, centre crop 120x120.
     rng = np.random.default_rng(1)
@@ -151,7 +136,7 @@ def test_the_maps_are_drawn_over_the_photo_where_the_attention_is(classifier_fil
     image = tmp_path / "blocks.png"
     media.write_image(image, photo)
     out = tmp_path / "maps.png"
-    code, printed, err = _run(["attention", str(image), "-o", str(out), "--checkpoint", path, "--latents", "7"], capsys)
+    code, printed, err = run_cli("attention", str(image), "-o", str(out), "--checkpoint", path, "--latents", "7")
     assert code == 0, err
     assert "over the photo's 120x120 centre crop" in printed
     crop = photo[:, 30:150].astype(np.float64) / 255

@@ -17,7 +17,7 @@ import pytest
 from perceiver import cli, media
 from perceiver.tasks import flow as flow_lib
 
-DATA = os.path.join(os.path.dirname(__file__), "data", "flow")
+DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "flow")
 TILE = (8, 12)
 
 

@@ -30,20 +30,6 @@ COMMON = [
 ]
 
 
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    # Any download attempt fails fast instead of reaching the internet.
-    monkeypatch.setenv("PERCEIVER_BASE_URL", "http://127.0.0.1:9")
-
-
-def _run_cli(argv, capsys):
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    return captured.out
-
-
 def _frames(folder, shape=(20, 24, 3)):
     rng = np.random.default_rng(0)
     paths = []
@@ -101,11 +87,12 @@ def trained_text_classifier(tmp_path_factory):
     )
 
 
-def test_trained_flow_model_runs_from_its_export(trained_flow, tmp_path, offline, capsys):
+def test_trained_flow_model_runs_from_its_export(trained_flow, tmp_path, offline, capsys, run_cli):
     assert checkpoint.read_description(trained_flow).get("factory") == "optical_flow"
     a, b = _frames(tmp_path)
     out, flo = str(tmp_path / "flow.png"), str(tmp_path / "flow.flo")
-    _run_cli(["flow", a, b, "-o", out, "--flo", flo, "--checkpoint", trained_flow], capsys)
+    code, _, err = run_cli("flow", a, b, "-o", out, "--flo", flo, "--checkpoint", trained_flow)
+    assert code == 0, err
     # Python reads the same description (sizes, and a min_overlap that fits its tiles).
     estimator = flow_lib.OpticalFlow.from_pretrained(trained_flow)
     assert estimator.min_overlap < min(estimator.tile_shape)
@@ -113,10 +100,11 @@ def test_trained_flow_model_runs_from_its_export(trained_flow, tmp_path, offline
     np.testing.assert_allclose(flow_lib.read_flo(flo), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_trained_image_classifier_names_its_folders(trained_image_classifier, tmp_path, offline, capsys):
+def test_trained_image_classifier_names_its_folders(trained_image_classifier, tmp_path, offline, capsys, run_cli):
     path, image = trained_image_classifier
     out = tmp_path / "classes.json"
-    printed = _run_cli(["classify", image, "--top-k", "2", "--json", str(out), "--checkpoint", path], capsys)
+    code, printed, err = run_cli("classify", image, "--top-k", "2", "--json", str(out), "--checkpoint", path)
+    assert code == 0, err
     (result,) = json.loads(out.read_text())
     assert sorted(name for name, _ in result["labels"]) == ["dark", "light"]
     assert "dark" in printed and "light" in printed
@@ -127,12 +115,13 @@ def test_trained_image_classifier_names_its_folders(trained_image_classifier, tm
     np.testing.assert_allclose([p for _, p in top], [p for _, p in result["labels"]], rtol=1e-5)
 
 
-def test_trained_text_classifier_names_its_labels(trained_text_classifier, tmp_path, offline, capsys):
+def test_trained_text_classifier_names_its_labels(trained_text_classifier, tmp_path, offline, capsys, run_cli):
     path = trained_text_classifier
     assert checkpoint.read_description(path).get("factory") == "text_classifier"
     out = tmp_path / "classes.json"
     texts = ["the rocket reached orbit", "a hot bowl of tomato soup"]  # one padded length
-    _run_cli(["classify-text", *texts, "--top-k", "3", "--json", str(out), "--checkpoint", path], capsys)
+    code, _, err = run_cli("classify-text", *texts, "--top-k", "3", "--json", str(out), "--checkpoint", path)
+    assert code == 0, err
     results = json.loads(out.read_text())
     assert [r["text"] for r in results] == texts
     for r in results:
@@ -166,7 +155,7 @@ def test_shipped_flow_model_loads_from_python_by_its_path(offline):
     assert estimator.sizes["num_latents"] == 64
 
 
-def test_flow_reads_sizes_and_options_and_keywords_override(tmp_path, offline, capsys):
+def test_flow_reads_sizes_and_options_and_keywords_override(tmp_path, offline, capsys, run_cli):
     path = _described(tmp_path, "flow", {
         "factory": "optical_flow", "sizes": FLOW_SIZES, "task": {"min_overlap": 4, "batch_size": 3},
     })
@@ -180,7 +169,8 @@ def test_flow_reads_sizes_and_options_and_keywords_override(tmp_path, offline, c
     # The command line runs the same code, and --max-flow fixes the colour scale.
     a, b = _frames(tmp_path)
     out, flo = tmp_path / "f.png", tmp_path / "f.flo"
-    _run_cli(["flow", a, b, "-o", str(out), "--flo", str(flo), "--max-flow", "50", "--checkpoint", path], capsys)
+    code, _, err = run_cli("flow", a, b, "-o", str(out), "--flo", str(flo), "--max-flow", "50", "--checkpoint", path)
+    assert code == 0, err
     field = flow_lib.read_flo(flo)
     np.testing.assert_allclose(field, estimator(media.read_image(a), media.read_image(b)), atol=1e-5)
     np.testing.assert_array_equal(media.read_image(out), flow_lib.flow_to_color(field, max_flow=50))
@@ -248,7 +238,7 @@ def test_a_size_the_factory_does_not_take_names_the_file(tmp_path, offline):
         flow_lib.OpticalFlow.from_pretrained(path)
 
 
-def test_image_classifier_names_classes_by_the_description(tmp_path, offline, capsys):
+def test_image_classifier_names_classes_by_the_description(tmp_path, offline, capsys, run_cli):
     sizes = dict(ref.SMALL_FACTORIES["imagenet_fourier"][1])
     names = [f"class {c}" for c in "abcdefghij"]
     path = _described(tmp_path, "imagenet_fourier", {
@@ -259,7 +249,8 @@ def test_image_classifier_names_classes_by_the_description(tmp_path, offline, ca
     assert classifier.crop_fraction == 1.0
     image = str(tmp_path / "im.png")
     media.write_image(image, np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8))
-    printed = _run_cli(["classify", image, "--top-k", "2", "--checkpoint", path], capsys)
+    code, printed, err = run_cli("classify", image, "--top-k", "2", "--checkpoint", path)
+    assert code == 0, err
     top = classifier.classify(media.read_image(image), top_k=2)[0]
     assert [line.split("  ")[-1] for line in printed.splitlines()[1:]] == [n for n, _ in top]
     renamed = imagenet.ImageClassifier.from_pretrained(path, labels=[str(i) for i in range(10)])
@@ -279,7 +270,7 @@ def _text_classifier_file(tmp_path, description, num_classes=3):
     return path
 
 
-def test_text_classifier_reads_labels_and_cuts_long_texts(tmp_path, offline, capsys):
+def test_text_classifier_reads_labels_and_cuts_long_texts(tmp_path, offline, capsys, run_cli):
     description = {
         "factory": "text_classifier",
         "sizes": dict(MLM_SIZES, num_classes=3),
@@ -304,7 +295,8 @@ def test_text_classifier_reads_labels_and_cuts_long_texts(tmp_path, offline, cap
     np.testing.assert_allclose(probs[0], jax.nn.softmax(logits[0]), rtol=1e-4, atol=1e-6)
     # The command line prints and writes the same.
     out = tmp_path / "c.json"
-    printed = _run_cli(["classify-text", "short", "--top-k", "1", "--json", str(out), "--checkpoint", path], capsys)
+    code, printed, err = run_cli("classify-text", "short", "--top-k", "1", "--json", str(out), "--checkpoint", path)
+    assert code == 0, err
     best = classifier.class_names[int(np.argmax(probs[0]))]
     assert printed.splitlines()[1].endswith(best)
     assert json.loads(out.read_text())[0]["labels"][0][0] == best

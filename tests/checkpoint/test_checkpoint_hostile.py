@@ -19,7 +19,7 @@ import reference_fixtures as ref
 from perceiver import checkpoint, safe_unpickle
 from perceiver.checkpoint import CheckpointError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
 MAX_SECONDS = 5.0  # For any one file, on a 2-core machine.
 MAX_MESSAGE = 400  # Characters of an error message, whatever the file holds.
 
@@ -27,8 +27,8 @@ MAX_MESSAGE = 400  # Characters of an error message, whatever the file holds.
 def _run(*args, timeout=300) -> dict:
     """Runs hostile_checkpoints.py in a fresh interpreter; its outcomes by case."""
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "hostile_checkpoints.py"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=HERE,
+        [sys.executable, os.path.join(TESTS, "hostile_checkpoints.py"), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=TESTS,
     )
     if proc.returncode != 0:
         last = proc.stderr.strip().splitlines()[-1:] or ["?"]

@@ -16,7 +16,7 @@ import pytest
 import reference_fixtures as ref
 from perceiver import _interrupt, checkpoint, cli, media
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from perceiver import cli, media
 from perceiver.tasks import flow as flow_lib
 
-PHOTO = os.path.join(os.path.dirname(__file__), "data", "flow", "astronaut_160.png")
+PHOTO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "flow", "astronaut_160.png")
 
 # The Middlebury wheel's pure colours and where they start on it: segments of
 # 15 (red to yellow), 6, 4, 11, 13 and 6 colours. Its code spreads positions
@@ -25,12 +25,6 @@ PHOTO = os.path.join(os.path.dirname(__file__), "data", "flow", "astronaut_160.p
 PURE = {
     0: (255, 0, 0), 15: (255, 255, 0), 21: (0, 255, 0), 25: (0, 255, 255), 36: (0, 0, 255), 49: (255, 0, 255)
 }
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("PERCEIVER_BASE_URL", "http://127.0.0.1:9")  # no download can happen
 
 
 def _stand_in(monkeypatch, motion=(0.0, 0.0), tile=(16, 16)):
@@ -53,23 +47,17 @@ def _pair(tmp_path, height=64, width=80):
     return str(tmp_path / "a.png"), str(tmp_path / "b.png")
 
 
-def _run(argv, capsys):
-    code = cli.main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # ---------------------------------------------------------------------------
 # The colour scale
 # ---------------------------------------------------------------------------
 
 
-def test_identical_photos_are_drawn_near_white(tmp_path, offline, capsys):
+def test_identical_photos_are_drawn_near_white(tmp_path, offline, capsys, run_cli):
     """The shipped model's noise on a still pair stays pale on the fixed 10 px scale."""
     a, _ = _pair(tmp_path, 48, 64)
     out = tmp_path / "still.png"
     argv = ["flow", a, a, "-o", str(out), "--levels", "1", "--flo", str(tmp_path / "s.flo")]
-    code, text, err = _run(argv, capsys)
+    code, text, err = run_cli(*argv)
     assert code == 0, err
     assert "(1 pyramid level)" in text and "mean (dx, dy) = (" in text and "full colour: 10 px" in text
     picture = media.read_image(out).astype(int)
@@ -85,21 +73,21 @@ def test_identical_photos_are_drawn_near_white(tmp_path, offline, capsys):
 
 
 @pytest.mark.parametrize("position", sorted(PURE))
-def test_uniform_flow_has_the_wheels_colour_at_its_angle(tmp_path, offline, monkeypatch, capsys, position):
+def test_uniform_flow_has_the_wheels_colour_at_its_angle(tmp_path, offline, monkeypatch, capsys, position, run_cli):
     angle = 2 * np.pi * position / 54
     # Just inside the scale (a length of exactly 3.0 can round past it, to the darkened colour).
     motion = (2.995 * np.cos(angle), 2.995 * np.sin(angle))
     _stand_in(monkeypatch, motion)
     a, b = _pair(tmp_path)
     out = tmp_path / "f.png"
-    code, _, err = _run(["flow", a, b, "-o", str(out), "--levels", "1", "--max-flow", "3"], capsys)
+    code, _, err = run_cli("flow", a, b, "-o", str(out), "--levels", "1", "--max-flow", "3")
     assert code == 0, err
     picture = media.read_image(out).astype(int)
     np.testing.assert_allclose(picture[:24, :32], np.broadcast_to(PURE[position], (24, 32, 3)), atol=1)
 
 
 def test_max_flow_sets_the_saturation_and_the_text_gives_the_mean_motion(
-    tmp_path, offline, monkeypatch, capsys
+    tmp_path, offline, monkeypatch, capsys, run_cli
 ):
     # Straight down, 6 px: the wheel's yellow-orange, between positions 13 and 14.
     _stand_in(monkeypatch, (0.0, 6.0))
@@ -107,7 +95,7 @@ def test_max_flow_sets_the_saturation_and_the_text_gives_the_mean_motion(
     pictures = {}
     for scale in ("6", "12", "4"):
         out = tmp_path / f"f{scale}.png"
-        code, text, err = _run(["flow", a, b, "-o", str(out), "--levels", "1", "--max-flow", scale], capsys)
+        code, text, err = run_cli("flow", a, b, "-o", str(out), "--levels", "1", "--max-flow", scale)
         assert code == 0, err
         assert "mean (dx, dy) = (0.00, 6.00) px" in text and "(1 pyramid level)" in text
         assert f"drawn at full colour: {scale} px" in text
@@ -118,7 +106,7 @@ def test_max_flow_sets_the_saturation_and_the_text_gives_the_mean_motion(
     np.testing.assert_allclose(pictures["12"], np.floor(255 - (255 - full) / 2), atol=1)
     np.testing.assert_allclose(pictures["4"], np.floor(full * 0.75), atol=1)
     # The default scale is 10 px, and the Python keyword is the same option.
-    code, text, _ = _run(["flow", a, b, "-o", str(tmp_path / "d.png"), "--levels", "1"], capsys)
+    code, text, _ = run_cli("flow", a, b, "-o", str(tmp_path / "d.png"), "--levels", "1")
     assert code == 0 and "drawn at full colour: 10 px" in text
     default = media.read_image(tmp_path / "d.png")[10, 10]
     np.testing.assert_allclose(default, np.floor(255 - (255 - full) * 0.6), atol=1)
@@ -166,13 +154,13 @@ def test_the_key_is_drawn_in_the_corner_with_directions_and_its_scale():
 # ---------------------------------------------------------------------------
 
 
-def test_demo_writes_one_figure_besides_its_files(tmp_path, offline, monkeypatch, capsys):
+def test_demo_writes_one_figure_besides_its_files(tmp_path, offline, monkeypatch, capsys, run_cli):
     from perceiver import checkpoint
     from perceiver.train import synthetic_flow
 
     _stand_in(monkeypatch, (0.0, 0.0))  # zero flow: the error is the true motion
     out = tmp_path / "demo"
-    code, text, err = _run(["demo", "-o", str(out)], capsys)
+    code, text, err = run_cli("demo", "-o", str(out))
     assert code == 0, err
     for name in ("frame1.png", "frame2.png", "flow.png", "true_flow.png", "figure.png", "flow.flo"):
         assert (out / name).is_file(), name
@@ -203,17 +191,17 @@ def test_demo_writes_one_figure_besides_its_files(tmp_path, offline, monkeypatch
     assert (figure[12 : 12 + title, 12 : 12 + panel_w] < 60).all(-1).sum() > 50
 
 
-def test_a_failed_demo_leaves_no_folder_and_a_bad_seed_is_one_line(tmp_path, offline, monkeypatch, capsys):
+def test_a_failed_demo_leaves_no_folder_and_a_bad_seed_is_one_line(tmp_path, offline, monkeypatch, capsys, run_cli):
     _stand_in(monkeypatch)
 
     def full_disk(path, image):
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(media, "write_image", full_disk)
-    code, _, err = _run(["demo", "-o", str(tmp_path / "new" / "demo")], capsys)
+    code, _, err = run_cli("demo", "-o", str(tmp_path / "new" / "demo"))
     assert code == 2 and "No space left on device" in err
     assert not (tmp_path / "new").exists()
-    code, _, err = _run(["demo", "-o", str(tmp_path / "d"), "--seed", "-1"], capsys)
+    code, _, err = run_cli("demo", "-o", str(tmp_path / "d"), "--seed", "-1")
     assert code == 2 and err.strip().splitlines() == ["perceiver: error: --seed must be >= 0; got -1"]
 
 
@@ -222,18 +210,18 @@ def test_a_failed_demo_leaves_no_folder_and_a_bad_seed_is_one_line(tmp_path, off
 # ---------------------------------------------------------------------------
 
 
-def test_too_many_levels_for_the_image_is_one_line_naming_the_limit(tmp_path, offline, monkeypatch, capsys):
+def test_too_many_levels_for_the_image_is_one_line_naming_the_limit(tmp_path, offline, monkeypatch, capsys, run_cli):
     calls = _stand_in(monkeypatch, tile=(32, 32))
     a, b = _pair(tmp_path, 120, 160)
     # 120 px rows halve to 60, 30 and 15: the 4th level would be under 16 px.
     out = tmp_path / "f.png"
-    code, _, err = _run(["flow", a, b, "-o", str(out), "--levels", "4"], capsys)
+    code, _, err = run_cli("flow", a, b, "-o", str(out), "--levels", "4")
     assert code == 2 and not calls and not out.exists()
     assert err.strip().splitlines() == [
         "perceiver: error: --levels must be at most 3 for these 160x120 frames (each level halves "
         "them, and the coarsest must keep sides of 16 px or more); got 4"
     ]
-    code, text, err = _run(["flow", a, b, "-o", str(out), "--levels", "3"], capsys)
+    code, text, err = run_cli("flow", a, b, "-o", str(out), "--levels", "3")
     assert code == 0 and "(3 pyramid levels)" in text, err
 
 

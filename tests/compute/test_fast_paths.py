@@ -238,21 +238,6 @@ def _np_attention_module(params, xq, xkv, mask):
     return linear("linear_3", out)
 
 
-@pytest.fixture
-def chosen_folds(monkeypatch):
-    """The `_folding.Fold` of every attention traced, as the seam chose it."""
-    seen = []
-    original = _folding.choose_fold
-
-    def spy(*args):
-        fold = original(*args)
-        seen.append(fold)
-        return fold
-
-    monkeypatch.setattr(_folding, "choose_fold", spy)
-    return seen
-
-
 @pytest.mark.parametrize(
     "t, s, cq, ckv, out_channels, fold",
     [
@@ -757,7 +742,7 @@ def test_looped_blocks_equal_unrolled_with_dropout_keys():
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow  # 15 s; tests/test_train_compute.py checks that training's remat recomputes
+@pytest.mark.slow  # 15 s; tests/train/test_train_compute.py checks that training's remat recomputes
 def test_remat_gives_the_same_gradients():
     model = _encoder_model()
     inputs = _rng(7).standard_normal((2, 9, 5)).astype(np.float32)

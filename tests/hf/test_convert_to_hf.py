@@ -20,8 +20,8 @@ from perceiver.hf import reading as hf_reading
 from perceiver.hf import writing as hf_writing
 from perceiver.checkpoint import CheckpointError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-DATA = os.path.join(HERE, "data", "hf")
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/
+DATA = os.path.join(TESTS, "data", "hf")
 ARCHS = ("mlm", "text", "learned", "fourier", "conv", "flow", "video")
 
 pytest.importorskip("safetensors", reason="needs safetensors (pip install 'perceiver-io-jax[hf]')")
@@ -185,16 +185,10 @@ def test_labels_become_id2label(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def _cli(capsys, *argv):
-    code = cli.main(["convert", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize("suffix", [".pystate", ".safetensors"])
-def test_command_converts_both_ways(tmp_path, capsys, suffix):
+def test_command_converts_both_ways(tmp_path, capsys, suffix, run_cli):
     ours = tmp_path / f"mlm{suffix}"
-    code, out, err = _cli(capsys, os.path.join(DATA, "mlm"), ours)
+    code, out, err = run_cli("convert", os.path.join(DATA, "mlm"), ours)
     assert (code, err) == (0, ""), err
     assert str(ours) in out and ours.exists()
     description = checkpoint.read_description(ours)
@@ -203,18 +197,18 @@ def test_command_converts_both_ways(tmp_path, capsys, suffix):
     assert description["sizes"] == sizes and description["tokenizer"] == {"kind": "bytes"}
     loaded, state = checkpoint.load(ours)
     assert state == {} and loaded.keys() == params.keys()
-    code, out, err = _cli(capsys, ours, tmp_path / "hf")
+    code, out, err = run_cli("convert", ours, tmp_path / "hf")
     assert (code, err) == (0, ""), err
     assert "PerceiverForMaskedLM.from_pretrained" in out
     _assert_same_tensors(_tensors(tmp_path / "hf"), convert.read_weights(os.path.join(DATA, "mlm")))
 
 
-def test_converted_classifier_runs_in_perceiver_classify(tmp_path, capsys):
+def test_converted_classifier_runs_in_perceiver_classify(tmp_path, capsys, run_cli):
     from perceiver import media
     from perceiver.tasks import imagenet
 
     ours = tmp_path / "fourier.pystate"
-    assert _cli(capsys, os.path.join(DATA, "fourier"), ours)[0] == 0
+    assert run_cli("convert", os.path.join(DATA, "fourier"), ours)[0] == 0
     image = tmp_path / "image.png"
     media.write_image(str(image), np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8))
     code = cli.main(["classify", str(image), "--checkpoint", str(ours), "--top-k", "5"])
@@ -231,11 +225,11 @@ def test_converted_classifier_runs_in_perceiver_classify(tmp_path, capsys):
     )
 
 
-def test_converted_mlm_runs_in_the_text_task(tmp_path, capsys):
+def test_converted_mlm_runs_in_the_text_task(tmp_path, capsys, run_cli):
     from perceiver.tasks import text
 
     ours = tmp_path / "mlm.pystate"
-    assert _cli(capsys, os.path.join(DATA, "mlm"), ours)[0] == 0
+    assert run_cli("convert", os.path.join(DATA, "mlm"), ours)[0] == 0
     model = text.MaskedLanguageModel.from_pretrained(str(ours))  # Sizes from the description.
     (span,) = model.fill("hello ___ world", [(6, 9)]).spans
     assert len(span.predicted) == 3 and span.probabilities.shape == (3,)
@@ -258,9 +252,9 @@ def test_converted_mlm_runs_in_the_text_task(tmp_path, capsys):
         ),
     ],
 )
-def test_command_errors_are_one_line_with_status_2(tmp_path, capsys, make, match):
+def test_command_errors_are_one_line_with_status_2(tmp_path, capsys, make, match, run_cli):
     src, dst = make(tmp_path)
-    code, out, err = _cli(capsys, src, dst)
+    code, out, err = run_cli("convert", src, dst)
     assert code == 2 and out == ""
     assert err.startswith("perceiver: error: ") and err.count("\n") == 1
     assert match in err
@@ -272,14 +266,14 @@ def _bare_checkpoint(tmp):
     return tmp / "bare.pystate", tmp / "out"
 
 
-def test_command_converts_a_published_name_resolved_by_the_hub(tmp_path, capsys, monkeypatch):
+def test_command_converts_a_published_name_resolved_by_the_hub(tmp_path, capsys, monkeypatch, run_cli):
     # Offline: "flow" stands for a tiny file of the fixture's sizes.
     _, factory, sizes, params, state = _read("flow")
     checkpoint.save(tmp_path / "flow.pystate", params, state)  # No description: the hub has it.
     entry = hub.Checkpoint("flow", "", "flow.pystate", factory, sizes)
     monkeypatch.setattr(hub, "get", lambda name: entry)
     monkeypatch.setattr(hub, "fetch", lambda name, **kwargs: tmp_path / "flow.pystate")
-    code, out, err = _cli(capsys, "flow", tmp_path / "hf")
+    code, out, err = run_cli("convert", "flow", tmp_path / "hf")
     assert code == 0, err
     assert "from the published 'flow'" in out
     _, back, _ = convert.from_hf(tmp_path / "hf")
@@ -288,12 +282,12 @@ def test_command_converts_a_published_name_resolved_by_the_hub(tmp_path, capsys,
             np.testing.assert_array_equal(back[module][leaf], params[module][leaf])
 
 
-def test_command_refuses_the_conv_classifier_without_allow_deviations(tmp_path, capsys):
+def test_command_refuses_the_conv_classifier_without_allow_deviations(tmp_path, capsys, run_cli):
     ours = tmp_path / "conv.pystate"
-    assert _cli(capsys, os.path.join(DATA, "conv"), ours)[0] == 0
-    code, _, err = _cli(capsys, ours, tmp_path / "hf")
+    assert run_cli("convert", os.path.join(DATA, "conv"), ours)[0] == 0
+    code, _, err = run_cli("convert", ours, tmp_path / "hf")
     assert code == 2 and "--allow-deviations" in err and not (tmp_path / "hf").exists()
-    code, _, err = _cli(capsys, ours, tmp_path / "hf", "--allow-deviations", "--dtype", "float16")
+    code, _, err = run_cli("convert", ours, tmp_path / "hf", "--allow-deviations", "--dtype", "float16")
     assert code == 0, err
     # Our BatchNorm state came back as transformers' running statistics, in float16.
     _assert_same_tensors(
@@ -305,7 +299,7 @@ def test_command_refuses_the_conv_classifier_without_allow_deviations(tmp_path, 
 # What transformers' pipelines read beside the model, and the round trip
 # ---------------------------------------------------------------------------
 
-PHOTO = os.path.join(HERE, "data", "flow", "astronaut_160.png")
+PHOTO = os.path.join(TESTS, "data", "flow", "astronaut_160.png")
 
 
 def _json(path):
@@ -331,9 +325,9 @@ def _described_fourier(tmp, **task):
     return path
 
 
-def test_image_classifier_folder_holds_the_image_processor_config(tmp_path, capsys):
+def test_image_classifier_folder_holds_the_image_processor_config(tmp_path, capsys, run_cli):
     src = _described_fourier(tmp_path, crop_fraction=0.7, min_crop_size=224)
-    code, out, err = _cli(capsys, src, tmp_path / "hf")
+    code, out, err = run_cli("convert", src, tmp_path / "hf")
     assert code == 0, err
     assert "pipeline('image-classification'" in out and "no least crop" in out
     processor = _json(tmp_path / "hf" / convert.PREPROCESSOR_FILE)
@@ -352,12 +346,12 @@ def test_image_classifier_folder_holds_the_image_processor_config(tmp_path, caps
     assert default["crop_size"] == {"height": 256, "width": 256}
 
 
-def test_language_model_folder_holds_the_tokenizer_files(tmp_path, capsys):
+def test_language_model_folder_holds_the_tokenizer_files(tmp_path, capsys, run_cli):
     from perceiver.bytes_tokenizer import BytesTokenizer
 
-    code, out, err = _cli(capsys, os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")
+    code, out, err = run_cli("convert", os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")
     assert code == 0, err
-    code, out, err = _cli(capsys, tmp_path / "mlm.pystate", tmp_path / "hf")
+    code, out, err = run_cli("convert", tmp_path / "mlm.pystate", tmp_path / "hf")
     assert code == 0, err
     assert "pipeline('fill-mask'" in out and "add_special_tokens" in out
     tokenizer = _json(tmp_path / "hf" / "tokenizer_config.json")
@@ -381,13 +375,13 @@ def test_models_without_a_transformers_processor_get_config_and_weights_alone(tm
     assert sorted(os.listdir(tmp_path / "hf")) == ["config.json", "model.safetensors"]
 
 
-def test_ours_to_hf_to_ours_keeps_the_description_and_the_outputs(tmp_path, capsys):
+def test_ours_to_hf_to_ours_keeps_the_description_and_the_outputs(tmp_path, capsys, run_cli):
     from perceiver import media
     from perceiver.tasks import imagenet
 
     src = _described_fourier(tmp_path, crop_fraction=0.7, min_crop_size=100)
-    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
-    code, _, err = _cli(capsys, tmp_path / "hf", tmp_path / "back.pystate")
+    assert run_cli("convert", src, tmp_path / "hf")[0] == 0
+    code, _, err = run_cli("convert", tmp_path / "hf", tmp_path / "back.pystate")
     assert code == 0, err
     back = checkpoint.read_description(tmp_path / "back.pystate")
     assert back == checkpoint.read_description(src)
@@ -408,28 +402,28 @@ def test_ours_to_hf_to_ours_keeps_the_description_and_the_outputs(tmp_path, caps
     assert not np.allclose(want, imagenet.preprocess(photo, 224, 224 / 256), atol=0.1)
 
 
-def test_what_transformers_files_say_wins_over_a_stale_description(tmp_path, capsys):
+def test_what_transformers_files_say_wins_over_a_stale_description(tmp_path, capsys, run_cli):
     import json
 
     src = _described_fourier(tmp_path, crop_fraction=0.7)
-    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
+    assert run_cli("convert", src, tmp_path / "hf")[0] == 0
     processor_file = tmp_path / "hf" / convert.PREPROCESSOR_FILE
     processor = _json(processor_file)
     processor["crop_size"] = 280  # An int, as older files spell it: 224 / 280 = 0.8.
     processor_file.write_text(json.dumps(processor))
-    assert _cli(capsys, tmp_path / "hf", tmp_path / "a.pystate")[0] == 0
+    assert run_cli("convert", tmp_path / "hf", tmp_path / "a.pystate")[0] == 0
     edited = checkpoint.read_description(tmp_path / "a.pystate")
     assert edited["task"] == {"crop_fraction": 0.8}
     assert "trained" not in edited and edited["converted_from"]["format"] == "transformers"
     # Weights changed in transformers (here: rewritten as float16): the training record goes.
     processor["crop_size"] = 320
     processor_file.write_text(json.dumps(processor))
-    assert _cli(capsys, src, tmp_path / "hf16", "--dtype", "float16")[0] == 0
+    assert run_cli("convert", src, tmp_path / "hf16", "--dtype", "float16")[0] == 0
     config = convert.read_config(tmp_path / "hf16")
     kept = config[convert.DESCRIPTION_FIELD]
     config[convert.DESCRIPTION_FIELD] = dict(kept, weights_sha256="0" * 64)
     (tmp_path / "hf16" / "config.json").write_text(json.dumps(config))
-    assert _cli(capsys, tmp_path / "hf16", tmp_path / "b.pystate")[0] == 0
+    assert run_cli("convert", tmp_path / "hf16", tmp_path / "b.pystate")[0] == 0
     changed = checkpoint.read_description(tmp_path / "b.pystate")
     assert "trained" not in changed and changed["labels"] == ["cat", "dog", "emu", "gnu", "yak"]
     assert changed["task"]["crop_fraction"] == pytest.approx(0.7)
@@ -448,7 +442,7 @@ def test_what_transformers_files_say_wins_over_a_stale_description(tmp_path, cap
     ],
 )
 def test_preprocessing_our_task_cannot_do_is_refused_before_writing(
-    tmp_path, capsys, field, value, match
+    tmp_path, capsys, field, value, match, run_cli
 ):
     import json
     import re
@@ -458,30 +452,30 @@ def test_preprocessing_our_task_cannot_do_is_refused_before_writing(
     processor = convert.hf_preprocessor_config({"image_size": 224})
     processor[field] = value
     (folder / convert.PREPROCESSOR_FILE).write_text(json.dumps(processor))
-    code, out, err = _cli(capsys, folder, tmp_path / "mine.pystate")
+    code, out, err = run_cli("convert", folder, tmp_path / "mine.pystate")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert re.search(match, err), err
     assert not (tmp_path / "mine.pystate").exists() and not (tmp_path / "mine.json").exists()
 
 
-def test_another_tokenizer_is_refused(tmp_path, capsys):
+def test_another_tokenizer_is_refused(tmp_path, capsys, run_cli):
     folder = tmp_path / "hf"
     shutil.copytree(os.path.join(DATA, "mlm"), folder)
     (folder / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer"}')
-    code, _, err = _cli(capsys, folder, tmp_path / "mine.pystate")
+    code, _, err = run_cli("convert", folder, tmp_path / "mine.pystate")
     assert code == 2 and "tokenizer_class='BertTokenizer'" in err and "PerceiverTokenizer" in err
     assert not (tmp_path / "mine.pystate").exists()
 
 
-def test_text_classifier_converts_both_ways_with_its_tokenizer(tmp_path, capsys):
+def test_text_classifier_converts_both_ways_with_its_tokenizer(tmp_path, capsys, run_cli):
     from perceiver.tasks import text_classification
 
     ours = tmp_path / "text.pystate"
-    assert _cli(capsys, os.path.join(DATA, "text"), ours)[0] == 0
+    assert run_cli("convert", os.path.join(DATA, "text"), ours)[0] == 0
     description = checkpoint.read_description(ours)
     assert description["factory"] == "text_classifier" and description["tokenizer"] == {"kind": "bytes"}
     assert description["sizes"]["num_classes"] == 3 and description["sizes"]["qk_channels"] == 8
-    code, out, err = _cli(capsys, ours, tmp_path / "hf", "--dtype", "float16")  # As the fixture.
+    code, out, err = run_cli("convert", ours, tmp_path / "hf", "--dtype", "float16")  # As the fixture.
     assert code == 0, err
     assert "PerceiverForSequenceClassification" in out and "pipeline('text-classification'" in out
     assert _json(tmp_path / "hf" / "tokenizer_config.json")["tokenizer_class"] == "PerceiverTokenizer"
@@ -513,14 +507,14 @@ def test_which_recipes_models_transformers_can_hold():
     }
 
 
-def test_outputs_never_replace_the_input(tmp_path, capsys):
+def test_outputs_never_replace_the_input(tmp_path, capsys, run_cli):
     # Our checkpoint saved as model.safetensors, converted into its own folder.
     _, factory, sizes, params, state = _read("mlm")
     own = tmp_path / "own"
     own.mkdir()
     checkpoint.save(own / "model.safetensors", params, state, description={"factory": factory, "sizes": sizes})
     before = (own / "model.safetensors").read_bytes()
-    code, _, err = _cli(capsys, own / "model.safetensors", own)
+    code, _, err = run_cli("convert", own / "model.safetensors", own)
     assert code == 2 and "would replace the input" in err, err
     assert (own / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(own)) == ["model.json", "model.safetensors"]
@@ -529,7 +523,7 @@ def test_outputs_never_replace_the_input(tmp_path, capsys):
     shutil.copytree(os.path.join(DATA, "mlm"), folder)
     config = (folder / "config.json").read_bytes()
     for dst in (folder / "config.pystate", folder / "model.safetensors"):
-        code, _, err = _cli(capsys, folder, dst)
+        code, _, err = run_cli("convert", folder, dst)
         assert code == 2 and "would replace a file of the input folder" in err, err
     assert (folder / "config.json").read_bytes() == config
     assert not (folder / "config.pystate").exists()
@@ -623,7 +617,7 @@ def test_transformers_loads_what_to_hf_wrote_and_computes_ours(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, capsys):
+def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, capsys, run_cli):
     pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     from perceiver import media
@@ -640,7 +634,7 @@ def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, ca
     description = {"factory": "imagenet_classifier", "sizes": sizes, "labels": labels,
                    "task": {"crop_fraction": 0.7}}
     checkpoint.save(src, params, state, description=description)
-    assert _cli(capsys, src, tmp_path / "hf")[0] == 0
+    assert run_cli("convert", src, tmp_path / "hf")[0] == 0
     pipe = transformers.pipeline("image-classification", model=str(tmp_path / "hf"))
     theirs = pipe(PHOTO, top_k=3)
     ours = imagenet.ImageClassifier.from_pretrained(str(src)).classify(media.read_image(PHOTO), top_k=3)[0]
@@ -648,8 +642,8 @@ def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, ca
     # PIL's bicubic (antialiased) is not TensorFlow's: inputs, not answers, differ a little.
     np.testing.assert_allclose([r["score"] for r in theirs], [p for _, p in ours], atol=5e-3)
 
-    assert _cli(capsys, os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")[0] == 0
-    assert _cli(capsys, tmp_path / "mlm.pystate", tmp_path / "hf_mlm")[0] == 0
+    assert run_cli("convert", os.path.join(DATA, "mlm"), tmp_path / "mlm.pystate")[0] == 0
+    assert run_cli("convert", tmp_path / "mlm.pystate", tmp_path / "hf_mlm")[0] == 0
     fill = transformers.pipeline("fill-mask", model=str(tmp_path / "hf_mlm"))
     (span,) = text.MaskedLanguageModel.from_pretrained(str(tmp_path / "mlm.pystate")).fill(
         "hello _orld", [(6, 7)]
@@ -660,8 +654,8 @@ def test_transformers_pipelines_load_the_folders_and_answer_as_ours(tmp_path, ca
 
     from perceiver.tasks import text_classification
 
-    assert _cli(capsys, os.path.join(DATA, "text"), tmp_path / "text.pystate")[0] == 0
-    assert _cli(capsys, tmp_path / "text.pystate", tmp_path / "hf_text")[0] == 0
+    assert run_cli("convert", os.path.join(DATA, "text"), tmp_path / "text.pystate")[0] == 0
+    assert run_cli("convert", tmp_path / "text.pystate", tmp_path / "hf_text")[0] == 0
     classify = transformers.pipeline("text-classification", model=str(tmp_path / "hf_text"))
     theirs = classify("hello world", top_k=3, add_special_tokens=False)
     ours = text_classification.TextClassifier.from_pretrained(str(tmp_path / "text.pystate")).classify(

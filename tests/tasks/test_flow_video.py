@@ -8,14 +8,7 @@ import pytest
 from perceiver import cli, media
 from perceiver.tasks import flow as flow_lib
 
-PHOTO = os.path.join(os.path.dirname(__file__), "data", "flow", "astronaut_160.png")
-
-
-@pytest.fixture
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("PERCEIVER_CACHE", str(tmp_path / "cache"))
-    # Any download attempt fails fast: the shipped model is used.
-    monkeypatch.setenv("PERCEIVER_BASE_URL", "http://127.0.0.1:9")
+PHOTO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "flow", "astronaut_160.png")
 
 
 def _clip(height, width, frames=5, step=3):
