@@ -7,6 +7,10 @@
     perceiver fill-mask "The capital of France is _____." [--json OUT.json]
     perceiver classify IMAGE... [--top-k 5] [--json OUT.json] [--checkpoint NAME_OR_PATH]
     perceiver classify-text "some text" ... --checkpoint FILE [--top-k 5] [--json OUT.json]
+    perceiver tag "TEXT" ... --checkpoint FILE [--json OUT.json]      # entities / tags per byte
+    perceiver answer --question Q (--context C | --context-file F) --checkpoint FILE [--json OUT.json]
+    perceiver detect IMAGE... -o BOXES.png --checkpoint FILE [--json OUT.json] [--threshold T]
+    perceiver classify-audio CLIP.wav ... --checkpoint FILE [--top-k 5] [--json OUT.json]
     perceiver generate "PROMPT" --checkpoint FILE [--max-new-bytes N] [--temperature T] [--top-k K] [--top-p P]
     perceiver attention IMAGE -o maps.png [--checkpoint NAME_OR_PATH] [--layer PATTERN] [--latents N]
     perceiver train --config NAME --workdir DIR [--tiny] [KEY=VALUE ...]
@@ -41,13 +45,17 @@ if _interrupt.is_program(__name__) or sys.argv[:1] == ["-m"]:
 
 from perceiver._outputs import UserError  # noqa: E402
 from perceiver.cli import (  # noqa: E402
+    audio,
     checkpoints,
     convert,
+    detection,
     export,
     flow,
     generate,
     images,
+    qa,
     text,
+    tokens,
     train,
     video,
 )
@@ -57,7 +65,7 @@ __all__ = ["UserError", "build_parser", "main"]
 
 # The command groups, in the order `perceiver --help` lists their commands: each
 # module's `add_parsers(commands)` adds its commands, each with its handler.
-GROUPS = (checkpoints, flow, video, text, generate, images, train, export, convert)
+GROUPS = (checkpoints, flow, video, text, tokens, qa, generate, images, detection, audio, train, export, convert)
 
 
 def _version() -> str:

@@ -29,6 +29,10 @@ TASKS: Mapping[str, Tuple[str, str]] = {
         "perceiver classify-text",
     ),
     "byte_language_model": ("perceiver.tasks.generation.TextGenerator", "perceiver generate"),
+    "audio_classifier": ("perceiver.tasks.audio_classification.AudioClassifier", "perceiver classify-audio"),
+    "token_classifier": ("perceiver.tasks.token_classification.TokenClassifier", "perceiver tag"),
+    "question_answerer": ("perceiver.tasks.question_answering.QuestionAnswerer", "perceiver answer"),
+    "object_detector": ("perceiver.tasks.detection.ObjectDetector", "perceiver detect"),
 }
 
 

@@ -80,7 +80,8 @@ def _numeric_fields():
         for tiny in (False, True):
             cfg = recipes.get_config(name, tiny)
             for key, value, rule, _ in config.field_rules(cfg, _sections(cfg)):
-                if rule is not None or _numeric(value):
+                # A bool field (query_inputs) is a choice its parser already refuses.
+                if (rule is not None and not isinstance(value, bool)) or _numeric(value):
                     cases.append((name, tiny, key))
     return cases
 

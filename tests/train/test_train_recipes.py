@@ -219,7 +219,8 @@ def test_a_new_recipe_is_one_new_file(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     names, printed = result.stdout.split("\n", 1)
     # Listed after the others, found by name, validated by its kind's rules.
-    assert json.loads(names) == ["imagenet", "finetune_image", "finetune_text", "mlm", "perceiver_ar",
+    assert json.loads(names) == ["imagenet", "finetune_image", "finetune_detection", "finetune_text", "finetune_qa",
+                                 "finetune_tokens", "finetune_audio", "mlm", "perceiver_ar",
                                  "flow", "flow_small", "flow_small_photo", "flow_narrow"]
     printed = json.loads(printed)
     assert printed["recipe"] == "flow_narrow" and printed["model"]["num_latents"] == 8
@@ -259,7 +260,8 @@ def test_the_recipes_package_offers_its_api_and_each_recipe_its_own_names():
 def test_recipes_register_themselves_in_their_listed_order():
     from perceiver.train import recipes
 
-    listed = ["imagenet", "finetune_image", "finetune_text", "mlm", "perceiver_ar", "flow", "flow_small",
+    listed = ["imagenet", "finetune_image", "finetune_detection", "finetune_text", "finetune_qa",
+              "finetune_tokens", "finetune_audio", "mlm", "perceiver_ar", "flow", "flow_small",
               "flow_small_photo"]
     assert list(recipes.CONFIGS) == listed
     for name in listed:

@@ -439,7 +439,9 @@ def test_export_description_rebuilds_every_recipes_tiny_model(recipe, tmp_path, 
     factories = {"imagenet": "imagenet_classifier", "finetune_image": "imagenet_classifier",
                  "mlm": "masked_language_model", "finetune_text": "text_classifier",
                  "flow": "optical_flow", "flow_small": "optical_flow", "flow_small_photo": "optical_flow",
-                 "perceiver_ar": "byte_language_model"}
+                 "perceiver_ar": "byte_language_model", "finetune_tokens": "token_classifier",
+                 "finetune_qa": "question_answerer", "finetune_audio": "audio_classifier",
+                 "finetune_detection": "object_detector"}
     assert description["factory"] == factories[recipe]
     assert description["trained"]["recipe"] == recipe and description["trained"]["step"] == 3
     assert description["description"].startswith(f"perceiver train --config {recipe}: step 3 of ")

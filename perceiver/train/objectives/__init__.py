@@ -10,6 +10,10 @@ model-size rules read from the factory) that recipe files register with:
                      (text_classifier: the MLM's encoder, a new decoder)
     language_model   CAUSAL_LM (byte_language_model, Perceiver AR)
     flow             OPTICAL_FLOW (optical_flow) on synthetic scenes
+    token_classification  TOKEN_CLASSIFICATION (token_classifier: BIO tags per byte)
+    question_answering    QUESTION_ANSWERING (question_answerer: start and end per byte)
+    audio_classification  AUDIO_CLASSIFICATION (audio_classifier) on folders of clips
+    detection        OBJECT_DETECTION (object_detector: a Hungarian-matched set loss)
 
 and what they share:
 

@@ -46,6 +46,8 @@ class ObjectiveKind:
 
 def _derived_rule(annotation: Any, default: Any) -> Optional[Any]:
     """The rule of one size from its annotation or default, or None when neither says it."""
+    if annotation is bool or isinstance(default, bool):
+        return (True, False)
     if annotation is int or (isinstance(default, int) and not isinstance(default, bool)):
         return SIZE
     if isinstance(default, (tuple, list)) and default and all(
@@ -58,8 +60,9 @@ def _derived_rule(annotation: Any, default: Any) -> Optional[Any]:
 def size_rules(factory: str, **overrides: Any) -> Dict[str, Any]:
     """The rules of every size argument of `factory`, in its order, from its signature.
 
-    An int argument (by annotation or default) is a positive int; a tuple of
-    ints (a shape) positive ints, as many as its default has. `overrides`
+    An int argument (by annotation or default) is a positive int; a bool
+    True or False; a tuple of ints (a shape) positive ints, as many as its
+    default has. `overrides`
     give the rules a signature cannot: the words a string allows, the range
     of a float, or a meaning training gives a value (0 classes: one per class
     of the data).

@@ -3,6 +3,10 @@
     imagenet        ImageNet classification with the reference's hyper-parameters
     finetune_image  a published ImageNet model on a new image folder, new head
     finetune_text   text classification from the published byte MLM, new decoder
+    finetune_tokens  BIO tags per byte (entities, code tokens) from the published byte MLM, new decoder
+    finetune_qa     extractive question answering from the published byte MLM, new decoder
+    finetune_audio  an audio classifier on raw waveforms, folders of clips by class
+    finetune_detection  DETR-style object detection on the ImageNet encoder, COCO files
     mlm             masked byte language model pre-training on a text corpus
     perceiver_ar    a byte-level causal language model (Perceiver AR) on a text corpus
     flow            optical flow from scratch on synthetic pairs
