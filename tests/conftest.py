@@ -6,10 +6,22 @@ subfolders import the helper modules here (`import reference_fixtures`).
 """
 
 import http.server
+import os
 import threading
 import time
 
 import pytest
+
+# XLA's CPU compiler without its backend optimisations: the suite's time is
+# mostly compiling small programs once, and its checks are of values, never
+# of speed (tests/test_docs.py gives its examples the same flags). Set before
+# any test imports jax; a subprocess a test starts inherits them unless the
+# test sets XLA_FLAGS itself. Flags the caller already gave are kept.
+FAST_COMPILE_FLAGS = ("--xla_backend_optimization_level=0", "--xla_llvm_disable_expensive_passes=true")
+_given = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join(
+    [_given] + [f for f in FAST_COMPILE_FLAGS if f.split("=")[0] not in _given]
+).strip()
 
 HTTP_TIMEOUT = 2.0  # Seconds the server waits for itself at teardown; also its handlers' longest stall.
 

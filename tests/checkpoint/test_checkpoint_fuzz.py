@@ -39,6 +39,7 @@ def test_every_reader_survives_many_mutants():
     _check(SLOW_COUNT, first_seed=DEFAULT_COUNT)
 
 
+@pytest.mark.slow  # ~15 s of worker restarts; the default fuzz test above needs the harness working
 def test_harness_records_crashes_hangs_and_errors(monkeypatch):
     # A reader that segfaults, raises, ignores the alarm or sleeps past it (by seed):
     # each is recorded against its seed and the jobs after it still run.

@@ -71,6 +71,7 @@ def _reason(data: bytes) -> str:
     return str(info.value)
 
 
+@pytest.mark.slow  # tests/checkpoint/test_checkpoint_fuzz.py mutates DeepMind pickles by default
 @pytest.mark.parametrize("seed", [0, 1])
 def test_fuzzed_checkpoints_load_or_are_refused(seed):
     # Mutants of the six reference checkpoints and random opcode streams.

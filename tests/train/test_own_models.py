@@ -87,6 +87,7 @@ def trained_text_classifier(tmp_path_factory):
     )
 
 
+@pytest.mark.slow  # a flow train and export run by default in tests/train/test_train_workflow.py
 def test_trained_flow_model_runs_from_its_export(trained_flow, tmp_path, offline, capsys, run_cli):
     assert checkpoint.read_description(trained_flow).get("factory") == "optical_flow"
     a, b = _frames(tmp_path)
@@ -115,6 +116,7 @@ def test_trained_image_classifier_names_its_folders(trained_image_classifier, tm
     np.testing.assert_allclose([p for _, p in top], [p for _, p in result["labels"]], rtol=1e-5)
 
 
+@pytest.mark.slow  # the byte encoder's train-export-CLI path runs by default in tests/tasks/test_token_classification.py
 def test_trained_text_classifier_names_its_labels(trained_text_classifier, tmp_path, offline, capsys, run_cli):
     path = trained_text_classifier
     assert checkpoint.read_description(path).get("factory") == "text_classifier"
