@@ -111,7 +111,7 @@ def read_coco(path: PathLike) -> CocoSet:
     """Reads and checks a COCO detection annotation file.
 
     Args:
-      path: the JSON file; images' `file_name`s are relative to its folder.
+      path: the JSON file; images' `file_name` entries are relative to its folder.
 
     Returns:
       a `CocoSet`: images in file order, their annotations in file order,

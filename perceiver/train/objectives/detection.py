@@ -38,7 +38,7 @@ EVAL_PHOTOS = ("china", "flower")
 
 @dataclasses.dataclass
 class DetectionDataSettings:
-    """The `data` section: COCO annotation files (image `file_name`s relative to each file)."""
+    """The `data` section: COCO annotation files (image `file_name` entries relative to each file)."""
 
     train_paths: Tuple[str, ...] = ()  # one COCO JSON file
     eval_paths: Tuple[str, ...] = ()  # at most one; its categories must be the training file's

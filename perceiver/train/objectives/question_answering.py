@@ -63,7 +63,7 @@ class QAWindows:
     """The windows of SQuAD-style examples as `{'tokens', 'mask', 'start', 'end'}` records.
 
     Args:
-      examples: `QAExample`s.
+      examples: `QAExample` items.
       seq_len, stride, max_question_bytes: as `QADataSettings` / `QASettings`.
     """
 

@@ -44,7 +44,7 @@ def register(name: str, kind: ObjectiveKind, order: int = 1000) -> Callable:
 
     Args:
       name: the recipe's name (`perceiver train --config NAME`); the config's `recipe`.
-      kind: what it optimises (one of the `ObjectiveKind`s in `perceiver.train.objectives`).
+      kind: what it optimises (an `ObjectiveKind` of `perceiver.train.objectives`).
       order: its place in listings (help, error messages); ties go by name.
 
     Raises:

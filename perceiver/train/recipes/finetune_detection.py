@@ -28,7 +28,7 @@ def finetune_detection_config(tiny: bool = False) -> Config:
     """Object detection (DETR's set loss) from a published ImageNet model of the same variant.
 
     `data.train_paths` / `data.eval_paths`: one COCO annotation file each
-    (image `file_name`s relative to it). The preprocessor and encoder come
+    (image `file_name` entries relative to it). The preprocessor and encoder come
     from `task.pretrained` (default `imagenet_conv`; `none`: from scratch);
     the detection decoder and its class and box heads are new. Images are
     resized whole to model.image_size. Defaults (AdamW 1e-4, clipping at
