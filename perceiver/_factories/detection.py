@@ -18,8 +18,10 @@ from perceiver import io_processors
 from perceiver import perceiver
 from perceiver._factories.imagenet import (
     IMAGENET_VARIANTS,
+    _check_square_images,
     imagenet_encoder_kwargs,
     imagenet_preprocessor_kwargs,
+    _training_mode,
 )
 from perceiver._factories.shared import _Built
 
@@ -53,12 +55,7 @@ def _object_detector(
     )
 
     def forward(images, is_training=False):
-        _validation.check_rank("images", images, (4,), "[B, H, W, 3]")
-        if tuple(images.shape[1:3]) != (image_size, image_size):
-            raise ValueError(
-                f"images must be [B, {image_size}, {image_size}, 3]; got shape "
-                f"{tuple(images.shape)} (resize first: boxes are fractions of the image)."
-            )
+        _check_square_images(images, image_size, "resize first: boxes are fractions of the image")
         decoder = perceiver.BasicDecoder(
             output_num_channels=num_latent_channels,
             position_encoding_type="trainable",
@@ -74,11 +71,7 @@ def _object_detector(
             decoder=decoder,
             input_preprocessor=io_processors.ImagePreprocessor(**prep_kwargs),
         )
-        if variant == "conv_preprocessing" and hk.running_init():
-            # As the ImageNet classifier: the stem's BatchNorm makes its
-            # moving averages only in training mode.
-            is_training = True
-        queries = model(images, is_training=is_training)  # [B, N, C]
+        queries = model(images, is_training=_training_mode(variant, is_training))  # [B, N, C]
         logits = hk.Linear(num_classes + 1, name="class_head")(queries)
         boxes = hk.nets.MLP(
             [num_latent_channels, num_latent_channels, 4], activation=jax.nn.relu, name="box_head"

@@ -73,6 +73,27 @@ def imagenet_preprocessor_kwargs(
     )
 
 
+def _check_square_images(images, image_size: int, hint: str) -> None:
+    """Raises ValueError unless `images` is `[B, image_size, image_size, C]`, saying what to do (`hint`)."""
+    _validation.check_rank("images", images, (4,), "[B, H, W, 3]")
+    if tuple(images.shape[1:3]) != (image_size, image_size):
+        raise ValueError(
+            f"images must be [B, {image_size}, {image_size}, 3]; got shape "
+            f"{tuple(images.shape)} ({hint})."
+        )
+
+
+def _training_mode(variant: str, is_training: bool) -> bool:
+    """The mode to run the ImageNet encoder in: always training during `init` of the conv stem.
+
+    The stem's BatchNorm creates its moving averages only in training mode
+    (evaluation reads them), so `init` always runs as training. Nothing else
+    differs between the modes (no dropout), so the parameters and state equal
+    those of init(..., is_training=True).
+    """
+    return True if variant == "conv_preprocessing" and hk.running_init() else is_training
+
+
 def _imagenet_classifier(
     variant: str,
     *,
@@ -105,24 +126,13 @@ def _imagenet_classifier(
     )
 
     def forward(images, is_training=False):
-        _validation.check_rank("images", images, (4,), "[B, H, W, 3]")
-        if tuple(images.shape[1:3]) != (image_size, image_size):
-            raise ValueError(
-                f"images must be [B, {image_size}, {image_size}, 3]; got shape "
-                f"{tuple(images.shape)} (resize and centre-crop first)."
-            )
+        _check_square_images(images, image_size, "resize and centre-crop first")
         model = perceiver.Perceiver(
             encoder=perceiver.PerceiverEncoder(**encoder_kwargs),
             decoder=perceiver.ClassificationDecoder(num_classes, **decoder_kwargs),
             input_preprocessor=io_processors.ImagePreprocessor(**prep_kwargs),
         )
-        if variant == "conv_preprocessing" and hk.running_init():
-            # The stem's BatchNorm creates its moving averages only in training
-            # mode (evaluation reads them), so `init` always runs as training.
-            # Nothing else here differs between the modes (no dropout), so the
-            # parameters and state equal those of init(..., is_training=True).
-            is_training = True
-        return model(images, is_training=is_training)
+        return model(images, is_training=_training_mode(variant, is_training))
 
     images = np.zeros((1, image_size, image_size, 3), np.float32)
     return _Built(hk.transform_with_state(forward), (images,))
