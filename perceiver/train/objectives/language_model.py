@@ -22,12 +22,16 @@ COMPUTE_DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass
 class CausalLmSettings:
-    """The `task` section of causal language modelling: memory, precision and the z-loss."""
+    """The `task` section of causal language modelling: the z-loss (and two older spellings).
 
-    # Recompute each layer's activations in the backward pass: memory for time.
+    `remat` and `compute_dtype` are the older spellings of every recipe's
+    `compute.remat` and `compute.dtype`, still read so that earlier runs
+    resume: either spelling turns the mode on.
+    """
+
+    # Older spelling of compute.remat: recompute each layer's activations in the backward pass.
     remat: bool = False
-    # 'bfloat16': activations and matmuls in bfloat16, parameters and the
-    # optimiser in float32, layer norms and the loss in float32.
+    # Older spelling of compute.dtype ('bfloat16': bfloat16 products, float32 parameters and loss).
     compute_dtype: str = ranged("float32", tuple(COMPUTE_DTYPES))
     # The reference's auxiliary loss, z_loss * log(Z)^2 (keeps logits normalised).
     z_loss: float = ranged(1e-4, "[0, inf)")

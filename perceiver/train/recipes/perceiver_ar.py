@@ -3,7 +3,7 @@
 import os
 import sysconfig
 
-from perceiver.train.config import CheckpointSettings, Config, OptimizerSettings, TrainSettings
+from perceiver.train.config import CheckpointSettings, ComputeSettings, Config, OptimizerSettings, TrainSettings
 from perceiver.train.objectives.language_model import CAUSAL_LM, CausalLmSettings
 from perceiver.train.objectives.masked_language import TextDataSettings
 from perceiver.train.recipes import _tiny
@@ -71,11 +71,13 @@ def perceiver_ar_config(tiny: bool = False) -> Config:
         recipe="perceiver_ar",
         model=dict(AR_MODEL),
         data=TextDataSettings(seq_len=AR_MODEL["max_context_length"]),
-        task=CausalLmSettings(remat=True, compute_dtype="bfloat16"),
+        task=CausalLmSettings(),
         optimizer=OptimizerSettings(
             optimizer="adamw", base_lr=3e-4, scale_by_batch=False, weight_decay=0.01, max_norm=1.0,
             schedule="cosine", warmup_steps=1000,
         ),
         train=TrainSettings(batch_size=16, num_steps=100_000, eval_every=5000, log_every=100),
         checkpoint=CheckpointSettings(every_steps=1000),
+        # Every recipe's compute section (not the task's older remat/compute_dtype).
+        compute=ComputeSettings(dtype="bfloat16", remat=True),
     )
