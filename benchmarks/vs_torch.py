@@ -30,7 +30,7 @@ import platform
 import sys
 import tempfile
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
@@ -83,13 +83,16 @@ def best_of(fns: Dict[str, Callable[[], None]], rounds: int, calls: int = 1) -> 
     return best
 
 
-def product_limit(rounds: int, compiler_options: Dict[str, Dict]) -> Dict[str, Dict[str, float]]:
+def product_limit(rounds: int, compiler_options: Dict[str, Dict],
+                  torch_dtypes: Sequence[str] = ("float32", "bfloat16")) -> Dict[str, Dict[str, float]]:
     """GFLOP/s of one n x n x n product by each library, float32 and bf16 (float32 result).
 
     Args:
       rounds: timing rounds (3 calls each).
       compiler_options: extra XLA variants to time, name -> per-function
         compiler options (`jax.jit(...).lower(...).compile(compiler_options=...)`).
+      torch_dtypes: the dtypes torch's product is timed in (its bf16 product
+        takes minutes on a CPU without a bf16 unit).
     """
     import jax
     import jax.numpy as jnp
@@ -114,8 +117,10 @@ def product_limit(rounds: int, compiler_options: Dict[str, Dict]) -> Dict[str, D
 
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         ta16, tb16 = ta.bfloat16(), tb.bfloat16()
-        fns[("torch", "float32")] = lambda: ta @ tb
-        fns[("torch", "bfloat16")] = lambda: ta16 @ tb16
+        if "float32" in torch_dtypes:
+            fns[("torch", "float32")] = lambda: ta @ tb
+        if "bfloat16" in torch_dtypes:
+            fns[("torch", "bfloat16")] = lambda: ta16 @ tb16
     except ImportError:
         pass
     best = best_of(fns, rounds, calls=3)
