@@ -10,7 +10,7 @@ from perceiver.cli._common import _add_cache_dir
 def add_parsers(commands) -> None:
     """Adds `list`, `fetch` and `check` to the CLI's subparsers."""
     sub = commands.add_parser(
-        "list", help="list the published checkpoints, which are cached, and the shipped model"
+        "list", help="list the published checkpoints, which are cached, the shipped model, and the models you train"
     )
     _add_cache_dir(sub)
     sub.set_defaults(handler=_cmd_list)
@@ -32,12 +32,24 @@ def add_parsers(commands) -> None:
         sub.set_defaults(handler=_cmd_fetch if command == "fetch" else _cmd_check)
 
 
+# The models with no published weights: the recipe that trains each (kept equal to the
+# recipes' own table by tests/cli/test_cli.py, without importing training here).
+TRAINED_HERE = {
+    "text_classifier": "finetune_text",
+    "token_classifier": "finetune_tokens",
+    "question_answerer": "finetune_qa",
+    "audio_classifier": "finetune_audio",
+    "object_detector": "finetune_detection",
+    "byte_language_model": "perceiver_ar",
+}
+
+
 def _megabytes(path: pathlib.Path) -> str:
     return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
 def _cmd_list(args) -> str:
-    """The published checkpoints, which of them are cached (with sizes), and the shipped models.
+    """The published checkpoints, which of them are cached (with sizes), the shipped models, and the rest.
 
     Every name shown is accepted wherever a checkpoint is (--checkpoint,
     `fetch`, `check`, the tasks' from_pretrained).
@@ -45,6 +57,7 @@ def _cmd_list(args) -> str:
     import textwrap
 
     from perceiver import checkpoint, hub
+    from perceiver.tasks._loading import TASKS
 
     cache = pathlib.Path(args.cache_dir).expanduser() if args.cache_dir else hub.cache_dir()
     lines = [f"published checkpoints (`perceiver fetch NAME` downloads one into {cache}):"]
@@ -59,6 +72,10 @@ def _cmd_list(args) -> str:
         lines.append(f"  {name:20s} {_megabytes(shipped):18s} {shipped}")
         if about:
             lines.append(f"  {'':20s} {'':18s} {textwrap.shorten(about, 100, placeholder=' ...')}")
+    lines.append("no published weights: train one (`perceiver train --config RECIPE`), export it, then run it:")
+    for factory, recipe in TRAINED_HERE.items():
+        task, command = TASKS[factory]
+        lines.append(f"  {recipe:20s} {factory:20s} {command} --checkpoint FILE  ({task})")
     return "\n".join(lines)
 
 

@@ -32,6 +32,20 @@ def test_list_shows_what_is_cached_and_the_shipped_model(cache, capsys):
     assert all("not cached" in rows[name] for name in hub.CHECKPOINTS if name != "flow")
     assert cli.flow._bundled_flow_model() in rows["flow_small"] and " MB " in rows["flow_small"]
     assert str(cache) in lines[0]
+    # The models without published weights, each with the recipe that trains it and its command.
+    assert all(rows[recipe].split()[1] == factory for factory, recipe in cli.checkpoints.TRAINED_HERE.items())
+    assert "perceiver answer --checkpoint FILE" in rows["finetune_qa"]
+
+
+def test_the_models_trained_here_are_those_without_published_weights():
+    from perceiver.train.recipes import FACTORIES
+
+    published = {entry.factory for entry in hub.CHECKPOINTS.values()}
+    unpublished = {}
+    for recipe, factory in FACTORIES.items():
+        if factory not in published:
+            unpublished.setdefault(factory, recipe)
+    assert cli.checkpoints.TRAINED_HERE == unpublished
 
 
 def test_fetch_cached(cache, capsys):
