@@ -385,3 +385,19 @@ def test_a_healthy_toy_run_is_untouched_by_the_checks(tmp_path):
     params, _ = checkpoint.load(tmp_path / "model.pystate")
     assert np.all(np.isfinite(params["lin"]["w"]))
     assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())[-1] == 5
+
+
+def test_a_run_without_evaluation_data_trains_and_exports(tmp_path, capsys):
+    # No data.eval_paths: no eval loader, so no evaluation, where the final
+    # evaluation once failed with a TypeError trace.
+    from perceiver.train.objectives import evaluation
+
+    assert evaluation.eval_loader_fn(None, [], 0) is None
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text('{"text": "The quick brown fox jumps over the lazy dog."}\n' * 4)
+    status, err = _run(
+        capsys, "--config", "mlm", "--tiny", "--workdir", tmp_path / "run", "data.generate=false",
+        f"data.train_paths={corpus}", "train.num_steps=3", "optimizer.warmup_steps=1", "train.progress=false",
+    )
+    assert status == 0, err
+    assert (tmp_path / "run" / "model.pystate").is_file()

@@ -214,7 +214,7 @@ def audio_objective(config: Config, workdir: str, pretrained: bool = True) -> Ob
             train_source, augment, batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
+    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers)
 
     return Objective(
         init=init,

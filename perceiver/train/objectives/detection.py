@@ -306,10 +306,7 @@ def detection_objective(config: Config, workdir: str, pretrained: bool = True) -
             worker_count=d.workers,
         )
 
-    eval_loader = (
-        evaluation.eval_loader_fn(eval_source, [PrepareImage(image_size)], d.workers)
-        if eval_source is not None else None
-    )
+    eval_loader = evaluation.eval_loader_fn(eval_source, [PrepareImage(image_size)], d.workers)
     return Objective(
         init=init,
         loss=loss,

@@ -14,11 +14,14 @@ def sums(values: jax.Array, weights: jax.Array) -> Tuple[jax.Array, jax.Array]:
 
 
 def eval_loader_fn(source, transforms, workers: int):
-    """batch_size -> a loader over `source` once, in order, the last partial batch kept.
+    """batch_size -> a loader over `source` once, in order, the last partial batch kept; None without a source.
 
     The seed is fixed, so random transforms (e.g. MLM masking) are the same
-    at every evaluation.
+    at every evaluation. A run with no evaluation data (`source` None) has no
+    eval loader, and the trainer skips evaluating.
     """
+    if source is None:
+        return None
 
     def eval_loader(batch_size):
         return data_lib.make_loader(

@@ -118,7 +118,7 @@ def causal_lm_objective(config: Config, workdir: str, pretrained: bool = True) -
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source else None,
+        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers),
         num_train_examples=len(train_source),
         export_info=dict(factory="byte_language_model", **sizes),
         # 'loss' (nats) and 'bits_per_byte' are means over predicted tokens: every

@@ -196,7 +196,7 @@ def text_classification_objective(config: Config, workdir: str, pretrained: bool
             train_source, [], batch_size=batch_size, seed=seed, worker_count=d.workers
         )
 
-    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
+    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers)
 
     return Objective(
         init=init,

@@ -246,7 +246,7 @@ def question_answering_objective(config: Config, workdir: str, pretrained: bool 
         loss=loss,
         evaluate=evaluate,
         train_loader=train_loader,
-        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None,
+        eval_loader=evaluation.eval_loader_fn(eval_source, [], d.workers),
         num_train_examples=len(train_source),
         load_pretrained=load_pretrained,
         export_info=dict(factory="question_answerer", **config.model),

@@ -265,11 +265,11 @@ def token_classification_objective(config: Config, workdir: str, pretrained: boo
     def train_loader(batch_size, seed):
         return data_lib.make_loader(train_source, [], batch_size=batch_size, seed=seed, worker_count=d.workers)
 
-    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers) if eval_source is not None else None
+    eval_loader = evaluation.eval_loader_fn(eval_source, [], d.workers)
     return Objective(
         init=init,
         loss=loss,
-        evaluate=evaluate if eval_source is not None else None,
+        evaluate=evaluate,
         train_loader=train_loader,
         eval_loader=eval_loader,
         num_train_examples=len(train_source),
