@@ -687,10 +687,16 @@ def main(argv=None):
                         ))
                 log("  best step s: " + ", ".join(f"{k} {v:.4f}" for k, v in r["best_s"].items()))
                 results[(name, dtype)] = r
+                # After every pair: a long run stopped early keeps what it measured.
+                write_json(args.out, limit, meta, results)
     text = report(limit, results, meta)
     print("\n" + text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
+    write_json(args.out, limit, meta, results)
+
+
+def write_json(path: str, limit: Dict, meta: Dict, results: Dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".part", "w") as f:
         json.dump(
             dict(
                 cpu=vs_torch.cpu_name(), cpus=os.cpu_count(), flags=vs_torch.cpu_flags(), limit=limit,
@@ -701,6 +707,7 @@ def main(argv=None):
             indent=2,
             default=str,
         )
+    os.replace(path + ".part", path)
 
 
 if __name__ == "__main__":
