@@ -7,7 +7,9 @@ article is held out, as `benchmarks/heads_baselines.py qa` holds them out;
 the model trains on questions of the other articles (paragraph contexts, up
 to `--per-article` questions each). Model: `perceiver train --config
 finetune_qa --tiny` with wider tiny sizes, trained from scratch
-(`task.pretrained=none`: the published MLM is far too big for a CPU run).
+(`task.pretrained=none`: the published MLM is far too big for a CPU run),
+or (`--pretrain-steps N`) first pre-trained as a masked byte LM (recipe
+mlm, the same sizes) on the training articles' text, the paper's path.
 Scores: SQuAD v1.1 exact match and F1 (`perceiver.evaluation.squad`) of
 the answers `QuestionAnswerer.answer` gives on the held-out questions, with
 whole-article contexts (windows, best span over them: what the baseline
@@ -51,7 +53,24 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--per-article", type=int, default=6)
     parser.add_argument("--max-words", type=int, default=4, help="the baseline's longest answer")
+    parser.add_argument("--seq-len", type=int, default=SIZES["max_seq_len"],
+                        help="bytes per window (and the model's max_seq_len)")
+    parser.add_argument("--stride", type=int, default=128, help="context bytes between window starts")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--pretrained", default="none",
+                        help="task.pretrained: an MLM checkpoint of the same sizes, or none")
+    parser.add_argument("--pretrain-steps", type=int, default=0,
+                        help="first pre-train the encoder as a masked byte LM (recipe mlm, batch 16) on the "
+                             "training articles for this many steps, and fine-tune from it")
+    parser.add_argument("--size", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model size other than SIZES' (repeatable)")
     args = parser.parse_args()
+    sizes = dict(SIZES, max_seq_len=args.seq_len)
+    for item in args.size:
+        key, _, value = item.partition("=")
+        if key not in SIZES or not value.isdigit():
+            parser.error(f"--size: expected KEY=INT with KEY one of {', '.join(SIZES)}; got {item!r}")
+        sizes[key] = int(value)
 
     from perceiver.tasks.question_answering import QuestionAnswerer
     from perceiver.train import main as train_main
@@ -63,11 +82,30 @@ def main() -> None:
     train_file, eval_file = (os.path.join(args.workdir, n) for n in ("train.jsonl", "eval.jsonl"))
     _write(train_file, squad.qa_from_text(train_articles, args.per_article, context="paragraph"))
     _write(eval_file, squad.qa_from_text(held_out_articles[:60], context="paragraph"))
+    if args.pretrain_steps:
+        # The paper's path at this size: masked byte LM on text the questions never come from.
+        corpus, mlm_run = os.path.join(args.workdir, "articles.jsonl"), os.path.join(args.workdir, "mlm")
+        with open(corpus, "w", encoding="utf-8") as f:
+            for _, text in train_articles:
+                f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+        start = time.perf_counter()
+        mlm = [f"model.{k}={v}" for k, v in sizes.items()] + [
+            "data.generate=false", f"data.train_paths={corpus}", f"data.seq_len={args.seq_len}",
+            f"train.num_steps={args.pretrain_steps}", "train.batch_size=16", f"optimizer.base_lr={args.lr}",
+            f"optimizer.warmup_steps={min(100, args.pretrain_steps)}", "train.log_every=250", "train.progress=false",
+            f"checkpoint.every_steps={args.pretrain_steps}",
+        ]
+        if train_main.main(["--config", "mlm", "--tiny", "--workdir", mlm_run, *mlm]) != 0:
+            sys.exit("pre-training failed")
+        print(f"pre-trained {args.pretrain_steps} steps in {time.perf_counter() - start:.0f} s", flush=True)
+        args.pretrained = os.path.join(mlm_run, "model.pystate")
     run, model = os.path.join(args.workdir, "run"), os.path.join(args.workdir, "model.pystate")
-    overrides = [f"model.{k}={v}" for k, v in SIZES.items()] + [
+    overrides = [f"model.{k}={v}" for k, v in sizes.items()] + [
         "data.generate=false", f"data.train_paths={train_file}", f"data.eval_paths={eval_file}",
-        "task.pretrained=none", f"train.num_steps={args.steps}", f"train.batch_size={args.batch_size}",
-        "optimizer.base_lr=1e-3", f"optimizer.warmup_steps={min(100, args.steps)}", "optimizer.end_lr=1e-5",
+        f"data.seq_len={args.seq_len}", f"task.stride={args.stride}",
+        f"task.max_question_bytes={min(256, args.seq_len // 2)}",
+        f"task.pretrained={args.pretrained}", f"train.num_steps={args.steps}", f"train.batch_size={args.batch_size}",
+        f"optimizer.base_lr={args.lr}", f"optimizer.warmup_steps={min(100, args.steps)}", "optimizer.end_lr=1e-5",
         "train.log_every=250", "train.progress=false", f"checkpoint.every_steps={args.steps}",
     ]
     start = time.perf_counter()
@@ -98,7 +136,9 @@ def main() -> None:
     for name in ("article", "paragraph"):
         print(f"| {name} | lexical overlap (window {window}) | {baseline[name]['exact_match']:.1f} | "
               f"{baseline[name]['f1']:.1f} |")
-        print(f"| {name} | finetune_qa (tiny-wide, from scratch, {args.steps} steps) | "
+        start_from = (f"from its MLM pre-trained {args.pretrain_steps} steps" if args.pretrain_steps
+                      else "from scratch" if args.pretrained == "none" else f"from {args.pretrained}")
+        print(f"| {name} | finetune_qa (tiny-wide, {start_from}, {args.steps} steps) | "
               f"{rows[name]['exact_match']:.1f} | {rows[name]['f1']:.1f} |")
 
 
