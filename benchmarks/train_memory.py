@@ -112,7 +112,12 @@ def largest_batch(name: str, factory: str, sizes: Dict[str, Any], mode: Dict[str
 
     for b in probe:
         plan(b)
-    (b0, m0), (b1, m1) = ((b, plans[b]["total"]) for b in probe)
+    b0, b1 = probe
+    # Small batches can share one plan (XLA reuses the buffers): probe larger until it grows.
+    while plans[b1]["total"] <= plans[b0]["total"] and len(plans) < max_compiles - 1:
+        b1 *= 2
+        plan(b1)
+    m0, m1 = plans[b0]["total"], plans[b1]["total"]
     per_example = (m1 - m0) / (b1 - b0)
     out: Dict[str, Any] = {"per_example_bytes": per_example, "fixed_bytes": m0 - per_example * b0}
     if per_example <= 0:

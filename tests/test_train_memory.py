@@ -24,6 +24,7 @@ def _fake_plans(monkeypatch, total):
     lambda b: 100 + 10 * b,  # affine: the probes' line is exact
     lambda b: 100 + 10 * b + b * b // 50,  # convex: the probes' line overshoots
     lambda b: 100 + 30 * b - min(b, 20) * 15,  # cheaper first examples: it undershoots
+    lambda b: max(400, 100 + 12 * b),  # flat at small batches (buffers reused): probes grow
 ])
 def test_the_largest_fitting_batch_is_found_and_its_neighbour_fails(monkeypatch, total):
     budget = 1000
