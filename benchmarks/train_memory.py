@@ -114,7 +114,7 @@ def largest_batch(name: str, factory: str, sizes: Dict[str, Any], mode: Dict[str
         plan(b)
     b0, b1 = probe
     # Small batches can share one plan (XLA reuses the buffers): probe larger until it grows.
-    while plans[b1]["total"] <= plans[b0]["total"] and len(plans) < max_compiles - 1:
+    while plans[b1]["total"] - plans[b0]["total"] <= 0.01 * plans[b0]["total"] and len(plans) < max_compiles - 1:
         b1 *= 2
         plan(b1)
     m0, m1 = plans[b0]["total"], plans[b1]["total"]
