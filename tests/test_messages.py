@@ -289,8 +289,11 @@ def test_a_forgotten_second_frame_is_named_before_the_output(tmp_path, no_models
 def _listed_names(run_cli):
     code, out, _ = run_cli("list")
     assert code == 0
+    # The checkpoints' sections come first; the models without weights (recipes) after this header.
+    checkpoints = out.split("\nno published weights:")[0]
+    assert checkpoints != out
     # Rows are indented: "  NAME  where  what"; continuation rows start with more spaces.
-    return [line.split()[0] for line in out.splitlines() if re.match(r"  \S", line)]
+    return [line.split()[0] for line in checkpoints.splitlines() if re.match(r"  \S", line)]
 
 
 def test_every_listed_name_is_accepted_and_every_name_is_listed(offline, no_models, run_cli):
