@@ -681,7 +681,8 @@ class PerceiverAR(hk.Module):
                                      q_positions=latent_positions, kv_positions=latent_positions)
                 if use_remat:
                     run = hk.remat(run)
-                z, layer_state = run(z)
+                # The residual stream's gradient stored once per layer on XLA:CPU (see compute.stacks).
+                z, layer_state = run(compute.gradient_boundary(z))
                 state.append(layer_state)
 
             z = layer_norm(z)

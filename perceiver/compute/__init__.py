@@ -80,7 +80,7 @@ from perceiver.compute.layers import LayerNormed, Linear, Projection
 from perceiver.compute.precision import cast_params, in_compute_dtype
 from perceiver.compute.rotary import Rotary
 from perceiver.compute.settings import Options, configure, options
-from perceiver.compute.stacks import layer, repeat_layers
+from perceiver.compute.stacks import gradient_boundary, layer, repeat_layers
 
 # What users set, then the seam's types and calls for module writers; the
 # rest (kernels, tiles, folds, chunk sizes, precision helpers) is reached
@@ -111,6 +111,7 @@ __all__ = [
     "over_query_chunks",
     "repeat_layers",
     "layer",
+    "gradient_boundary",
     "in_compute_dtype",
 ]
 
