@@ -95,7 +95,12 @@ def plot(workdir: Union[str, Sequence[str]], output: Optional[str] = None) -> st
     if len(workdirs) > 1 and not output:
         raise ValueError(f"{len(workdirs)} runs are drawn into one image: name it with -o PNG.")
     workdirs = [os.path.abspath(os.path.expanduser(w)) for w in workdirs]
-    runs = [(w, read_curves(_metrics_file(w))) for w in workdirs]
+    sources = [_metrics_file(w) for w in workdirs]
+    target = os.path.abspath(os.path.expanduser(output or os.path.join(workdirs[0], "curves.png")))
+    for source in sources:
+        if os.path.exists(target) and os.path.samefile(target, source):
+            raise ValueError(f"-o {output} would replace the metrics it draws ({source}); name another file.")
+    runs = [(w, read_curves(source)) for w, source in zip(workdirs, sources)]
     labels = _run_labels(workdirs)
     import matplotlib
 
@@ -133,7 +138,7 @@ def plot(workdir: Union[str, Sequence[str]], output: Optional[str] = None) -> st
             ax.legend(fontsize=7)
     figure.suptitle(" vs ".join(labels), fontsize=11)
     figure.tight_layout()
-    output = os.path.abspath(os.path.expanduser(output or os.path.join(workdirs[0], "curves.png")))
+    output = target
     os.makedirs(os.path.dirname(output), exist_ok=True)
     from perceiver import media
 

@@ -51,6 +51,10 @@ def test_several_runs_need_an_output_and_each_its_metrics(tmp_path, capsys):
     assert plot.main([str(a), str(tmp_path / "missing"), "-o", str(tmp_path / "x.png")]) == 2
     assert "no metrics.jsonl in" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+    before = (a / "metrics.jsonl").read_bytes()
+    assert plot.main([str(a), str(b), "-o", str(a / "metrics.jsonl")]) == 2
+    assert "would replace the metrics it draws" in capsys.readouterr().err
+    assert (a / "metrics.jsonl").read_bytes() == before
     assert plot.main([str(a), str(b), "-o", str(tmp_path / "ab.png")]) == 0
     assert "drawn in" in capsys.readouterr().out and (tmp_path / "ab.png").is_file()
 
