@@ -47,16 +47,10 @@ def step_bytes(name: str, factory: str, sizes: Dict[str, Any], batch: int, mode:
     """XLA's memory plan of one compiled training step at `batch` (nothing allocated)."""
     import jax
     import jax.numpy as jnp
-    import optax
-
-    from perceiver import compute, models
+    from perceiver import models
 
     model = getattr(models, factory)(**sizes)
-    opt = tvt.optimizer_settings()
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(opt["max_norm"]),
-        optax.adamw(opt["base_lr"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"], weight_decay=opt["weight_decay"]),
-    )
+    optimizer = tvt.make_optimizer()
     options = dict(mode)
     if "compute_dtype" in options:
         options["compute_dtype"] = jnp.bfloat16
@@ -69,16 +63,7 @@ def step_bytes(name: str, factory: str, sizes: Dict[str, Any], batch: int, mode:
         lambda r, *x: model.init(r, *x, is_training=True), rng, *tvt.our_inputs(name, one)
     )
     opt_state = jax.eval_shape(optimizer.init, params)
-
-    def loss_fn(params, state, rng, inputs, targets):
-        with compute.options(**options):
-            out, new_state = model.apply(params, state, rng, *inputs, is_training=True)
-        return tvt.our_loss(name, out, targets), new_state
-
-    def step(params, state, opt_state, rng, inputs, targets):
-        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, rng, inputs, targets)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_state, opt_state, loss
+    step = tvt.train_step(model, name, optimizer, options)
 
     start = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 2)).lower(params, state, opt_state, rng, inputs, targets).compile()

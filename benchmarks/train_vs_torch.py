@@ -213,23 +213,49 @@ def optimizer_settings() -> Dict[str, float]:
 # ---------------------------------------------------------------------------
 
 
+def make_optimizer():
+    """The benchmark's optax AdamW (`optimizer_settings`), clipped by global norm."""
+    import optax
+
+    opt = optimizer_settings()
+    return optax.chain(
+        optax.clip_by_global_norm(opt["max_norm"]),
+        optax.adamw(opt["base_lr"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"], weight_decay=opt["weight_decay"]),
+    )
+
+
+def train_step(model, name: str, optimizer, options: Dict[str, Any]) -> Callable:
+    """`(params, state, opt_state, rng, inputs, targets) -> (params, state, opt_state, loss)` under `options`."""
+    import jax
+    import optax
+
+    from perceiver import compute
+
+    def loss_fn(params, state, rng, inputs, targets):
+        # As perceiver.train.recipes._compute_in wraps the recipes' loss.
+        with compute.options(**options):
+            out, new_state = model.apply(params, state, rng, *inputs, is_training=True)
+        return our_loss(name, out, targets), new_state
+
+    def step(params, state, opt_state, rng, inputs, targets):
+        (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, rng, inputs, targets)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
+
+    return step
+
+
 class OursStep:
     """Our jitted train step with its own (donated) parameters and optimizer state."""
 
     def __init__(self, name, factory, sizes, params_np, state_np, b, dtype, compiler_options=None):
         import jax
         import jax.numpy as jnp
-        import optax
 
         from perceiver import models
 
         self.model = getattr(models, factory)(**sizes)
-        opt = optimizer_settings()
-        self.optimizer = optax.chain(
-            optax.clip_by_global_norm(opt["max_norm"]),
-            optax.adamw(opt["base_lr"], b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
-                        weight_decay=opt["weight_decay"]),
-        )
+        self.optimizer = make_optimizer()
         self.options = {"compute_dtype": jnp.bfloat16} if dtype == "bf16" else {}
         self.name = name
         self.inputs = tuple(jax.device_put(x) for x in our_inputs(name, b))
@@ -247,27 +273,7 @@ class OursStep:
         self.opt_state = None
 
     def make_step(self, options):
-        import jax
-        import optax
-
-        from perceiver import compute
-
-        model, name, optimizer = self.model, self.name, self.optimizer
-
-        def loss_fn(params, state, rng, inputs, targets):
-            # As perceiver.train.recipes._compute_in wraps the recipes' loss.
-            with compute.options(**options):
-                out, new_state = model.apply(params, state, rng, *inputs, is_training=True)
-            return our_loss(name, out, targets), new_state
-
-        def step(params, state, opt_state, rng, inputs, targets):
-            (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                params, state, rng, inputs, targets
-            )
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), new_state, opt_state, loss
-
-        return step
+        return train_step(self.model, self.name, self.optimizer, options)
 
     def init_optimizer(self):
         import jax
