@@ -1,6 +1,6 @@
 """Audio classification: the raw-waveform Perceiver against the MFCC + logistic-regression baseline.
 
-    python benchmarks/audio_quality.py [--num-steps 600] [--workdir DIR] [--skip-baseline]
+    python benchmarks/audio_quality.py [--num-steps 600] [--variants K] [--workdir DIR] [--skip-baseline]
 
 Data as `benchmarks/heads_baselines_b.py audio`: `datasets.spoken_words`
 (the ten digit words spoken by espeak-ng voices), speakers held out: the
@@ -10,7 +10,9 @@ ten minutes on a 2-core CPU: clips at 8 kHz, one second in 200 patches of
 40 samples, 64 latents of 128 channels, 4 self-attention layers. It
 classifies the held-out files with `AudioClassifier.classify`. Score:
 accuracy (chance 0.1), for the model and for the baseline run here on the
-same split. Needs espeak-ng (and scikit-learn for the baseline).
+same split. `--variants K` adds each training voice at K other speeds
+and pitches (more clips, the same 16 voices; both model and baseline train
+on them). Needs espeak-ng (and scikit-learn for the baseline).
 """
 
 import argparse
@@ -36,9 +38,10 @@ SIZES = dict(num_samples=8000, samples_per_patch=40, num_bands=32, num_latents=6
              num_blocks=1, num_self_attends_per_block=4, num_self_attend_heads=4, num_cross_attend_heads=1)
 
 
-def make_data(folder: str):
+def make_data(folder: str, variants: int = 0):
     """The baseline's split, written as class folders: (train folder, test folder)."""
-    train = spoken_words.make_spoken_words(os.path.join(folder, "train"), speakers=spoken_words.SPEAKERS[:16])
+    speakers = spoken_words.vary_speakers(spoken_words.SPEAKERS[:16], variants)
+    train = spoken_words.make_spoken_words(os.path.join(folder, "train"), speakers=speakers)
     test = spoken_words.make_spoken_words(os.path.join(folder, "test"), speakers=spoken_words.SPEAKERS[16:])
     return str(train), str(test)
 
@@ -59,11 +62,11 @@ def train_model(workdir: str, train_dir: str, eval_dir: str, num_steps: int) -> 
     return os.path.join(workdir, "model.pystate")
 
 
-def baseline_accuracy() -> str:
+def baseline_accuracy(variants: int) -> str:
     """Runs heads_baselines_b's MFCC + logistic regression (same split, its own copy of the data)."""
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        heads_baselines_b.audio()
+        heads_baselines_b.audio(variants)
     text = out.getvalue()
     print(text, end="")
     return re.search(r"test accuracy ([\d.]+)", text).group(1)
@@ -74,11 +77,16 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=600)
     parser.add_argument("--workdir", help="default: a temporary folder")
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--variants", type=int, default=0,
+                        help="also train on each training voice at this many other speeds and pitches "
+                             "(spoken_words.vary_speakers; the held-out voices are unchanged)")
     args = parser.parse_args()
+    if not 0 <= args.variants <= 24:
+        parser.error(f"--variants: expected 0 to 24; got {args.variants}")
     from perceiver.tasks.audio_classification import AudioClassifier
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="audio_quality_")
-    train_dir, test_dir = make_data(os.path.join(workdir, "data"))
+    train_dir, test_dir = make_data(os.path.join(workdir, "data"), args.variants)
     start = time.perf_counter()
     path = train_model(os.path.join(workdir, "run"), train_dir, test_dir, args.num_steps)
     train_s = time.perf_counter() - start
@@ -90,10 +98,11 @@ def main() -> None:
     accuracy = sum(p == test.classes[l] for p, l in zip(predicted, test.labels)) / len(predicted)
     print(f"model: {args.num_steps} steps of 32 clips in {train_s:.0f} s; classifying {len(predicted)} "
           f"held-out clips {classify_s:.1f} s; accuracy {accuracy:.3f}")
+    clips = 160 * (1 + args.variants)
     rows = [f"| perceiver finetune_audio, raw waveform, from scratch, {args.num_steps} steps | {accuracy:.3f} |"]
     if not args.skip_baseline:
-        rows.insert(0, f"| MFCC + logistic regression (heads_baselines_b.py audio) | {baseline_accuracy()} |")
-    print("\n| spoken digits, 8 held-out voices (80 clips) | accuracy |\n|---|---|")
+        rows.insert(0, f"| MFCC + logistic regression (heads_baselines_b.py audio) | {baseline_accuracy(args.variants)} |")
+    print(f"\n| spoken digits: {clips} training clips, 8 held-out voices (80 clips) | accuracy |\n|---|---|")
     print("\n".join(rows))
 
 

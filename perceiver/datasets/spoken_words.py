@@ -14,7 +14,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import numpy as np
 
@@ -52,6 +52,41 @@ def _speakers():
 
 
 SPEAKERS = _speakers()
+
+# The speeds and pitches `vary_speakers` draws from: 25 pairs, espeak-ng's usual range.
+_SPEEDS, _PITCHES = (130, 150, 170, 190, 210), (25, 40, 55, 70, 85)
+
+
+def vary_speakers(speakers: Sequence[Speaker], count: int) -> Tuple[Speaker, ...]:
+    """The speakers, then each voice again at `count` other speeds and pitches.
+
+    More clips from the same voices (data augmentation at the source), so a
+    split held out by voice (`SPEAKERS[:16]` / `SPEAKERS[16:]`, whose voices
+    differ) stays held out. Deterministic; no speaker repeats.
+
+    Args:
+      speakers: the voices to vary.
+      count: variants per speaker, 0 to 24.
+
+    Raises:
+      ValueError: for a count outside [0, 24].
+    """
+    pairs = [(s, p) for s in _SPEEDS for p in _PITCHES]
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < len(pairs):
+        raise ValueError(f"count must be an int in [0, {len(pairs) - 1}]; got {count!r}.")
+    out = list(speakers)
+    seen = set(out)
+    for i, speaker in enumerate(speakers):
+        # Stepping by 11 (prime to 25) visits every pair once; the start differs per speaker.
+        candidates = (pairs[(7 * i + 11 * k) % len(pairs)] for k in range(len(pairs)))
+        made = 0
+        for speed, pitch in candidates:
+            varied = Speaker(speaker.voice, speed, pitch)
+            if made < count and varied not in seen:
+                out.append(varied)
+                seen.add(varied)
+                made += 1
+    return tuple(out)
 
 
 def _espeak() -> str:

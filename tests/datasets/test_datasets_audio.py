@@ -124,3 +124,26 @@ def test_spoken_words_say_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="needs espeak-ng: apt-get install espeak-ng"):
         spoken_words.make_spoken_words(tmp_path, words=("yes",))
+
+
+def test_varied_speakers_keep_their_voices_and_the_held_out_split():
+    from perceiver.datasets import spoken_words
+
+    train, held_out = spoken_words.SPEAKERS[:16], spoken_words.SPEAKERS[16:]
+    varied = spoken_words.vary_speakers(train, 3)
+    assert varied[:16] == train and len(varied) == 16 * 4 == len(set(varied))
+    assert {s.voice for s in varied} == {s.voice for s in train}
+    assert not {s.voice for s in varied} & {s.voice for s in held_out}
+    for speaker in train:  # Each voice at three new speed-pitch pairs.
+        others = [s for s in varied[16:] if s.voice == speaker.voice]
+        assert len({(s.speed, s.pitch) for s in others} - {(speaker.speed, speaker.pitch)}) == 3
+    assert spoken_words.vary_speakers(train, 0) == train
+    assert len(set(spoken_words.vary_speakers(train, 24))) == 16 * 25  # Every pair, none twice.
+
+
+@pytest.mark.parametrize("count", [-1, 25, 2.0, True, "3"])
+def test_varied_speakers_refuse_a_count_out_of_range(count):
+    from perceiver.datasets import spoken_words
+
+    with pytest.raises(ValueError, match="count must be an int in \\[0, 24\\]"):
+        spoken_words.vary_speakers(spoken_words.SPEAKERS[:2], count)
