@@ -100,6 +100,11 @@ def main():
     parser.add_argument("--steps", type=int, default=1500, help="detection training steps (batch 16)")
     parser.add_argument("--pretrain-steps", type=int, default=1000, help="classifier pre-training steps (batch 16)")
     parser.add_argument("--pretrain-images", type=int, default=2000)
+    parser.add_argument("--pretrain-batch-size", type=int, default=16)
+    parser.add_argument("--pretrain-optimizer", choices=("lamb", "adamw"),
+                        help="default: the tiny imagenet recipe's")
+    parser.add_argument("--pretrain-warmup", type=int, default=10, help="pre-training warm-up steps")
+    parser.add_argument("--skip-scratch", action="store_true", help="leave out the detector trained from scratch")
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the path only")
     parser.add_argument("--keep", help="keep the data and runs in this folder")
     args = parser.parse_args()
@@ -125,12 +130,17 @@ def main():
         classifier = os.path.join(folder, "classifier")
         _train(["--config", "imagenet", "--workdir", classifier, "--tiny", f"data.train_dir={classes}",
                 "data.randaugment_layers=0", "data.mixup_alpha=0", "data.cutmix=false", "data.flip=false",
-                "model.num_classes=0", f"train.num_steps={args.pretrain_steps}", "optimizer.warmup_steps=10",
+                "model.num_classes=0", f"train.num_steps={args.pretrain_steps}",
+                f"train.batch_size={args.pretrain_batch_size}", f"optimizer.warmup_steps={args.pretrain_warmup}",
+                *([f"optimizer.optimizer={args.pretrain_optimizer}"] if args.pretrain_optimizer else []),
                 *MODEL, *QUIET], log)
         pretrain_time = time.time() - start
         common = [f"data.train_paths={train_file}", f"data.eval_paths={test_file}",
                   f"train.num_steps={args.steps}", *MODEL, *QUIET]
-        for name, pretrained in (("pre-trained", os.path.join(classifier, "model.pystate")), ("from scratch", "none")):
+        starts = [("pre-trained", os.path.join(classifier, "model.pystate"))]
+        if not args.skip_scratch:
+            starts.append(("from scratch", "none"))
+        for name, pretrained in starts:
             start = time.time()
             workdir = os.path.join(folder, name.replace(" ", "_"))
             _train(["--config", "finetune_detection", "--workdir", workdir, "--tiny",
@@ -146,7 +156,9 @@ def main():
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\nCopy-paste digits on photos, 128 px: {args.train_images} training images (4 photos), "
           f"{args.test_images} test images (2 held-out photos); detector {args.steps} steps of batch 16, "
-          f"pre-training {args.pretrain_steps} steps on {args.pretrain_images} single-digit images; {cpu_name()}\n")
+          f"pre-training {args.pretrain_steps} steps of batch {args.pretrain_batch_size} "
+          f"({args.pretrain_optimizer or 'recipe optimizer'}) on {args.pretrain_images} single-digit images; "
+          f"{cpu_name()}\n")
     print("| model | mAP@0.5 | mAP@[.5:.95] | training time |")
     print("|---|---|---|---|")
     for name, s, seconds in rows:
