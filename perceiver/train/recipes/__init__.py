@@ -83,8 +83,11 @@ def validate(config: Config) -> Config:
     if t.num_steps == 0 and t.epochs == 0:
         raise ValueError("set train.num_steps (>= 1) or train.epochs (> 0); got 0 for both.")
     if o.schedule == "cosine" and t.num_steps and o.warmup_steps > t.num_steps:
+        # Often the recipe's warm-up meeting a short run the user asked for: say both ways out.
         raise ValueError(
-            f"optimizer.warmup_steps must be <= train.num_steps ({t.num_steps}); got {o.warmup_steps}."
+            f"optimizer.warmup_steps must be <= train.num_steps ({t.num_steps}); got {o.warmup_steps} "
+            f"(the recipe's unless set): give optimizer.warmup_steps={t.num_steps} or less, "
+            f"or train.num_steps={o.warmup_steps} or more."
         )
     if kind.check is not None:
         kind.check(config)
