@@ -43,6 +43,10 @@ def oriented(a, b, orientation):
 
 
 def best_seconds(call, reps):
+    # Not vs_torch.best_of's libraries in turn: numpy's and torch's thread pools
+    # keep spinning after a call and slow the next library's product (measured:
+    # torch 95-108 against 180 GFLOP/s at 1024^3 when interleaved), so each
+    # product is timed in a run of its own calls.
     call()
     times = []
     for _ in range(reps):
