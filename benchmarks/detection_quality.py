@@ -111,6 +111,12 @@ def main():
     if args.quick:
         args.train_images, args.test_images, args.steps = 40, 10, 20
         args.pretrain_steps, args.pretrain_images = 20, 40
+    for name in ("train_images", "test_images", "steps", "pretrain_steps", "pretrain_images", "pretrain_batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected >= 1; got {getattr(args, name)}")
+    if not 0 <= args.pretrain_warmup <= args.pretrain_steps:
+        parser.error(f"--pretrain-warmup: expected 0 to --pretrain-steps ({args.pretrain_steps}); "
+                     f"got {args.pretrain_warmup}")
     log = sys.stderr
     folder = args.keep or tempfile.mkdtemp(prefix="detection_quality_")
     os.makedirs(folder, exist_ok=True)
